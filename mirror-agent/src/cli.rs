@@ -1,0 +1,264 @@
+//! Command-line surface. Flags are parsed into typed values here, at the
+//! edge, so the rest of the agent never sees a bare string or integer.
+
+use std::{fmt, num::NonZeroU32, path::PathBuf, str::FromStr};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mirror_common::{DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, MAX_SNAPLEN};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirror-agent",
+    version,
+    about = "Mirror packets from network interfaces with eBPF TC hooks, into pcapng files or collectors.",
+    long_about = "Mirror packets from network interfaces with eBPF TC hooks, into pcapng files \
+                  or collectors.\n\nThe hooks copy packets into a BPF ring buffer and always \
+                  pass them on unchanged: a failure in the mirror loses mirrored copies (and \
+                  counts them), never production packets.\n\nNeeds root, or the capabilities \
+                  CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN also works in place of CAP_BPF)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mirror named interfaces of this network namespace, without Kubernetes.
+    #[command(after_help = ATTACH_EXAMPLES)]
+    Attach(AttachArgs),
+}
+
+const ATTACH_EXAMPLES: &str = "Examples:\n  \
+    mirror-agent attach --interface veth1 --output pcapng:/tmp/veth1.pcapng\n  \
+    mirror-agent attach -i veth1 -i veth2 --direction ingress --snaplen 128 --output pcapng:out.pcapng\n  \
+    mirror-agent attach -i eth0 --sample 100 --output pcapng:- | tshark -r -\n\n\
+    Stop with Ctrl-C or SIGTERM: the agent drains what is left, detaches its hooks, prints \
+    a counter summary and exits 0.";
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Interface to mirror; repeat for more than one.
+    #[arg(short, long = "interface", value_name = "IF", required = true)]
+    pub interfaces: Vec<String>,
+
+    /// Which packets to mirror, from the interface's own point of view (as `tcpdump -Q`):
+    /// ingress = received by the interface, egress = sent by it.
+    #[arg(short, long, value_enum, default_value_t = DirectionArg::Both)]
+    pub direction: DirectionArg,
+
+    /// Bytes kept per packet (1 to 262144); longer packets are cut, and their original
+    /// length is kept. Default: the whole packet, as tcpdump.
+    #[arg(short, long, default_value_t = Snaplen::MAX)]
+    pub snaplen: Snaplen,
+
+    /// Mirror one in N packets, chosen at random (1 = every packet).
+    #[arg(long = "sample", value_name = "N", default_value_t = SampleRate::ALL)]
+    pub sample: SampleRate,
+
+    /// Where the copies go: `pcapng:PATH`, or `pcapng:-` for standard output.
+    #[arg(short, long, value_name = "URI")]
+    pub output: Output,
+
+    /// How hooks are attached: `tcx` (first in the kernel's multi-program chain),
+    /// `netlink` (clsact qdisc and cls_bpf filter, for kernels before 6.6),
+    /// or `auto` (tcx where the kernel has it).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach_mode: AttachMode,
+
+    /// Size of the BPF ring buffer in bytes: a power of two, at least one page.
+    #[arg(long, value_name = "BYTES", default_value_t = RingSize(DEFAULT_RING_BYTES))]
+    pub ring_size: RingSize,
+}
+
+/// `--direction`, as a bit set of `mirror_common::DIR_*` for the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    Ingress,
+    Egress,
+    Both,
+}
+
+impl DirectionArg {
+    pub fn bits(self) -> u32 {
+        match self {
+            Self::Ingress => DIR_INGRESS,
+            Self::Egress => DIR_EGRESS,
+            Self::Both => DIR_INGRESS | DIR_EGRESS,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+/// Bytes kept per packet, 1..=262144.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snaplen(NonZeroU32);
+
+impl Snaplen {
+    pub const MAX: Self = Self(NonZeroU32::new(MAX_SNAPLEN).unwrap());
+
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl FromStr for Snaplen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("'{s}' is not a whole number of bytes"))?;
+        match NonZeroU32::new(n) {
+            Some(n) if n.get() <= MAX_SNAPLEN => Ok(Self(n)),
+            _ => Err(format!("must be from 1 to {MAX_SNAPLEN} bytes, not {n}")),
+        }
+    }
+}
+
+impl fmt::Display for Snaplen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Mirror one packet in this many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleRate(NonZeroU32);
+
+impl SampleRate {
+    pub const ALL: Self = Self(NonZeroU32::MIN);
+
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl FromStr for SampleRate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("'{s}' is not a whole number"))?;
+        NonZeroU32::new(n)
+            .map(Self)
+            .ok_or_else(|| "must be at least 1 (1 = every packet)".to_owned())
+    }
+}
+
+impl fmt::Display for SampleRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Ring buffer size: the kernel wants a power of two and a multiple of the page size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSize(u32);
+
+impl RingSize {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl FromStr for RingSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("'{s}' is not a whole number of bytes (at most 2^31)"))?;
+        if n.is_power_of_two() && n >= 4096 {
+            Ok(Self(n))
+        } else {
+            Err(format!(
+                "must be a power of two of at least 4096 bytes, not {n}"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for RingSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where mirrored packets go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// pcapng to a file.
+    PcapngFile(PathBuf),
+    /// pcapng to standard output, for `| tshark -r -`.
+    PcapngStdout,
+}
+
+impl FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}' has no scheme; write pcapng:PATH or pcapng:-"))?;
+        match scheme {
+            "pcapng" if rest == "-" => Ok(Self::PcapngStdout),
+            "pcapng" if rest.is_empty() => Err("pcapng: needs a path, or - for stdout".into()),
+            "pcapng" => Ok(Self::PcapngFile(PathBuf::from(rest))),
+            other => Err(format!(
+                "unknown output scheme '{other}'; supported: pcapng"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PcapngFile(path) => write!(f, "pcapng:{}", path.display()),
+            Self::PcapngStdout => f.write_str("pcapng:-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snaplen_bounds() {
+        assert!("0".parse::<Snaplen>().is_err());
+        assert!("262145".parse::<Snaplen>().is_err());
+        assert!("x".parse::<Snaplen>().is_err());
+        assert_eq!("1".parse::<Snaplen>().map(Snaplen::get), Ok(1));
+        assert_eq!("262144".parse::<Snaplen>().map(Snaplen::get), Ok(262_144));
+    }
+
+    #[test]
+    fn sample_rate_rejects_zero() {
+        assert!("0".parse::<SampleRate>().is_err());
+        assert_eq!("7".parse::<SampleRate>().map(SampleRate::get), Ok(7));
+    }
+
+    #[test]
+    fn ring_size_is_power_of_two_pages() {
+        assert!("1000".parse::<RingSize>().is_err());
+        assert!("2048".parse::<RingSize>().is_err());
+        assert_eq!("8192".parse::<RingSize>().map(RingSize::get), Ok(8192));
+    }
+
+    #[test]
+    fn outputs() {
+        assert_eq!("pcapng:-".parse::<Output>(), Ok(Output::PcapngStdout));
+        assert_eq!(
+            "pcapng:/tmp/a b".parse::<Output>(),
+            Ok(Output::PcapngFile("/tmp/a b".into()))
+        );
+        assert!("pcapng:".parse::<Output>().is_err());
+        assert!("/tmp/x".parse::<Output>().is_err());
+        assert!("ftp:x".parse::<Output>().is_err());
+    }
+}

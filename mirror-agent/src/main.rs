@@ -1,0 +1,37 @@
+//! `mirror-agent`: the one userspace binary of the mirror.
+
+mod attach;
+mod cli;
+mod hooks;
+mod pcapng;
+mod record;
+mod ringbuf;
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use clap::Parser;
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // clap prints its own usage errors and exits with code 2.
+    let cli = cli::Cli::parse();
+    // Logs go to stderr: stdout may carry pcapng (`--output pcapng:-`).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        cli::Command::Attach(args) => attach::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

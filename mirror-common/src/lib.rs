@@ -1,0 +1,142 @@
+//! The kernel/user ABI of the mirror, and nothing else.
+//!
+//! Every type here is `#[repr(C)]` with fixed-width fields and explicit
+//! padding, and its size is asserted, so the eBPF object and the agent agree
+//! byte for byte. No `bool`, `Option`, enum or `usize` crosses the boundary:
+//! directions and flags are `u32` bit sets whose meaning is given by the
+//! constants below, and the agent turns them into types at its edge.
+//! Any change to a layout or a meaning bumps [`ABI_VERSION`].
+#![no_std]
+
+/// Version of everything in this crate. The agent refuses records or pins of
+/// another version instead of misreading them.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names, as they appear in the eBPF object (and, later, under the pin root).
+pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
+pub const MAP_COUNTERS: &str = "MIRROR_COUNTERS";
+pub const MAP_RECORDS: &str = "MIRROR_RECORDS";
+/// Program names.
+pub const PROG_INGRESS: &str = "mirror_ingress";
+pub const PROG_EGRESS: &str = "mirror_egress";
+
+/// Direction bits, from the hooked interface's own point of view (as `tcpdump -Q`):
+/// ingress is what the interface receives, egress what it transmits.
+pub const DIR_INGRESS: u32 = 1;
+pub const DIR_EGRESS: u32 = 2;
+
+/// Record flag: the captured bytes are fewer than the original length.
+pub const FLAG_TRUNCATED: u32 = 1;
+
+/// Largest snaplen accepted, as tcpdump's maximum.
+pub const MAX_SNAPLEN: u32 = 262_144;
+/// How many interfaces one agent can hook (config and counter slots).
+pub const MAX_INTERFACES: u32 = 1024;
+/// Default ring buffer size in bytes; must be a power of two and a page multiple.
+pub const DEFAULT_RING_BYTES: u32 = 64 << 20;
+
+/// Capture size classes. The verifier needs a constant size for every ring
+/// buffer reservation, so instead of reserving the worst case (256 KiB) for
+/// every packet the hook reserves the smallest class that holds
+/// `min(packet length, snaplen)`. Powers of two from 64 bytes to [`MAX_SNAPLEN`]
+/// waste at most half a record and usually far less.
+pub const SIZE_CLASSES: [u32; 13] = [
+    64,
+    128,
+    256,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32768,
+    65536,
+    131_072,
+    MAX_SNAPLEN,
+];
+
+/// Per-interface configuration, keyed by ifindex (`u32`) in [`MAP_CONFIG`].
+/// An interface with no entry is not mirrored.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// Opaque id of the policy that asked for this mirror, copied into records.
+    pub policy_id: u32,
+    /// Bit set of `DIR_*`: which hook directions are mirrored.
+    pub directions: u32,
+    /// Bytes kept per packet, 1..=[`MAX_SNAPLEN`].
+    pub snaplen: u32,
+    /// Mirror one in this many matching packets, chosen at random; 1 = all.
+    pub sample_every: u32,
+    /// Index into [`MAP_COUNTERS`] for this interface's counters.
+    pub counter_slot: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 24);
+
+/// Per-CPU counters for one interface, in [`MAP_COUNTERS`] (a per-CPU array
+/// indexed by [`IfaceConfig::counter_slot`]). Every way a packet that reached
+/// the hook can fail to become a record is counted here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets (and their bytes) the hook saw in a mirrored direction.
+    pub seen_packets: u64,
+    pub seen_bytes: u64,
+    /// Records written to the ring buffer, and the original bytes they stand for.
+    pub mirrored_packets: u64,
+    pub mirrored_bytes: u64,
+    /// Records whose captured bytes are fewer than the packet (snaplen).
+    pub truncated: u64,
+    /// Packets passed over by 1-in-N sampling.
+    pub sampled_out: u64,
+    /// Packets lost because the ring buffer had no room.
+    pub ring_full: u64,
+    /// Packets lost because copying from the packet failed.
+    pub load_failed: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+
+impl Counters {
+    /// Sum of per-CPU values.
+    pub fn add(&mut self, other: &Self) {
+        self.seen_packets += other.seen_packets;
+        self.seen_bytes += other.seen_bytes;
+        self.mirrored_packets += other.mirrored_packets;
+        self.mirrored_bytes += other.mirrored_bytes;
+        self.truncated += other.truncated;
+        self.sampled_out += other.sampled_out;
+        self.ring_full += other.ring_full;
+        self.load_failed += other.load_failed;
+    }
+}
+
+/// Header of every ring-buffer record; the captured bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `CLOCK_BOOTTIME` nanoseconds when the hook ran (`bpf_ktime_get_boot_ns`);
+    /// the agent adds the realtime-minus-boottime offset for wall-clock time.
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    /// One of `DIR_*`.
+    pub direction: u32,
+    pub policy_id: u32,
+    /// Length of the packet on the wire (`skb->len`).
+    pub orig_len: u32,
+    /// Bytes that follow this header.
+    pub cap_len: u32,
+    /// Bit set of `FLAG_*`.
+    pub flags: u32,
+}
+pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
+const _: () = assert!(RECORD_HEADER_LEN == 32);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::RecordHeader {}
+}
