@@ -1,15 +1,9 @@
 //! `mirror-agent`: the one userspace binary of the mirror.
 
-mod attach;
-mod cli;
-mod hooks;
-mod pcapng;
-mod record;
-mod ringbuf;
-
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
+use mirror_agent::{attach, cli};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,140 @@
+//! Reading captures (pcap from tcpdump, pcapng from the agent) with the
+//! pcap-file crate, an independent parser, and comparing them as multisets.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use anyhow::{Context, Result, bail};
+use pcap_file::{
+    pcap::PcapReader,
+    pcapng::{Block, PcapNgReader, blocks::enhanced_packet::EnhancedPacketOption},
+};
+
+/// Direction from pcapng's `epb_flags`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dir {
+    In,
+    Out,
+}
+
+/// One captured frame: its bytes and original length (and, from pcapng,
+/// the interface name and direction).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub data: Vec<u8>,
+    pub orig_len: u32,
+    pub interface: Option<String>,
+    pub dir: Option<Dir>,
+    /// Nanoseconds since the epoch.
+    pub ts_ns: u128,
+}
+
+/// Reads a pcap or pcapng file, whichever it is.
+pub fn read(path: &Path) -> Result<Vec<Frame>> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    match bytes.get(..4) {
+        Some([0x0a, 0x0d, 0x0d, 0x0a]) => read_pcapng(&bytes),
+        Some(_) => read_pcap(&bytes),
+        None => bail!("{} is empty", path.display()),
+    }
+}
+
+fn read_pcap(bytes: &[u8]) -> Result<Vec<Frame>> {
+    let mut reader = PcapReader::new(bytes).context("pcap header")?;
+    let mut out = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let p = packet.context("pcap packet")?;
+        out.push(Frame {
+            data: p.data.into_owned(),
+            orig_len: p.orig_len,
+            interface: None,
+            dir: None,
+            ts_ns: p.timestamp.as_nanos(),
+        });
+    }
+    Ok(out)
+}
+
+fn read_pcapng(bytes: &[u8]) -> Result<Vec<Frame>> {
+    let mut reader = PcapNgReader::new(bytes).context("pcapng section header")?;
+    let mut names: Vec<Option<String>> = Vec::new();
+    let mut out = Vec::new();
+    while let Some(block) = reader.next_block() {
+        match block.context("pcapng block")? {
+            Block::InterfaceDescription(idb) => names.push(idb.options.iter().find_map(|o| {
+                match o {
+                    pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption::IfName(n) => {
+                        Some(n.to_string())
+                    }
+                    _ => None,
+                }
+            })),
+            Block::EnhancedPacket(epb) => {
+                let dir = epb.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Flags(f) => match f & 3 {
+                        1 => Some(Dir::In),
+                        2 => Some(Dir::Out),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                out.push(Frame {
+                    interface: names.get(epb.interface_id as usize).cloned().flatten(),
+                    data: epb.data.into_owned(),
+                    orig_len: epb.original_len,
+                    dir,
+                    ts_ns: epb.timestamp.as_nanos(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Frames in one capture and not the other, counting duplicates.
+#[derive(Debug, Default)]
+pub struct Difference {
+    pub missing: Vec<(Vec<u8>, u32)>,
+    pub extra: Vec<(Vec<u8>, u32)>,
+}
+
+impl Difference {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Compares `actual` against `expected` by (bytes, original length), ignoring
+/// order and timestamps: the hook and the packet socket see a packet at
+/// slightly different moments, and ingress and egress can interleave.
+pub fn difference(expected: &[Frame], actual: &[Frame]) -> Difference {
+    let mut counts: BTreeMap<(&[u8], u32), i64> = BTreeMap::new();
+    for f in expected {
+        *counts.entry((&f.data, f.orig_len)).or_default() += 1;
+    }
+    for f in actual {
+        *counts.entry((&f.data, f.orig_len)).or_default() -= 1;
+    }
+    let mut diff = Difference::default();
+    for ((data, len), n) in counts {
+        for _ in 0..n.abs() {
+            if n > 0 {
+                diff.missing.push((data.to_vec(), len));
+            } else {
+                diff.extra.push((data.to_vec(), len));
+            }
+        }
+    }
+    diff
+}
+
+/// A short human description of a frame for failure messages.
+pub fn describe(data: &[u8], orig_len: u32) -> String {
+    let ethertype = data.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
+    format!(
+        "{} of {orig_len} bytes, ethertype {:04x?}, first bytes {:02x?}",
+        data.len(),
+        ethertype,
+        &data[..data.len().min(48)]
+    )
+}

@@ -1,0 +1,140 @@
+//! Small topologies built from namespaces and veths.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    thread,
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{netns::Netns, unique_name};
+
+/// Creates a veth pair with one end in each namespace, both up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    crate::netns::run(std::process::Command::new("ip").args([
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]))?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// Waits out the MLD reports IPv6 sends a few times after a link comes up,
+/// so a capture that starts afterwards sees only the test's own traffic.
+pub fn settle() {
+    thread::sleep(Duration::from_millis(2500));
+}
+
+/// A pod and the node it runs on, joined by one veth: the shape the mirror
+/// hooks. The hook goes on `host_if` in `node`; the pod's end is `pod_if`.
+pub struct PodPair {
+    pub host_if: String,
+    pub pod_if: String,
+    pub node_v4: Ipv4Addr,
+    pub pod_v4: Ipv4Addr,
+    pub node_v6: Option<Ipv6Addr>,
+    pub pod_v6: Option<Ipv6Addr>,
+    // Dropped last: deleting the namespaces removes the veth.
+    pub node: Netns,
+    pub pod: Netns,
+}
+
+impl PodPair {
+    /// IPv4 only (IPv6 disabled, so no background traffic at all), or dual stack.
+    pub fn new(ipv6: bool) -> Result<Self> {
+        let node = Netns::new("mtn")?;
+        let pod = Netns::new("mtp")?;
+        if !ipv6 {
+            node.disable_ipv6()?;
+            pod.disable_ipv6()?;
+        }
+        let host_if = unique_name("mth");
+        let pod_if = unique_name("mtq");
+        veth(&node, &host_if, &pod, &pod_if)?;
+        let (node_v4, pod_v4) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+        node.ip(&["addr", "add", "198.18.0.1/24", "dev", &host_if])?;
+        pod.ip(&["addr", "add", "198.18.0.2/24", "dev", &pod_if])?;
+        let (mut node_v6, mut pod_v6) = (None, None);
+        if ipv6 {
+            node.ip(&["addr", "add", "fd00:198:18::1/64", "dev", &host_if, "nodad"])?;
+            pod.ip(&["addr", "add", "fd00:198:18::2/64", "dev", &pod_if, "nodad"])?;
+            node_v6 = Some("fd00:198:18::1".parse()?);
+            pod_v6 = Some("fd00:198:18::2".parse()?);
+            settle();
+        }
+        Ok(Self {
+            host_if,
+            pod_if,
+            node_v4,
+            pod_v4,
+            node_v6,
+            pod_v6,
+            node,
+            pod,
+        })
+    }
+
+    /// Forgets learned neighbours on both ends, so the next packet needs ARP/ND.
+    pub fn flush_neighbours(&self) -> Result<()> {
+        self.node.ip(&["neigh", "flush", "dev", &self.host_if])?;
+        self.pod.ip(&["neigh", "flush", "dev", &self.pod_if])?;
+        Ok(())
+    }
+}
+
+/// A pod on a bridged node (flannel-like): its own namespace, a veth whose
+/// host end is a port of the node's bridge.
+pub struct BridgedPod {
+    pub name: String,
+    pub host_if: String,
+    pub v4: Ipv4Addr,
+    pub ns: Netns,
+}
+
+/// A node namespace with a bridge and `n` pods on 198.18.0.0/24.
+pub struct BridgedNode {
+    pub bridge: String,
+    pub pods: Vec<BridgedPod>,
+    pub node: Netns,
+}
+
+impl BridgedNode {
+    pub fn new(n: u8) -> Result<Self> {
+        let node = Netns::new("mtn")?;
+        node.disable_ipv6()?;
+        let bridge = unique_name("mtb");
+        node.ip(&["link", "add", &bridge, "type", "bridge"])?;
+        node.ip(&["addr", "add", "198.18.0.1/24", "dev", &bridge])?;
+        node.ip(&["link", "set", &bridge, "up"])?;
+        let mut pods = Vec::new();
+        for i in 1..=n {
+            let ns = Netns::new("mtp")?;
+            ns.disable_ipv6()?;
+            let host_if = unique_name("mth");
+            veth(&node, &host_if, &ns, "eth0")?;
+            node.ip(&["link", "set", &host_if, "master", &bridge])?;
+            let v4 = Ipv4Addr::new(198, 18, 0, 10 + i);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ns.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
+            pods.push(BridgedPod {
+                name: format!("pod{i}"),
+                host_if,
+                v4,
+                ns,
+            });
+        }
+        Ok(Self { bridge, pods, node })
+    }
+}
