@@ -1,12 +1,7 @@
 //! `mirror-agent attach`: mirror named interfaces of this network namespace
 //! into pcapng until SIGINT or SIGTERM, then detach and report.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{self, BufWriter, Write},
-    time::Duration,
-};
+use std::{collections::HashMap, io, time::Duration};
 
 use caps::{CapSet, Capability};
 use mirror_common::{Counters, IfaceConfig};
@@ -14,9 +9,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    cli::{AttachArgs, Output},
+    cli::AttachArgs,
+    export::{self, Exporter, SocketMark, Stats},
     hooks::{HookError, Hooks, Interface, Slot},
-    pcapng::{InterfaceId, PcapngWriter},
     record::{IfIndex, PolicyId, Record, WallClock},
     ringbuf::Drain,
 };
@@ -25,6 +20,8 @@ use crate::{
 const CLI_POLICY: PolicyId = PolicyId(1);
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
 const IDLE_DRAIN: Duration = Duration::from_millis(200);
+/// How long shutdown waits for each output to send what it holds.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -32,8 +29,8 @@ pub enum AttachError {
     UnknownInterface(String),
     #[error("--interface {0}: given more than once")]
     DuplicateInterface(String),
-    #[error("--output {output}: cannot write there: {source}")]
-    Output { output: Output, source: io::Error },
+    #[error("--output {0}")]
+    Output(#[from] export::ExportError),
     #[error(
         "not permitted: mirroring needs root or the capabilities CAP_BPF (or CAP_SYS_ADMIN) \
          and CAP_NET_ADMIN; missing {0}"
@@ -54,7 +51,7 @@ impl AttachError {
         match self {
             Self::UnknownInterface(_)
             | Self::DuplicateInterface(_)
-            | Self::Output { .. }
+            | Self::Output(_)
             | Self::Privileges(_) => 2,
             Self::Hook(_) | Self::Io { .. } => 1,
         }
@@ -68,13 +65,11 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> AttachError {
 pub fn run(args: AttachArgs) -> Result<(), AttachError> {
     check_privileges()?;
     let interfaces = resolve(&args.interfaces)?;
-    // Open the output before touching the kernel, so a bad path attaches nothing.
-    let sink = open_output(&args.output)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_err("starting the runtime"))?;
-    runtime.block_on(mirror(args, interfaces, sink))
+    runtime.block_on(mirror(args, interfaces))
 }
 
 fn check_privileges() -> Result<(), AttachError> {
@@ -109,97 +104,90 @@ fn resolve(names: &[String]) -> Result<Vec<Interface>, AttachError> {
     Ok(out)
 }
 
-type Sink = PcapngWriter<BufWriter<Box<dyn Write>>>;
-
-fn open_output(output: &Output) -> Result<Sink, AttachError> {
-    let err = |source| AttachError::Output {
-        output: output.clone(),
-        source,
-    };
-    let raw: Box<dyn Write> = match output {
-        Output::PcapngFile(path) => Box::new(File::create(path).map_err(err)?),
-        Output::PcapngStdout => Box::new(io::stdout().lock()),
-    };
-    let app = concat!("mirror-agent ", env!("CARGO_PKG_VERSION"));
-    PcapngWriter::new(BufWriter::with_capacity(1 << 20, raw), app).map_err(err)
-}
-
 /// What the agent itself did with the records it read.
 #[derive(Debug, Default)]
 struct AgentStats {
-    written: u64,
+    delivered: u64,
     malformed: u64,
     unknown_interface: u64,
-    write_errors: u64,
 }
 
-struct Writer {
-    sink: Sink,
+/// Hands each record to every output.
+struct Fanout {
+    exporters: Vec<Exporter>,
     clock: WallClock,
-    ids: HashMap<IfIndex, InterfaceId>,
+    names: HashMap<IfIndex, String>,
     stats: AgentStats,
 }
 
-impl Writer {
+impl Fanout {
     fn record(&mut self, bytes: &[u8]) {
         let record = match Record::parse(bytes) {
             Ok(r) => r,
             Err(error) => {
                 if self.stats.malformed == 0 {
-                    warn!(%error, "malformed ring-buffer record (counted, not written)");
+                    warn!(%error, "malformed ring-buffer record (counted, not sent)");
                 }
                 self.stats.malformed += 1;
                 return;
             }
         };
-        let Some(&id) = self.ids.get(&record.ifindex) else {
+        let Some(name) = self.names.get(&record.ifindex) else {
             self.stats.unknown_interface += 1;
             return;
         };
         let ts = self.clock.unix_ns(record.boot_ns);
-        match self
-            .sink
-            .write_packet(id, ts, record.orig_len, record.direction, record.data)
-        {
-            Ok(()) => self.stats.written += 1,
-            Err(error) => self.write_failed(&error),
+        for exporter in &mut self.exporters {
+            exporter.push(&record, ts, name);
         }
+        self.stats.delivered += 1;
     }
 
     fn flush(&mut self) {
-        if let Err(error) = self.sink.flush() {
-            self.write_failed(&error);
+        for exporter in &mut self.exporters {
+            exporter.flush();
         }
-    }
-
-    fn write_failed(&mut self, error: &io::Error) {
-        // Log the first failure; keep draining so the counters stay true.
-        if self.stats.write_errors == 0 {
-            warn!(%error, "writing the output failed; later failures are only counted");
-        }
-        self.stats.write_errors += 1;
     }
 }
 
-async fn mirror(
-    args: AttachArgs,
-    interfaces: Vec<Interface>,
-    mut sink: Sink,
-) -> Result<(), AttachError> {
+fn node_name(args: &AttachArgs) -> String {
+    args.node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+        .unwrap_or_default()
+}
+
+async fn mirror(args: AttachArgs, interfaces: Vec<Interface>) -> Result<(), AttachError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
 
+    // Outputs first: a bad path or an unresolvable collector attaches nothing.
+    let mark = SocketMark {
+        value: args.socket_mark.value,
+        mask: args.socket_mark.mask,
+    };
+    let node = node_name(&args);
+    let listed: Vec<(IfIndex, String)> = interfaces
+        .iter()
+        .map(|i| (i.index, i.name.clone()))
+        .collect();
+    let ctx = export::Context {
+        node: &node,
+        interfaces: &listed,
+        snaplen: args.snaplen.get(),
+        mark,
+        queue_bytes: args.queue_bytes,
+    };
+    let exporters = args
+        .outputs
+        .iter()
+        .map(|o| Exporter::open(o, &ctx))
+        .collect::<Result<Vec<_>, _>>()?;
+
     let mut hooks = Hooks::load(args.ring_size.get())?;
-    let mut ids = HashMap::new();
     let mut slots: Vec<(Interface, Slot)> = Vec::new();
     for iface in &interfaces {
-        let id = sink
-            .add_interface(&iface.name, args.snaplen.get())
-            .map_err(|source| AttachError::Output {
-                output: args.output.clone(),
-                source,
-            })?;
-        ids.insert(iface.index, id);
         let slot = hooks.configure(
             iface,
             IfaceConfig {
@@ -208,6 +196,8 @@ async fn mirror(
                 snaplen: args.snaplen.get(),
                 sample_every: args.sample.get(),
                 counter_slot: 0,
+                skip_mark: mark.value,
+                skip_mask: mark.mask,
                 _pad: 0,
             },
         )?;
@@ -216,36 +206,35 @@ async fn mirror(
     let mut drain = Drain::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
     let clock = WallClock::now()
         .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?;
-    let mut writer = Writer {
-        sink,
+    let mut fanout = Fanout {
+        exporters,
         clock,
-        ids,
+        names: listed.into_iter().collect(),
         stats: AgentStats::default(),
     };
     for iface in &interfaces {
         let mode = hooks.attach(iface, args.direction.bits(), args.attach_mode)?;
         info!(interface = %iface.name, ifindex = iface.index.0, mode = mode.as_str(), "attached");
     }
-    writer.flush();
     info!(
         interfaces = interfaces.len(),
         direction = ?args.direction,
         snaplen = args.snaplen.get(),
         sample = args.sample.get(),
-        output = %args.output,
+        outputs = args.outputs.len(),
         "mirroring started"
     );
 
     let mut tick = tokio::time::interval(IDLE_DRAIN);
     loop {
         tokio::select! {
-            batch = drain.next_batch(|r| writer.record(r)) => {
+            batch = drain.next_batch(|r| fanout.record(r)) => {
                 batch.map_err(io_err("polling the ring buffer"))?;
-                writer.flush();
+                fanout.flush();
             }
             _ = tick.tick() => {
-                drain.drain_now(|r| writer.record(r));
-                writer.flush();
+                drain.drain_now(|r| fanout.record(r));
+                fanout.flush();
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -254,13 +243,15 @@ async fn mirror(
 
     // Detach first so nothing new arrives, then take what is left in the ring.
     hooks.detach_all();
-    drain.drain_now(|r| writer.record(r));
-    writer.flush();
-    summarize(&hooks, &slots, &writer.stats);
+    drain.drain_now(|r| fanout.record(r));
+    for exporter in &mut fanout.exporters {
+        exporter.close(CLOSE_TIMEOUT);
+    }
+    summarize(&hooks, &slots, &fanout);
     Ok(())
 }
 
-fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], stats: &AgentStats) {
+fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
     let mut total = Counters::default();
     for (iface, slot) in slots {
         match hooks.counters(*slot) {
@@ -271,6 +262,7 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], stats: &AgentStats) {
                     mirrored = c.mirrored_packets,
                     truncated = c.truncated,
                     sampled_out = c.sampled_out,
+                    own_traffic = c.own_traffic,
                     lost_ring_full = c.ring_full,
                     lost_copy_failed = c.load_failed,
                     "summary"
@@ -280,18 +272,35 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], stats: &AgentStats) {
             Err(error) => warn!(interface = %iface.name, %error, "reading counters failed"),
         }
     }
-    let lost = total.ring_full + total.load_failed + stats.malformed + stats.write_errors;
+    let mut lost_output = 0;
+    for e in &fanout.exporters {
+        let s = e.stats();
+        let (queue_full, send_errors) = (Stats::get(&s.queue_full), Stats::get(&s.send_errors));
+        lost_output += queue_full + send_errors;
+        info!(
+            output = e.name(),
+            sent = Stats::get(&s.sent_packets),
+            sent_bytes = Stats::get(&s.sent_bytes),
+            mtu_truncated = Stats::get(&s.mtu_truncated),
+            lost_queue_full = queue_full,
+            lost_send_error = send_errors,
+            "output summary"
+        );
+    }
+    let stats = &fanout.stats;
+    let lost = total.ring_full + total.load_failed + stats.malformed + lost_output;
     info!(
         seen = total.seen_packets,
         mirrored = total.mirrored_packets,
-        written = stats.written,
+        written = stats.delivered,
         truncated = total.truncated,
         sampled_out = total.sampled_out,
+        own_traffic = total.own_traffic,
         lost,
         lost_ring_full = total.ring_full,
         lost_copy_failed = total.load_failed,
         lost_malformed = stats.malformed,
-        lost_write_error = stats.write_errors,
+        lost_output,
         "summary total"
     );
     if stats.unknown_interface > 0 {

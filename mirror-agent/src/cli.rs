@@ -1,10 +1,12 @@
 //! Command-line surface. Flags are parsed into typed values here, at the
 //! edge, so the rest of the agent never sees a bare string or integer.
 
-use std::{fmt, num::NonZeroU32, path::PathBuf, str::FromStr};
+use std::{fmt, num::NonZeroU32, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mirror_common::{DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, MAX_SNAPLEN};
+
+use crate::output::Output;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +34,8 @@ pub enum Command {
 const ATTACH_EXAMPLES: &str = "Examples:\n  \
     mirror-agent attach --interface veth1 --output pcapng:/tmp/veth1.pcapng\n  \
     mirror-agent attach -i veth1 -i veth2 --direction ingress --snaplen 128 --output pcapng:out.pcapng\n  \
-    mirror-agent attach -i eth0 --sample 100 --output pcapng:- | tshark -r -\n\n\
+    mirror-agent attach -i eth0 --sample 100 --output pcapng:- | tshark -r -\n  \
+    mirror-agent attach -i veth1 --snaplen 256 --output vxlan://198.18.0.9?vni=42 --output pcapng:local.pcapng\n\n\
     Stop with Ctrl-C or SIGTERM: the agent drains what is left, detaches its hooks, prints \
     a counter summary and exits 0.";
 
@@ -56,9 +59,33 @@ pub struct AttachArgs {
     #[arg(long = "sample", value_name = "N", default_value_t = SampleRate::ALL)]
     pub sample: SampleRate,
 
-    /// Where the copies go: `pcapng:PATH`, or `pcapng:-` for standard output.
-    #[arg(short, long, value_name = "URI")]
-    pub output: Output,
+    /// Where the copies go; repeat for several collectors, each gets every copy:
+    /// `pcapng:PATH`, `pcapng:-` (standard output), `vxlan://HOST[:PORT]?vni=N`,
+    /// `geneve://HOST[:PORT]?vni=N`, `gre://HOST[?key=N&seq=true]`,
+    /// `erspan2://HOST?session=N`, `erspan3://HOST?session=N[&hwid=N]`,
+    /// `tcp://HOST:PORT` (a pcapng stream). Tunnels take `&mtu=BYTES` (default 1500):
+    /// longer copies are cut to fit, keeping their original length where the tunnel can.
+    #[arg(short, long = "output", value_name = "URI", required = true)]
+    pub outputs: Vec<Output>,
+
+    /// SO_MARK put on the agent's own sockets, as VALUE[/MASK]; the hooks pass over
+    /// packets whose mark matches, so the agent never mirrors its own tunnels. Change it
+    /// if your CNI uses these mark bits.
+    #[arg(
+        long,
+        value_name = "VALUE[/MASK]",
+        default_value = "0x00dd0000/0x00ff0000"
+    )]
+    pub socket_mark: MarkArg,
+
+    /// Bound of each output's queue in bytes; beyond it copies are dropped and counted
+    /// (`queue_full`), so a slow collector never holds up the others.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub queue_bytes: usize,
+
+    /// This node's name, carried in GENEVE options. Default: $NODE_NAME, else the host name.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 
     /// How hooks are attached: `tcx` (first in the kernel's multi-program chain),
     /// `netlink` (clsact qdisc and cls_bpf filter, for kernels before 6.6),
@@ -189,38 +216,38 @@ impl fmt::Display for RingSize {
     }
 }
 
-/// Where mirrored packets go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
-    /// pcapng to a file.
-    PcapngFile(PathBuf),
-    /// pcapng to standard output, for `| tshark -r -`.
-    PcapngStdout,
+/// `--socket-mark VALUE[/MASK]`, in hex (0x...) or decimal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkArg {
+    pub value: u32,
+    pub mask: u32,
 }
 
-impl FromStr for Output {
+impl FromStr for MarkArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("'{s}' has no scheme; write pcapng:PATH or pcapng:-"))?;
-        match scheme {
-            "pcapng" if rest == "-" => Ok(Self::PcapngStdout),
-            "pcapng" if rest.is_empty() => Err("pcapng: needs a path, or - for stdout".into()),
-            "pcapng" => Ok(Self::PcapngFile(PathBuf::from(rest))),
-            other => Err(format!(
-                "unknown output scheme '{other}'; supported: pcapng"
-            )),
+        let number = |t: &str| {
+            let t = t.trim();
+            let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => t.parse(),
+            };
+            parsed.map_err(|_| format!("'{t}' is not a 32-bit number"))
+        };
+        let (value, mask) = match s.split_once('/') {
+            Some((v, m)) => (number(v)?, number(m)?),
+            None => (number(s)?, u32::MAX),
+        };
+        if value == 0 || mask == 0 || value & !mask != 0 {
+            return Err("needs a non-zero value inside a non-zero mask".into());
         }
+        Ok(Self { value, mask })
     }
 }
 
-impl fmt::Display for Output {
+impl fmt::Display for MarkArg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::PcapngFile(path) => write!(f, "pcapng:{}", path.display()),
-            Self::PcapngStdout => f.write_str("pcapng:-"),
-        }
+        write!(f, "{:#x}/{:#x}", self.value, self.mask)
     }
 }
 
@@ -251,14 +278,23 @@ mod tests {
     }
 
     #[test]
-    fn outputs() {
-        assert_eq!("pcapng:-".parse::<Output>(), Ok(Output::PcapngStdout));
+    fn marks() {
         assert_eq!(
-            "pcapng:/tmp/a b".parse::<Output>(),
-            Ok(Output::PcapngFile("/tmp/a b".into()))
+            "0x00dd0000/0x00ff0000".parse::<MarkArg>(),
+            Ok(MarkArg {
+                value: 0xdd0000,
+                mask: 0xff0000
+            })
         );
-        assert!("pcapng:".parse::<Output>().is_err());
-        assert!("/tmp/x".parse::<Output>().is_err());
-        assert!("ftp:x".parse::<Output>().is_err());
+        assert_eq!(
+            "7".parse::<MarkArg>(),
+            Ok(MarkArg {
+                value: 7,
+                mask: u32::MAX
+            })
+        );
+        assert!("0x100/0xff".parse::<MarkArg>().is_err());
+        assert!("0".parse::<MarkArg>().is_err());
+        assert!("zz".parse::<MarkArg>().is_err());
     }
 }

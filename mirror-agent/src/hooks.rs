@@ -16,7 +16,11 @@ use mirror_common::{
 };
 use tracing::{debug, warn};
 
-use crate::{cli::AttachMode, record::IfIndex};
+use crate::{
+    cli::AttachMode,
+    qdisc::{self, Action, QdiscError},
+    record::IfIndex,
+};
 
 /// The eBPF object built by build.rs from `mirror-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
@@ -44,6 +48,11 @@ pub enum HookError {
     },
     #[error("adding the clsact qdisc to {interface} failed: {source}")]
     Clsact { interface: String, source: TcError },
+    #[error("cannot attach to {interface} with netlink: {source}")]
+    Qdisc {
+        interface: String,
+        source: QdiscError,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -189,16 +198,7 @@ impl Hooks {
                 }
             }
         }
-        match tc::qdisc_add_clsact(&iface.name) {
-            Ok(()) => {}
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc_eexist()) => {}
-            Err(source) => {
-                return Err(HookError::Clsact {
-                    interface: iface.name.clone(),
-                    source,
-                });
-            }
-        }
+        netlink_qdisc(iface, kind)?;
         let program = classifier(&mut self.ebpf, prog)?;
         let link = program
             .attach_with_options(
@@ -263,6 +263,36 @@ impl Drop for Hooks {
     fn drop(&mut self) {
         // Dropping the Ebpf object would detach too; doing it here logs failures.
         self.detach_all();
+    }
+}
+
+/// Makes sure the interface's ingress slot holds a qdisc that serves `kind`
+/// before a netlink filter goes there: an `ingress` qdisc would accept an
+/// egress filter but run it on inbound packets.
+fn netlink_qdisc(iface: &Interface, kind: TcAttachType) -> Result<(), HookError> {
+    let qdisc_err = |source| HookError::Qdisc {
+        interface: iface.name.clone(),
+        source,
+    };
+    let slot = qdisc::ingress_slot(iface.index.0).map_err(qdisc_err)?;
+    if qdisc::decide(&slot, kind).map_err(qdisc_err)? == Action::Attach {
+        return Ok(());
+    }
+    match tc::qdisc_add_clsact(&iface.name) {
+        Ok(()) => Ok(()),
+        // Someone filled the slot since we looked (a CNI, or our own other
+        // hook): it may be an `ingress` qdisc, so look again.
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc_eexist()) => {
+            let slot = qdisc::ingress_slot(iface.index.0).map_err(qdisc_err)?;
+            match qdisc::decide(&slot, kind).map_err(qdisc_err)? {
+                Action::Attach => Ok(()),
+                Action::AddClsact => Err(qdisc_err(QdiscError::Vanished)),
+            }
+        }
+        Err(source) => Err(HookError::Clsact {
+            interface: iface.name.clone(),
+            source,
+        }),
     }
 }
 

@@ -4,7 +4,14 @@
 
 pub mod attach;
 pub mod cli;
+pub mod encap;
+pub mod export;
 pub mod hooks;
+pub mod output;
+pub mod pcapfilter;
 pub mod pcapng;
+pub mod policy;
+pub mod qdisc;
 pub mod record;
 pub mod ringbuf;
+pub mod rules;

@@ -10,7 +10,7 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
@@ -71,9 +71,14 @@ pub struct IfaceConfig {
     pub sample_every: u32,
     /// Index into [`MAP_COUNTERS`] for this interface's counters.
     pub counter_slot: u32,
+    /// Packets with `skb->mark & skip_mask == skip_mark` are the agent's own
+    /// (its sockets carry that `SO_MARK`) and are never mirrored. A zero mask
+    /// disables the check.
+    pub skip_mark: u32,
+    pub skip_mask: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 32);
 
 /// Per-CPU counters for one interface, in [`MAP_COUNTERS`] (a per-CPU array
 /// indexed by [`IfaceConfig::counter_slot`]). Every way a packet that reached
@@ -95,8 +100,10 @@ pub struct Counters {
     pub ring_full: u64,
     /// Packets lost because copying from the packet failed.
     pub load_failed: u64,
+    /// The agent's own tunnel packets, passed over (see `IfaceConfig::skip_mark`).
+    pub own_traffic: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+const _: () = assert!(core::mem::size_of::<Counters>() == 72);
 
 impl Counters {
     /// Sum of per-CPU values.
@@ -109,6 +116,7 @@ impl Counters {
         self.sampled_out += other.sampled_out;
         self.ring_full += other.ring_full;
         self.load_failed += other.load_failed;
+        self.own_traffic += other.own_traffic;
     }
 }
 

@@ -61,6 +61,12 @@ fn mirror(ctx: &TcContext, direction: u32) {
     };
     // SAFETY: per-CPU value; this program cannot be re-entered on this CPU.
     let counters = unsafe { &mut *counters };
+    // SAFETY: the context pointer is valid for the whole program run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if config.skip_mask != 0 && mark & config.skip_mask == config.skip_mark {
+        counters.own_traffic += 1;
+        return;
+    }
     let len = ctx.len();
     counters.seen_packets += 1;
     counters.seen_bytes += u64::from(len);

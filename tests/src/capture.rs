@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::{Context, Result, bail};
 use pcap_file::{
+    TsResolution,
     pcap::PcapReader,
     pcapng::{Block, PcapNgReader, blocks::enhanced_packet::EnhancedPacketOption},
 };
@@ -40,15 +41,21 @@ pub fn read(path: &Path) -> Result<Vec<Frame>> {
 
 fn read_pcap(bytes: &[u8]) -> Result<Vec<Frame>> {
     let mut reader = PcapReader::new(bytes).context("pcap header")?;
+    let frac_ns: u128 = match reader.header().ts_resolution {
+        TsResolution::MicroSecond => 1000,
+        TsResolution::NanoSecond => 1,
+    };
     let mut out = Vec::new();
-    while let Some(packet) = reader.next_packet() {
+    // Raw packets: pcap-file's checked reader refuses orig_len > snaplen,
+    // which every capture cut by `tcpdump -s` has.
+    while let Some(packet) = reader.next_raw_packet() {
         let p = packet.context("pcap packet")?;
         out.push(Frame {
             data: p.data.into_owned(),
             orig_len: p.orig_len,
             interface: None,
             dir: None,
-            ts_ns: p.timestamp.as_nanos(),
+            ts_ns: u128::from(p.ts_sec) * 1_000_000_000 + u128::from(p.ts_frac) * frac_ns,
         });
     }
     Ok(out)

@@ -8,8 +8,10 @@
 
 pub mod agent;
 pub mod capture;
+pub mod hooks;
 pub mod netns;
 pub mod process;
+pub mod scenario;
 pub mod tcpdump;
 pub mod topology;
 pub mod traffic;

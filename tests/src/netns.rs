@@ -55,10 +55,11 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
-    /// A command that runs inside the namespace (`ip netns exec`).
+    /// A command that runs inside the namespace (`ip netns exec`), with no stdin.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        cmd.args(["netns", "exec", &self.name, program])
+            .stdin(std::process::Stdio::null());
         cmd
     }
 

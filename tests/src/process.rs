@@ -1,8 +1,8 @@
 //! Child processes that are killed and reaped when their guard drops.
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, ChildStderr, Command, ExitStatus, Stdio},
+    io::{BufRead, BufReader},
+    process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
@@ -23,9 +23,9 @@ pub struct Process {
 }
 
 impl Process {
-    /// Spawns `cmd` with stderr piped (stdout as the caller set it).
+    /// Spawns `cmd` with stderr piped (stdin and stdout as the caller set them).
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
-        cmd.stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("spawning {name}: {cmd:?}"))?;
@@ -72,7 +72,8 @@ impl Process {
         }
     }
 
-    pub fn stdout(&mut self) -> Option<impl Read + use<>> {
+    /// The child's stdout, if it was piped and not taken yet.
+    pub fn stdout(&mut self) -> Option<ChildStdout> {
         self.child.as_mut().and_then(|c| c.stdout.take())
     }
 

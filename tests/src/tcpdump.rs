@@ -1,6 +1,10 @@
 //! tcpdump, the oracle: run on the same interface as the agent.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
@@ -10,6 +14,9 @@ use crate::{netns::Netns, process::Process};
 pub struct Tcpdump {
     process: Process,
     path: PathBuf,
+    /// `-Q` filters direction in libpcap, after the kernel's count of
+    /// packets "received by filter".
+    direction_filter: bool,
 }
 
 impl Tcpdump {
@@ -18,6 +25,8 @@ impl Tcpdump {
     pub fn start(ns: &Netns, interface: &str, path: PathBuf, extra: &[&str]) -> Result<Self> {
         let mut cmd = ns.command("tcpdump");
         cmd.args(["-i", interface, "-n", "-s", "0", "-U", "--immediate-mode"])
+            // A 128 MiB buffer: with the default 2 MiB, tcpdump drops GSO bursts.
+            .args(["-B", "131072"])
             .args(["--time-stamp-precision=nano", "-Z", "root", "-w"])
             .arg(&path)
             .args(extra)
@@ -26,17 +35,46 @@ impl Tcpdump {
         process
             .wait_for_line("listening on", Duration::from_secs(10))
             .context("tcpdump did not start (is it installed? `cargo xtask setup` installs it)")?;
-        Ok(Self { process, path })
+        Ok(Self {
+            process,
+            path,
+            direction_filter: extra.contains(&"-Q"),
+        })
     }
 
-    /// Stops tcpdump (it flushes on SIGINT) and returns the capture's path.
+    /// Stops tcpdump once its file has stopped growing (it is behind the
+    /// kernel after a burst), and checks it kept every packet it received.
     pub fn stop(self) -> Result<PathBuf> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let size = || std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let mut last = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(400));
+            let now = size();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
         let (status, stderr) = self.process.stop(Signal::SIGINT, Duration::from_secs(10))?;
         ensure!(status.success(), "tcpdump failed: {status}\n{stderr}");
-        // tcpdump reports kernel drops; the oracle must be complete to be trusted.
+        // The oracle must be complete to be trusted.
+        let stat = |what: &str| {
+            stderr
+                .lines()
+                .find(|l| l.ends_with(what))
+                .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        let (captured, received, dropped) = (
+            stat("packets captured"),
+            stat("packets received by filter"),
+            stat("packets dropped by kernel"),
+        );
         ensure!(
-            stderr.contains(" 0 packets dropped by kernel"),
-            "tcpdump itself dropped packets, so it cannot serve as the oracle:\n{stderr}"
+            captured.is_some()
+                && (captured == received || self.direction_filter)
+                && dropped == Some(0),
+            "tcpdump did not keep every packet, so it cannot serve as the oracle:\n{stderr}"
         );
         Ok(self.path)
     }

@@ -1,1 +1,62 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's developer and CI tasks.
+
+mod build;
+mod demo;
+mod paths;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Project tasks for the eBPF traffic mirror."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (rust-src, bpf-linker, Debian
+    /// packages); quick when all is there already.
+    Setup,
+    /// Set up, then build the release agent at target/release/mirror-agent.
+    Build,
+    /// Set up, build, and run the whole test suite (as root).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        extra: Vec<String>,
+    },
+    /// Mirror real traffic between three pods on a simulated node into
+    /// target/demo/demo.pcapng, then remove everything it made (as root).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => setup::run().and_then(|()| build::agent(build::Profile::Release)),
+        Command::Test { extra } => test::run(&extra),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<demo::Interrupted>() => {
+            eprintln!("{e}");
+            // As a shell reports a process ended by SIGINT.
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Exporters: one per `--output`, each with its own sender thread and its
+//! own byte-bounded queue, so a slow or absent collector costs only its own
+//! copies (counted), never the drain or the other outputs.
+//!
+//! The drain thread calls [`Exporter::push`] for every record, which encodes
+//! the packet into the exporter's current batch (tunnel header or pcapng
+//! block, then the bytes, copied once out of the ring buffer), and
+//! [`Exporter::flush`] after each drained batch, which hands the batch over.
+
+mod queue;
+mod stream;
+mod tunnel;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tracing::warn;
+
+use crate::{
+    output::Output,
+    pcapng::InterfaceId,
+    record::{IfIndex, Record},
+};
+
+pub use tunnel::flow_hash;
+
+/// Default bound of one exporter's queue.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
+
+/// `SO_MARK` put on every socket the agent sends mirrored copies with. The
+/// hook passes over packets whose mark matches under [`SocketMark::mask`], so
+/// the agent never mirrors its own tunnels, even through a mirrored interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketMark {
+    pub value: u32,
+    pub mask: u32,
+}
+
+/// Counters of one exporter, shared with its sender thread.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub sent_packets: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    /// Dropped because the queue was over its byte bound.
+    pub queue_full: AtomicU64,
+    /// Dropped because sending failed (collector down, unreachable, disk full).
+    pub send_errors: AtomicU64,
+    /// Sent, but cut to fit the path MTU.
+    pub mtu_truncated: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn add_queue_full(&self, n: usize) {
+        Self::add(&self.queue_full, n);
+    }
+
+    pub fn add_send_errors(&self, n: usize) {
+        Self::add(&self.send_errors, n);
+    }
+
+    pub fn add_sent(&self, packets: usize, bytes: usize) {
+        Self::add(&self.sent_packets, packets);
+        Self::add(&self.sent_bytes, bytes);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What every exporter needs to know about the mirror it serves.
+pub struct Context<'a> {
+    /// This node's name (GENEVE option, pcapng interface names at a collector).
+    pub node: &'a str,
+    /// Mirrored interfaces, in pcapng interface-block order.
+    pub interfaces: &'a [(IfIndex, String)],
+    pub snaplen: u32,
+    pub mark: SocketMark,
+    pub queue_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{output}: {reason}")]
+    Open { output: String, reason: String },
+}
+
+fn open_err(output: &Output, reason: impl std::fmt::Display) -> ExportError {
+    ExportError::Open {
+        output: output.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+enum Encoder {
+    Pcapng(HashMap<IfIndex, InterfaceId>),
+    Tunnel(tunnel::Encode),
+}
+
+pub struct Exporter {
+    name: String,
+    encoder: Encoder,
+    outbox: queue::Outbox,
+    stats: Arc<Stats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Opens the output (files are created, tunnel sockets bound, names
+    /// resolved) and starts its sender thread. TCP and TLS collectors are
+    /// connected by the sender, which retries until they answer.
+    pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Self, ExportError> {
+        let (outbox, inbox) = queue::channel(ctx.queue_bytes);
+        let stats = Arc::new(Stats::default());
+        let (encoder, thread) = match output {
+            Output::Tunnel { tunnel, to, mtu } => {
+                let (encode, sender) =
+                    tunnel::open(tunnel, to, *mtu, ctx).map_err(|e| open_err(output, e))?;
+                let stats = stats.clone();
+                let thread = spawn(output, move || sender.run(&inbox, &stats))?;
+                (Encoder::Tunnel(encode), thread)
+            }
+            _ => {
+                let ids = ctx
+                    .interfaces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (index, _))| (*index, InterfaceId(i as u32)))
+                    .collect();
+                let sink = stream::open(output, ctx).map_err(|e| open_err(output, e))?;
+                let stats = stats.clone();
+                let thread = spawn(output, move || sink.run(&inbox, &stats))?;
+                (Encoder::Pcapng(ids), thread)
+            }
+        };
+        Ok(Self {
+            name: output.to_string(),
+            encoder,
+            outbox,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Bytes waiting in this exporter's queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.queued()
+    }
+
+    /// Encodes one mirrored packet into the current batch.
+    pub fn push(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) {
+        let batch = &mut self.outbox.current;
+        match &mut self.encoder {
+            Encoder::Pcapng(ids) => {
+                // Records only come from interfaces we configured.
+                let Some(&id) = ids.get(&record.ifindex) else {
+                    return;
+                };
+                let start = batch.buf.len();
+                crate::pcapng::packet_block(
+                    &mut batch.buf,
+                    id,
+                    unix_ns,
+                    record.orig_len,
+                    record.direction,
+                    record.data,
+                );
+                let len = batch.buf.len() - start;
+                batch.packets.push(queue::Span {
+                    start,
+                    len,
+                    lane: 0,
+                });
+            }
+            Encoder::Tunnel(encode) => encode.push(batch, record, unix_ns, interface, &self.stats),
+        }
+    }
+
+    /// Hands the batch to the sender thread.
+    pub fn flush(&mut self) {
+        self.outbox.submit(&self.stats);
+    }
+
+    /// Sends what is queued and stops, waiting at most `timeout` (a collector
+    /// that does not answer must not hold up shutdown).
+    pub fn close(&mut self, timeout: Duration) {
+        self.flush();
+        self.outbox.close();
+        if let Some(thread) = self.thread.take() {
+            let deadline = Instant::now() + timeout;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                warn!(output = %self.name, "gave up waiting for the output to finish sending");
+            }
+        }
+    }
+}
+
+fn spawn(
+    output: &Output,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, ExportError> {
+    std::thread::Builder::new()
+        .name("exporter".into())
+        .spawn(f)
+        .map_err(|e| open_err(output, e))
+}

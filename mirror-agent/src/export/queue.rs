@@ -1,0 +1,133 @@
+//! The hand-off between the drain thread and one exporter's sender thread:
+//! whole batches of encoded packets, bounded in bytes. The drain side never
+//! waits: a batch that would overflow the bound is dropped and counted.
+//! Emptied batches travel back for reuse, so steady state allocates nothing.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+    mpsc::{self, Receiver, Sender, SyncSender, TrySendError},
+};
+
+use super::Stats;
+
+/// Encoded packets: one buffer, and where each packet lies in it.
+#[derive(Default)]
+pub struct Batch {
+    pub buf: Vec<u8>,
+    pub packets: Vec<Span>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    pub start: usize,
+    pub len: usize,
+    /// Which of the sender's sockets carries it (flow hash), where that matters.
+    pub lane: u32,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    pub fn bytes(&self, span: Span) -> &[u8] {
+        &self.buf[span.start..span.start + span.len]
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.packets.clear();
+    }
+}
+
+/// Batches in flight: enough to absorb a burst while the byte bound decides.
+const CHANNEL_BATCHES: usize = 256;
+
+/// The drain thread's end.
+pub struct Outbox {
+    tx: Option<SyncSender<Batch>>,
+    back: Receiver<Batch>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    pub current: Batch,
+}
+
+/// The sender thread's end.
+pub struct Inbox {
+    rx: Receiver<Batch>,
+    back: Sender<Batch>,
+    queued: Arc<AtomicUsize>,
+}
+
+pub fn channel(limit_bytes: usize) -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::sync_channel(CHANNEL_BATCHES);
+    let (back_tx, back_rx) = mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        Outbox {
+            tx: Some(tx),
+            back: back_rx,
+            queued: queued.clone(),
+            limit: limit_bytes,
+            current: Batch::default(),
+        },
+        Inbox {
+            rx,
+            back: back_tx,
+            queued,
+        },
+    )
+}
+
+impl Outbox {
+    /// Hands the current batch to the sender, or drops it (counted) if the
+    /// queue is over its byte bound or the sender has gone.
+    pub fn submit(&mut self, stats: &Stats) {
+        if self.current.is_empty() {
+            return;
+        }
+        let len = self.current.buf.len();
+        let over = self.queued.load(Ordering::Relaxed) + len > self.limit;
+        let Some(tx) = self.tx.as_ref().filter(|_| !over) else {
+            stats.add_queue_full(self.current.packets.len());
+            self.current.clear();
+            return;
+        };
+        let next = self.back.try_recv().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.current, next);
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if let Err(TrySendError::Full(mut b) | TrySendError::Disconnected(mut b)) =
+            tx.try_send(batch)
+        {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            stats.add_queue_full(b.packets.len());
+            b.clear();
+            self.current = b;
+        }
+    }
+
+    /// Bytes waiting for the sender.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// No more batches: the sender finishes what it has and stops.
+    pub fn close(&mut self) {
+        self.tx = None;
+    }
+}
+
+impl Inbox {
+    /// The next batch, or `None` once the drain side has closed and all is sent.
+    pub fn recv(&self) -> Option<Batch> {
+        self.rx.recv().ok()
+    }
+
+    /// Returns a batch that has been sent (or given up on) for reuse.
+    pub fn done(&self, mut batch: Batch) {
+        self.queued.fetch_sub(batch.buf.len(), Ordering::Relaxed);
+        batch.clear();
+        let _ = self.back.send(batch);
+    }
+}

@@ -1,0 +1,89 @@
+//! The standard comparison: tcpdump and the agent on the same interface,
+//! real traffic, then both captures read back.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use tempfile::TempDir;
+
+use crate::{
+    agent::{Agent, Exit},
+    capture::{self, Frame},
+    tcpdump::Tcpdump,
+    topology::PodPair,
+};
+
+pub struct Captures {
+    /// What tcpdump saw on the interface.
+    pub oracle: Vec<Frame>,
+    /// What the agent wrote.
+    pub mirror: Vec<Frame>,
+    pub exit: Exit,
+    pub mirror_path: PathBuf,
+    /// Holds the files until the captures are dropped.
+    pub dir: TempDir,
+}
+
+/// Starts tcpdump (with `tcpdump_args`, e.g. `-Q in`) and then the agent
+/// (`attach -i HOST_IF --output pcapng:FILE` plus `agent_args`) on the pair's
+/// host-side veth, runs `traffic`, stops the agent, then tcpdump. The agent's
+/// window lies inside tcpdump's, and the topology is quiet outside `traffic`.
+pub fn run(
+    pair: &PodPair,
+    agent_args: &[&str],
+    tcpdump_args: &[&str],
+    traffic: impl FnOnce(&PodPair) -> Result<()>,
+) -> Result<Captures> {
+    crate::require_root();
+    let dir = tempfile::tempdir()?;
+    let oracle_path = dir.path().join("tcpdump.pcap");
+    let mirror_path = dir.path().join("mirror.pcapng");
+    let tcpdump = Tcpdump::start(&pair.node, &pair.host_if, oracle_path, tcpdump_args)?;
+    let output = format!("pcapng:{}", mirror_path.display());
+    let mut args = vec!["attach", "-i", &pair.host_if, "--output", &output];
+    args.extend_from_slice(agent_args);
+    let agent = Agent::start(&pair.node, &args)?;
+    traffic(pair).context("generating traffic")?;
+    // Let the last packets reach both captures before stopping.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let exit = agent.stop()?;
+    ensure!(
+        exit.status.success(),
+        "agent failed: {}\n{}",
+        exit.status,
+        exit.stderr
+    );
+    let oracle_path = tcpdump.stop()?;
+    Ok(Captures {
+        oracle: capture::read(&oracle_path)?,
+        mirror: capture::read(&mirror_path)?,
+        exit,
+        mirror_path,
+        dir,
+    })
+}
+
+/// Fails with a readable list of differences unless the two frame multisets
+/// are equal (bytes and original lengths).
+pub fn assert_same_frames(oracle: &[Frame], mirror: &[Frame]) {
+    let diff = capture::difference(oracle, mirror);
+    if !diff.is_empty() {
+        let show = |v: &[(Vec<u8>, u32)]| {
+            v.iter()
+                .take(5)
+                .map(|(d, l)| format!("  {}", capture::describe(d, *l)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "mirror differs from tcpdump: {} frames in tcpdump only, {} in the mirror only \
+             (of {} and {})\nmissing:\n{}\nextra:\n{}",
+            diff.missing.len(),
+            diff.extra.len(),
+            oracle.len(),
+            mirror.len(),
+            show(&diff.missing),
+            show(&diff.extra)
+        );
+    }
+}

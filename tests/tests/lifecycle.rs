@@ -1,0 +1,206 @@
+//! Start, stop and refusal: after SIGTERM or SIGINT, after a failed start,
+//! and after bad input, the kernel holds no program of ours on the interface
+//! (asked of the kernel: tcx via BPF_PROG_QUERY, netlink via `tc`).
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use testbed::{
+    agent::{self, Agent},
+    hooks,
+    topology::PodPair,
+};
+
+fn output(dir: &tempfile::TempDir) -> String {
+    format!("pcapng:{}", dir.path().join("out.pcapng").display())
+}
+
+fn stops_cleanly(mode: &str, sig: Signal) {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = output(&dir);
+    let agent = Agent::start(
+        &pair.node,
+        &[
+            "attach",
+            "-i",
+            &pair.host_if,
+            "--attach-mode",
+            mode,
+            "--output",
+            &out,
+        ],
+    )
+    .expect("agent starts");
+    let attached = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
+    let prefix = if mode == "tcx" { "tcx/" } else { "tc/" };
+    for name in ["ingress:", "egress:"] {
+        assert!(
+            attached
+                .iter()
+                .any(|a| a.starts_with(&format!("{prefix}{name}")) && a.contains("mirror_")),
+            "no {mode} {name} hook while running: {attached:?}"
+        );
+    }
+    let exit = agent.signal(sig).expect("agent stops");
+    assert!(
+        exit.status.success(),
+        "exit {} after {sig}\n{}",
+        exit.status,
+        exit.stderr
+    );
+    assert!(
+        exit.stderr.contains("summary total"),
+        "no summary:\n{}",
+        exit.stderr
+    );
+    let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
+    assert!(left.is_empty(), "left attached after {sig}: {left:?}");
+}
+
+#[test]
+fn sigterm_detaches_tcx() {
+    stops_cleanly("tcx", Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_detaches_tcx() {
+    stops_cleanly("tcx", Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_detaches_netlink() {
+    stops_cleanly("netlink", Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_detaches_netlink() {
+    stops_cleanly("netlink", Signal::SIGINT);
+}
+
+/// The second interface cannot take a clsact qdisc (an `ingress` qdisc holds
+/// its slot), so the start fails after the first interface was hooked: the
+/// first must be unhooked again.
+#[test]
+fn failed_start_detaches_what_it_attached() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let second = testbed::unique_name("mtx");
+    let peer = testbed::unique_name("mty");
+    testbed::topology::veth(&pair.node, &second, &pair.pod, &peer).expect("second veth");
+    pair.node
+        .exec(&["tc", "qdisc", "add", "dev", &second, "ingress"])
+        .expect("ingress qdisc");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = output(&dir);
+    let exit = agent::run(
+        &pair.node,
+        &[
+            "attach",
+            "-i",
+            &pair.host_if,
+            "-i",
+            &second,
+            "--attach-mode",
+            "netlink",
+            "--output",
+            &out,
+        ],
+    )
+    .expect("agent runs");
+    assert_eq!(exit.status.code(), Some(1), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains(&second),
+        "error does not name {second}:\n{}",
+        exit.stderr
+    );
+    for iface in [&pair.host_if, &second] {
+        let left = hooks::attached(&pair.node, iface).expect("query hooks");
+        assert!(left.is_empty(), "left attached on {iface}: {left:?}");
+    }
+}
+
+/// Bad input: exit code 2, one clear error naming the flag, nothing attached.
+#[test]
+fn bad_input_is_refused_with_exit_code_2() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = output(&dir);
+    let unwritable = format!("pcapng:{}/no/such/dir/x.pcapng", dir.path().display());
+    let h = pair.host_if.as_str();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-i", "mtnosuchif0", "--output", &out],
+            "--interface mtnosuchif0",
+        ),
+        (
+            &["-i", h, "-i", h, "--output", &out],
+            "given more than once",
+        ),
+        (&["-i", h, "--snaplen", "0", "--output", &out], "--snaplen"),
+        (
+            &["-i", h, "--snaplen", "262145", "--output", &out],
+            "--snaplen",
+        ),
+        (&["-i", h, "--sample", "0", "--output", &out], "--sample"),
+        (
+            &["-i", h, "--ring-size", "1000", "--output", &out],
+            "--ring-size",
+        ),
+        (
+            &["-i", h, "--direction", "sideways", "--output", &out],
+            "--direction",
+        ),
+        (&["-i", h, "--output", "vxlan-nope:x"], "--output"),
+        (&["-i", h, "--output", &unwritable], "--output"),
+        (&["-i", h], "--output"),
+    ];
+    for (args, needle) in cases {
+        let mut argv = vec!["attach"];
+        argv.extend_from_slice(args);
+        let exit = agent::run(&pair.node, &argv).expect("agent runs");
+        assert_eq!(exit.status.code(), Some(2), "{argv:?}\n{}", exit.stderr);
+        assert!(
+            exit.stderr.contains(needle),
+            "{argv:?}: error does not name {needle}:\n{}",
+            exit.stderr
+        );
+        let left = hooks::attached(&pair.node, h).expect("query hooks");
+        assert!(left.is_empty(), "{argv:?} left hooks: {left:?}");
+    }
+}
+
+/// Without root or capabilities: a clear refusal, exit 2, nothing attached.
+#[test]
+fn unprivileged_is_refused() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let bin = agent::binary();
+    let mut cmd = pair.node.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(&bin)
+    .args([
+        "attach",
+        "-i",
+        &pair.host_if,
+        "--output",
+        "pcapng:/dev/null",
+    ])
+    .stdout(std::process::Stdio::null());
+    let process = testbed::process::Process::spawn("mirror-agent", cmd).expect("spawn");
+    let (status, stderr) = process.wait(Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -1,0 +1,221 @@
+//! `cargo xtask setup`: everything a fresh Debian machine needs to build and
+//! test, each step skipped when its result is already there, so a second run
+//! takes seconds. See TOOLCHAIN.md (shared notes) for why each step is so.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    paths,
+    run::{self, capture, nightly, show},
+};
+
+/// What the tests and benchmarks run (tcpdump and tshark are the oracles,
+/// ping and iperf3/trafgen make traffic, bpftool inspects hooks).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "tcpdump",
+    "tshark",
+    "iperf3",
+    "netsniff-ng",
+    "libpcap-dev",
+    "iputils-ping",
+    "iproute2",
+    "bpftool",
+    "procps",
+];
+
+pub fn run() -> Result<()> {
+    rust_components("nightly", &["rust-src"])?;
+    rust_components("stable", &["rustfmt", "clippy"])?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+fn step(what: &str, status: &str) {
+    println!("setup: {what}: {status}");
+}
+
+fn rust_components(toolchain: &str, wanted: &[&str]) -> Result<()> {
+    let what = format!("{} for {toolchain}", wanted.join(", "));
+    let listed = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .with_context(|| format!("the {toolchain} toolchain is needed (rustup toolchain list)"))?;
+    // Listed as `rust-src`, or with the host triple: `clippy-x86_64-unknown-linux-gnu`.
+    let has = |name: &str| {
+        listed
+            .lines()
+            .any(|l| l == name || l.strip_prefix(name).is_some_and(|r| r.starts_with('-')))
+    };
+    let missing: Vec<&str> = wanted.iter().copied().filter(|c| !has(c)).collect();
+    if missing.is_empty() {
+        step(&what, "present");
+        return Ok(());
+    }
+    step(&what, &format!("installing {}", missing.join(", ")));
+    show(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", toolchain])
+            .args(&missing),
+    )
+}
+
+/// bpf-linker, built against the nightly toolchain's own libLLVM: the LLVM
+/// that emits the eBPF bitcode must be the one that links it, and no LLVM
+/// development package of that version exists here.
+fn bpf_linker() -> Result<()> {
+    // The binary finds libLLVM only through the nightly lib dir that
+    // `rustup run nightly` (and so aya-build's `cargo +nightly`) puts on
+    // LD_LIBRARY_PATH; a nightly update breaks it, and this notices.
+    let mut version = nightly("bpf-linker");
+    version.arg("--version");
+    if let Ok(v) = capture(&mut version) {
+        step("bpf-linker", &format!("present ({})", v.trim()));
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(capture(nightly("rustc").args(["--print", "sysroot"]))?.trim());
+    let libllvm = nightly_libllvm(&sysroot.join("lib"))?;
+    let major = llvm_major()?;
+    let prefix = paths::home()?.join(".cache/mirror-llvm");
+    let link = prefix.join("lib/libLLVM.so");
+    fs::create_dir_all(prefix.join("lib"))
+        .with_context(|| format!("creating {}", prefix.display()))?;
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?;
+    }
+    symlink(&libllvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    step(
+        "bpf-linker",
+        &format!(
+            "building against {} (LLVM {major}; about a minute)",
+            libllvm.display()
+        ),
+    );
+    let mut install = nightly("cargo");
+    install
+        .args(["install", "bpf-linker", "--locked", "--force"])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        // Away from the workspace, so its cargo config cannot affect the install.
+        .current_dir(paths::home()?);
+    show(&mut install)?;
+    let v = capture(&mut version).context("bpf-linker was installed but does not run")?;
+    step("bpf-linker", &format!("installed ({})", v.trim()));
+    Ok(())
+}
+
+/// The nightly toolchain's `libLLVM.so.<version>-rust-<version>-nightly`.
+fn nightly_libllvm(lib: &Path) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.ends_with("-nightly"))
+        })
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some(path) if found.is_empty() => Ok(path),
+        Some(_) => bail!("more than one libLLVM.so.*-nightly in {}", lib.display()),
+        None => bail!("no libLLVM.so.*-nightly in {}", lib.display()),
+    }
+}
+
+/// The LLVM major version of nightly rustc, which picks bpf-linker's `llvm-N` feature.
+fn llvm_major() -> Result<u32> {
+    let vv = capture(nightly("rustc").arg("-vV"))?;
+    vv.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+        .context("rustc +nightly -vV names no LLVM version")
+}
+
+fn debian_packages() -> Result<()> {
+    let what = "Debian packages";
+    if !Path::new("/usr/bin/dpkg-query").exists() {
+        step(
+            what,
+            &format!(
+                "skipped: not Debian; install by hand: {}",
+                DEBIAN_PACKAGES.join(" ")
+            ),
+        );
+        return Ok(());
+    }
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        step(what, "present");
+        return Ok(());
+    }
+    if !run::is_root() {
+        step(
+            what,
+            &format!(
+                "missing {}; not root, so not installed (run setup as root)",
+                missing.join(" ")
+            ),
+        );
+        return Ok(());
+    }
+    step(what, &format!("installing {}", missing.join(" ")));
+    show(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    show(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            // No progress meter: CI logs are not terminals.
+            .args(["-o", "Dpkg::Use-Pty=0"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!("apt-get did not install {}", still.join(" "));
+    }
+    step(what, "installed");
+    Ok(())
+}
+
+/// Packages of [`DEBIAN_PACKAGES`] that dpkg does not list as installed.
+fn missing_packages() -> Result<Vec<&'static str>> {
+    // Exits 1 when it knows a package not at all; stdout still lists the rest.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\n"])
+        .args(DEBIAN_PACKAGES)
+        .output()
+        .context("running dpkg-query")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let installed: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, status)| status.starts_with("ii"))
+        .map(|(name, _)| name.split(':').next().unwrap_or(name))
+        .collect();
+    Ok(DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}

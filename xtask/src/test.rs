@@ -1,0 +1,26 @@
+//! `cargo xtask test`: set up, build the agent, run every test as root.
+
+use anyhow::{Context, Result};
+
+use crate::{build, run, setup};
+
+pub fn run(extra: &[String]) -> Result<()> {
+    // Before anything slow: the namespace and BPF tests fail without root,
+    // and must never pass by skipping.
+    run::require_root("cargo xtask test")?;
+    setup::run()?;
+    let agent = build::agent_at(build::Profile::Debug)?;
+    // No -p/--workspace: the default members, which leave out the eBPF
+    // crate (it builds only for the BPF target, through the agent).
+    let mut cmd = run::cargo();
+    cmd.arg("test")
+        .args(extra)
+        .env("MIRROR_AGENT_BIN", &agent)
+        .env("RUST_BACKTRACE", "1");
+    println!(
+        "test: MIRROR_AGENT_BIN={} {}",
+        agent.display(),
+        run::describe(&cmd)
+    );
+    run::show(&mut cmd).context("the tests failed")
+}
