@@ -12,12 +12,12 @@ use crate::{
     cli::AttachArgs,
     export::{self, Exporter, SocketMark, Stats},
     hooks::{HookError, Hooks, Interface, Slot},
-    record::{IfIndex, PolicyId, Record, WallClock},
+    plan::{self, Planned},
+    policy::{Filters, Verdict},
+    ratelimit::RateLimiter,
+    record::{IfIndex, Record, WallClock},
     ringbuf::Drain,
 };
-
-/// `attach` has a single policy: every interface named on the command line.
-const CLI_POLICY: PolicyId = PolicyId(1);
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
 const IDLE_DRAIN: Duration = Duration::from_millis(200);
 /// How long shutdown waits for each output to send what it holds.
@@ -25,10 +25,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("--interface {0}: no such interface in this network namespace")]
-    UnknownInterface(String),
-    #[error("--interface {0}: given more than once")]
-    DuplicateInterface(String),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
     #[error("--output {0}")]
     Output(#[from] export::ExportError),
     #[error(
@@ -36,6 +34,8 @@ pub enum AttachError {
          and CAP_NET_ADMIN; missing {0}"
     )]
     Privileges(String),
+    #[error("policy \"{0}\": filter: {1}")]
+    Filter(String, crate::pcapfilter::PcapFilterError),
     #[error(transparent)]
     Hook(#[from] HookError),
     #[error("{context}: {source}")]
@@ -49,11 +49,8 @@ impl AttachError {
     /// 2 for bad input (flags, privileges), as clap does for usage errors; 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::UnknownInterface(_)
-            | Self::DuplicateInterface(_)
-            | Self::Output(_)
-            | Self::Privileges(_) => 2,
-            Self::Hook(_) | Self::Io { .. } => 1,
+            Self::Plan(_) | Self::Output(_) | Self::Privileges(_) => 2,
+            Self::Hook(_) | Self::Io { .. } | Self::Filter(..) => 1,
         }
     }
 }
@@ -64,12 +61,15 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> AttachError {
 
 pub fn run(args: AttachArgs) -> Result<(), AttachError> {
     check_privileges()?;
-    let interfaces = resolve(&args.interfaces)?;
+    let plan = match &args.policy {
+        Some(path) => plan::from_file(path)?,
+        None => plan::from_flags(&args)?,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_err("starting the runtime"))?;
-    runtime.block_on(mirror(args, interfaces))
+    runtime.block_on(mirror(args, plan))
 }
 
 fn check_privileges() -> Result<(), AttachError> {
@@ -88,22 +88,6 @@ fn check_privileges() -> Result<(), AttachError> {
     }
 }
 
-fn resolve(names: &[String]) -> Result<Vec<Interface>, AttachError> {
-    let mut out: Vec<Interface> = Vec::with_capacity(names.len());
-    for name in names {
-        if out.iter().any(|i| &i.name == name) {
-            return Err(AttachError::DuplicateInterface(name.clone()));
-        }
-        let index = nix::net::if_::if_nametoindex(name.as_str())
-            .map_err(|_| AttachError::UnknownInterface(name.clone()))?;
-        out.push(Interface {
-            name: name.clone(),
-            index: IfIndex(index),
-        });
-    }
-    Ok(out)
-}
-
 /// What the agent itself did with the records it read.
 #[derive(Debug, Default)]
 struct AgentStats {
@@ -112,11 +96,57 @@ struct AgentStats {
     unknown_interface: u64,
 }
 
-/// Hands each record to every output.
-struct Fanout {
+/// Why a policy's userspace stage passed over records.
+#[derive(Debug, Default)]
+struct PolicyStats {
+    rejected_by_rules: u64,
+    rejected_by_filter: u64,
+    rate_limited: u64,
+}
+
+/// One policy at run time: its filters, rate limit and outputs.
+struct Running {
+    name: String,
+    filters: Option<Filters>,
+    limiter: Option<RateLimiter>,
     exporters: Vec<Exporter>,
+    stats: PolicyStats,
+}
+
+impl Running {
+    fn record(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) -> bool {
+        if let Some(filters) = &self.filters {
+            match filters.verdict(record.data, record.orig_len) {
+                Verdict::Mirror => {}
+                Verdict::NotByRules(_) => {
+                    self.stats.rejected_by_rules += 1;
+                    return false;
+                }
+                Verdict::NotByExpression => {
+                    self.stats.rejected_by_filter += 1;
+                    return false;
+                }
+            }
+        }
+        if let Some(limiter) = &mut self.limiter
+            && !limiter.allow(record.boot_ns, record.orig_len)
+        {
+            self.stats.rate_limited += 1;
+            return false;
+        }
+        for exporter in &mut self.exporters {
+            exporter.push(record, unix_ns, interface);
+        }
+        true
+    }
+}
+
+/// Hands each record to its policy, and from there to the policy's outputs.
+struct Fanout {
+    policies: Vec<Running>,
+    /// Interface name and index into `policies`, by ifindex.
+    routes: HashMap<IfIndex, (String, usize)>,
     clock: WallClock,
-    names: HashMap<IfIndex, String>,
     stats: AgentStats,
 }
 
@@ -132,19 +162,18 @@ impl Fanout {
                 return;
             }
         };
-        let Some(name) = self.names.get(&record.ifindex) else {
+        let Some((name, policy)) = self.routes.get(&record.ifindex) else {
             self.stats.unknown_interface += 1;
             return;
         };
         let ts = self.clock.unix_ns(record.boot_ns);
-        for exporter in &mut self.exporters {
-            exporter.push(&record, ts, name);
+        if self.policies[*policy].record(&record, ts, name) {
+            self.stats.delivered += 1;
         }
-        self.stats.delivered += 1;
     }
 
     fn flush(&mut self) {
-        for exporter in &mut self.exporters {
+        for exporter in self.policies.iter_mut().flat_map(|p| &mut p.exporters) {
             exporter.flush();
         }
     }
@@ -158,7 +187,7 @@ fn node_name(args: &AttachArgs) -> String {
         .unwrap_or_default()
 }
 
-async fn mirror(args: AttachArgs, interfaces: Vec<Interface>) -> Result<(), AttachError> {
+async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
 
@@ -168,60 +197,82 @@ async fn mirror(args: AttachArgs, interfaces: Vec<Interface>) -> Result<(), Atta
         mask: args.socket_mark.mask,
     };
     let node = node_name(&args);
-    let listed: Vec<(IfIndex, String)> = interfaces
-        .iter()
-        .map(|i| (i.index, i.name.clone()))
-        .collect();
-    let ctx = export::Context {
-        node: &node,
-        interfaces: &listed,
-        snaplen: args.snaplen.get(),
-        mark,
-        queue_bytes: args.queue_bytes,
-    };
-    let exporters = args
-        .outputs
-        .iter()
-        .map(|o| Exporter::open(o, &ctx))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut policies = Vec::with_capacity(plan.len());
+    let mut routes = HashMap::new();
+    for (index, p) in plan.iter().enumerate() {
+        let listed: Vec<(IfIndex, String)> = p
+            .interfaces
+            .iter()
+            .map(|i| (i.index, i.name.clone()))
+            .collect();
+        let ctx = export::Context {
+            node: &node,
+            interfaces: &listed,
+            snaplen: p.snaplen.get(),
+            mark,
+            queue_bytes: args.queue_bytes,
+        };
+        let exporters = p
+            .outputs
+            .iter()
+            .map(|o| Exporter::open(o, &ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = p.body.as_ref();
+        let filters = body
+            .map(|b| b.filters())
+            .transpose()
+            .map_err(|e| AttachError::Filter(p.name.clone(), e))?;
+        for (ifindex, name) in listed {
+            routes.insert(ifindex, (name, index));
+        }
+        policies.push(Running {
+            name: p.name.clone(),
+            filters,
+            limiter: body.and_then(|b| RateLimiter::new(&b.rate_limit)),
+            exporters,
+            stats: PolicyStats::default(),
+        });
+    }
 
     let mut hooks = Hooks::load(args.ring_size.get())?;
     let mut slots: Vec<(Interface, Slot)> = Vec::new();
-    for iface in &interfaces {
-        let slot = hooks.configure(
-            iface,
-            IfaceConfig {
-                policy_id: CLI_POLICY.0,
-                directions: args.direction.bits(),
-                snaplen: args.snaplen.get(),
-                sample_every: args.sample.get(),
-                counter_slot: 0,
-                skip_mark: mark.value,
-                skip_mask: mark.mask,
-                _pad: 0,
-            },
-        )?;
-        slots.push((iface.clone(), slot));
+    for p in &plan {
+        for iface in &p.interfaces {
+            let slot = hooks.configure(
+                iface,
+                IfaceConfig {
+                    policy_id: p.id.0,
+                    directions: p.directions,
+                    snaplen: p.snaplen.get(),
+                    sample_every: p.sample.get(),
+                    counter_slot: 0,
+                    skip_mark: mark.value,
+                    skip_mask: mark.mask,
+                    _pad: 0,
+                },
+            )?;
+            slots.push((iface.clone(), slot));
+        }
     }
     let mut drain = Drain::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
     let clock = WallClock::now()
         .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?;
     let mut fanout = Fanout {
-        exporters,
+        policies,
+        routes,
         clock,
-        names: listed.into_iter().collect(),
         stats: AgentStats::default(),
     };
-    for iface in &interfaces {
-        let mode = hooks.attach(iface, args.direction.bits(), args.attach_mode)?;
-        info!(interface = %iface.name, ifindex = iface.index.0, mode = mode.as_str(), "attached");
+    for p in &plan {
+        for iface in &p.interfaces {
+            let mode = hooks.attach(iface, p.directions, args.attach_mode)?;
+            info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
+        }
     }
     info!(
-        interfaces = interfaces.len(),
-        direction = ?args.direction,
-        snaplen = args.snaplen.get(),
-        sample = args.sample.get(),
-        outputs = args.outputs.len(),
+        policies = plan.len(),
+        interfaces = slots.len(),
+        outputs = plan.iter().map(|p| p.outputs.len()).sum::<usize>(),
         "mirroring started"
     );
 
@@ -244,7 +295,7 @@ async fn mirror(args: AttachArgs, interfaces: Vec<Interface>) -> Result<(), Atta
     // Detach first so nothing new arrives, then take what is left in the ring.
     hooks.detach_all();
     drain.drain_now(|r| fanout.record(r));
-    for exporter in &mut fanout.exporters {
+    for exporter in fanout.policies.iter_mut().flat_map(|p| &mut p.exporters) {
         exporter.close(CLOSE_TIMEOUT);
     }
     summarize(&hooks, &slots, &fanout);
@@ -272,8 +323,17 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
             Err(error) => warn!(interface = %iface.name, %error, "reading counters failed"),
         }
     }
+    for p in &fanout.policies {
+        info!(
+            policy = %p.name,
+            rejected_by_rules = p.stats.rejected_by_rules,
+            rejected_by_filter = p.stats.rejected_by_filter,
+            rate_limited = p.stats.rate_limited,
+            "policy summary"
+        );
+    }
     let mut lost_output = 0;
-    for e in &fanout.exporters {
+    for e in fanout.policies.iter().flat_map(|p| &p.exporters) {
         let s = e.stats();
         let (queue_full, send_errors) = (Stats::get(&s.queue_full), Stats::get(&s.send_errors));
         lost_output += queue_full + send_errors;

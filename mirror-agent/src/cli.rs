@@ -42,8 +42,23 @@ const ATTACH_EXAMPLES: &str = "Examples:\n  \
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// Interface to mirror; repeat for more than one.
-    #[arg(short, long = "interface", value_name = "IF", required = true)]
+    #[arg(
+        short,
+        long = "interface",
+        value_name = "IF",
+        required_unless_present = "policy"
+    )]
     pub interfaces: Vec<String>,
+
+    /// Mirror by a policy file instead of the flags: policies with interfaces (names or
+    /// globs), collectors, direction, ordered accept/reject rules, a pcap-filter
+    /// expression, snaplen, sampling and a rate limit (see deploy/examples/policy-web.yaml).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["interfaces", "outputs", "direction", "snaplen", "sample"]
+    )]
+    pub policy: Option<std::path::PathBuf>,
 
     /// Which packets to mirror, from the interface's own point of view (as `tcpdump -Q`):
     /// ingress = received by the interface, egress = sent by it.
@@ -65,7 +80,12 @@ pub struct AttachArgs {
     /// `erspan2://HOST?session=N`, `erspan3://HOST?session=N[&hwid=N]`,
     /// `tcp://HOST:PORT` (a pcapng stream). Tunnels take `&mtu=BYTES` (default 1500):
     /// longer copies are cut to fit, keeping their original length where the tunnel can.
-    #[arg(short, long = "output", value_name = "URI", required = true)]
+    #[arg(
+        short,
+        long = "output",
+        value_name = "URI",
+        required_unless_present = "policy"
+    )]
     pub outputs: Vec<Output>,
 
     /// SO_MARK put on the agent's own sockets, as VALUE[/MASK]; the hooks pass over

@@ -24,6 +24,8 @@
 //!   meet that condition: an Accept rule does not accept it and a Reject rule
 //!   does not reject it; later rules still get their turn. (A pcap-filter
 //!   expression instead rejects the whole packet, see [`crate::pcapfilter`].)
+//!   A frame cut inside its IP header counts as not IP: only rules with no
+//!   condition match it.
 
 mod packet;
 mod plan;

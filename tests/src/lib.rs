@@ -15,6 +15,7 @@ pub mod scenario;
 pub mod tcpdump;
 pub mod topology;
 pub mod traffic;
+pub mod tshark;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

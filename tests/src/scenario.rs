@@ -34,15 +34,34 @@ pub fn run(
     tcpdump_args: &[&str],
     traffic: impl FnOnce(&PodPair) -> Result<()>,
 ) -> Result<Captures> {
-    crate::require_root();
     let dir = tempfile::tempdir()?;
-    let oracle_path = dir.path().join("tcpdump.pcap");
     let mirror_path = dir.path().join("mirror.pcapng");
-    let tcpdump = Tcpdump::start(&pair.node, &pair.host_if, oracle_path, tcpdump_args)?;
     let output = format!("pcapng:{}", mirror_path.display());
     let mut args = vec!["attach", "-i", &pair.host_if, "--output", &output];
     args.extend_from_slice(agent_args);
-    let agent = Agent::start(&pair.node, &args)?;
+    let mut c = run_with(pair, &args, &mirror_path, tcpdump_args, traffic)?;
+    c.dir = dir;
+    Ok(c)
+}
+
+/// As [`run`], with the agent's whole argument list given (e.g. a policy
+/// file), and `mirror_path` the pcapng file it writes.
+pub fn run_with(
+    pair: &PodPair,
+    agent_args: &[&str],
+    mirror_path: &std::path::Path,
+    tcpdump_args: &[&str],
+    traffic: impl FnOnce(&PodPair) -> Result<()>,
+) -> Result<Captures> {
+    crate::require_root();
+    let dir = tempfile::tempdir()?;
+    let tcpdump = Tcpdump::start(
+        &pair.node,
+        &pair.host_if,
+        dir.path().join("tcpdump.pcap"),
+        tcpdump_args,
+    )?;
+    let agent = Agent::start(&pair.node, agent_args)?;
     traffic(pair).context("generating traffic")?;
     // Let the last packets reach both captures before stopping.
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -56,9 +75,9 @@ pub fn run(
     let oracle_path = tcpdump.stop()?;
     Ok(Captures {
         oracle: capture::read(&oracle_path)?,
-        mirror: capture::read(&mirror_path)?,
+        mirror: capture::read(mirror_path)?,
         exit,
-        mirror_path,
+        mirror_path: mirror_path.to_owned(),
         dir,
     })
 }

@@ -138,3 +138,54 @@ impl BridgedNode {
         Ok(Self { bridge, pods, node })
     }
 }
+
+/// A collector host reached from the node by its own veth on 198.18.1.0/24
+/// (fd00:198:18:1::/64), away from the mirrored pod link.
+pub struct CollectorLink {
+    pub node_if: String,
+    pub collector_if: String,
+    pub node_v4: Ipv4Addr,
+    pub collector_v4: Ipv4Addr,
+    pub ns: Netns,
+}
+
+impl CollectorLink {
+    pub fn new(node: &Netns) -> Result<Self> {
+        let ns = Netns::new("mtc")?;
+        ns.disable_ipv6()?;
+        let node_if = unique_name("mtk");
+        let collector_if = unique_name("mtl");
+        veth(node, &node_if, &ns, &collector_if)?;
+        node.ip(&["addr", "add", "198.18.1.1/24", "dev", &node_if])?;
+        ns.ip(&["addr", "add", "198.18.1.2/24", "dev", &collector_if])?;
+        Ok(Self {
+            node_if,
+            collector_if,
+            node_v4: Ipv4Addr::new(198, 18, 1, 1),
+            collector_v4: Ipv4Addr::new(198, 18, 1, 2),
+            ns,
+        })
+    }
+
+    /// A kernel VXLAN device in the collector namespace that decapsulates
+    /// VNI `vni` arriving on UDP 4789: the independent receiver for our tunnel.
+    pub fn kernel_vxlan(&self, vni: u32) -> Result<String> {
+        let dev = unique_name("mtv");
+        self.ns.ip(&[
+            "link",
+            "add",
+            &dev,
+            "type",
+            "vxlan",
+            "id",
+            &vni.to_string(),
+            "dstport",
+            "4789",
+            "dev",
+            &self.collector_if,
+            "nolearning",
+        ])?;
+        self.ns.ip(&["link", "set", &dev, "up"])?;
+        Ok(dev)
+    }
+}

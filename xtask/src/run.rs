@@ -71,9 +71,7 @@ pub fn is_root() -> bool {
 /// Fails with a clear message unless root.
 pub fn require_root(what: &str) -> Result<()> {
     if !is_root() {
-        bail!(
-            "{what} needs root (network namespaces, BPF, tc); run it as root, e.g. in a root shell"
-        );
+        bail!("{what} needs root (network namespaces, BPF, tc); run it as root");
     }
     Ok(())
 }

@@ -1,29 +1,99 @@
-//! pcapng streams: a file, standard output, or a TCP connection to a
-//! collector. Each (re)connection starts a new pcapng section (header and
-//! interface blocks), so every connection is a complete capture by itself.
+//! pcapng streams: a file, standard output, or a TCP or mutual-TLS
+//! connection to a collector. Each (re)connection starts a new pcapng section
+//! (header and interface blocks), so every connection is a complete capture
+//! by itself. TLS is TCP plus a handshake: one connect path, one backoff.
 
 use std::{
     fs::File,
     io::{self, Write},
     net::{SocketAddr, TcpStream, ToSocketAddrs},
+    sync::Arc,
     time::Duration,
 };
 
+use rustls::{ClientConfig, ClientConnection, StreamOwned, pki_types::ServerName};
 use socket2::{Domain, Socket, Type};
 use tracing::{info, warn};
 
 use super::{Context, SocketMark, Stats, queue::Inbox};
-use crate::output::{Endpoint, Output};
+use crate::{
+    output::{Endpoint, Output},
+    tls::{self, TlsError},
+};
 
 /// Reconnect backoff: from this, doubling, up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// What a TLS output adds to TCP, loaded once at startup so bad files are
+/// reported before anything is attached.
+struct TlsClient {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
 enum Target {
     File(File),
     Stdout,
-    Tcp { to: Endpoint, mark: SocketMark },
+    Tcp {
+        to: Endpoint,
+        mark: SocketMark,
+    },
+    Tls {
+        to: Endpoint,
+        mark: SocketMark,
+        tls: TlsClient,
+    },
+}
+
+/// A live connection to a collector.
+enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.write_all(buf),
+            Self::Tls(s) => s.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Conn {
+    /// Ends the stream cleanly. TLS says so with close_notify, so the
+    /// collector can tell the end from a cut connection (a truncation attack
+    /// or a crash).
+    fn finish(mut self) {
+        if let Self::Tls(s) = &mut self {
+            s.conn.send_close_notify();
+        }
+        let _ = self.flush();
+    }
 }
 
 pub struct Sink {
@@ -33,7 +103,7 @@ pub struct Sink {
     preamble: Vec<u8>,
 }
 
-pub fn open(output: &Output, ctx: &Context<'_>) -> io::Result<Sink> {
+pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
     let mut preamble = Vec::new();
     crate::pcapng::section_header(
         &mut preamble,
@@ -49,11 +119,20 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> io::Result<Sink> {
             to: to.clone(),
             mark: ctx.mark,
         },
+        Output::Tls(to, files) => Target::Tls {
+            to: to.clone(),
+            mark: ctx.mark,
+            tls: TlsClient {
+                config: tls::client_config(files)?,
+                name: tls::server_name(&files.server_name)?,
+            },
+        },
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!("{other} is not a pcapng stream"),
-            ));
+            )
+            .into());
         }
     };
     Ok(Sink {
@@ -74,28 +153,47 @@ impl Sink {
                 inbox,
                 stats,
             ),
-            Target::Tcp { ref to, mark } => self.run_tcp(to, mark, inbox, stats),
+            Target::Tcp { ref to, mark } => self.run_tcp(to, mark, None, inbox, stats),
+            Target::Tls {
+                ref to,
+                mark,
+                ref tls,
+            } => self.run_tcp(to, mark, Some(tls), inbox, stats),
         }
     }
 
-    /// Connects, streams until the connection fails, and reconnects with
-    /// backoff (resolving the name again each time). Batches that arrive
-    /// while disconnected wait in the queue up to its bound.
-    fn run_tcp(&self, to: &Endpoint, mark: SocketMark, inbox: &Inbox, stats: &Stats) {
+    /// Connects (and, for TLS, completes the handshake), streams until the
+    /// connection fails, and reconnects with backoff (resolving the name
+    /// again each time). A failed handshake (a server we do not trust, or
+    /// one that refuses our certificate) is a failed connection like any
+    /// other. Batches that arrive while disconnected wait in the queue up to
+    /// its bound.
+    fn run_tcp(
+        &self,
+        to: &Endpoint,
+        mark: SocketMark,
+        tls: Option<&TlsClient>,
+        inbox: &Inbox,
+        stats: &Stats,
+    ) {
         let mut backoff = MIN_BACKOFF;
-        let mut logged = false;
+        // Log each distinct reason once, not every retry: a collector that
+        // is down for an hour must not flood the log, but a change (refused,
+        // then a certificate problem) is news.
+        let mut logged: Option<String> = None;
         loop {
-            let mut conn = match connect(to, mark) {
+            let mut conn = match connect(to, mark, tls) {
                 Ok(c) => {
                     info!(output = %self.name, "connected");
                     backoff = MIN_BACKOFF;
-                    logged = false;
+                    logged = None;
                     c
                 }
                 Err(error) => {
-                    if !logged {
+                    let reason = error.to_string();
+                    if logged.as_ref() != Some(&reason) {
                         warn!(output = %self.name, %error, "cannot connect; retrying with backoff");
-                        logged = true;
+                        logged = Some(reason);
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -107,7 +205,7 @@ impl Sink {
             }
             loop {
                 let Some(batch) = inbox.recv() else {
-                    let _ = conn.flush();
+                    conn.finish();
                     return;
                 };
                 match conn.write_all(&batch.buf) {
@@ -149,7 +247,15 @@ fn write_all_batches(
     }
 }
 
-fn connect(to: &Endpoint, mark: SocketMark) -> io::Result<TcpStream> {
+fn connect(to: &Endpoint, mark: SocketMark, tls: Option<&TlsClient>) -> Result<Conn, StreamError> {
+    let tcp = connect_tcp(to, mark)?;
+    Ok(match tls {
+        None => Conn::Tcp(tcp),
+        Some(t) => Conn::Tls(Box::new(tls::connect(&t.config, &t.name, tcp)?)),
+    })
+}
+
+fn connect_tcp(to: &Endpoint, mark: SocketMark) -> io::Result<TcpStream> {
     let mut last = io::Error::new(
         io::ErrorKind::NotFound,
         format!("{} resolves to nothing", to.host),

@@ -82,15 +82,9 @@ impl PolicyBody {
                 .parse()
                 .map_err(|_| PolicyError::invalid(at, "snaplen", Problem::Snaplen(n)))?,
         };
-        let sampling = spec
-            .sampling
-            .to_string()
-            .parse()
-            .ok()
-            .filter(|_| spec.sampling <= u64::from(u32::MAX))
-            .ok_or_else(|| {
-                PolicyError::invalid(at, "sampling", Problem::Sampling(spec.sampling))
-            })?;
+        let sampling = spec.sampling.to_string().parse().ok().ok_or_else(|| {
+            PolicyError::invalid(at, "sampling", Problem::Sampling(spec.sampling))
+        })?;
         Ok(Self {
             direction: spec.direction,
             rules: RuleSet::new(rules),
@@ -197,11 +191,12 @@ mod tests {
     }
 
     #[test]
-    fn sampling_zero() {
+    fn sampling_out_of_range() {
         assert_eq!(
             err("sampling: 0"),
             "policy \"web\": sampling: 0 is not from 1 (every packet) to 4294967295"
         );
+        assert!(err("sampling: 4294967296").starts_with("policy \"web\": sampling: 4294967296"));
     }
 
     #[test]

@@ -80,6 +80,16 @@ impl StopFlag {
 pub fn run() -> Result<()> {
     run::require_root("cargo xtask demo")?;
     let stop = StopFlag::install()?;
+    let result = demo(&stop);
+    // A step that failed because Ctrl-C killed its child (cargo, ping) was
+    // interrupted, not broken.
+    if stop.raised() {
+        return Err(Interrupted.into());
+    }
+    result
+}
+
+fn demo(stop: &StopFlag) -> Result<()> {
     setup::run()?;
     stop.check()?;
     let agent_bin = build::agent_at(build::Profile::Release)?;
@@ -111,12 +121,10 @@ pub fn run() -> Result<()> {
         .map(|p| (p.host_if.clone(), p.name.clone()))
         .collect();
     stop.check()?;
-    let result = mirror_traffic(&node, &agent_bin, &pcapng, &stop);
+    let result = mirror_traffic(&node, &agent_bin, &pcapng, stop);
     // The agent and server are stopped inside; the namespaces go here.
     drop(node);
-    if stop.raised() {
-        return Err(Interrupted.into());
-    }
+    stop.check()?;
     let exit = result?;
     report::print(&pcapng, &exit, &names)
 }

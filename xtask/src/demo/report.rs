@@ -8,20 +8,6 @@ use testbed::agent::{Exit, fields};
 
 use crate::run::capture;
 
-/// Counters of the agent's `summary total` line, in the order shown.
-const TOTALS: &[&str] = &[
-    "seen",
-    "mirrored",
-    "written",
-    "truncated",
-    "sampled_out",
-    "lost",
-    "lost_ring_full",
-    "lost_copy_failed",
-    "lost_malformed",
-    "lost_write_error",
-];
-
 /// `pods` maps each mirrored host-side interface to its pod's name.
 pub fn print(pcapng: &Path, exit: &Exit, pods: &[(String, String)]) -> Result<()> {
     println!();
@@ -37,10 +23,19 @@ pub fn print(pcapng: &Path, exit: &Exit, pods: &[(String, String)]) -> Result<()
 }
 
 fn agent_counters(exit: &Exit, pods: &[(String, String)]) -> Result<()> {
-    let total = exit.summary()?;
-    let shown: Vec<String> = TOTALS
-        .iter()
-        .filter_map(|k| total.get(*k).map(|v| format!("{k}={v}")))
+    // Every counter of the `summary total` line, in the agent's own order.
+    exit.summary()?;
+    let total = exit
+        .stderr
+        .lines()
+        .find(|l| l.contains("summary total"))
+        .unwrap_or_default();
+    let shown: Vec<&str> = total
+        .split_whitespace()
+        .filter(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(_, v)| v.parse::<u64>().is_ok())
+        })
         .collect();
     println!("demo: agent summary: {}", shown.join(" "));
     // Per-interface lines: `... summary interface=NAME seen=N mirrored=N ...`.

@@ -1,0 +1,152 @@
+//! Counters of one listener, shared by its receiving threads and read once
+//! for the summary. Every skipped packet is counted under one reason; the
+//! first of each reason is also logged, so a flood of garbage cannot flood
+//! the log.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use tracing::{info, warn};
+
+/// Why a packet (or a stream) was skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Cut short: fewer bytes than its own headers announce.
+    Short,
+    /// Well formed, but not something we collect: another protocol, version
+    /// or link type, an OAM packet, ERSPAN Type I.
+    Foreign,
+    /// Fields that contradict each other or the format: bad lengths, bad
+    /// options, a wrong checksum, an unknown interface.
+    Garbled,
+}
+
+impl Reason {
+    const ALL: [Self; 3] = [Self::Short, Self::Foreign, Self::Garbled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Short => "short",
+            Self::Foreign => "foreign",
+            Self::Garbled => "garbled",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerStats {
+    /// The listener's URI, as logs and the summary name it.
+    pub name: String,
+    /// Datagrams, or for streams packet blocks, that arrived.
+    received: AtomicU64,
+    /// Packets handed to the writer.
+    decoded: AtomicU64,
+    /// Packets the sender marked as cut (ERSPAN T bit, GENEVE or pcapng
+    /// original length above what came).
+    truncated: AtomicU64,
+    /// Stream connections accepted.
+    connections: AtomicU64,
+    errors: [AtomicU64; Reason::ALL.len()],
+}
+
+impl ListenerStats {
+    pub fn new(name: String) -> Self {
+        Self {
+            name,
+            received: AtomicU64::new(0),
+            decoded: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            errors: Default::default(),
+        }
+    }
+
+    pub fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn decoded(&self, truncated: bool) {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        if truncated {
+            self.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a skipped packet; logs it if it is the first of its reason.
+    pub fn skip(&self, reason: Reason, from: IpAddr, error: &dyn fmt::Display) {
+        let Some(counter) = self.errors.get(reason as usize) else {
+            return;
+        };
+        if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+            warn!(
+                listener = %self.name,
+                %from,
+                reason = reason.as_str(),
+                %error,
+                "skipped; further packets skipped for this reason are only counted"
+            );
+        }
+    }
+
+    pub fn errors(&self, reason: Reason) -> u64 {
+        self.errors
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn decoded_count(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    /// The `listener summary` line.
+    pub fn summarize(&self) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let errors: u64 = Reason::ALL.iter().map(|&r| self.errors(r)).sum();
+        info!(
+            listener = %self.name,
+            received = get(&self.received),
+            decoded = get(&self.decoded),
+            truncated = get(&self.truncated),
+            connections = get(&self.connections),
+            errors,
+            short = self.errors(Reason::Short),
+            foreign = self.errors(Reason::Foreign),
+            garbled = self.errors(Reason::Garbled),
+            "listener summary"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_reason() {
+        let s = ListenerStats::new("vxlan://0.0.0.0:4789".into());
+        let from = IpAddr::from([198, 18, 1, 1]);
+        s.skip(Reason::Short, from, &"x");
+        s.skip(Reason::Short, from, &"y");
+        s.skip(Reason::Garbled, from, &"z");
+        assert_eq!(
+            Reason::ALL.map(|r| s.errors(r)),
+            [2, 0, 1],
+            "short, foreign, garbled"
+        );
+        // The array index is the enum's discriminant.
+        assert!(Reason::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+    }
+}

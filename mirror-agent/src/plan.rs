@@ -1,0 +1,144 @@
+//! What one `attach` run mirrors, worked out before anything touches the
+//! kernel: policies, each with its interfaces, kernel settings, userspace
+//! filters and outputs. The command-line flags make a one-policy plan; a
+//! policy file (`--policy`) makes one per policy. Both run the same way.
+
+use std::path::Path;
+
+use crate::{
+    cli::{AttachArgs, SampleRate, Snaplen},
+    hooks::Interface,
+    output::{Output, OutputError},
+    policy::{PolicyBody, PolicyError, PolicyFile},
+    record::{IfIndex, PolicyId},
+};
+
+/// One policy, resolved against the interfaces of this network namespace.
+#[derive(Debug)]
+pub struct Planned {
+    pub id: PolicyId,
+    pub name: String,
+    pub interfaces: Vec<Interface>,
+    /// Hook direction bits (`mirror_common::DIR_*`).
+    pub directions: u32,
+    pub snaplen: Snaplen,
+    pub sample: SampleRate,
+    /// Rules, pcap-filter and rate limit; the flags have none of them.
+    pub body: Option<PolicyBody>,
+    pub outputs: Vec<Output>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("--interface {0}: no such interface in this network namespace")]
+    UnknownInterface(String),
+    #[error("--interface {0}: given more than once")]
+    DuplicateInterface(String),
+    #[error("--policy {path}: {source}")]
+    Policy { path: String, source: PolicyError },
+    #[error("--policy {path}: policy \"{policy}\": collectors[{index}]: {source}")]
+    Collector {
+        path: String,
+        policy: String,
+        index: usize,
+        source: OutputError,
+    },
+    #[error("--policy {0}: no interface of this network namespace matches any policy")]
+    NothingToMirror(String),
+    #[error("listing this namespace's interfaces: {0}")]
+    List(nix::Error),
+}
+
+/// The plan of the flags: every `--interface`, every `--output`.
+pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
+    let mut interfaces: Vec<Interface> = Vec::with_capacity(args.interfaces.len());
+    for name in &args.interfaces {
+        if interfaces.iter().any(|i| &i.name == name) {
+            return Err(PlanError::DuplicateInterface(name.clone()));
+        }
+        let index = nix::net::if_::if_nametoindex(name.as_str())
+            .map_err(|_| PlanError::UnknownInterface(name.clone()))?;
+        interfaces.push(Interface {
+            name: name.clone(),
+            index: IfIndex(index),
+        });
+    }
+    Ok(vec![Planned {
+        id: PolicyId(1),
+        name: "command-line".into(),
+        interfaces,
+        directions: args.direction.bits(),
+        snaplen: args.snaplen,
+        sample: args.sample,
+        body: None,
+        outputs: args.outputs.clone(),
+    }])
+}
+
+/// The plan of a policy file, against the interfaces that exist now.
+pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
+    let shown = path.display().to_string();
+    let file = PolicyFile::load(path).map_err(|source| PlanError::Policy {
+        path: shown.clone(),
+        source,
+    })?;
+    let existing: Vec<(String, u32)> = nix::net::if_::if_nameindex()
+        .map_err(PlanError::List)?
+        .iter()
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+        .collect();
+    let names: Vec<&str> = existing.iter().map(|(n, _)| n.as_str()).collect();
+    let assigned = file.assign(&names).map_err(|source| PlanError::Policy {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut plan = Vec::new();
+    for (i, policy) in file.policies.iter().enumerate() {
+        let outputs = policy
+            .collectors
+            .iter()
+            .enumerate()
+            .map(|(index, uri)| {
+                uri.parse::<Output>()
+                    .map_err(|source| PlanError::Collector {
+                        path: shown.clone(),
+                        policy: policy.name.clone(),
+                        index,
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let interfaces: Vec<Interface> = assigned
+            .iter()
+            .filter(|(_, p)| p.name == policy.name)
+            .filter_map(|(name, _)| {
+                let (_, index) = existing.iter().find(|(n, _)| n == name)?;
+                Some(Interface {
+                    name: (*name).to_owned(),
+                    index: IfIndex(*index),
+                })
+            })
+            .collect();
+        if interfaces.is_empty() {
+            tracing::warn!(policy = %policy.name, "no interface matches this policy");
+            continue;
+        }
+        let body = &policy.body;
+        plan.push(Planned {
+            // Ids start at 1; 0 stays free to mean "none" in the kernel.
+            id: PolicyId(i as u32 + 1),
+            name: policy.name.clone(),
+            interfaces,
+            // The named interface stands in for the pod's own.
+            directions: body.direction.pod_end_bits(),
+            snaplen: body.snaplen,
+            sample: body.sampling,
+            body: Some(body.clone()),
+            outputs,
+        });
+    }
+    if plan.is_empty() {
+        return Err(PlanError::NothingToMirror(shown));
+    }
+    Ok(plan)
+}

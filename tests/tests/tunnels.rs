@@ -1,0 +1,162 @@
+//! Tunnels checked by receivers we did not write: the Linux kernel's own
+//! VXLAN device decapsulates the agent's VXLAN, and tcpdump on that device
+//! must see exactly the frames tcpdump saw on the pod's veth.
+
+use std::{net::IpAddr, time::Duration};
+
+use testbed::{
+    agent::Agent,
+    capture::{self, Frame},
+    scenario::assert_same_frames,
+    tcpdump::Tcpdump,
+    topology::{CollectorLink, PodPair},
+    traffic,
+};
+
+const VNI: u32 = 42;
+
+struct Run {
+    pod_veth: Vec<Frame>,
+    decapsulated: Vec<Frame>,
+    agent_stderr: String,
+}
+
+/// tcpdump on the pod's host veth and on the collector's kernel VXLAN
+/// device; the agent mirrors `interfaces` to `output`; `traffic` runs.
+fn run(
+    pair: &PodPair,
+    link: &CollectorLink,
+    interfaces: &[&str],
+    output: &str,
+    traffic: impl FnOnce(&PodPair) -> anyhow::Result<()>,
+) -> Run {
+    testbed::require_root();
+    let vxlan_dev = link.kernel_vxlan(VNI).expect("kernel vxlan device");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at_pod = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
+        .expect("tcpdump on the pod veth");
+    let at_collector = Tcpdump::start(&link.ns, &vxlan_dev, dir.path().join("vx.pcap"), &[])
+        .expect("tcpdump on the kernel vxlan device");
+    let mut args = vec!["attach", "--output", output];
+    for i in interfaces {
+        args.extend(["-i", i]);
+    }
+    let agent = Agent::start(&pair.node, &args).expect("agent starts");
+    traffic(pair).expect("traffic");
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = agent.stop().expect("agent stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let pod = at_pod.stop().expect("tcpdump pod");
+    let vx = at_collector.stop().expect("tcpdump vxlan");
+    Run {
+        pod_veth: capture::read(&pod).expect("read"),
+        decapsulated: capture::read(&vx).expect("read"),
+        agent_stderr: exit.stderr,
+    }
+}
+
+fn output_field(stderr: &str, field: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("output summary"))
+        .unwrap_or_else(|| panic!("no output summary:\n{stderr}"));
+    testbed::agent::fields(line)[field]
+}
+
+fn mixed_traffic(p: &PodPair) -> anyhow::Result<()> {
+    p.flush_neighbours()?;
+    traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 3)?;
+    traffic::udp(
+        &p.pod,
+        &p.node,
+        IpAddr::V4(p.node_v4),
+        5001,
+        &[0, 100, 1472, 1473, 4000],
+    )
+}
+
+/// With room for whole frames (a 9000-byte path), the kernel's decapsulated
+/// frames equal the pod veth's, byte for byte.
+#[test]
+fn kernel_vxlan_device_decapsulates_what_tcpdump_saw() {
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
+        ns.ip(&["link", "set", dev, "mtu", "9000"]).expect("mtu");
+    }
+    let output = format!("vxlan://{}?vni={VNI}&mtu=9000", link.collector_v4);
+    let r = run(&pair, &link, &[&pair.host_if], &output, mixed_traffic);
+    assert!(r.pod_veth.len() >= 10, "too little traffic");
+    assert_same_frames(&r.pod_veth, &r.decapsulated);
+    assert_eq!(output_field(&r.agent_stderr, "mtu_truncated"), 0);
+}
+
+/// On a 1500-byte path, VXLAN over IPv4 leaves 1500 - 20 - 8 - 8 = 1464
+/// bytes for the inner frame: longer copies arrive cut to exactly that, and
+/// are counted.
+#[test]
+fn copies_longer_than_the_path_mtu_are_cut_not_fragmented() {
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    let output = format!("vxlan://{}?vni={VNI}", link.collector_v4);
+    let r = run(&pair, &link, &[&pair.host_if], &output, mixed_traffic);
+    let cut: Vec<Frame> = r
+        .pod_veth
+        .iter()
+        .map(|f| Frame {
+            data: f.data[..f.data.len().min(1464)].to_vec(),
+            orig_len: f.data.len().min(1464) as u32,
+            ..f.clone()
+        })
+        .collect();
+    let long = r.pod_veth.iter().filter(|f| f.data.len() > 1464).count();
+    assert!(long >= 3, "the traffic had too few long frames ({long})");
+    assert_same_frames(&cut, &r.decapsulated);
+    assert_eq!(output_field(&r.agent_stderr, "mtu_truncated"), long as u64);
+}
+
+/// The agent mirrors the very link its tunnel leaves by. Its own VXLAN
+/// packets carry its SO_MARK, so the hook passes over them: no copy of a
+/// tunnel packet is ever tunnelled (which would feed back without end).
+#[test]
+fn the_agent_never_mirrors_its_own_tunnel() {
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    let output = format!("vxlan://{}?vni={VNI}", link.collector_v4);
+    let r = run(
+        &pair,
+        &link,
+        &[&pair.host_if, &link.node_if],
+        &output,
+        |p| traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 5),
+    );
+    let nested = r
+        .decapsulated
+        .iter()
+        .filter(|f| {
+            f.data.len() > 37
+                && f.data[12..14] == [0x08, 0x00]
+                && f.data[23] == 17
+                && f.data[36..38] == 4789u16.to_be_bytes()
+        })
+        .count();
+    assert_eq!(nested, 0, "tunnel packets were mirrored into the tunnel");
+    let summary = r
+        .agent_stderr
+        .lines()
+        .find(|l| l.contains("summary total"))
+        .map(testbed::agent::fields)
+        .expect("summary");
+    assert!(
+        summary["own_traffic"] >= 10,
+        "own tunnel packets not seen by the hook:\n{}",
+        r.agent_stderr
+    );
+    // Every ping frame on the pod veth still arrived.
+    let pings = r
+        .pod_veth
+        .iter()
+        .filter(|f| f.data[12..14] == [0x08, 0x00])
+        .count();
+    assert!(pings >= 10);
+}
