@@ -12,6 +12,7 @@ use crate::{
     cli::AttachArgs,
     export::{self, Exporter, SocketMark, Stats},
     hooks::{HookError, Hooks, Interface, Slot},
+    kfilter,
     plan::{self, Planned},
     policy::{Filters, Verdict},
     ratelimit::RateLimiter,
@@ -237,6 +238,8 @@ async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError>
     let mut hooks = Hooks::load(args.ring_size.get())?;
     let mut slots: Vec<(Interface, Slot)> = Vec::new();
     for p in &plan {
+        let rules = p.body.as_ref().map(|b| &b.rules);
+        hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
         for iface in &p.interfaces {
             let slot = hooks.configure(
                 iface,
@@ -314,6 +317,7 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
                     truncated = c.truncated,
                     sampled_out = c.sampled_out,
                     own_traffic = c.own_traffic,
+                    filtered = c.filtered,
                     lost_ring_full = c.ring_full,
                     lost_copy_failed = c.load_failed,
                     "summary"
@@ -356,6 +360,7 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
         truncated = total.truncated,
         sampled_out = total.sampled_out,
         own_traffic = total.own_traffic,
+        filtered = total.filtered,
         lost,
         lost_ring_full = total.ring_full,
         lost_copy_failed = total.load_failed,

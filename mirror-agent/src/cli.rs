@@ -29,7 +29,20 @@ pub enum Command {
     /// Mirror named interfaces of this network namespace, without Kubernetes.
     #[command(after_help = ATTACH_EXAMPLES)]
     Attach(AttachArgs),
+    /// Receive mirrored packets from agents (VXLAN, GENEVE, GRE, ERSPAN II/III, pcapng
+    /// over TCP) and write rotating pcapng files, one interface per agent and pod.
+    #[command(after_help = COLLECT_EXAMPLES)]
+    Collect(crate::collect::CollectArgs),
 }
+
+const COLLECT_EXAMPLES: &str = "Examples:\n  \
+    mirror-agent collect --listen vxlan://0.0.0.0 --output pcapng:/var/lib/mirror\n  \
+    mirror-agent collect -l geneve://0.0.0.0 -l gre://0.0.0.0 -l tcp://0.0.0.0:7000 -o pcapng:/data\n  \
+    mirror-agent collect -l tcp://[::]:7000 -o pcapng:/data --rotate-size 50000000 --rotate-seconds 600 --max-files 48\n\n\
+    Files are named collect-YYYYMMDDTHHMMSSZ-NNNNNN.pcapng. Interfaces are named node/pod \
+    (GENEVE), SOURCE-IP/vni-N (VXLAN), SOURCE-IP/key-N (GRE), SOURCE-IP/erspan-session-N \
+    (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Stop with Ctrl-C or SIGTERM: the collector \
+    closes its file, prints a summary per listener and exits 0.";
 
 const ATTACH_EXAMPLES: &str = "Examples:\n  \
     mirror-agent attach --interface veth1 --output pcapng:/tmp/veth1.pcapng\n  \
@@ -78,7 +91,9 @@ pub struct AttachArgs {
     /// `pcapng:PATH`, `pcapng:-` (standard output), `vxlan://HOST[:PORT]?vni=N`,
     /// `geneve://HOST[:PORT]?vni=N`, `gre://HOST[?key=N&seq=true]`,
     /// `erspan2://HOST?session=N`, `erspan3://HOST?session=N[&hwid=N]`,
-    /// `tcp://HOST:PORT` (a pcapng stream). Tunnels take `&mtu=BYTES` (default 1500):
+    /// `tcp://HOST:PORT` (a pcapng stream), `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]`
+    /// (the same over mutual TLS: the collector's CA, our client certificate and key,
+    /// PEM files). Tunnels take `&mtu=BYTES` (default 1500):
     /// longer copies are cut to fit, keeping their original length where the tunnel can.
     #[arg(
         short,

@@ -3,23 +3,28 @@
 //! of it, so no exit path (error, signal, panic unwind) leaves a hook behind.
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader, Pod,
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, TcHandle},
     },
 };
 use mirror_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, IfaceConfig, MAP_CONFIG, MAP_COUNTERS, MAP_RECORDS,
-    MAX_INTERFACES, PROG_EGRESS, PROG_INGRESS,
+    Counters, DIR_EGRESS, DIR_INGRESS, IfaceConfig, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
+    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES,
+    MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS,
 };
 use tracing::{debug, warn};
 
 use crate::{
     cli::AttachMode,
+    kfilter::Compiled,
     qdisc::{self, Action, QdiscError},
-    record::IfIndex,
+    record::{IfIndex, PolicyId},
 };
 
 /// The eBPF object built by build.rs from `mirror-ebpf`.
@@ -60,6 +65,8 @@ pub enum HookError {
     },
     #[error("more than {MAX_INTERFACES} interfaces")]
     TooManyInterfaces,
+    #[error("policy id {0} is out of range (at most {MAX_POLICIES} policies)")]
+    TooManyPolicies(u32),
 }
 
 /// A network interface of the agent's namespace, resolved from its name.
@@ -140,6 +147,58 @@ impl Hooks {
         map.insert(iface.index.0, config, 0)
             .map_err(|source| map_err(MAP_CONFIG, source))?;
         Ok(slot)
+    }
+
+    /// Writes a policy's kernel prefilter (before any of its interfaces is
+    /// attached, so the hook never runs with half of it).
+    pub fn configure_policy(&mut self, id: PolicyId, compiled: &Compiled) -> Result<(), HookError> {
+        if id.0 >= MAX_POLICIES {
+            return Err(HookError::TooManyPolicies(id.0));
+        }
+        for (i, rule) in compiled.rules.iter().enumerate() {
+            let mut rules: Array<_, mirror_common::KernelRule> = self.map(MAP_RULES)?;
+            rules
+                .set(id.0 * MAX_KERNEL_RULES + i as u32, rule, 0)
+                .map_err(|source| map_err(MAP_RULES, source))?;
+        }
+        for (name, entries) in [
+            (MAP_LPM_SRC4, &compiled.src4),
+            (MAP_LPM_DST4, &compiled.dst4),
+        ] {
+            self.lpm_insert(name, entries)?;
+        }
+        for (name, entries) in [
+            (MAP_LPM_SRC6, &compiled.src6),
+            (MAP_LPM_DST6, &compiled.dst6),
+        ] {
+            self.lpm_insert(name, entries)?;
+        }
+        let mut policies: Array<_, mirror_common::PolicyFilter> = self.map(MAP_POLICIES)?;
+        policies
+            .set(id.0, compiled.filter, 0)
+            .map_err(|source| map_err(MAP_POLICIES, source))
+    }
+
+    fn lpm_insert<K: Pod>(
+        &mut self,
+        name: &'static str,
+        entries: &[(u32, K, u64)],
+    ) -> Result<(), HookError> {
+        let mut trie: LpmTrie<_, K, u64> = self.map(name)?;
+        for (prefix_len, key, bits) in entries {
+            trie.insert(&Key::new(*prefix_len, *key), bits, 0)
+                .map_err(|source| map_err(name, source))?;
+        }
+        Ok(())
+    }
+
+    /// A typed view of one of our maps.
+    fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, HookError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(HookError::Missing(name))?;
+        T::try_from(map).map_err(|source| map_err(name, source))
     }
 
     /// Attaches the hooks for `directions` (bits of `DIR_*`) to an interface.

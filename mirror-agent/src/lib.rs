@@ -4,9 +4,11 @@
 
 pub mod attach;
 pub mod cli;
+pub mod collect;
 pub mod encap;
 pub mod export;
 pub mod hooks;
+pub mod kfilter;
 pub mod output;
 pub mod pcapfilter;
 pub mod pcapng;

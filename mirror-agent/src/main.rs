@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use mirror_agent::{attach, cli};
+use mirror_agent::{attach, cli, collect};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -19,13 +19,16 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        cli::Command::Attach(args) => attach::run(args),
+        cli::Command::Attach(args) => attach::run(args).map_err(|e| (e.to_string(), e.exit_code())),
+        cli::Command::Collect(args) => {
+            collect::run(args).map_err(|e| (e.to_string(), e.exit_code()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::from(e.exit_code())
+        Err((message, code)) => {
+            error!("{message}");
+            ExitCode::from(code)
         }
     }
 }

@@ -35,7 +35,10 @@ pub enum PlanError {
     #[error("--interface {0}: given more than once")]
     DuplicateInterface(String),
     #[error("--policy {path}: {source}")]
-    Policy { path: String, source: PolicyError },
+    Policy {
+        path: String,
+        source: Box<PolicyError>,
+    },
     #[error("--policy {path}: policy \"{policy}\": collectors[{index}]: {source}")]
     Collector {
         path: String,
@@ -80,7 +83,7 @@ pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
     let shown = path.display().to_string();
     let file = PolicyFile::load(path).map_err(|source| PlanError::Policy {
         path: shown.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let existing: Vec<(String, u32)> = nix::net::if_::if_nameindex()
         .map_err(PlanError::List)?
@@ -90,7 +93,7 @@ pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
     let names: Vec<&str> = existing.iter().map(|(n, _)| n.as_str()).collect();
     let assigned = file.assign(&names).map_err(|source| PlanError::Policy {
         path: shown.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let mut plan = Vec::new();
     for (i, policy) in file.policies.iter().enumerate() {

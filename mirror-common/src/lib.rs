@@ -10,12 +10,18 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
 pub const MAP_COUNTERS: &str = "MIRROR_COUNTERS";
 pub const MAP_RECORDS: &str = "MIRROR_RECORDS";
+pub const MAP_POLICIES: &str = "MIRROR_POLICIES";
+pub const MAP_RULES: &str = "MIRROR_RULES";
+pub const MAP_LPM_SRC4: &str = "MIRROR_LPM_SRC4";
+pub const MAP_LPM_DST4: &str = "MIRROR_LPM_DST4";
+pub const MAP_LPM_SRC6: &str = "MIRROR_LPM_SRC6";
+pub const MAP_LPM_DST6: &str = "MIRROR_LPM_DST6";
 /// Program names.
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";
@@ -34,6 +40,20 @@ pub const MAX_SNAPLEN: u32 = 262_144;
 pub const MAX_INTERFACES: u32 = 1024;
 /// Default ring buffer size in bytes; must be a power of two and a page multiple.
 pub const DEFAULT_RING_BYTES: u32 = 64 << 20;
+
+/// Policy ids index [`MAP_POLICIES`]: 1..MAX_POLICIES (0 is "none").
+pub const MAX_POLICIES: u32 = 256;
+/// Kernel rules per policy: one bit each in a `u64`.
+pub const MAX_KERNEL_RULES: u32 = 64;
+/// Port ranges per rule side the hook checks; a rule with more is checked
+/// only in the agent (the hook lets its packets through).
+pub const MAX_RULE_PORTS: usize = 4;
+/// [`KernelRule::protocol`] matching any protocol.
+pub const PROTO_ANY: u32 = 0x100;
+/// [`KernelRule::src_ports`] count meaning "not checked here".
+pub const PORTS_UNCHECKED: u32 = u32::MAX;
+/// LPM entries per table.
+pub const MAX_LPM_ENTRIES: u32 = 16384;
 
 /// Capture size classes. The verifier needs a constant size for every ring
 /// buffer reservation, so instead of reserving the worst case (256 KiB) for
@@ -102,8 +122,10 @@ pub struct Counters {
     pub load_failed: u64,
     /// The agent's own tunnel packets, passed over (see `IfaceConfig::skip_mark`).
     pub own_traffic: u64,
+    /// Packets the policy's kernel prefilter ruled out (no Accept rule can match).
+    pub filtered: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 
 impl Counters {
     /// Sum of per-CPU values.
@@ -117,8 +139,71 @@ impl Counters {
         self.ring_full += other.ring_full;
         self.load_failed += other.load_failed;
         self.own_traffic += other.own_traffic;
+        self.filtered += other.filtered;
     }
 }
+
+/// A policy's kernel prefilter, in [`MAP_POLICIES`] at the policy id. The
+/// hook lets a packet through when some Accept rule could match it, and
+/// counts the rest as filtered; the agent then applies the rules exactly,
+/// in order, Reject rules included. Bit `i` of each mask is rule `i`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyFilter {
+    /// Zero: no prefilter (no rules, or more than the kernel holds).
+    pub enabled: u32,
+    pub _pad: u32,
+    /// Accept rules.
+    pub accept: u64,
+    /// Rules with no condition at all, the only ones that match non-IP frames.
+    pub non_ip: u64,
+    /// Rules with no source (destination) CIDR list: any address matches.
+    pub src_any: u64,
+    pub dst_any: u64,
+}
+const _: () = assert!(core::mem::size_of::<PolicyFilter>() == 40);
+
+/// An inclusive port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSpan {
+    pub from: u16,
+    pub to: u16,
+}
+
+/// One rule's non-address conditions, in [`MAP_RULES`] at
+/// `policy_id * MAX_KERNEL_RULES + rule index`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelRule {
+    /// IP protocol number, or [`PROTO_ANY`].
+    pub protocol: u32,
+    /// TCP flag bits that must all be set; 0 = any.
+    pub tcp_flags: u32,
+    /// How many spans below apply: 0 = any port, [`PORTS_UNCHECKED`] = too
+    /// many to check here.
+    pub src_port_count: u32,
+    pub dst_port_count: u32,
+    pub src_ports: [PortSpan; MAX_RULE_PORTS],
+    pub dst_ports: [PortSpan; MAX_RULE_PORTS],
+}
+const _: () = assert!(core::mem::size_of::<KernelRule>() == 48);
+
+/// LPM trie keys: the policy id (big-endian, so it is the leading 32 bits of
+/// the prefix) then the address. Prefix length = 32 + the CIDR's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lpm4 {
+    pub policy: [u8; 4],
+    pub addr: [u8; 4],
+}
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lpm6 {
+    pub policy: [u8; 4],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Lpm4>() == 8 && core::mem::size_of::<Lpm6>() == 20);
 
 /// Header of every ring-buffer record; the captured bytes follow it directly.
 #[repr(C)]
@@ -147,4 +232,8 @@ mod user {
     unsafe impl aya::Pod for super::IfaceConfig {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::RecordHeader {}
+    unsafe impl aya::Pod for super::PolicyFilter {}
+    unsafe impl aya::Pod for super::KernelRule {}
+    unsafe impl aya::Pod for super::Lpm4 {}
+    unsafe impl aya::Pod for super::Lpm6 {}
 }

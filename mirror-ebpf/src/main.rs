@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+mod filter;
+
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes},
@@ -70,6 +72,11 @@ fn mirror(ctx: &TcContext, direction: u32) {
     let len = ctx.len();
     counters.seen_packets += 1;
     counters.seen_bytes += u64::from(len);
+
+    if !filter::passes(ctx, config.policy_id) {
+        counters.filtered += 1;
+        return;
+    }
 
     if config.sample_every > 1 {
         // SAFETY: helper with no arguments.

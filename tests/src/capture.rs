@@ -32,10 +32,15 @@ pub struct Frame {
 /// Reads a pcap or pcapng file, whichever it is.
 pub fn read(path: &Path) -> Result<Vec<Frame>> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&bytes).with_context(|| path.display().to_string())
+}
+
+/// Reads a pcap or pcapng capture held in memory (a received stream).
+pub fn parse(bytes: &[u8]) -> Result<Vec<Frame>> {
     match bytes.get(..4) {
-        Some([0x0a, 0x0d, 0x0d, 0x0a]) => read_pcapng(&bytes),
-        Some(_) => read_pcap(&bytes),
-        None => bail!("{} is empty", path.display()),
+        Some([0x0a, 0x0d, 0x0d, 0x0a]) => read_pcapng(bytes),
+        Some(_) => read_pcap(bytes),
+        None => bail!("the capture is empty"),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod capture;
 pub mod hooks;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod scenario;
 pub mod tcpdump;

@@ -129,9 +129,9 @@ impl Tshark {
     /// expert info of severity `worst_allowed_below` or worse.
     pub fn assert_clean(&self, worst_allowed_below: Severity) {
         // `-z expert,LEVEL` lists items ("Errors (n)", "Warns (n)") after the
-        // packets. It needs `-V` beside it: without a protocol tree tshark
-        // misses the expert items that dissectors add only to a tree (such
-        // as a GENEVE option running past Opt Len).
+        // packets. It needs `-V` beside it: with `-q` alone tshark 4.0 builds
+        // no protocol tree and misses the expert items dissectors add only to
+        // a tree, such as a GENEVE option running past Opt Len.
         let verbose = self
             .run(&["-V", "-z", worst_allowed_below.stat()])
             .expect("tshark -V runs");

@@ -10,7 +10,7 @@
 //! Frames are built with etherparse, which computes the IPv4 header and
 //! UDP/TCP checksums; every address is in 198.18.0.0/15. No root needed.
 
-use std::{collections::HashMap, fs::File, process::Command, time::Duration};
+use std::{fs::File, time::Duration};
 
 use etherparse::{IpNumber, PacketBuilder, VlanId};
 use mirror_agent::{
@@ -24,7 +24,7 @@ use mirror_agent::{
     record::{Direction, IfIndex},
 };
 use pcap_file::pcap::{PcapPacket, PcapWriter};
-use testbed::netns::run;
+use testbed::tshark::{Row, Severity, Tshark};
 
 const OUTER_SRC: [u8; 4] = [198, 19, 0, 1];
 const OUTER_DST: [u8; 4] = [198, 19, 0, 2];
@@ -153,88 +153,33 @@ fn capture(packets: Vec<(Vec<u8>, Inner)>) -> Capture {
     }
 }
 
-/// Runs tshark with checksum validation on, failing clearly when it is missing.
-fn tshark(file: &str, args: &[&str]) -> String {
-    let found = Command::new("tshark").arg("--version").output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "tshark is required for these tests and was not found: install it \
-         (`cargo xtask setup`, or `apt-get install tshark`)"
-    );
-    let mut cmd = Command::new("tshark");
-    cmd.args(["-n", "-r", file])
-        .args(["-o", "ip.check_checksum:TRUE"])
-        .args(["-o", "udp.check_checksum:TRUE"])
-        .args(["-o", "tcp.check_checksum:TRUE"])
-        .args(args);
-    run(&mut cmd).expect("tshark runs")
-}
-
-/// Field values per packet: for each field, all its occurrences (outer first).
-fn fields(file: &str, names: &[&str]) -> Vec<HashMap<String, Vec<String>>> {
-    let mut args = vec!["-T", "fields", "-E", "separator=\t", "-E", "occurrence=a"];
-    args.extend(["-E", "aggregator=|"]);
-    for n in names {
-        args.extend(["-e", n]);
-    }
-    tshark(file, &args)
-        .lines()
-        .map(|line| {
-            names
-                .iter()
-                .zip(line.split('\t'))
-                .map(|(n, v)| {
-                    let vals = v.split('|').filter(|s| !s.is_empty()).map(String::from);
-                    (n.to_string(), vals.collect())
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// The clean-dissection checks every encapsulation gets, then the inner
 /// frame checks; returns the per-packet values of `extra` fields.
-fn dissect(c: &Capture, extra: &[&str]) -> Vec<HashMap<String, Vec<String>>> {
-    // `-z expert,warn` lists errors and warnings ("Errors (n)", "Warns (n)")
-    // after the packets. It needs `-V` beside it: with `-q` alone tshark 4.0
-    // builds no protocol tree and misses the expert items dissectors add only
-    // to a tree, such as a GENEVE option running past Opt Len, which is
-    // moreover only a warning. We want neither errors nor warnings.
-    let verbose = tshark(&c.path, &["-V", "-z", "expert,warn"]);
-    assert!(
-        !verbose.contains("Malformed"),
-        "tshark reports a malformed packet:\n{verbose}"
-    );
-    assert!(
-        !verbose.contains("Errors (") && !verbose.contains("Warns ("),
-        "tshark reports expert errors or warnings:\n{verbose}"
-    );
-    // The same through a display filter, which always builds the tree.
-    let flagged = tshark(
-        &c.path,
-        &["-Y", "_ws.malformed || _ws.expert.severity >= warning"],
-    );
-    assert!(
-        flagged.trim().is_empty(),
-        "tshark flags packets:\n{flagged}\n{verbose}"
-    );
+fn dissect(c: &Capture, extra: &[&str]) -> Vec<Row> {
+    // The frames are complete and their checksums right, so tshark checks
+    // them, and finds neither errors nor warnings.
+    let ts = Tshark::new(&c.path).check_checksums(&["ip", "udp", "tcp"]);
+    ts.assert_clean(Severity::Warning);
 
-    let positions = inner_eth_positions(&c.path);
+    let layers = ts.ethernet_layers().expect("tshark JSON");
     let mut names = vec!["eth.src", "ip.src", "ip.dst", "ip.len"];
     names.extend(["udp.srcport", "udp.dstport", "tcp.srcport", "tcp.dstport"]);
     names.extend(extra);
-    let rows = fields(&c.path, &names);
+    let rows = ts.fields(&names).expect("tshark fields");
     assert_eq!(
         rows.len(),
         c.packets.len(),
         "tshark read a different packet count"
     );
+    assert_eq!(layers.len(), c.packets.len());
     for (i, (row, (offset, inner))) in rows.iter().zip(&c.packets).enumerate() {
-        let ctx = format!("packet {i}:\n{verbose}");
+        let ctx = format!("packet {i}: {row:?}");
         assert_eq!(
-            positions[i], *offset,
-            "inner Ethernet at the wrong offset, {ctx}"
+            layers[i].ethernet_at,
+            [0, *offset],
+            "outer and inner Ethernet, the inner at our offset, {ctx}"
         );
+        assert_eq!(layers[i].inner(), inner.frame, "inner frame bytes, {ctx}");
         let last = |f: &str| row[f].last().cloned().unwrap_or_default();
         assert_eq!(row["eth.src"].len(), 2, "outer and inner Ethernet, {ctx}");
         let mac: Vec<String> = inner.frame[6..12]
@@ -260,26 +205,7 @@ fn dissect(c: &Capture, extra: &[&str]) -> Vec<HashMap<String, Vec<String>>> {
     rows
 }
 
-/// Where tshark starts dissecting the last (innermost) Ethernet header of
-/// each packet, from the byte positions in its PDML output.
-fn inner_eth_positions(file: &str) -> Vec<usize> {
-    let pdml = tshark(file, &["-T", "pdml"]);
-    pdml.split("<packet>")
-        .skip(1)
-        .map(|packet| {
-            let proto = packet
-                .rsplit("<proto name=\"eth\"")
-                .next()
-                .expect("an Ethernet layer");
-            let pos = proto.split("pos=\"").nth(1).expect("a pos attribute");
-            pos[..pos.find('"').expect("closing quote")]
-                .parse()
-                .expect("numeric pos")
-        })
-        .collect()
-}
-
-fn field<'a>(row: &'a HashMap<String, Vec<String>>, name: &str) -> &'a [String] {
+fn field<'a>(row: &'a Row, name: &str) -> &'a [String] {
     &row[name]
 }
 

@@ -89,6 +89,13 @@ policies:
         .map(agent::fields)
         .expect("policy summary");
     assert!(policy["rejected_by_rules"] > 0, "{}", c.exit.stderr);
+    // TCP matches no Accept rule: the hook's prefilter drops it in the kernel.
+    let total = c.exit.summary().expect("summary");
+    assert!(
+        total["filtered"] > 0,
+        "kernel prefilter dropped nothing:\n{}",
+        c.exit.stderr
+    );
     assert!(policy["rejected_by_filter"] > 0, "{}", c.exit.stderr);
 }
 
@@ -180,9 +187,7 @@ fn bad_policy_files_are_refused_naming_the_field() {
             "snaplen",
         ),
         (
-            format!(
-                "policies:\n  - name: web\n    interfaces: [nomatch*]\n    collectors: [\"pcapng:/dev/null\"]\n"
-            ),
+            "policies:\n  - name: web\n    interfaces: [nomatch*]\n    collectors: [\"pcapng:/dev/null\"]\n".to_owned(),
             "no interface",
         ),
     ];
@@ -198,4 +203,67 @@ fn bad_policy_files_are_refused_naming_the_field() {
         let left = testbed::hooks::attached(&pair.node, h).expect("query");
         assert!(left.is_empty(), "{left:?}");
     }
+}
+
+/// CIDRs of both families (the hook's LPM tries), a Reject before an
+/// Accept, ports and TCP flags, against tcpdump's equivalent expression.
+/// tcpdump's `tcp[tcpflags]` reads IPv4 only, so IPv6 SYN is `ip6[53]`.
+#[test]
+fn cidr_rules_of_both_families_keep_what_tcpdump_keeps() {
+    let pair = PodPair::new(true).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("mirror.pcapng");
+    let file = policy_file(
+        &dir,
+        &format!(
+            r#"
+policies:
+  - name: cidrs
+    interfaces: ["{host}"]
+    collectors: ["pcapng:{out}"]
+    rules:
+      - action: Reject
+        protocol: UDP
+        sourceCIDRs: ["fd00:198:18::2/128"]
+        destinationPorts: [{{from: 5010}}]
+      - action: Accept
+        protocol: UDP
+        destinationCIDRs: ["198.18.0.0/31", "fd00:198:18::/126"]
+      - action: Accept
+        protocol: ICMP
+        sourceCIDRs: ["198.18.0.2/32"]
+      - action: Accept
+        tcpFlags: [SYN]
+"#,
+            host = pair.host_if,
+            out = out.display()
+        ),
+    );
+    let expr = "(udp and not (ip6 src fd00:198:18::2 and udp dst port 5010) \
+                and (dst net 198.18.0.0/31 or dst net fd00:198:18::/126)) \
+                or (icmp and src host 198.18.0.2) \
+                or (ip and tcp and tcp[tcpflags] & tcp-syn != 0) \
+                or (ip6 and ip6[6] = 6 and ip6[53] & 2 != 0)";
+    let c = scenario::run_with(&pair, &["attach", "--policy", &file], &out, &[expr], |p| {
+        let (n4, p4) = (IpAddr::V4(p.node_v4), IpAddr::V4(p.pod_v4));
+        let n6 = IpAddr::V6(p.node_v6.expect("dual stack"));
+        traffic::udp(&p.pod, &p.node, n4, 5001, &[10, 1000])?;
+        traffic::udp(&p.node, &p.pod, p4, 5002, &[10, 1000])?;
+        traffic::udp(&p.pod, &p.node, n6, 5010, &[10, 1000])?;
+        traffic::udp(&p.pod, &p.node, n6, 5011, &[10, 1000])?;
+        traffic::ping(&p.pod, n4, 2)?;
+        traffic::ping(&p.pod, n6, 2)?;
+        traffic::tcp_bulk(&p.pod, &p.node, n4, 5003, 256 << 10)?;
+        traffic::tcp_bulk(&p.pod, &p.node, n6, 5004, 256 << 10)
+    })
+    .expect("mirror run");
+    // 2 + 2 datagrams, 2 echo requests, SYN and SYN-ACK of both connections.
+    assert!(c.oracle.len() >= 10, "too little kept: {}", c.oracle.len());
+    assert_same_frames(&c.oracle, &c.mirror);
+    let total = c.exit.summary().expect("summary");
+    assert!(
+        total["filtered"] > 0,
+        "kernel prefilter dropped nothing:\n{}",
+        c.exit.stderr
+    );
 }

@@ -35,7 +35,9 @@ pub enum Listen {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ListenError {
-    #[error("'{0}' has no scheme; write vxlan://ADDR, geneve://ADDR, gre://ADDR or tcp://ADDR:PORT")]
+    #[error(
+        "'{0}' has no scheme; write vxlan://ADDR, geneve://ADDR, gre://ADDR or tcp://ADDR:PORT"
+    )]
     NoScheme(String),
     #[error("unknown scheme '{0}'; known: vxlan, geneve, gre, tcp")]
     Scheme(String),
@@ -115,28 +117,59 @@ mod tests {
     #[test]
     fn forms_and_default_ports() {
         let v4 = |s: &str, p| SocketAddr::new(s.parse().unwrap(), p);
-        assert_eq!(parse("vxlan://0.0.0.0"), Ok(Listen::Vxlan(v4("0.0.0.0", 4789))));
-        assert_eq!(parse("vxlan://198.18.1.2:9999"), Ok(Listen::Vxlan(v4("198.18.1.2", 9999))));
-        assert_eq!(parse("geneve://198.18.1.2/"), Ok(Listen::Geneve(v4("198.18.1.2", 6081))));
-        assert_eq!(parse("gre://198.18.1.2"), Ok(Listen::Gre("198.18.1.2".parse().unwrap())));
+        assert_eq!(
+            parse("vxlan://0.0.0.0"),
+            Ok(Listen::Vxlan(v4("0.0.0.0", 4789)))
+        );
+        assert_eq!(
+            parse("vxlan://198.18.1.2:9999"),
+            Ok(Listen::Vxlan(v4("198.18.1.2", 9999)))
+        );
+        assert_eq!(
+            parse("geneve://198.18.1.2/"),
+            Ok(Listen::Geneve(v4("198.18.1.2", 6081)))
+        );
+        assert_eq!(
+            parse("gre://198.18.1.2"),
+            Ok(Listen::Gre("198.18.1.2".parse().unwrap()))
+        );
         assert_eq!(parse("tcp://[::]:7000"), Ok(Listen::Tcp(v4("::", 7000))));
-        for s in ["vxlan://198.18.1.2:4789", "gre://[fd00:198:18::1]", "tcp://127.0.0.1:1"] {
+        for s in [
+            "vxlan://198.18.1.2:4789",
+            "gre://[fd00:198:18::1]",
+            "tcp://127.0.0.1:1",
+        ] {
             assert_eq!(parse(s).unwrap().to_string(), s);
         }
     }
 
     #[test]
     fn bad_forms_say_why() {
-        assert_eq!(parse("198.18.1.2"), Err(ListenError::NoScheme("198.18.1.2".into())));
-        assert_eq!(parse("udp://1.2.3.4"), Err(ListenError::Scheme("udp".into())));
+        assert_eq!(
+            parse("198.18.1.2"),
+            Err(ListenError::NoScheme("198.18.1.2".into()))
+        );
+        assert_eq!(
+            parse("udp://1.2.3.4"),
+            Err(ListenError::Scheme("udp".into()))
+        );
         assert_eq!(parse("tcp://1.2.3.4"), Err(ListenError::NoPort));
         assert_eq!(parse("gre://1.2.3.4:5"), Err(ListenError::GrePort));
         assert_eq!(
             parse("vxlan://collector.example"),
             Err(ListenError::NotAnAddress("collector.example".into()))
         );
-        assert!(matches!(parse("vxlan://1.2.3.4?vni=1"), Err(ListenError::Extra(_))));
-        assert!(matches!(parse("vxlan://1.2.3.4:99999"), Err(ListenError::Syntax(_))));
-        assert!(matches!(parse("tcp://:80"), Err(ListenError::Syntax(_) | ListenError::NoHost)));
+        assert!(matches!(
+            parse("vxlan://1.2.3.4?vni=1"),
+            Err(ListenError::Extra(_))
+        ));
+        assert!(matches!(
+            parse("vxlan://1.2.3.4:99999"),
+            Err(ListenError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse("tcp://:80"),
+            Err(ListenError::Syntax(_) | ListenError::NoHost)
+        ));
     }
 }

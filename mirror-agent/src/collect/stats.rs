@@ -147,6 +147,11 @@ mod tests {
             "short, foreign, garbled"
         );
         // The array index is the enum's discriminant.
-        assert!(Reason::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(
+            Reason::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, r)| *r as usize == i)
+        );
     }
 }

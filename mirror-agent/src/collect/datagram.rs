@@ -1,0 +1,495 @@
+//! Tunnel datagrams to packets: decapsulation with the codecs of
+//! `crate::encap`, and the interface name each packet is filed under.
+//! Pure (no sockets), so the fuzz targets and unit tests drive it directly.
+//!
+//! Names, so a person sees the node and the pod in Wireshark's interface list:
+//!
+//! | tunnel | interface name |
+//! |---|---|
+//! | GENEVE with our options | `node/pod`, else `node/ifindex-N` |
+//! | GENEVE without a node option | `SOURCE-IP/pod`, `SOURCE-IP/ifindex-N`, else `SOURCE-IP/vni-N` |
+//! | VXLAN | `SOURCE-IP/vni-N` |
+//! | GRE/TEB | `SOURCE-IP/key-N`, or `SOURCE-IP/gre` without a key |
+//! | ERSPAN II and III | `SOURCE-IP/erspan-session-N` |
+
+use std::{
+    collections::HashSet,
+    fmt::{self, Write as _},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use super::stats::Reason;
+use crate::{
+    encap::{
+        erspan::{self, ErspanError, Kind as ErspanKind, PROTO_TYPE2, PROTO_TYPE3},
+        geneve::{self, GeneveError},
+        gre::{self, GreError},
+        vxlan::{self, VxlanError},
+    },
+    record::Direction,
+};
+
+/// What a datagram listener receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    Vxlan,
+    Geneve,
+    /// GRE/TEB and ERSPAN II and III, told apart by the GRE protocol type.
+    Gre,
+}
+
+/// One decapsulated packet, borrowing its frame from the datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decap<'a> {
+    pub interface: Arc<str>,
+    pub orig_len: u32,
+    /// `None` where the tunnel does not carry it (VXLAN, GRE, ERSPAN II).
+    pub direction: Option<Direction>,
+    /// The sender cut the frame (GENEVE original length, ERSPAN T bit).
+    pub truncated: bool,
+    pub frame: &'a [u8],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DatagramError {
+    #[error(transparent)]
+    Vxlan(#[from] VxlanError),
+    #[error(transparent)]
+    Geneve(#[from] GeneveError),
+    #[error(transparent)]
+    Gre(#[from] GreError),
+    #[error(transparent)]
+    Erspan(#[from] ErspanError),
+    #[error("IPv4 packet of {0} bytes is shorter than its header")]
+    Ipv4Short(usize),
+    #[error("not an IPv4 header (version {0})")]
+    Ipv4Version(u8),
+    #[error("IPv4 protocol {0} is not GRE (47)")]
+    Ipv4Protocol(u8),
+}
+
+impl DatagramError {
+    pub fn reason(&self) -> Reason {
+        use Reason::*;
+        match self {
+            Self::Vxlan(e) => match e {
+                VxlanError::Short(_) | VxlanError::InnerTooShort(_) => Short,
+                VxlanError::NoVni(_) => Foreign,
+            },
+            Self::Geneve(e) => match e {
+                GeneveError::Short { .. } | GeneveError::InnerTooShort(_) => Short,
+                GeneveError::Version(_) | GeneveError::Oam | GeneveError::Protocol(_) => Foreign,
+                GeneveError::UnknownCritical { .. } => Foreign,
+                GeneveError::OptionOverrun { .. }
+                | GeneveError::BadOption { .. }
+                | GeneveError::NotUtf8 { .. } => Garbled,
+            },
+            Self::Gre(e) | Self::Erspan(ErspanError::Gre(e)) => gre_reason(e),
+            Self::Erspan(e) => match e {
+                ErspanError::Short { .. } | ErspanError::InnerTooShort(_) => Short,
+                ErspanError::Protocol(_) | ErspanError::TypeI | ErspanError::FrameType(_) => {
+                    Foreign
+                }
+                ErspanError::Version { .. } | ErspanError::Gre(_) => Garbled,
+            },
+            Self::Ipv4Short(_) => Short,
+            Self::Ipv4Version(_) | Self::Ipv4Protocol(_) => Foreign,
+        }
+    }
+}
+
+fn gre_reason(e: &GreError) -> Reason {
+    match e {
+        GreError::Short { .. } | GreError::InnerTooShort(_) => Reason::Short,
+        GreError::Forbidden(_) | GreError::Version(_) | GreError::Protocol { .. } => {
+            Reason::Foreign
+        }
+        GreError::Checksum => Reason::Garbled,
+    }
+}
+
+/// The payload of a packet read from a raw IPv4 socket (which hands over
+/// the IP header too) and its source address. The kernel has already
+/// checked the header and reassembled fragments; this only finds the
+/// payload, and never trusts a length beyond the bytes that came.
+pub fn ipv4_payload(packet: &[u8]) -> Result<(IpAddr, &[u8]), DatagramError> {
+    let short = || DatagramError::Ipv4Short(packet.len());
+    let (&[vihl, _, l0, l1, _, _, _, _, _, proto, _, _, s0, s1, s2, s3], _) =
+        packet.split_first_chunk::<16>().ok_or_else(short)?;
+    if vihl >> 4 != 4 {
+        return Err(DatagramError::Ipv4Version(vihl >> 4));
+    }
+    if proto != 47 {
+        return Err(DatagramError::Ipv4Protocol(proto));
+    }
+    let header = usize::from(vihl & 0x0F) * 4;
+    let total = usize::from(u16::from_be_bytes([l0, l1])).min(packet.len());
+    let payload = packet.get(header.max(20)..total).ok_or_else(short)?;
+    Ok((IpAddr::from([s0, s1, s2, s3]), payload))
+}
+
+/// Most distinct names one receiver remembers; past it the cache starts
+/// over (names stay right, they are only allocated again), so garbage with
+/// ever new names cannot grow it without end.
+const MAX_NAMES: usize = 4096;
+
+/// Interface names, each allocated once and then shared with the writer.
+#[derive(Debug, Default)]
+pub struct Names {
+    known: HashSet<Arc<str>>,
+    scratch: String,
+}
+
+impl Names {
+    pub fn get(&mut self, args: fmt::Arguments<'_>) -> Arc<str> {
+        self.scratch.clear();
+        // Writing into a String cannot fail.
+        let _ = self.scratch.write_fmt(args);
+        if let Some(name) = self.known.get(self.scratch.as_str()) {
+            return name.clone();
+        }
+        if self.known.len() >= MAX_NAMES {
+            self.known.clear();
+        }
+        let name: Arc<str> = self.scratch.as_str().into();
+        self.known.insert(name.clone());
+        name
+    }
+}
+
+/// Shows wire text with control characters replaced, so a name from the
+/// network cannot break a line of a log or of a tool's interface list.
+struct Clean<'a>(&'a str);
+
+impl fmt::Display for Clean<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0
+            .chars()
+            .try_for_each(|c| f.write_char(if c.is_control() { '?' } else { c }))
+    }
+}
+
+/// Decapsulates one datagram (for [`Tunnel::Gre`], the bytes after the IP
+/// header) that came from `from`.
+pub fn decode<'a>(
+    tunnel: Tunnel,
+    from: IpAddr,
+    payload: &'a [u8],
+    names: &mut Names,
+) -> Result<Decap<'a>, DatagramError> {
+    match tunnel {
+        Tunnel::Vxlan => {
+            let d = vxlan::decode(payload)?;
+            Ok(plain(
+                names.get(format_args!("{from}/vni-{}", d.vni)),
+                d.inner,
+            ))
+        }
+        Tunnel::Geneve => decode_geneve(from, payload, names),
+        Tunnel::Gre => match gre::parse(payload)?.0.proto {
+            PROTO_TYPE2 | PROTO_TYPE3 => decode_erspan(from, payload, names),
+            // Plain GRE, and any other protocol, which it refuses by name.
+            _ => {
+                let d = gre::decode(payload)?;
+                let name = match d.key {
+                    Some(key) => names.get(format_args!("{from}/key-{}", key.0)),
+                    None => names.get(format_args!("{from}/gre")),
+                };
+                Ok(plain(name, d.inner))
+            }
+        },
+    }
+}
+
+fn plain(interface: Arc<str>, frame: &[u8]) -> Decap<'_> {
+    Decap {
+        interface,
+        orig_len: frame_len(frame),
+        direction: None,
+        truncated: false,
+        frame,
+    }
+}
+
+fn frame_len(frame: &[u8]) -> u32 {
+    u32::try_from(frame.len()).unwrap_or(u32::MAX)
+}
+
+fn decode_geneve<'a>(
+    from: IpAddr,
+    payload: &'a [u8],
+    names: &mut Names,
+) -> Result<Decap<'a>, DatagramError> {
+    let d = geneve::decode(payload)?;
+    let m = d.mirror;
+    let interface = match (m.node, m.pod, m.ifindex) {
+        (Some(node), Some(pod), _) => names.get(format_args!("{}/{}", Clean(node), Clean(pod))),
+        (Some(node), None, Some(i)) => names.get(format_args!("{}/ifindex-{}", Clean(node), i.0)),
+        (None, Some(pod), _) => names.get(format_args!("{from}/{}", Clean(pod))),
+        (None, None, Some(i)) => names.get(format_args!("{from}/ifindex-{}", i.0)),
+        (Some(node), None, None) => names.get(format_args!("{}/vni-{}", Clean(node), d.vni)),
+        (None, None, None) => names.get(format_args!("{from}/vni-{}", d.vni)),
+    };
+    let caplen = frame_len(d.inner);
+    Ok(Decap {
+        interface,
+        // A sender claiming less than it sent is wrong; what came is the floor.
+        orig_len: m.orig_len.unwrap_or(caplen).max(caplen),
+        direction: m.direction,
+        truncated: d.truncated(),
+        frame: d.inner,
+    })
+}
+
+fn decode_erspan<'a>(
+    from: IpAddr,
+    payload: &'a [u8],
+    names: &mut Names,
+) -> Result<Decap<'a>, DatagramError> {
+    let d = erspan::decode(payload)?;
+    let direction = match d.kind {
+        ErspanKind::TypeIII { direction, .. } => Some(direction),
+        ErspanKind::TypeII { .. } => None,
+    };
+    let caplen = frame_len(d.inner);
+    // ERSPAN says only *that* the frame was cut; for IP the original
+    // length is still in the inner header, so recover it from there.
+    let orig_len = if d.truncated {
+        inner_ip_len(d.inner).map_or(caplen, |n| n.max(caplen))
+    } else {
+        caplen
+    };
+    Ok(Decap {
+        interface: names.get(format_args!("{from}/erspan-session-{}", d.session)),
+        orig_len,
+        direction,
+        truncated: d.truncated,
+        frame: d.inner,
+    })
+}
+
+/// The length of an Ethernet frame as its IPv4 or IPv6 header gives it (up
+/// to two VLAN tags), or `None` for other frames and for lengths the header
+/// leaves open (0: a GSO packet or an IPv6 jumbogram).
+pub fn inner_ip_len(frame: &[u8]) -> Option<u32> {
+    let be16 = |at: usize| -> Option<u16> {
+        let b = frame.get(at..at + 2)?;
+        Some(u16::from_be_bytes([*b.first()?, *b.get(1)?]))
+    };
+    let mut l3 = 14;
+    let mut ethertype = be16(12)?;
+    for _ in 0..2 {
+        if matches!(ethertype, 0x8100 | 0x88a8) {
+            ethertype = be16(l3 + 2)?;
+            l3 += 4;
+        }
+    }
+    let ip_len = match ethertype {
+        0x0800 => u32::from(be16(l3 + 2)?),
+        0x86dd => match be16(l3 + 4)? {
+            0 => 0,
+            n => 40 + u32::from(n),
+        },
+        _ => return None,
+    };
+    (ip_len != 0).then(|| l3 as u32 + ip_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        encap::{
+            Encapsulator, MAX_HEADER_LEN, PacketMeta, Vni,
+            erspan::{Erspan2, Erspan3, HwId, SessionId},
+            geneve::Geneve,
+            gre::{Gre, GreKey},
+            vxlan::Vxlan,
+        },
+        record::IfIndex,
+    };
+
+    const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 1, 1));
+
+    /// An Ethernet/IPv4 frame whose IP header says `ip_len` bytes, cut to `have`.
+    fn frame(ip_len: u16, have: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0];
+        f.extend_from_slice(&ip_len.to_be_bytes());
+        f.resize(have, 0xab);
+        f
+    }
+
+    fn encode(
+        enc: &mut dyn Encapsulator,
+        pod: &str,
+        direction: Direction,
+        inner: &[u8],
+    ) -> Vec<u8> {
+        let meta = PacketMeta {
+            unix_ns: 1,
+            ifindex: IfIndex(7),
+            direction,
+            orig_len: 1000,
+            pod,
+        };
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let n = enc.write_header(&meta, inner, &mut buf).unwrap();
+        [&buf[..n], inner].concat()
+    }
+
+    fn run(tunnel: Tunnel, bytes: &[u8]) -> Result<Decap<'_>, DatagramError> {
+        decode(tunnel, FROM, bytes, &mut Names::default())
+    }
+
+    #[test]
+    fn names_and_metadata_per_tunnel() {
+        let inner = frame(986, 200);
+        let vni = Vni::new(42).unwrap();
+        let vx = encode(&mut Vxlan::new(vni), "", Direction::Egress, &inner);
+        let d = run(Tunnel::Vxlan, &vx).unwrap();
+        assert_eq!(
+            (&*d.interface, d.orig_len, d.direction),
+            ("198.18.1.1/vni-42", 200, None)
+        );
+
+        let gv = encode(
+            &mut Geneve::new(vni, "node-a"),
+            "ns/web",
+            Direction::Egress,
+            &inner,
+        );
+        let d = run(Tunnel::Geneve, &gv).unwrap();
+        assert_eq!(&*d.interface, "node-a/ns/web");
+        assert_eq!(
+            (d.orig_len, d.direction, d.truncated),
+            (1000, Some(Direction::Egress), true)
+        );
+        let gv = encode(
+            &mut Geneve::new(vni, "node-a"),
+            "",
+            Direction::Ingress,
+            &inner,
+        );
+        assert_eq!(
+            &*run(Tunnel::Geneve, &gv).unwrap().interface,
+            "node-a/ifindex-7"
+        );
+        let gv = encode(
+            &mut Geneve::new(vni, ""),
+            "p\nq",
+            Direction::Ingress,
+            &inner,
+        );
+        assert_eq!(
+            &*run(Tunnel::Geneve, &gv).unwrap().interface,
+            "198.18.1.1/p?q"
+        );
+
+        let gre = encode(
+            &mut Gre::new().with_key(GreKey(9)),
+            "",
+            Direction::Egress,
+            &inner,
+        );
+        assert_eq!(
+            &*run(Tunnel::Gre, &gre).unwrap().interface,
+            "198.18.1.1/key-9"
+        );
+        let gre = encode(&mut Gre::new(), "", Direction::Egress, &inner);
+        assert_eq!(
+            &*run(Tunnel::Gre, &gre).unwrap().interface,
+            "198.18.1.1/gre"
+        );
+
+        let session = SessionId::new(5).unwrap();
+        let e2 = encode(&mut Erspan2::new(session), "", Direction::Egress, &inner);
+        let d = run(Tunnel::Gre, &e2).unwrap();
+        assert_eq!(&*d.interface, "198.18.1.1/erspan-session-5");
+        // The T bit is set (orig 1000 > 200): the IP header gives 14 + 986.
+        assert_eq!((d.orig_len, d.direction, d.truncated), (1000, None, true));
+        let e3 = encode(
+            &mut Erspan3::new(session, HwId::new(1).unwrap()),
+            "",
+            Direction::Ingress,
+            &inner,
+        );
+        let d = run(Tunnel::Gre, &e3).unwrap();
+        assert_eq!((d.orig_len, d.direction), (1000, Some(Direction::Ingress)));
+        assert_eq!(d.frame, &inner[..]);
+    }
+
+    #[test]
+    fn errors_have_reasons() {
+        assert_eq!(
+            run(Tunnel::Vxlan, &[8, 0, 0]).unwrap_err().reason(),
+            Reason::Short
+        );
+        assert_eq!(
+            run(Tunnel::Vxlan, &[0; 30]).unwrap_err().reason(),
+            Reason::Foreign
+        );
+        // GRE carrying IPv4 (0x0800) is not ours.
+        let mut ip_in_gre = vec![0, 0, 0x08, 0];
+        ip_in_gre.extend(frame(20, 40));
+        assert_eq!(
+            run(Tunnel::Gre, &ip_in_gre).unwrap_err().reason(),
+            Reason::Foreign
+        );
+        let mut bad_version = vec![0, 0, 0x88, 0xBE, 0, 0, 0, 0];
+        bad_version.extend(frame(20, 40));
+        bad_version[0] = 0x10; // S bit, so it parses as ERSPAN with a sequence number
+        bad_version.splice(8..8, [0x20, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            run(Tunnel::Gre, &bad_version).unwrap_err().reason(),
+            Reason::Garbled
+        );
+        assert_eq!(
+            run(Tunnel::Geneve, &[0x40; 40]).unwrap_err().reason(),
+            Reason::Foreign
+        );
+    }
+
+    #[test]
+    fn ipv4_payloads() {
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 47, 0, 0, 198, 18, 1, 1, 198, 18, 1, 2,
+        ];
+        p.extend([1, 2, 3, 4, 5, 6, 7, 8, 99]); // one byte past the total length
+        assert_eq!(ipv4_payload(&p), Ok((FROM, &[1, 2, 3, 4, 5, 6, 7, 8][..])));
+        assert_eq!(ipv4_payload(&p[..10]), Err(DatagramError::Ipv4Short(10)));
+        p[9] = 17;
+        assert_eq!(ipv4_payload(&p), Err(DatagramError::Ipv4Protocol(17)));
+        p[0] = 0x65;
+        assert_eq!(ipv4_payload(&p), Err(DatagramError::Ipv4Version(6)));
+        // A header length past the end.
+        p[0] = 0x4F;
+        p[9] = 47;
+        assert!(ipv4_payload(&p).is_err());
+    }
+
+    #[test]
+    fn inner_lengths() {
+        assert_eq!(inner_ip_len(&frame(1500, 100)), Some(1514));
+        assert_eq!(inner_ip_len(&frame(0, 100)), None);
+        let mut tagged = frame(100, 60);
+        tagged.splice(12..12, [0x81, 0x00, 0, 1]);
+        assert_eq!(inner_ip_len(&tagged), Some(118));
+        assert_eq!(inner_ip_len(&[0; 13]), None);
+        let mut v6 = vec![0; 14 + 40];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[18..20].copy_from_slice(&[0, 8]);
+        assert_eq!(inner_ip_len(&v6), Some(62));
+    }
+
+    #[test]
+    fn the_name_cache_is_bounded() {
+        let mut names = Names::default();
+        let a = names.get(format_args!("x/{}", 1));
+        assert!(Arc::ptr_eq(&a, &names.get(format_args!("x/1"))));
+        for i in 0..MAX_NAMES * 2 {
+            names.get(format_args!("y/{i}"));
+        }
+        assert!(names.known.len() <= MAX_NAMES);
+    }
+}

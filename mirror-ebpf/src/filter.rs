@@ -1,0 +1,245 @@
+//! The policy prefilter: lets a packet through when some Accept rule of its
+//! policy could match it. It may let through more than the rules accept
+//! (the agent re-checks every record exactly, in order, Reject rules
+//! included), never less: whatever it cannot read exactly, it lets through.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::generated::bpf_skb_load_bytes,
+    macros::map,
+    maps::{Array, LpmTrie, lpm_trie::Key},
+    programs::TcContext,
+};
+use mirror_common::{
+    KernelRule, Lpm4, Lpm6, MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, MAX_RULE_PORTS,
+    PORTS_UNCHECKED, PROTO_ANY, PolicyFilter, PortSpan,
+};
+
+#[map(name = "MIRROR_POLICIES")]
+static POLICIES: Array<PolicyFilter> = Array::with_max_entries(MAX_POLICIES, 0);
+
+#[map(name = "MIRROR_RULES")]
+static RULES: Array<KernelRule> = Array::with_max_entries(MAX_POLICIES * MAX_KERNEL_RULES, 0);
+
+#[map(name = "MIRROR_LPM_SRC4")]
+static SRC4: LpmTrie<Lpm4, u64> = LpmTrie::with_max_entries(MAX_LPM_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "MIRROR_LPM_DST4")]
+static DST4: LpmTrie<Lpm4, u64> = LpmTrie::with_max_entries(MAX_LPM_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "MIRROR_LPM_SRC6")]
+static SRC6: LpmTrie<Lpm6, u64> = LpmTrie::with_max_entries(MAX_LPM_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "MIRROR_LPM_DST6")]
+static DST6: LpmTrie<Lpm6, u64> = LpmTrie::with_max_entries(MAX_LPM_ENTRIES, BPF_F_NO_PREALLOC);
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+
+/// Copies `N` bytes at `offset`; `None` if the packet is shorter.
+#[inline(always)]
+fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: `buf` has N bytes, and N is a non-zero constant.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset,
+            buf.as_mut_ptr().cast(),
+            N as u32,
+        )
+    };
+    (rc == 0).then_some(buf)
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Header facts the rules look at.
+struct L4 {
+    proto: u8,
+    /// Offset of the transport header, when this packet has one (not a later
+    /// fragment).
+    offset: Option<u32>,
+}
+
+/// Whether policy `policy_id` may mirror this packet.
+#[inline(always)]
+pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
+    let Some(pf) = POLICIES.get(policy_id) else {
+        return true;
+    };
+    if pf.enabled == 0 {
+        return true;
+    }
+    let Some(t) = load::<2>(ctx, 12) else {
+        return true;
+    };
+    let (mut ethertype, mut l3) = (be16(t), 14u32);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        let Some(t) = load::<2>(ctx, 16) else {
+            return true;
+        };
+        (ethertype, l3) = (be16(t), 18);
+    }
+    let key = policy_id.to_be_bytes();
+    let (src, dst, l4) = match ethertype {
+        0x0800 => {
+            let Some(h) = load::<20>(ctx, l3) else {
+                return true;
+            };
+            let later_fragment = be16([h[6], h[7]]) & 0x1fff != 0;
+            let ihl = u32::from(h[0] & 0x0f) * 4;
+            let lookup = |map: &LpmTrie<Lpm4, u64>, a: [u8; 4]| {
+                map.get(Key::new(
+                    64,
+                    Lpm4 {
+                        policy: key,
+                        addr: a,
+                    },
+                ))
+                .copied()
+                .unwrap_or(0)
+            };
+            (
+                lookup(&SRC4, [h[12], h[13], h[14], h[15]]),
+                lookup(&DST4, [h[16], h[17], h[18], h[19]]),
+                L4 {
+                    proto: h[9],
+                    offset: (!later_fragment).then_some(l3 + ihl),
+                },
+            )
+        }
+        0x86dd => {
+            let Some(h) = load::<40>(ctx, l3) else {
+                return true;
+            };
+            // Extension headers (hop-by-hop, routing, fragment, ESP, AH,
+            // destination options, mobility, HIP, shim6, experimental) are
+            // walked by the agent, not here.
+            if matches!(
+                h[6],
+                0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+            ) {
+                return true;
+            }
+            let addr = |at: usize| {
+                let mut a = [0u8; 16];
+                let mut i = 0;
+                while i < 16 {
+                    a[i] = h[at + i];
+                    i += 1;
+                }
+                a
+            };
+            let lookup = |map: &LpmTrie<Lpm6, u64>, a: [u8; 16]| {
+                map.get(Key::new(
+                    160,
+                    Lpm6 {
+                        policy: key,
+                        addr: a,
+                    },
+                ))
+                .copied()
+                .unwrap_or(0)
+            };
+            (
+                lookup(&SRC6, addr(8)),
+                lookup(&DST6, addr(24)),
+                L4 {
+                    proto: h[6],
+                    offset: Some(l3 + 40),
+                },
+            )
+        }
+        // A second VLAN tag: the agent looks through it, so must we.
+        0x8100 | 0x88a8 => return true,
+        _ => return pf.non_ip & pf.accept != 0,
+    };
+    let candidates = pf.accept & (src | pf.src_any) & (dst | pf.dst_any);
+    if candidates == 0 {
+        return false;
+    }
+    let (mut sport, mut dport, mut flags, mut has_ports) = (0u16, 0u16, 0u8, false);
+    if let Some(at) = l4.offset
+        && matches!(l4.proto, TCP | UDP | SCTP)
+    {
+        let Some(p) = load::<4>(ctx, at) else {
+            return true;
+        };
+        (sport, dport, has_ports) = (be16([p[0], p[1]]), be16([p[2], p[3]]), true);
+        if l4.proto == TCP {
+            let Some(f) = load::<1>(ctx, at + 13) else {
+                return true;
+            };
+            flags = f[0];
+        }
+    }
+    let base = policy_id * MAX_KERNEL_RULES;
+    let mut i = 0;
+    while i < MAX_KERNEL_RULES {
+        if candidates & (1u64 << i) != 0 {
+            let Some(rule) = RULES.get(base + i) else {
+                return true;
+            };
+            match rule_matches(rule, l4.proto, has_ports, sport, dport, flags) {
+                Some(true) | None => return true,
+                Some(false) => {}
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Protocol, ports and flags of one candidate rule; `None` when the rule
+/// has conditions the hook does not check (the agent will).
+#[inline(always)]
+fn rule_matches(
+    rule: &KernelRule,
+    proto: u8,
+    has_ports: bool,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Option<bool> {
+    if rule.protocol != PROTO_ANY && rule.protocol != u32::from(proto) {
+        return Some(false);
+    }
+    if rule.src_port_count == PORTS_UNCHECKED || rule.dst_port_count == PORTS_UNCHECKED {
+        return None;
+    }
+    if rule.src_port_count != 0 || rule.dst_port_count != 0 {
+        if !has_ports {
+            return Some(false);
+        }
+        if !in_spans(&rule.src_ports, rule.src_port_count, sport)
+            || !in_spans(&rule.dst_ports, rule.dst_port_count, dport)
+        {
+            return Some(false);
+        }
+    }
+    if rule.tcp_flags != 0 {
+        let want = rule.tcp_flags as u8;
+        if proto != TCP || !has_ports || flags & want != want {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+/// Whether `port` is in the first `count` spans; no spans = any port.
+#[inline(always)]
+fn in_spans(spans: &[PortSpan; MAX_RULE_PORTS], count: u32, port: u16) -> bool {
+    if count == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_RULE_PORTS {
+        if (i as u32) < count && spans[i].from <= port && port <= spans[i].to {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
