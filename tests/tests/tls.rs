@@ -163,16 +163,14 @@ fn mutual_tls_stream_carries_what_tcpdump_saw() {
     let at_pod = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
         .expect("tcpdump on the pod veth");
 
+    // The sender connects while the hooks load; copies wait in its queue
+    // until then, so traffic need not wait for it.
     let output = uri(&pki.main.ca, &pki.main.client);
     let agent = Agent::start(
         &pair.node,
         &["attach", "-i", &pair.host_if, "--output", &output],
     )
     .expect("agent starts");
-    agent
-        .process()
-        .wait_for_line("connected", Duration::from_secs(10))
-        .expect("the agent connects");
     mixed_traffic(&pair).expect("traffic");
     std::thread::sleep(Duration::from_millis(300));
     let exit = agent.stop().expect("agent stops");
@@ -256,6 +254,13 @@ fn refused_run(config: Arc<ServerConfig>, output: &str) -> (Exit, Vec<Received>)
     (exit, received)
 }
 
+/// The connections that ran a whole handshake: all but the last, which the
+/// agent may have opened just as it was stopped (its sender is still
+/// retrying when the process exits).
+fn handshakes(received: &[Received]) -> &[Received] {
+    &received[..received.len().saturating_sub(1)]
+}
+
 /// The agent trusts another CA: it refuses the collector's certificate.
 #[test]
 fn agent_refuses_a_collector_from_another_ca() {
@@ -271,8 +276,11 @@ fn agent_refuses_a_collector_from_another_ca() {
         exit.stderr
     );
     // The server learns why from the agent's alert.
-    for r in &received {
-        assert!(matches!(r, Err((e, _)) if e.contains("alert")), "{r:?}");
+    for r in handshakes(&received) {
+        assert!(
+            matches!(r, Err((e, _)) if e.contains("alert")),
+            "{r:?} in {received:?}"
+        );
     }
 }
 
@@ -291,7 +299,7 @@ fn collector_refuses_an_agent_certificate_from_another_ca() {
         "{}",
         exit.stderr
     );
-    for r in &received {
+    for r in handshakes(&received) {
         assert!(
             matches!(r, Err((e, _)) if e.contains("UnknownIssuer")),
             "{r:?}"

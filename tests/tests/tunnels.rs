@@ -160,3 +160,44 @@ fn the_agent_never_mirrors_its_own_tunnel() {
         .count();
     assert!(pings >= 10);
 }
+
+/// A receiver that only sniffs its link (no socket on 4789, as Wireshark,
+/// Zeek or a packet broker) answers each datagram with ICMP port
+/// unreachable. The agent must still send every copy: none lost to errors.
+#[test]
+fn a_sniffing_receiver_with_no_socket_gets_every_copy() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at_pod = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
+        .expect("tcpdump on the pod veth");
+    let outer = Tcpdump::start(
+        &link.ns,
+        &link.collector_if,
+        dir.path().join("outer.pcap"),
+        &["udp", "dst", "port", "4789"],
+    )
+    .expect("tcpdump at the collector");
+    let output = format!("vxlan://{}?vni={VNI}", link.collector_v4);
+    let agent = Agent::start(
+        &pair.node,
+        &["attach", "-i", &pair.host_if, "--output", &output],
+    )
+    .expect("agent starts");
+    for _ in 0..5 {
+        traffic::ping(&pair.pod, IpAddr::V4(pair.node_v4), 2).expect("ping");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = agent.stop().expect("agent stops");
+    let pod = capture::read(&at_pod.stop().expect("tcpdump")).expect("read");
+    let outer = capture::read(&outer.stop().expect("tcpdump")).expect("read");
+    assert!(pod.len() >= 20, "too little traffic");
+    assert_eq!(outer.len(), pod.len(), "copies lost:\n{}", exit.stderr);
+    assert_eq!(
+        output_field(&exit.stderr, "lost_send_error"),
+        0,
+        "{}",
+        exit.stderr
+    );
+}

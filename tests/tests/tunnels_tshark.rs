@@ -178,11 +178,11 @@ struct Packet {
 impl Packet {
     /// The outermost occurrence of `field`.
     fn outer(&self, field: &str) -> &str {
-        self.first(field, 0)
+        self.nth(field, 0)
     }
 
     /// The `n`th occurrence of `field`, or "" if it has fewer.
-    fn first(&self, field: &str, n: usize) -> &str {
+    fn nth(&self, field: &str, n: usize) -> &str {
         self.row[field].get(n).map_or("", String::as_str)
     }
 
@@ -259,7 +259,7 @@ fn check_common(r: &Run, ip_proto: u8, extra: &[&str]) -> Vec<Packet> {
                 inner: d.inner().to_vec(),
                 ingress: false,
             };
-            let src = p.first("eth.src", 1).to_owned();
+            let src = p.nth("eth.src", 1).to_owned();
             p.ingress = src == r.pod_mac;
             assert!(
                 p.ingress || src == r.host_mac,
@@ -300,7 +300,7 @@ fn check_common(r: &Run, ip_proto: u8, extra: &[&str]) -> Vec<Packet> {
 /// The class of service ERSPAN should carry: the inner IPv4 precedence
 /// (tshark's second `ip.dsfield`), or 0 for a frame without IP.
 fn precedence(p: &Packet) -> String {
-    let ds = p.first("ip.dsfield", 1);
+    let ds = p.nth("ip.dsfield", 1);
     if ds.is_empty() {
         return "0".into();
     }
@@ -326,9 +326,9 @@ fn assert_one_source_port_per_flow(packets: &[Packet], tunnel_port: u16) {
     let flow: Vec<&Packet> = packets
         .iter()
         .filter(|p| {
-            p.first("udp.dstport", 1) == "5001"
-                && p.first("ip.flags.mf", 1) == "0"
-                && p.first("ip.frag_offset", 1) == "0"
+            p.nth("udp.dstport", 1) == "5001"
+                && p.nth("ip.flags.mf", 1) == "0"
+                && p.nth("ip.frag_offset", 1) == "0"
         })
         .collect();
     assert!(flow.len() >= 3, "too few packets of the 5001 flow");

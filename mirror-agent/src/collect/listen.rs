@@ -80,7 +80,10 @@ impl FromStr for Listen {
             Some(url::Host::Ipv4(a)) => a.into(),
             Some(url::Host::Ipv6(a)) => a.into(),
             Some(url::Host::Domain("")) | None => return Err(ListenError::NoHost),
-            Some(url::Host::Domain(name)) => return Err(ListenError::NotAnAddress(name.into())),
+            // Non-special schemes leave IPv4 literals as "domains".
+            Some(url::Host::Domain(name)) => name
+                .parse()
+                .map_err(|_| ListenError::NotAnAddress(name.into()))?,
         };
         let port = url.port().or(default_port);
         let udp = || SocketAddr::new(ip, port.unwrap_or_default());

@@ -94,7 +94,7 @@ impl ListenerStats {
             warn!(
                 listener = %self.name,
                 %from,
-                reason = reason.as_str(),
+                reason = %reason,
                 %error,
                 "skipped; further packets skipped for this reason are only counted"
             );

@@ -51,6 +51,7 @@ pub struct Encode {
 pub struct Sender {
     name: String,
     sockets: Vec<Socket>,
+    to: SocketAddr,
 }
 
 pub fn open(
@@ -99,6 +100,7 @@ pub fn open(
         Sender {
             name: format!("{tunnel:?} to {to}"),
             sockets,
+            to: addr,
         },
     ))
 }
@@ -115,8 +117,15 @@ fn tunnel_socket(to: SocketAddr, udp: bool, mark: u32) -> io::Result<Socket> {
         )?
     };
     socket.set_mark(mark)?;
-    // Connected: the route is looked up once, and sends need no address.
-    socket.connect(&to.into())?;
+    // Not connected: a connected socket turns the ICMP port-unreachable of a
+    // receiver with no listening socket (one that only sniffs its NIC, as
+    // Wireshark or a packet broker does) into an error on the next send,
+    // losing that copy. Bound, so each UDP lane keeps its own source port.
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    socket.bind(&any.into())?;
     Ok(socket)
 }
 
@@ -170,7 +179,8 @@ impl Encode {
 impl Sender {
     pub fn run(self, inbox: &Inbox, stats: &Stats) {
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(MAX_MSGS, None);
-        let no_addrs = vec![None; MAX_MSGS];
+        let to = SockaddrStorage::from(self.to);
+        let addrs = vec![Some(to); MAX_MSGS];
         let mut logged = false;
         while let Some(batch) = inbox.recv() {
             for (lane, socket) in self.sockets.iter().enumerate() {
@@ -187,7 +197,7 @@ impl Sender {
                         socket.as_raw_fd(),
                         &mut headers,
                         chunk,
-                        &no_addrs[..chunk.len()],
+                        &addrs[..chunk.len()],
                         [],
                         MsgFlags::empty(),
                     ) {
