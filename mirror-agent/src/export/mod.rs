@@ -213,7 +213,10 @@ impl Exporter {
             if thread.is_finished() {
                 let _ = thread.join();
             } else {
-                warn!(output = %self.name, "gave up waiting for the output to finish sending");
+                // What it still holds will never be sent: count it as lost.
+                let unsent = self.outbox.queued_packets();
+                self.stats.add_send_errors(unsent);
+                warn!(output = %self.name, unsent, "gave up waiting for the output to finish sending");
             }
         }
     }

@@ -49,6 +49,7 @@ pub struct Outbox {
     tx: Option<SyncSender<Batch>>,
     back: Receiver<Batch>,
     queued: Arc<AtomicUsize>,
+    queued_packets: Arc<AtomicUsize>,
     limit: usize,
     pub current: Batch,
 }
@@ -58,17 +59,20 @@ pub struct Inbox {
     rx: Receiver<Batch>,
     back: Sender<Batch>,
     queued: Arc<AtomicUsize>,
+    queued_packets: Arc<AtomicUsize>,
 }
 
 pub fn channel(limit_bytes: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::sync_channel(CHANNEL_BATCHES);
     let (back_tx, back_rx) = mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let queued_packets = Arc::new(AtomicUsize::new(0));
     (
         Outbox {
             tx: Some(tx),
             back: back_rx,
             queued: queued.clone(),
+            queued_packets: queued_packets.clone(),
             limit: limit_bytes,
             current: Batch::default(),
         },
@@ -76,6 +80,7 @@ pub fn channel(limit_bytes: usize) -> (Outbox, Inbox) {
             rx,
             back: back_tx,
             queued,
+            queued_packets,
         },
     )
 }
@@ -88,20 +93,23 @@ impl Outbox {
             return;
         }
         let len = self.current.buf.len();
+        let packets = self.current.packets.len();
         let over = self.queued.load(Ordering::Relaxed) + len > self.limit;
         let Some(tx) = self.tx.as_ref().filter(|_| !over) else {
-            stats.add_queue_full(self.current.packets.len());
+            stats.add_queue_full(packets);
             self.current.clear();
             return;
         };
         let next = self.back.try_recv().unwrap_or_default();
         let batch = std::mem::replace(&mut self.current, next);
         self.queued.fetch_add(len, Ordering::Relaxed);
+        self.queued_packets.fetch_add(packets, Ordering::Relaxed);
         if let Err(TrySendError::Full(mut b) | TrySendError::Disconnected(mut b)) =
             tx.try_send(batch)
         {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            stats.add_queue_full(b.packets.len());
+            self.queued_packets.fetch_sub(packets, Ordering::Relaxed);
+            stats.add_queue_full(packets);
             b.clear();
             self.current = b;
         }
@@ -110,6 +118,11 @@ impl Outbox {
     /// Bytes waiting for the sender.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Packets waiting for the sender.
+    pub fn queued_packets(&self) -> usize {
+        self.queued_packets.load(Ordering::Relaxed)
     }
 
     /// No more batches: the sender finishes what it has and stops.
@@ -127,6 +140,8 @@ impl Inbox {
     /// Returns a batch that has been sent (or given up on) for reuse.
     pub fn done(&self, mut batch: Batch) {
         self.queued.fetch_sub(batch.buf.len(), Ordering::Relaxed);
+        self.queued_packets
+            .fetch_sub(batch.packets.len(), Ordering::Relaxed);
         batch.clear();
         let _ = self.back.send(batch);
     }
