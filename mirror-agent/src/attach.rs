@@ -11,12 +11,12 @@ use tracing::{info, warn};
 use crate::{
     cli::AttachArgs,
     export::{self, Exporter, SocketMark, Stats},
+    fanout::{Fanout, PolicyStats, Running},
     hooks::{HookError, Hooks, Interface, Slot},
     kfilter,
     plan::{self, Planned},
-    policy::{Filters, Verdict},
     ratelimit::RateLimiter,
-    record::{IfIndex, Record, WallClock},
+    record::{IfIndex, WallClock},
     ringbuf::Drain,
 };
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
@@ -86,97 +86,6 @@ fn check_privileges() -> Result<(), AttachError> {
         Ok(())
     } else {
         Err(AttachError::Privileges(missing.join(" and ")))
-    }
-}
-
-/// What the agent itself did with the records it read.
-#[derive(Debug, Default)]
-struct AgentStats {
-    delivered: u64,
-    malformed: u64,
-    unknown_interface: u64,
-}
-
-/// Why a policy's userspace stage passed over records.
-#[derive(Debug, Default)]
-struct PolicyStats {
-    rejected_by_rules: u64,
-    rejected_by_filter: u64,
-    rate_limited: u64,
-}
-
-/// One policy at run time: its filters, rate limit and outputs.
-struct Running {
-    name: String,
-    filters: Option<Filters>,
-    limiter: Option<RateLimiter>,
-    exporters: Vec<Exporter>,
-    stats: PolicyStats,
-}
-
-impl Running {
-    fn record(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) -> bool {
-        if let Some(filters) = &self.filters {
-            match filters.verdict(record.data, record.orig_len) {
-                Verdict::Mirror => {}
-                Verdict::NotByRules(_) => {
-                    self.stats.rejected_by_rules += 1;
-                    return false;
-                }
-                Verdict::NotByExpression => {
-                    self.stats.rejected_by_filter += 1;
-                    return false;
-                }
-            }
-        }
-        if let Some(limiter) = &mut self.limiter
-            && !limiter.allow(record.boot_ns, record.orig_len)
-        {
-            self.stats.rate_limited += 1;
-            return false;
-        }
-        for exporter in &mut self.exporters {
-            exporter.push(record, unix_ns, interface);
-        }
-        true
-    }
-}
-
-/// Hands each record to its policy, and from there to the policy's outputs.
-struct Fanout {
-    policies: Vec<Running>,
-    /// Interface name and index into `policies`, by ifindex.
-    routes: HashMap<IfIndex, (String, usize)>,
-    clock: WallClock,
-    stats: AgentStats,
-}
-
-impl Fanout {
-    fn record(&mut self, bytes: &[u8]) {
-        let record = match Record::parse(bytes) {
-            Ok(r) => r,
-            Err(error) => {
-                if self.stats.malformed == 0 {
-                    warn!(%error, "malformed ring-buffer record (counted, not sent)");
-                }
-                self.stats.malformed += 1;
-                return;
-            }
-        };
-        let Some((name, policy)) = self.routes.get(&record.ifindex) else {
-            self.stats.unknown_interface += 1;
-            return;
-        };
-        let ts = self.clock.unix_ns(record.boot_ns);
-        if self.policies[*policy].record(&record, ts, name) {
-            self.stats.delivered += 1;
-        }
-    }
-
-    fn flush(&mut self) {
-        for exporter in self.policies.iter_mut().flat_map(|p| &mut p.exporters) {
-            exporter.flush();
-        }
     }
 }
 
@@ -260,12 +169,7 @@ async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError>
     let mut drain = Drain::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
     let clock = WallClock::now()
         .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?;
-    let mut fanout = Fanout {
-        policies,
-        routes,
-        clock,
-        stats: AgentStats::default(),
-    };
+    let mut fanout = Fanout::new(policies, routes, clock);
     for p in &plan {
         for iface in &p.interfaces {
             let mode = hooks.attach(iface, p.directions, args.attach_mode)?;

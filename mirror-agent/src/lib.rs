@@ -7,6 +7,7 @@ pub mod cli;
 pub mod collect;
 pub mod encap;
 pub mod export;
+pub mod fanout;
 pub mod hooks;
 pub mod kfilter;
 pub mod output;
