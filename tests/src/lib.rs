@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod collector;
 pub mod hooks;
 pub mod netns;
 pub mod pki;

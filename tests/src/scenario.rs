@@ -86,6 +86,11 @@ pub fn run_with(
 /// are equal (bytes and original lengths).
 pub fn assert_same_frames(oracle: &[Frame], mirror: &[Frame]) {
     let diff = capture::difference(oracle, mirror);
+    if diff.is_empty() {
+        // A figure for the log: how much was compared.
+        let bytes: usize = mirror.iter().map(|f| f.data.len()).sum();
+        eprintln!("{} frames ({bytes} bytes) identical to tcpdump's", mirror.len());
+    }
     if !diff.is_empty() {
         let show = |v: &[(Vec<u8>, u32)]| {
             v.iter()

@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod fuzz;
 mod paths;
 mod run;
 mod setup;
@@ -37,6 +38,12 @@ enum Command {
     /// Mirror real traffic between three pods on a simulated node into
     /// target/demo/demo.pcapng, then remove everything it made (as root).
     Demo,
+    /// Run every decoder's cargo-fuzz target (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::SHORT_SECONDS)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| build::agent(build::Profile::Release)),
         Command::Test { extra } => test::run(&extra),
         Command::Demo => demo::run(),
+        Command::Fuzz { seconds } => fuzz::run(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

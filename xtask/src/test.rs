@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::{build, run, setup};
+use crate::{build, fuzz, run, setup};
 
 pub fn run(extra: &[String]) -> Result<()> {
     // Before anything slow: the namespace and BPF tests fail without root,
@@ -13,7 +13,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     // No -p/--workspace: the default members, which leave out the eBPF
     // crate (it builds only for the BPF target, through the agent).
     let mut cmd = run::cargo();
-    cmd.arg("test")
+    // Every test binary runs even after one fails, so a CI log shows all failures.
+    cmd.args(["test", "--no-fail-fast"])
         .args(extra)
         .env("MIRROR_AGENT_BIN", &agent)
         .env("RUST_BACKTRACE", "1");
@@ -22,5 +23,10 @@ pub fn run(extra: &[String]) -> Result<()> {
         agent.display(),
         run::describe(&cmd)
     );
-    run::show(&mut cmd).context("the tests failed")
+    run::show(&mut cmd).context("the tests failed")?;
+    // The whole suite ends with every decoder's fuzz target, briefly.
+    if extra.is_empty() {
+        fuzz::run(fuzz::SHORT_SECONDS)?;
+    }
+    Ok(())
 }

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let step = data.first().map_or(1, |&b| usize::from(b));
     let mut reader = StreamReader::new(Chunks { data, step });
     // Every call consumes at least 8 bytes or ends, so this is bounded.
-    while let Ok(Some(event)) = reader.next() {
+    while let Ok(Some(event)) = reader.next_event() {
         if let Event::Packet(p) = event {
             assert!(p.orig_len as usize >= p.data.len());
         }

@@ -171,7 +171,7 @@ impl<R: Read> StreamReader<R> {
 
     /// The next block, `Ok(None)` at a clean end of stream (between blocks).
     /// An error is final: after it the framing is lost.
-    pub fn next(&mut self) -> Result<Option<Event<'_>>, StreamError> {
+    pub fn next_event(&mut self) -> Result<Option<Event<'_>>, StreamError> {
         let mut head = [0u8; 8];
         if !read_exact_or_eof(&mut self.inner, &mut head)? {
             return Ok(None);
@@ -409,7 +409,7 @@ mod tests {
         let mut r = StreamReader::new(bytes);
         let mut seen = Vec::new();
         loop {
-            match r.next() {
+            match r.next_event() {
                 Ok(None) => return (seen, Ok(())),
                 Ok(Some(Event::Packet(p))) => seen.push(format!(
                     "{} {} {} {:?} {}",

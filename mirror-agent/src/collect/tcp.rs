@@ -159,7 +159,7 @@ pub fn serve(
     let mut names: Vec<Arc<str>> = Vec::new();
     let mut delivered = 0;
     loop {
-        let event = match stream.next() {
+        let event = match stream.next_event() {
             Ok(Some(e)) => e,
             Ok(None) => break,
             Err(e) => {

@@ -1,0 +1,136 @@
+//! The real `mirror-agent collect`, run inside a namespace and writing into
+//! a temporary directory that lives as long as its guard.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::{
+    agent::{binary, fields},
+    capture::{self, Frame},
+    netns::Netns,
+    process::Process,
+};
+
+/// A running collector. Dropping it kills the process and removes its files.
+pub struct Collector {
+    process: Process,
+    dir: TempDir,
+}
+
+impl Collector {
+    /// Starts `mirror-agent collect --listen L... --output pcapng:DIR EXTRA...`
+    /// in `ns`, with DIR a fresh temporary directory, and waits until it listens.
+    pub fn start(ns: &Netns, listen: &[&str], extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let output = format!("pcapng:{}", dir.path().display());
+        let mut cmd = ns.command(&binary().to_string_lossy());
+        cmd.arg("collect");
+        for l in listen {
+            cmd.args(["--listen", l]);
+        }
+        cmd.args(["--output", &output])
+            .args(extra)
+            .stdout(Stdio::null());
+        let mut process = Process::spawn("mirror-agent collect", cmd)?;
+        process.wait_for_line("collector started", Duration::from_secs(20))?;
+        Ok(Self { process, dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits for a line of its log containing `needle` (such as `stream connected`).
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        self.process.wait_for_line(needle, timeout)
+    }
+
+    /// SIGTERM; waits for the collector to close its file and report.
+    pub fn stop(self) -> Result<Collected> {
+        let (status, stderr) = self
+            .process
+            .stop(Signal::SIGTERM, Duration::from_secs(20))?;
+        Ok(Collected {
+            status,
+            stderr,
+            dir: self.dir,
+        })
+    }
+}
+
+/// A stopped collector: how it ended, and its files.
+pub struct Collected {
+    pub status: ExitStatus,
+    pub stderr: String,
+    dir: TempDir,
+}
+
+impl Collected {
+    /// Fails unless the collector exited 0.
+    pub fn ensure_success(&self) -> Result<()> {
+        ensure!(
+            self.status.success(),
+            "collector failed: {}\n{}",
+            self.status,
+            self.stderr
+        );
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The pcapng files it left, in name order (which is the order written).
+    pub fn files(&self) -> Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.retain(|p| p.extension().is_some_and(|e| e == "pcapng"));
+        files.sort();
+        Ok(files)
+    }
+
+    /// Every frame of every file, read with the pcap-file crate.
+    pub fn frames(&self) -> Result<Vec<Frame>> {
+        let mut frames = Vec::new();
+        for f in self.files()? {
+            frames.extend(capture::read(&f).with_context(|| format!("reading {}", f.display()))?);
+        }
+        Ok(frames)
+    }
+
+    /// The counters of the `listener summary` line of `listener` (its URI as
+    /// the collector prints it, e.g. `vxlan://198.18.1.2:4789`).
+    pub fn listener(&self, listener: &str) -> Result<HashMap<String, u64>> {
+        let needle = format!("listener={listener} ");
+        self.line("listener summary", Some(&needle))
+    }
+
+    /// The counters of the `collector summary` line.
+    pub fn summary(&self) -> Result<HashMap<String, u64>> {
+        self.line("collector summary", None)
+    }
+
+    fn line(&self, what: &str, with: Option<&str>) -> Result<HashMap<String, u64>> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains(what) && with.is_none_or(|w| l.contains(w)))
+            .with_context(|| {
+                format!(
+                    "no '{what}' line in the collector's output:\n{}",
+                    self.stderr
+                )
+            })?;
+        Ok(fields(line))
+    }
+}
