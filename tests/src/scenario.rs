@@ -89,7 +89,10 @@ pub fn assert_same_frames(oracle: &[Frame], mirror: &[Frame]) {
     if diff.is_empty() {
         // A figure for the log: how much was compared.
         let bytes: usize = mirror.iter().map(|f| f.data.len()).sum();
-        eprintln!("{} frames ({bytes} bytes) identical to tcpdump's", mirror.len());
+        eprintln!(
+            "{} frames ({bytes} bytes) identical to tcpdump's",
+            mirror.len()
+        );
     }
     if !diff.is_empty() {
         let show = |v: &[(Vec<u8>, u32)]| {
