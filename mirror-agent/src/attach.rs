@@ -14,6 +14,7 @@ use crate::{
     fanout::{Fanout, PolicyStats, Running},
     hooks::{HookError, Hooks, Interface, Slot},
     kfilter,
+    output::{Output, Tunnel},
     plan::{self, Planned},
     ratelimit::RateLimiter,
     record::{IfIndex, WallClock},
@@ -32,7 +33,7 @@ pub enum AttachError {
     Output(#[from] export::ExportError),
     #[error(
         "not permitted: mirroring needs root or the capabilities CAP_BPF (or CAP_SYS_ADMIN) \
-         and CAP_NET_ADMIN; missing {0}"
+         and CAP_NET_ADMIN, plus CAP_NET_RAW for gre and erspan outputs; missing {0}"
     )]
     Privileges(String),
     #[error("policy \"{0}\": filter: {1}")]
@@ -61,11 +62,22 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> AttachError {
 }
 
 pub fn run(args: AttachArgs) -> Result<(), AttachError> {
-    check_privileges()?;
+    check_privileges(false)?;
     let plan = match &args.policy {
         Some(path) => plan::from_file(path)?,
         None => plan::from_flags(&args)?,
     };
+    // GRE and ERSPAN go out through raw sockets.
+    let raw = plan.iter().flat_map(|p| &p.outputs).any(|o| {
+        matches!(
+            o,
+            Output::Tunnel {
+                tunnel: Tunnel::Gre { .. } | Tunnel::Erspan2 { .. } | Tunnel::Erspan3 { .. },
+                ..
+            }
+        )
+    });
+    check_privileges(raw)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,7 +85,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
     runtime.block_on(mirror(args, plan))
 }
 
-fn check_privileges() -> Result<(), AttachError> {
+fn check_privileges(raw_sockets: bool) -> Result<(), AttachError> {
     let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
     let mut missing = Vec::new();
     if !has(Capability::CAP_BPF) && !has(Capability::CAP_SYS_ADMIN) {
@@ -81,6 +93,9 @@ fn check_privileges() -> Result<(), AttachError> {
     }
     if !has(Capability::CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
+    }
+    if raw_sockets && !has(Capability::CAP_NET_RAW) {
+        missing.push("CAP_NET_RAW (for gre and erspan outputs)");
     }
     if missing.is_empty() {
         Ok(())

@@ -204,3 +204,29 @@ fn unprivileged_is_refused() {
     let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// GRE and ERSPAN need raw sockets: without CAP_NET_RAW the agent says so
+/// up front (exit 2, nothing attached) instead of failing later.
+#[test]
+fn gre_output_without_cap_net_raw_is_refused() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let bin = agent::binary();
+    let mut cmd = pair.node.command("setpriv");
+    cmd.args(["--bounding-set=-net_raw", "--inh-caps=-net_raw"])
+        .arg(&bin)
+        .args([
+            "attach",
+            "-i",
+            &pair.host_if,
+            "--output",
+            "gre://198.18.1.2",
+        ])
+        .stdout(std::process::Stdio::null());
+    let process = testbed::process::Process::spawn("mirror-agent", cmd).expect("spawn");
+    let (status, stderr) = process.wait(Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CAP_NET_RAW"), "{stderr}");
+    let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
+    assert!(left.is_empty(), "{left:?}");
+}
