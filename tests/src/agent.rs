@@ -47,11 +47,17 @@ pub struct Exit {
 impl Exit {
     /// Counters from the agent's `summary total` line (`key=value` fields).
     pub fn summary(&self) -> Result<HashMap<String, u64>> {
+        self.fields_of("summary total")
+    }
+
+    /// Counters from the first log line containing `tag` (e.g. `output
+    /// summary`, `policy summary`).
+    pub fn fields_of(&self, tag: &str) -> Result<HashMap<String, u64>> {
         let line = self
             .stderr
             .lines()
-            .find(|l| l.contains("summary total"))
-            .with_context(|| format!("no summary in the agent's output:\n{}", self.stderr))?;
+            .find(|l| l.contains(tag))
+            .with_context(|| format!("no '{tag}' in the agent's output:\n{}", self.stderr))?;
         Ok(fields(line))
     }
 }

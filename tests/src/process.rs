@@ -78,26 +78,13 @@ impl Process {
     }
 
     /// Sends `sig` and waits for the process to exit; returns its status and all of stderr.
-    pub fn stop(mut self, sig: Signal, timeout: Duration) -> Result<(ExitStatus, String)> {
-        let mut child = self.child.take().context("already stopped")?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid")?);
-        let _ = signal::kill(pid, sig);
-        let deadline = std::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} did not exit within {timeout:?} of {sig}", self.name);
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        Ok((status, self.drain_stderr()))
+    pub fn stop(self, sig: Signal, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let pid = self.pid().context("already stopped")?;
+        let _ = signal::kill(Pid::from_raw(i32::try_from(pid).context("pid")?), sig);
+        self.wait(timeout).with_context(|| format!("after {sig}"))
     }
 
-    /// Waits for the process to exit by itself.
+    /// Waits for the process to exit by itself (killing it after `timeout`).
     pub fn wait(mut self, timeout: Duration) -> Result<(ExitStatus, String)> {
         let mut child = self.child.take().context("already stopped")?;
         let deadline = std::time::Instant::now() + timeout;

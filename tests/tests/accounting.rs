@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use testbed::{
-    agent::{self, Agent},
+    agent::Agent,
     topology::{CollectorLink, PodPair},
     traffic,
 };
@@ -25,12 +25,7 @@ fn copies_for_a_collector_that_never_answers_are_counted() {
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let total = exit.summary().expect("summary");
-    let out = exit
-        .stderr
-        .lines()
-        .find(|l| l.contains("output summary"))
-        .map(agent::fields)
-        .expect("output summary");
+    let out = exit.fields_of("output summary").expect("output summary");
     assert!(total["written"] >= 10, "{}", exit.stderr);
     assert_eq!(out["sent"], 0);
     assert_eq!(

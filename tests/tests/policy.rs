@@ -81,13 +81,7 @@ policies:
         c.oracle.len()
     );
     assert_same_frames(&c.oracle, &c.mirror);
-    let policy = c
-        .exit
-        .stderr
-        .lines()
-        .find(|l| l.contains("policy summary"))
-        .map(agent::fields)
-        .expect("policy summary");
+    let policy = c.exit.fields_of("policy summary").expect("policy summary");
     assert!(policy["rejected_by_rules"] > 0, "{}", c.exit.stderr);
     // TCP matches no Accept rule: the hook's prefilter drops it in the kernel.
     let total = c.exit.summary().expect("summary");
@@ -135,13 +129,7 @@ fn rate_limit_bounds_what_is_sent() {
     .expect("mirror run");
     let secs = start.elapsed().as_secs_f64();
     let s = c.exit.summary().expect("summary");
-    let policy = c
-        .exit
-        .stderr
-        .lines()
-        .find(|l| l.contains("policy summary"))
-        .map(agent::fields)
-        .expect("policy summary");
+    let policy = c.exit.fields_of("policy summary").expect("policy summary");
     let sent = c.mirror.len() as f64;
     assert!(sent >= 100.0, "fewer than the burst passed: {sent}");
     assert!(

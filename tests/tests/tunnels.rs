@@ -5,7 +5,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use testbed::{
-    agent::Agent,
+    agent::{Agent, Exit},
     capture::{self, Frame},
     scenario::assert_same_frames,
     tcpdump::Tcpdump,
@@ -18,7 +18,7 @@ const VNI: u32 = 42;
 struct Run {
     pod_veth: Vec<Frame>,
     decapsulated: Vec<Frame>,
-    agent_stderr: String,
+    exit: Exit,
 }
 
 /// tcpdump on the pod's host veth and on the collector's kernel VXLAN
@@ -51,16 +51,12 @@ fn run(
     Run {
         pod_veth: capture::read(&pod).expect("read"),
         decapsulated: capture::read(&vx).expect("read"),
-        agent_stderr: exit.stderr,
+        exit,
     }
 }
 
-fn output_field(stderr: &str, field: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("output summary"))
-        .unwrap_or_else(|| panic!("no output summary:\n{stderr}"));
-    testbed::agent::fields(line)[field]
+fn output_field(exit: &Exit, field: &str) -> u64 {
+    exit.fields_of("output summary").expect("output summary")[field]
 }
 
 fn mixed_traffic(p: &PodPair) -> anyhow::Result<()> {
@@ -88,7 +84,7 @@ fn kernel_vxlan_device_decapsulates_what_tcpdump_saw() {
     let r = run(&pair, &link, &[&pair.host_if], &output, mixed_traffic);
     assert!(r.pod_veth.len() >= 10, "too little traffic");
     assert_same_frames(&r.pod_veth, &r.decapsulated);
-    assert_eq!(output_field(&r.agent_stderr, "mtu_truncated"), 0);
+    assert_eq!(output_field(&r.exit, "mtu_truncated"), 0);
 }
 
 /// On a 1500-byte path, VXLAN over IPv4 leaves 1500 - 20 - 8 - 8 = 1464
@@ -112,7 +108,7 @@ fn copies_longer_than_the_path_mtu_are_cut_not_fragmented() {
     let long = r.pod_veth.iter().filter(|f| f.data.len() > 1464).count();
     assert!(long >= 3, "the traffic had too few long frames ({long})");
     assert_same_frames(&cut, &r.decapsulated);
-    assert_eq!(output_field(&r.agent_stderr, "mtu_truncated"), long as u64);
+    assert_eq!(output_field(&r.exit, "mtu_truncated"), long as u64);
 }
 
 /// The agent mirrors the very link its tunnel leaves by. Its own VXLAN
@@ -141,16 +137,11 @@ fn the_agent_never_mirrors_its_own_tunnel() {
         })
         .count();
     assert_eq!(nested, 0, "tunnel packets were mirrored into the tunnel");
-    let summary = r
-        .agent_stderr
-        .lines()
-        .find(|l| l.contains("summary total"))
-        .map(testbed::agent::fields)
-        .expect("summary");
+    let summary = r.exit.summary().expect("summary");
     assert!(
         summary["own_traffic"] >= 10,
         "own tunnel packets not seen by the hook:\n{}",
-        r.agent_stderr
+        r.exit.stderr
     );
     // Every ping frame on the pod veth still arrived.
     let pings = r
@@ -194,10 +185,5 @@ fn a_sniffing_receiver_with_no_socket_gets_every_copy() {
     let outer = capture::read(&outer.stop().expect("tcpdump")).expect("read");
     assert!(pod.len() >= 20, "too little traffic");
     assert_eq!(outer.len(), pod.len(), "copies lost:\n{}", exit.stderr);
-    assert_eq!(
-        output_field(&exit.stderr, "lost_send_error"),
-        0,
-        "{}",
-        exit.stderr
-    );
+    assert_eq!(output_field(&exit, "lost_send_error"), 0, "{}", exit.stderr);
 }
