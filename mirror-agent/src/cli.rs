@@ -38,7 +38,8 @@ pub enum Command {
 const COLLECT_EXAMPLES: &str = "Examples:\n  \
     mirror-agent collect --listen vxlan://0.0.0.0 --output pcapng:/var/lib/mirror\n  \
     mirror-agent collect -l geneve://0.0.0.0 -l gre://0.0.0.0 -l tcp://0.0.0.0:7000 -o pcapng:/data\n  \
-    mirror-agent collect -l tcp://[::]:7000 -o pcapng:/data --rotate-size 50000000 --rotate-seconds 600 --max-files 48\n\n\
+    mirror-agent collect -l tcp://[::]:7000 -o pcapng:/data --rotate-size 50000000 --rotate-seconds 600 --max-files 48\n  \
+    mirror-agent collect -l 'tls://0.0.0.0:7443?ca=ca.pem&cert=collector.pem&key=collector.key' -o pcapng:/data\n\n\
     Files are named collect-YYYYMMDDTHHMMSSZ-NNNNNN.pcapng. Interfaces are named node/pod \
     (GENEVE), SOURCE-IP/vni-N (VXLAN), SOURCE-IP/key-N (GRE), SOURCE-IP/erspan-session-N \
     (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Stop with Ctrl-C or SIGTERM: the collector \

@@ -103,7 +103,7 @@ fn round_trip(listen: &str, output: &str) -> RoundTrip {
     stop_agent(agent);
     let ins = capture::read(&at_in.stop().expect("tcpdump -Q in")).expect("read");
     let outs = capture::read(&at_out.stop().expect("tcpdump -Q out")).expect("read");
-    if listen.starts_with("tcp") {
+    if listen.starts_with("tcp") || listen.starts_with("tls") {
         // The agent closed its stream; the collector must have read it all.
         collector
             .wait_for_line("stream closed", Duration::from_secs(10))
@@ -213,6 +213,80 @@ fn tcp_round_trip() {
     let r = round_trip("tcp://198.18.1.2:7000", "tcp://198.18.1.2:7000");
     let interface = format!("{FROM}/{}", r.host_if);
     r.check("tcp", "tcp://198.18.1.2:7000", &interface, true);
+}
+
+fn tls_uris(pki: &testbed::pki::Pki, client: &testbed::pki::Authority) -> (String, String) {
+    let p = |path: &std::path::Path| path.display().to_string();
+    let listen = format!(
+        "tls://198.18.1.2:7443?ca={}&cert={}&key={}",
+        p(&pki.main.ca),
+        p(&pki.main.server.cert),
+        p(&pki.main.server.key)
+    );
+    let output = format!(
+        "tls://198.18.1.2:7443?ca={}&cert={}&key={}&name={}",
+        p(&pki.main.ca),
+        p(&client.client.cert),
+        p(&client.client.key),
+        testbed::pki::SERVER_NAME
+    );
+    (listen, output)
+}
+
+/// pcapng over mutual TLS, from the agent's exporter to the collector's
+/// TLS listener: the same frames as tcpdump, with their directions.
+#[test]
+fn tls_round_trip() {
+    let pki = testbed::pki::Pki::new().expect("pki");
+    let (listen, output) = tls_uris(&pki, &pki.main);
+    let r = round_trip(&listen, &output);
+    let interface = format!("{FROM}/{}", r.host_if);
+    r.check("tls", "tls://198.18.1.2:7443", &interface, true);
+}
+
+/// An agent whose certificate another CA signed is refused at the
+/// handshake: counted by the collector, and nothing of it is written.
+#[test]
+fn tls_listener_refuses_an_agent_from_another_ca() {
+    let (pair, link) = topology();
+    let pki = testbed::pki::Pki::new().expect("pki");
+    let (listen, output) = tls_uris(&pki, &pki.other);
+    let collector = Collector::start(&link.ns, &[&listen], &[]).expect("collector starts");
+    // A one-byte queue: every copy the refused agent cannot send is counted.
+    let agent = start_agent(&pair, &output, &["--queue-bytes", "1"]);
+    traffic::ping(&pair.pod, IpAddr::V4(pair.node_v4), 3).expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    let exit = stop_agent(agent);
+    let collected = stop_collector(collector);
+    let counters = collected
+        .listener("tls://198.18.1.2:7443")
+        .expect("listener summary");
+    assert!(counters["refused"] >= 1, "{}", collected.stderr);
+    assert_eq!(counters["decoded"], 0);
+    assert!(collected.frames().expect("files").is_empty());
+    let out = output_summary(&exit);
+    assert_eq!(out["sent"], 0);
+
+    // And a collector given unusable files refuses to start: exit 2, naming the flag.
+    let bad = format!(
+        "tls://198.18.1.2:7444?ca=/nonexistent/ca.pem&cert={}&key={}",
+        pki.main.server.cert.display(),
+        pki.main.server.key.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = link
+        .ns
+        .command(&testbed::agent::binary().to_string_lossy())
+        .args(["collect", "--listen", &bad, "--output"])
+        .arg(format!("pcapng:{}", dir.path().display()))
+        .output()
+        .expect("collector runs");
+    let stderr = String::from_utf8_lossy(&code.stderr);
+    assert_eq!(code.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--listen") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
 }
 
 /// A 60-byte Ethernet frame, enough to be taken for one.

@@ -7,12 +7,14 @@
 //! | `geneve://ADDR[:PORT]` | GENEVE on UDP, port 6081 by default |
 //! | `gre://ADDR` | GRE/TEB and ERSPAN II and III, on one raw `IPPROTO_GRE` socket |
 //! | `tcp://ADDR:PORT` | pcapng streams from agents (`--output tcp://...`) |
+//! | `tls://ADDR:PORT?ca=PATH&cert=PATH&key=PATH` | the same inside mutual TLS: only agents with a certificate signed by `ca` get in |
 //!
 //! `0.0.0.0` or `[::]` listens on every address.
 
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     str::FromStr,
 };
 
@@ -20,17 +22,27 @@ use url::Url;
 
 use crate::encap::{geneve, vxlan};
 
+/// The collector's own certificate and key, and the CA that must have
+/// signed every agent's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsServerFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// One listener's address and what it receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Listen {
     Vxlan(SocketAddr),
     Geneve(SocketAddr),
     /// GRE has no ports: every GRE packet to the address, whatever it carries.
     Gre(IpAddr),
-    /// pcapng streams over plain TCP. A `tls://` form (the same streams
-    /// inside TLS) slots in beside it: only the accepted connection is
-    /// wrapped, see `tcp::serve`.
+    /// pcapng streams over plain TCP.
     Tcp(SocketAddr),
+    /// The same streams inside mutual TLS: only the accepted connection is
+    /// wrapped, see `tcp::Wrap`.
+    Tls(SocketAddr, TlsServerFiles),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,7 +51,7 @@ pub enum ListenError {
         "'{0}' has no scheme; write vxlan://ADDR, geneve://ADDR, gre://ADDR or tcp://ADDR:PORT"
     )]
     NoScheme(String),
-    #[error("unknown scheme '{0}'; known: vxlan, geneve, gre, tcp")]
+    #[error("unknown scheme '{0}'; known: vxlan, geneve, gre, tcp, tls")]
     Scheme(String),
     #[error("not a valid URI: {0}")]
     Syntax(String),
@@ -47,8 +59,10 @@ pub enum ListenError {
     NoHost,
     #[error("'{0}' is not an IP address; give the address to listen on, not a name")]
     NotAnAddress(String),
-    #[error("tcp:// needs a port")]
+    #[error("tcp:// and tls:// need a port")]
     NoPort,
+    #[error("tls:// needs the parameter {0} (ca, cert and key files)")]
+    TlsFile(&'static str),
     #[error("gre:// takes no port (GRE has none)")]
     GrePort,
     #[error("takes no path, parameters or user ('{0}')")]
@@ -65,12 +79,12 @@ impl FromStr for Listen {
         let default_port = match scheme {
             "vxlan" => Some(vxlan::UDP_PORT),
             "geneve" => Some(geneve::UDP_PORT),
-            "gre" | "tcp" => None,
+            "gre" | "tcp" | "tls" => None,
             other => return Err(ListenError::Scheme(other.to_owned())),
         };
         let url = Url::parse(s).map_err(|e| ListenError::Syntax(e.to_string()))?;
         if !matches!(url.path(), "" | "/")
-            || url.query().is_some()
+            || (url.query().is_some() && scheme != "tls")
             || url.fragment().is_some()
             || !url.username().is_empty()
         {
@@ -92,7 +106,26 @@ impl FromStr for Listen {
             "geneve" => Self::Geneve(udp()),
             "gre" if port.is_some() => return Err(ListenError::GrePort),
             "gre" => Self::Gre(ip),
-            _ => Self::Tcp(SocketAddr::new(ip, port.ok_or(ListenError::NoPort)?)),
+            "tcp" => Self::Tcp(SocketAddr::new(ip, port.ok_or(ListenError::NoPort)?)),
+            _ => {
+                let mut params: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+                let mut file = |name: &'static str| {
+                    let i = params
+                        .iter()
+                        .position(|(k, _)| k == name)
+                        .ok_or(ListenError::TlsFile(name))?;
+                    Ok::<_, ListenError>(PathBuf::from(params.remove(i).1))
+                };
+                let files = TlsServerFiles {
+                    ca: file("ca")?,
+                    cert: file("cert")?,
+                    key: file("key")?,
+                };
+                if !params.is_empty() {
+                    return Err(ListenError::Extra(s.to_owned()));
+                }
+                Self::Tls(SocketAddr::new(ip, port.ok_or(ListenError::NoPort)?), files)
+            }
         })
     }
 }
@@ -105,6 +138,7 @@ impl fmt::Display for Listen {
             Self::Gre(IpAddr::V6(a)) => write!(f, "gre://[{a}]"),
             Self::Gre(a) => write!(f, "gre://{a}"),
             Self::Tcp(a) => write!(f, "tcp://{a}"),
+            Self::Tls(a, _) => write!(f, "tls://{a}"),
         }
     }
 }
@@ -137,6 +171,17 @@ mod tests {
             Ok(Listen::Gre("198.18.1.2".parse().unwrap()))
         );
         assert_eq!(parse("tcp://[::]:7000"), Ok(Listen::Tcp(v4("::", 7000))));
+        assert_eq!(
+            parse("tls://0.0.0.0:7001?ca=/c&cert=/s.pem&key=/k.pem"),
+            Ok(Listen::Tls(
+                v4("0.0.0.0", 7001),
+                TlsServerFiles {
+                    ca: "/c".into(),
+                    cert: "/s.pem".into(),
+                    key: "/k.pem".into()
+                }
+            ))
+        );
         for s in [
             "vxlan://198.18.1.2:4789",
             "gre://[fd00:198:18::1]",
@@ -158,6 +203,14 @@ mod tests {
         );
         assert_eq!(parse("tcp://1.2.3.4"), Err(ListenError::NoPort));
         assert_eq!(parse("gre://1.2.3.4:5"), Err(ListenError::GrePort));
+        assert_eq!(
+            parse("tls://1.2.3.4:5?ca=/c&cert=/s"),
+            Err(ListenError::TlsFile("key"))
+        );
+        assert!(matches!(
+            parse("tls://1.2.3.4:5?ca=/c&cert=/s&key=/k&x=1"),
+            Err(ListenError::Extra(_))
+        ));
         assert_eq!(
             parse("vxlan://collector.example"),
             Err(ListenError::NotAnAddress("collector.example".into()))

@@ -52,8 +52,10 @@ const QUEUE_PACKETS: usize = 16_384;
 pub struct CollectArgs {
     /// Where to receive; repeat for more: `vxlan://ADDR[:PORT]` (UDP 4789),
     /// `geneve://ADDR[:PORT]` (UDP 6081), `gre://ADDR` (GRE/TEB and ERSPAN II/III),
-    /// `tcp://ADDR:PORT` (pcapng streams from `--output tcp://`). ADDR is an address
-    /// of this host, or 0.0.0.0 / [::] for all.
+    /// `tcp://ADDR:PORT` (pcapng streams from `--output tcp://`),
+    /// `tls://ADDR:PORT?ca=PATH&cert=PATH&key=PATH` (the same over mutual TLS: only
+    /// agents with a certificate signed by `ca` get in). ADDR is an address of this
+    /// host, or 0.0.0.0 / [::] for all.
     #[arg(short, long = "listen", value_name = "URI", required = true)]
     pub listen: Vec<Listen>,
 
@@ -136,15 +138,26 @@ fn system(context: &'static str) -> impl FnOnce(std::io::Error) -> CollectError 
 /// A bound listener, before its thread starts.
 enum Bound {
     Datagram(DatagramSocket),
-    Stream(TcpListener),
+    Stream(TcpListener, tcp::Wrap),
 }
 
-fn bind(listen: Listen) -> std::io::Result<Bound> {
+fn bind(listen: &Listen) -> std::io::Result<Bound> {
     Ok(match listen {
-        Listen::Vxlan(a) => Bound::Datagram(receive::bind_udp(a, Tunnel::Vxlan)?),
-        Listen::Geneve(a) => Bound::Datagram(receive::bind_udp(a, Tunnel::Geneve)?),
-        Listen::Gre(a) => Bound::Datagram(receive::bind_gre(a)?),
-        Listen::Tcp(a) => Bound::Stream(tcp::bind(a)?),
+        Listen::Vxlan(a) => Bound::Datagram(receive::bind_udp(*a, Tunnel::Vxlan)?),
+        Listen::Geneve(a) => Bound::Datagram(receive::bind_udp(*a, Tunnel::Geneve)?),
+        Listen::Gre(a) => Bound::Datagram(receive::bind_gre(*a)?),
+        Listen::Tcp(a) => Bound::Stream(tcp::bind(*a)?, tcp::plain()),
+        Listen::Tls(a, files) => {
+            // Files first: a bad certificate is refused before anything listens.
+            let config = crate::tls::server_config(&files.ca, &files.cert, &files.key)
+                .map_err(std::io::Error::other)?;
+            let wrap: tcp::Wrap = Arc::new(move |stream| {
+                crate::tls::accept(&config, stream)
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)
+                    .map_err(std::io::Error::other)
+            });
+            Bound::Stream(tcp::bind(*a)?, wrap)
+        }
     })
 }
 
@@ -153,10 +166,13 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
     let bound = args
         .listen
         .iter()
-        .map(|&l| {
+        .map(|l| {
             bind(l)
-                .map(|b| (l, b))
-                .map_err(|source| CollectError::Listen { listen: l, source })
+                .map(|b| (l.clone(), b))
+                .map_err(|source| CollectError::Listen {
+                    listen: l.clone(),
+                    source,
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rotation = Rotation {
@@ -189,12 +205,9 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         let (s, tx, stop) = (stats.clone(), tx.clone(), stop.clone());
         let thread = match bound {
             Bound::Datagram(socket) => spawn("collect-recv", move || socket.run(&s, &tx, &stop))?,
-            Bound::Stream(listener) => {
-                let wrap = tcp::plain();
-                spawn("collect-accept", move || {
-                    tcp::run(&listener, &wrap, &s, &tx, &stop)
-                })?
-            }
+            Bound::Stream(listener, wrap) => spawn("collect-accept", move || {
+                tcp::run(&listener, &wrap, &s, &tx, &stop)
+            })?,
         };
         listeners.push(stats);
         threads.push(thread);

@@ -55,6 +55,9 @@ pub struct ListenerStats {
     truncated: AtomicU64,
     /// Stream connections accepted.
     connections: AtomicU64,
+    /// Stream connections refused (a failed TLS handshake: no certificate,
+    /// or one the CA did not sign).
+    refused: AtomicU64,
     errors: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -66,6 +69,7 @@ impl ListenerStats {
             decoded: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             errors: Default::default(),
         }
     }
@@ -83,6 +87,10 @@ impl ListenerStats {
 
     pub fn connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a skipped packet; logs it if it is the first of its reason.
@@ -121,6 +129,7 @@ impl ListenerStats {
             decoded = get(&self.decoded),
             truncated = get(&self.truncated),
             connections = get(&self.connections),
+            refused = get(&self.refused),
             errors,
             short = self.errors(Reason::Short),
             foreign = self.errors(Reason::Foreign),

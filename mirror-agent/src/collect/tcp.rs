@@ -2,8 +2,8 @@
 //! pcapng stream each. One thread accepts; each connection gets its own.
 //!
 //! The seam for TLS: an accepted `TcpStream` goes through a [`Wrap`], which
-//! for `tcp://` hands it back as it is and for `tls://` would run the
-//! server side of the handshake and return the decrypted stream. Everything
+//! for `tcp://` hands it back as it is and for `tls://` runs the
+//! server side of the handshake and returns the decrypted stream. Everything
 //! after it only needs `Read`. Shutdown closes the TCP sockets underneath,
 //! which ends every read, wrapped or not.
 
@@ -132,6 +132,7 @@ fn connection(
     let stream = match wrap(conn) {
         Ok(s) => s,
         Err(error) => {
+            stats.refused();
             warn!(listener = %stats.name, %peer, %error, "connection refused");
             return;
         }
