@@ -102,6 +102,10 @@ fn sampling_one_in_ten_within_five_sigma() {
         "mirrored {mirrored} of {seen}: outside {mean:.0} ± {:.0}",
         5.0 * sigma
     );
+    eprintln!(
+        "sampling 1 in 10: {mirrored} of {seen} mirrored (expected {mean:.0} ± {:.0})",
+        5.0 * sigma
+    );
     let extra = capture::difference(&c.oracle, &c.mirror).extra;
     assert!(
         extra.is_empty(),
