@@ -14,6 +14,7 @@ use crate::{
     fanout::{Fanout, PolicyStats, Running},
     hooks::{HookError, Hooks, Interface, Slot},
     kfilter,
+    metrics::{self, AgentMetrics, Endpoint, MetricsError, Requests, RingFill, Source},
     output::{Output, Tunnel},
     plan::{self, Planned},
     ratelimit::RateLimiter,
@@ -40,6 +41,8 @@ pub enum AttachError {
     Filter(String, crate::pcapfilter::PcapFilterError),
     #[error(transparent)]
     Hook(#[from] HookError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -53,6 +56,7 @@ impl AttachError {
         match self {
             Self::Plan(_) | Self::Output(_) | Self::Privileges(_) => 2,
             Self::Hook(_) | Self::Io { .. } | Self::Filter(..) => 1,
+            Self::Metrics(e) => e.exit_code(),
         }
     }
 }
@@ -78,11 +82,19 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
         )
     });
     check_privileges(raw)?;
+    // Bound before anything is attached: a bad --metrics-addr changes nothing.
+    let (endpoint, requests) = match metrics::bind(args.metrics_addr)? {
+        Some(bound) => {
+            let (source, requests) = Source::owner();
+            (Some(bound.serve(source)?), requests)
+        }
+        None => (None, Requests::none()),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_err("starting the runtime"))?;
-    runtime.block_on(mirror(args, plan))
+    runtime.block_on(mirror(args, plan, endpoint.as_ref(), requests))
 }
 
 fn check_privileges(raw_sockets: bool) -> Result<(), AttachError> {
@@ -112,7 +124,12 @@ fn node_name(args: &AttachArgs) -> String {
         .unwrap_or_default()
 }
 
-async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError> {
+async fn mirror(
+    args: AttachArgs,
+    plan: Vec<Planned>,
+    endpoint: Option<&Endpoint>,
+    mut scrapes: Requests,
+) -> Result<(), AttachError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
 
@@ -181,7 +198,9 @@ async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError>
             slots.push((iface.clone(), slot));
         }
     }
-    let mut drain = Drain::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
+    let ring = hooks.take_ring()?;
+    let view = AgentMetrics::new(&plan, &slots, RingFill::of(&ring), args.ring_size.get());
+    let mut drain = Drain::new(ring).map_err(io_err("polling the ring buffer"))?;
     let clock = WallClock::now()
         .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?;
     let mut fanout = Fanout::new(policies, routes, clock);
@@ -197,6 +216,7 @@ async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError>
         outputs = plan.iter().map(|p| p.outputs.len()).sum::<usize>(),
         "mirroring started"
     );
+    metrics::set_ready(endpoint, true);
 
     let mut tick = tokio::time::interval(IDLE_DRAIN);
     loop {
@@ -209,10 +229,12 @@ async fn mirror(args: AttachArgs, plan: Vec<Planned>) -> Result<(), AttachError>
                 drain.drain_now(|r| fanout.record(r));
                 fanout.flush();
             }
+            reply = scrapes.next() => reply.send(view.families(&hooks, &fanout, slots.len())),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
+    metrics::set_ready(endpoint, false);
 
     // Detach first so nothing new arrives, then take what is left in the ring.
     hooks.detach_all();

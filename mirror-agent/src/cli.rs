@@ -123,6 +123,12 @@ pub struct AttachArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and the probes /healthz
+    /// (200 while the agent runs) and /readyz (200 once the hooks are attached, 503
+    /// before and while stopping); `off` for none. Metric names: see README.md.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics_addr: crate::metrics::MetricsAddr,
+
     /// How hooks are attached: `tcx` (first in the kernel's multi-program chain),
     /// `netlink` (clsact qdisc and cls_bpf filter, for kernels before 6.6),
     /// or `auto` (tcx where the kernel has it).

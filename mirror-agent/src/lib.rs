@@ -10,6 +10,7 @@ pub mod export;
 pub mod fanout;
 pub mod hooks;
 pub mod kfilter;
+pub mod metrics;
 pub mod output;
 pub mod pcapfilter;
 pub mod pcapng;

@@ -75,6 +75,12 @@ pub struct CollectArgs {
     /// Default: keep them all.
     #[arg(long, value_name = "N")]
     pub max_files: Option<NonZeroUsize>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and the probes /healthz
+    /// (200 while the collector runs) and /readyz (200 once every listener is bound);
+    /// `off` for none.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics_addr: crate::metrics::MetricsAddr,
 }
 
 /// `--output pcapng:DIR`.
@@ -113,6 +119,8 @@ pub enum CollectError {
         output: OutputDir,
         source: WriterError,
     },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{context}: {source}")]
     System {
         context: &'static str,
@@ -126,6 +134,7 @@ impl CollectError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Listen { .. } | Self::Output { .. } => 2,
+            Self::Metrics(e) => e.exit_code(),
             Self::System { .. } => 1,
         }
     }
@@ -162,6 +171,8 @@ fn bind(listen: &Listen) -> std::io::Result<Bound> {
 }
 
 pub fn run(args: CollectArgs) -> Result<(), CollectError> {
+    // The metrics port first: a bad --metrics-addr binds nothing else.
+    let metrics = crate::metrics::bind(args.metrics_addr)?;
     // Sockets first, then the first file: a bad --listen leaves no file behind.
     let bound = args
         .listen
@@ -180,7 +191,7 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         age: args.rotate_seconds.map(|s| Duration::from_secs(s.get())),
         max_files: args.max_files,
     };
-    let writer =
+    let mut writer =
         Writer::open(args.output.0.clone(), rotation).map_err(|source| CollectError::Output {
             output: args.output.clone(),
             source,
@@ -195,6 +206,8 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         .thread_block()
         .map_err(|e| system("blocking signals")(e.into()))?;
 
+    let written = Arc::new(std::sync::Mutex::new(WriterSummary::default()));
+    writer.publish_to(written.clone());
     let (tx, rx) = mpsc::sync_channel(QUEUE_PACKETS);
     let writer_thread = spawn("collect-writer", move || writer.run(&rx))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -214,6 +227,18 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
     }
     // Only the receivers hold senders now: the writer ends when they all have.
     drop(tx);
+    // Started after the signals are blocked, so its thread never takes them.
+    let endpoint = match metrics {
+        Some(bound) => {
+            let shared = listeners.clone();
+            let source = crate::metrics::Source::Shared(Box::new(move || {
+                crate::metrics::collect_families(&shared, &written)
+            }));
+            Some(bound.serve(source)?)
+        }
+        None => None,
+    };
+    crate::metrics::set_ready(endpoint.as_ref(), true);
     info!(
         listeners = %args.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         output = %args.output,
@@ -227,6 +252,7 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         .wait()
         .map_err(|e| system("waiting for a signal")(e.into()))?;
     info!(%signal, "stopping");
+    crate::metrics::set_ready(endpoint.as_ref(), false);
     stop.store(true, Ordering::Relaxed);
     for (stats, thread) in listeners.iter().zip(threads) {
         if thread.join().is_err() {

@@ -42,6 +42,18 @@ impl fmt::Display for Reason {
     }
 }
 
+/// A listener's counters at one moment (see [`ListenerStats::snapshot`]).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerSnapshot {
+    pub received: u64,
+    pub decoded: u64,
+    pub truncated: u64,
+    pub connections: u64,
+    pub refused: u64,
+    /// Skipped packets per reason name.
+    pub errors: [(&'static str, u64); 3],
+}
+
 #[derive(Debug)]
 pub struct ListenerStats {
     /// The listener's URI, as logs and the summary name it.
@@ -113,6 +125,19 @@ impl ListenerStats {
         self.errors
             .get(reason as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Every counter as of now, for a metrics scrape.
+    pub fn snapshot(&self) -> ListenerSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ListenerSnapshot {
+            received: get(&self.received),
+            decoded: get(&self.decoded),
+            truncated: get(&self.truncated),
+            connections: get(&self.connections),
+            refused: get(&self.refused),
+            errors: Reason::ALL.map(|r| (r.as_str(), self.errors(r))),
+        }
     }
 
     pub fn decoded_count(&self) -> u64 {

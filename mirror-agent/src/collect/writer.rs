@@ -18,7 +18,7 @@ use std::{
     io::{self, BufWriter, Write},
     num::{NonZeroU64, NonZeroUsize},
     path::{Path, PathBuf},
-    sync::{Arc, mpsc::Receiver, mpsc::RecvTimeoutError},
+    sync::{Arc, Mutex, mpsc::Receiver, mpsc::RecvTimeoutError},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -95,6 +95,8 @@ pub struct Writer {
     open_failed: Option<Instant>,
     logged_error: bool,
     summary: WriterSummary,
+    /// Where `summary` is copied on each tick, for metrics scrapes.
+    published: Option<Arc<Mutex<WriterSummary>>>,
 }
 
 impl Writer {
@@ -125,9 +127,15 @@ impl Writer {
             open_failed: None,
             logged_error: false,
             summary: WriterSummary::default(),
+            published: None,
         };
         writer.open_next()?;
         Ok(writer)
+    }
+
+    /// Copies the counters to `to` once a tick (not per packet), for metrics.
+    pub fn publish_to(&mut self, to: Arc<Mutex<WriterSummary>>) {
+        self.published = Some(to);
     }
 
     /// Takes packets until every receiver has hung up, then closes the file.
@@ -141,6 +149,9 @@ impl Writer {
             }
             if last_tick.elapsed() >= TICK {
                 self.tick();
+                if let Some(to) = &self.published {
+                    *to.lock().unwrap_or_else(|e| e.into_inner()) = self.summary;
+                }
                 last_tick = Instant::now();
             }
         }
