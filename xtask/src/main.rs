@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the project's developer and CI tasks.
 
+mod bench;
 mod build;
 mod demo;
 mod fuzz;
@@ -38,6 +39,20 @@ enum Command {
     /// Mirror real traffic between three pods on a simulated node into
     /// target/demo/demo.pcapng, then remove everything it made (as root).
     Demo,
+    /// Measure what mirroring costs and whether it keeps up, against no hook,
+    /// tcpdump and the kernel's own mirror; writes target/bench/report.md
+    /// and chart.png (as root).
+    Bench {
+        /// One short repetition of a reduced plan: checks the harness, not speed.
+        #[arg(long)]
+        smoke: bool,
+        /// Interleaved repetitions.
+        #[arg(long, default_value_t = bench::DEFAULT_REPS)]
+        reps: usize,
+        /// Seconds of each TCP and full-rate UDP run.
+        #[arg(long, default_value_t = bench::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
     /// Run every decoder's cargo-fuzz target (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
@@ -53,11 +68,20 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| build::agent(build::Profile::Release)),
         Command::Test { extra } => test::run(&extra),
         Command::Demo => demo::run(),
+        Command::Bench {
+            smoke,
+            reps,
+            seconds,
+        } => bench::run(&bench::Options {
+            smoke,
+            reps,
+            seconds,
+        }),
         Command::Fuzz { seconds } => fuzz::run(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<demo::Interrupted>() => {
+        Err(e) if e.is::<demo::Interrupted>() || e.is::<bench::Interrupted>() => {
             eprintln!("{e}");
             // As a shell reports a process ended by SIGINT.
             ExitCode::from(130)

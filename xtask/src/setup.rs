@@ -17,7 +17,8 @@ use crate::{
 };
 
 /// What the tests and benchmarks run (tcpdump and tshark are the oracles,
-/// ping and iperf3/trafgen make traffic, bpftool inspects hooks).
+/// ping and iperf3/trafgen make traffic, bpftool inspects hooks, the bench
+/// chart's text is drawn in DejaVu Sans).
 const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -28,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "procps",
+    "fonts-dejavu-core",
 ];
 
 pub fn run() -> Result<()> {

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::{build, fuzz, run, setup};
+use crate::{bench, build, fuzz, run, setup};
 
 pub fn run(extra: &[String]) -> Result<()> {
     // Before anything slow: the namespace and BPF tests fail without root,
@@ -27,6 +27,9 @@ pub fn run(extra: &[String]) -> Result<()> {
     // The whole suite ends with every decoder's fuzz target, briefly.
     if extra.is_empty() {
         fuzz::run(fuzz::SHORT_SECONDS)?;
+        // And the bench harness once, briefly, so it cannot rot; its
+        // numbers are not checked.
+        bench::smoke(&agent)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use testbed::{
-    agent::{Agent, Exit, fields},
+    agent::{Agent, fields},
     process::Process,
     unique_name,
 };
@@ -24,6 +24,8 @@ const AGENT_VNI: u32 = 42;
 const KERNEL_VNI: u32 = 43;
 /// A CIDR inside 198.18.0.0/15 that no bench host uses: the "matches nothing" rule.
 const UNUSED_CIDR: &str = "198.19.255.0/24";
+/// A little over tcpdump's packet-buffer timeout (`-B`/`to_ms`, 1000 ms).
+const TCPDUMP_BLOCK_TIMEOUT: Duration = Duration::from_millis(1200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Config {
@@ -107,6 +109,7 @@ pub struct Session<'a> {
     kernel: Option<KernelMirror<'a>>,
     files: Vec<PathBuf>,
     frames_at_start: u64,
+    collector_at_start: u64,
     copier_pid: Option<u32>,
 }
 
@@ -121,6 +124,11 @@ pub struct Outcome {
     pub captured: Option<u64>,
     /// The agent's `summary total` counters.
     pub agent: HashMap<String, u64>,
+    /// The agent's `output summary` counters (one output).
+    pub output: HashMap<String, u64>,
+    /// Frames that arrived on the collector's link (VXLAN configurations),
+    /// to tell the sender's losses from the receiver's.
+    pub collector_link: Option<u64>,
 }
 
 impl<'a> Session<'a> {
@@ -134,6 +142,7 @@ impl<'a> Session<'a> {
             kernel: None,
             files: Vec::new(),
             frames_at_start: 0,
+            collector_at_start: 0,
             copier_pid: None,
         };
         let net = env.net;
@@ -151,10 +160,7 @@ impl<'a> Session<'a> {
             }
             Config::MirrorVxlan => {
                 s.collector = Some(start_collector(env, &mut s.files)?);
-                let out = format!(
-                    "vxlan://{}?vni={AGENT_VNI}",
-                    net.collector.collector_v4
-                );
+                let out = format!("vxlan://{}?vni={AGENT_VNI}", net.collector.collector_v4);
                 s.agent = Some(start_agent(env, &mirror_args(&net.host_if, &out))?);
             }
             Config::MirrorPcapng => {
@@ -185,6 +191,7 @@ impl<'a> Session<'a> {
         };
         let (rx, tx) = net.hook_frames()?;
         s.frames_at_start = rx + tx;
+        s.collector_at_start = net.collector_rx()?;
         Ok(s)
     }
 
@@ -213,20 +220,38 @@ impl<'a> Session<'a> {
                 exit.stderr
             );
             out.agent = exit.summary()?;
+            out.output = exit.fields_of("output summary")?;
             if self.config == Config::MirrorPcapng {
-                out.captured = Some(output_sent(&exit)?);
+                out.captured = Some(
+                    *out.output
+                        .get("sent")
+                        .context("no sent= in the agent's output summary")?,
+                );
             }
         }
         if let Some(p) = self.tcpdump.take() {
+            // libpcap hands over a TPACKET_V3 block only when it is full or
+            // its timeout (tcpdump's 1 s) expires, and SIGINT ends tcpdump
+            // without reading a partly filled one: wait for that, or its
+            // last block counts as lost (2% of a slow 2 s run).
+            std::thread::sleep(TCPDUMP_BLOCK_TIMEOUT);
             let (status, stderr) = p.stop(Signal::SIGINT, Duration::from_secs(20))?;
             ensure!(status.success(), "tcpdump failed ({status}):\n{stderr}");
-            out.captured = Some(tcpdump_captured(&stderr)?);
+            out.captured = Some(tcpdump_stat(&stderr, "packets captured")?);
+            out.output.insert(
+                "tcpdump_dropped_by_kernel".to_owned(),
+                tcpdump_stat(&stderr, "packets dropped by kernel")?,
+            );
         }
         if let Some(p) = self.collector.take() {
             // The last datagrams are in flight for a moment after the sender stops.
             std::thread::sleep(Duration::from_millis(300));
+            out.collector_link = Some(net.collector_rx()?.saturating_sub(self.collector_at_start));
             let (status, stderr) = p.stop(Signal::SIGTERM, Duration::from_secs(20))?;
-            ensure!(status.success(), "the collector failed ({status}):\n{stderr}");
+            ensure!(
+                status.success(),
+                "the collector failed ({status}):\n{stderr}"
+            );
             let line = stderr
                 .lines()
                 .find(|l| l.contains("collector summary"))
@@ -304,21 +329,13 @@ fn nothing_policy(host_if: &str, out: &Path) -> String {
     )
 }
 
-/// `sent=` of the agent's (only) `output summary` line.
-fn output_sent(exit: &Exit) -> Result<u64> {
-    exit.fields_of("output summary")?
-        .get("sent")
-        .copied()
-        .context("no sent= in the agent's output summary")
-}
-
-/// "N packets captured" from tcpdump's closing lines.
-fn tcpdump_captured(stderr: &str) -> Result<u64> {
+/// "N packets captured" (or another counter) from tcpdump's closing lines.
+fn tcpdump_stat(stderr: &str, what: &str) -> Result<u64> {
     stderr
         .lines()
-        .find(|l| l.ends_with("packets captured"))
+        .find(|l| l.ends_with(what))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no 'packets captured' in tcpdump's output:\n{stderr}"))
+        .with_context(|| format!("no '{what}' in tcpdump's output:\n{stderr}"))
 }
 
 /// The kernel-only mirror: a VXLAN device in the node toward the collector,
@@ -361,8 +378,25 @@ impl<'a> KernelMirror<'a> {
         node.exec(&["tc", "qdisc", "add", "dev", &net.host_if, "clsact"])?;
         for dir in ["ingress", "egress"] {
             node.exec(&[
-                "tc", "filter", "add", "dev", &net.host_if, dir, "protocol", "all", "u32", "match",
-                "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", &guard.dev,
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                &net.host_if,
+                dir,
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "u32",
+                "0",
+                "0",
+                "action",
+                "mirred",
+                "egress",
+                "mirror",
+                "dev",
+                &guard.dev,
             ])?;
         }
         Ok(guard)

@@ -4,7 +4,7 @@
 
 use std::{
     io::Read,
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::process::CommandExt},
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -90,7 +90,12 @@ pub fn iperf3_server(net: &BenchNet) -> Result<Process> {
     // Listening once the socket shows up (iperf3 says so only on stdout).
     let deadline = Instant::now() + Duration::from_secs(10);
     let filter = format!("sport = :{IPERF_PORT}");
-    while net.server.exec(&["ss", "-Hltn", &filter])?.trim().is_empty() {
+    while net
+        .server
+        .exec(&["ss", "-Hltn", &filter])?
+        .trim()
+        .is_empty()
+    {
         ensure!(
             Instant::now() < deadline,
             "iperf3 -s did not listen within 10 s"
@@ -169,37 +174,56 @@ pub fn udp(
         .arg(config)
         // One sender CPU, so the other is left to the copier; and leave the
         // machine's socket memory and IRQ affinity alone.
-        .args(["--cpus", "1", "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]);
+        .args([
+            "--cpus",
+            "1",
+            "--no-sock-mem",
+            "--notouch-irq",
+            "--no-cpu-stats",
+        ]);
     if let Some(r) = rate {
         cmd.args(["--rate", &format!("{r}pps")]);
     }
-    cmd.stdin(Stdio::null())
+    // trafgen forks its sender even for one CPU, and only the whole group
+    // stops on SIGINT: so its own process group, signalled as one.
+    cmd.process_group(0)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let what = format!("{cmd:?}");
     let (hook0, _) = net.hook_frames()?;
     let srv0 = net.server_rx()?;
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("running {what}"))?;
-    let out = reader(child.stdout.take());
-    let err = reader(child.stderr.take());
+    let child = cmd.spawn().with_context(|| format!("running {what}"))?;
+    let mut group = Group(child);
+    let out = reader(group.0.stdout.take());
+    let err = reader(group.0.stderr.take());
     let run_for = Duration::from_secs_f64(seconds);
     while start.elapsed() < run_for && !stop.raised() {
-        if child.try_wait()?.is_some() {
+        if group.0.try_wait()?.is_some() {
             break;
         }
         thread::sleep(Duration::from_millis(20));
     }
     // SIGINT is trafgen's own way to stop.
-    if child.try_wait()?.is_none() {
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid")?);
-        let _ = signal::kill(pid, Signal::SIGINT);
-    }
-    let status = wait_bounded(&mut child, Duration::from_secs(10), stop, &what)?;
+    group.signal(Signal::SIGINT)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = group.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not stop within 10 s of SIGINT");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
     let elapsed = start.elapsed().as_secs_f64();
     let (hook1, _) = net.hook_frames()?;
     let srv1 = net.server_rx()?;
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
     stop.check()?;
     // Stopped by SIGINT it exits 0; anything else is a broken run.
     ensure!(status.success(), "{what} failed ({status}):\n{err}\n{out}");
@@ -212,6 +236,25 @@ pub fn udp(
         offered_pps: (hook1 - hook0) as f64 / elapsed,
         delivered_pps: srv1.saturating_sub(srv0) as f64 / elapsed,
     })
+}
+
+/// A child leading its own process group; dropping it kills the group.
+struct Group(Child);
+
+impl Group {
+    fn signal(&self, sig: Signal) -> Result<()> {
+        let pgid = Pid::from_raw(i32::try_from(self.0.id()).context("pid")?);
+        // The group may be gone already (ESRCH): nothing left to stop.
+        let _ = signal::killpg(pgid, sig);
+        Ok(())
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = self.signal(Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
 }
 
 /// Nanoseconds per /proc clock tick.

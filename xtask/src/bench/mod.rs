@@ -1,0 +1,443 @@
+//! `cargo xtask bench`: what the mirror costs production traffic and
+//! whether it keeps up, side by side with no hook, tcpdump and the kernel's
+//! own `tc mirred` mirror, in one network of namespaces (see topology.rs).
+//!
+//! Repetitions are interleaved (each measurement runs every configuration
+//! before the next measurement starts, in alternating order), and the
+//! report gives medians and ratios to the no-hook runs of the same
+//! invocation: on a shared 2-core machine absolute numbers are noise.
+//!
+//! Every namespace, process, qdisc and file is owned by a guard, and Ctrl-C
+//! or SIGTERM only raises a flag, so every way out cleans up.
+
+mod chart;
+mod configs;
+mod measure;
+mod report;
+mod topology;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use configs::{Config, Env, Outcome, Session};
+use measure::UdpRun;
+
+use crate::{build, paths, run, setup};
+
+/// Knobs of one invocation.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// One short repetition of a reduced plan: checks the harness, not speed.
+    pub smoke: bool,
+    pub reps: usize,
+    /// Length of each TCP and full-rate UDP run.
+    pub seconds: u64,
+}
+
+pub const DEFAULT_REPS: usize = 3;
+pub const DEFAULT_SECONDS: u64 = 4;
+const SMOKE: Options = Options {
+    smoke: true,
+    reps: 1,
+    seconds: 1,
+};
+
+/// The bench was stopped by Ctrl-C or a signal, and cleaned up.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bench: interrupted; everything it created has been removed")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Set by Ctrl-C/SIGTERM; checked between and during runs.
+#[derive(Clone)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    fn install() -> Result<Self> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        ctrlc::set_handler(move || {
+            if !set.swap(true, Ordering::SeqCst) {
+                eprintln!("\nbench: interrupted, cleaning up");
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+        Ok(Self(flag))
+    }
+
+    pub fn raised(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.raised() {
+            return Err(Interrupted.into());
+        }
+        Ok(())
+    }
+}
+
+/// What one invocation measures.
+struct Plan {
+    tcp_streams: Vec<u32>,
+    tcp_configs: Vec<Config>,
+    udp_configs: Vec<Config>,
+    cost_configs: Vec<Config>,
+    sweep_configs: Vec<Config>,
+    /// Sweep rates as fractions of the no-hook sender's top rate.
+    fractions: Vec<f64>,
+    seconds: u64,
+    sweep_seconds: f64,
+    cost_seconds: f64,
+    /// A small ring in smoke mode: a debug agent must drain it quickly on stop.
+    ring_size: Option<u64>,
+}
+
+impl Plan {
+    fn new(o: &Options) -> Self {
+        let mirroring: Vec<Config> = Config::ALL.into_iter().filter(|c| c.mirrors()).collect();
+        let hooked: Vec<Config> = Config::ALL.into_iter().filter(|c| c.our_hook()).collect();
+        if o.smoke {
+            // Every configuration once, and every kind of measurement once.
+            Self {
+                tcp_streams: vec![1],
+                tcp_configs: vec![Config::NoHook, Config::MirrorPcapng],
+                udp_configs: Config::ALL.to_vec(),
+                cost_configs: vec![Config::HookNothing],
+                sweep_configs: vec![Config::MirrorVxlan],
+                fractions: vec![0.1],
+                seconds: o.seconds,
+                sweep_seconds: o.seconds as f64,
+                cost_seconds: o.seconds as f64,
+                ring_size: Some(4 << 20),
+            }
+        } else {
+            Self {
+                tcp_streams: vec![1, 4],
+                tcp_configs: Config::ALL.to_vec(),
+                udp_configs: Config::ALL.to_vec(),
+                cost_configs: hooked,
+                sweep_configs: mirroring,
+                fractions: vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                seconds: o.seconds,
+                sweep_seconds: 2.0,
+                cost_seconds: 2.0,
+                ring_size: None,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Measure {
+    /// iperf3 TCP with this many streams.
+    Tcp(u32),
+    /// trafgen 64-byte UDP as fast as it goes.
+    UdpMax,
+    /// The same with BPF run-time statistics on (they cost time themselves).
+    Cost,
+    /// trafgen paced at this many packets/s.
+    Sweep(u64),
+}
+
+impl fmt::Display for Measure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(n) => write!(f, "tcp-{n}"),
+            Self::UdpMax => f.write_str("udp-max"),
+            Self::Cost => f.write_str("bpf-cost"),
+            Self::Sweep(r) => write!(f, "udp-{r}pps"),
+        }
+    }
+}
+
+/// One run of one configuration.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub rep: usize,
+    pub config: Config,
+    pub measure: Measure,
+    pub tcp_gbps: Option<f64>,
+    pub udp: Option<UdpRun>,
+    pub outcome: Outcome,
+    /// User + system CPU of the agent or tcpdump over the run and its drain.
+    pub copier_cpu_ns: Option<f64>,
+    /// Softirq time of all CPUs over the traffic.
+    pub softirq_ns: f64,
+    /// `(VmRSS, VmHWM)` of the agent or tcpdump at the end, KiB.
+    pub memory_kib: Option<(u64, u64)>,
+    /// `(run_time_ns, run_cnt)` of our programs (Cost runs only).
+    pub hook_run: Option<(u64, u64)>,
+}
+
+impl Sample {
+    /// Copies delivered ÷ frames that crossed the hook.
+    pub fn completeness(&self) -> Option<f64> {
+        let captured = self.outcome.captured?;
+        (self.outcome.hook_frames > 0).then(|| captured as f64 / self.outcome.hook_frames as f64)
+    }
+}
+
+/// `cargo xtask bench`: set up, build the release agent, run, report.
+pub fn run(options: &Options) -> Result<()> {
+    run::require_root("cargo xtask bench")?;
+    let options = &if options.smoke {
+        SMOKE
+    } else {
+        options.clone()
+    };
+    let stop = StopFlag::install()?;
+    let result = setup::run()
+        .and_then(|()| {
+            stop.check()?;
+            build::agent_at(build::Profile::Release)
+        })
+        .and_then(|agent| bench(options, &agent, &stop));
+    // A step that failed because Ctrl-C killed its child was interrupted, not broken.
+    if stop.raised() {
+        return Err(Interrupted.into());
+    }
+    result
+}
+
+/// The smoke run at the end of `cargo xtask test`, with the agent it built:
+/// fails if the harness is broken, never on the numbers.
+pub fn smoke(agent: &Path) -> Result<()> {
+    let stop = StopFlag::install()?;
+    let result = bench(&SMOKE, agent, &stop);
+    if stop.raised() {
+        return Err(Interrupted.into());
+    }
+    result.context("the bench harness (cargo xtask bench --smoke) failed")
+}
+
+fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
+    let started = Instant::now();
+    let plan = Plan::new(options);
+    let machine = report::Machine::probe()?;
+    let out_dir = paths::target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let samples = measure_all(options, &plan, agent_bin, stop)?;
+    let elapsed = started.elapsed();
+    let command = if options.smoke {
+        "cargo xtask bench --smoke".to_owned()
+    } else {
+        format!(
+            "cargo xtask bench --reps {} --seconds {}",
+            options.reps, options.seconds
+        )
+    };
+    let summary = report::Summary::new(&samples);
+    let md = out_dir.join("report.md");
+    let png = out_dir.join("chart.png");
+    let csv = out_dir.join("samples.csv");
+    report::write_csv(&samples, &csv)?;
+    chart::draw(&summary, &png)?;
+    let text = report::markdown(&summary, &machine, &command, elapsed, options.smoke);
+    std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
+    println!("{text}");
+    println!(
+        "bench: done in {:.0} s: {}, {}, {}",
+        elapsed.as_secs_f64(),
+        md.display(),
+        png.display(),
+        csv.display()
+    );
+    Ok(())
+}
+
+/// Builds the network, runs every repetition, and takes it all down again.
+fn measure_all(
+    options: &Options,
+    plan: &Plan,
+    agent_bin: &Path,
+    stop: &StopFlag,
+) -> Result<Vec<Sample>> {
+    let scratch = scratch_dir(&paths::target_dir().join("bench"))?;
+    println!("bench: building the network (client, node, server, collector namespaces)");
+    let net = topology::BenchNet::new().context("building the bench network")?;
+    let _sink = topology::UdpSink::start(&net.server)?;
+    let _iperf = measure::iperf3_server(&net)?;
+    let trafgen_cfg = scratch.path().join("udp64.trafgen");
+    measure::write_trafgen_config(&net, &trafgen_cfg)?;
+    let env = Env {
+        net: &net,
+        agent_bin,
+        scratch: scratch.path(),
+        ring_size: plan.ring_size,
+    };
+    let runner = Runner {
+        env: &env,
+        plan,
+        trafgen_cfg: &trafgen_cfg,
+        stop,
+    };
+    let mut samples = Vec::new();
+    for rep in 0..options.reps.max(1) {
+        runner.rep(rep, &mut samples)?;
+    }
+    Ok(samples)
+}
+
+/// tmpfs for the pcapng output where there is one (no disk in the path),
+/// else the bench's output directory.
+fn scratch_dir(out_dir: &Path) -> Result<tempfile::TempDir> {
+    let shm = PathBuf::from("/dev/shm");
+    let base = if shm.is_dir() {
+        shm
+    } else {
+        out_dir.to_owned()
+    };
+    tempfile::Builder::new()
+        .prefix("mirror-bench")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a scratch directory in {}", base.display()))
+}
+
+struct Runner<'a> {
+    env: &'a Env<'a>,
+    plan: &'a Plan,
+    trafgen_cfg: &'a Path,
+    stop: &'a StopFlag,
+}
+
+impl Runner<'_> {
+    /// One repetition: each measurement across the configurations, in
+    /// forward order on even repetitions and backward on odd ones, so a
+    /// slow drift of the machine does not favour one configuration.
+    fn rep(&self, rep: usize, samples: &mut Vec<Sample>) -> Result<()> {
+        let order = |set: &[Config]| -> Vec<Config> {
+            let mut v = set.to_vec();
+            if rep % 2 == 1 {
+                v.reverse();
+            }
+            v
+        };
+        let plan = self.plan;
+        for &streams in &plan.tcp_streams {
+            for c in order(&plan.tcp_configs) {
+                samples.push(self.sample(rep, c, Measure::Tcp(streams))?);
+            }
+        }
+        for c in order(&plan.udp_configs) {
+            samples.push(self.sample(rep, c, Measure::UdpMax)?);
+        }
+        {
+            let _stats = measure::BpfStats::enable()?;
+            for c in order(&plan.cost_configs) {
+                samples.push(self.sample(rep, c, Measure::Cost)?);
+            }
+        }
+        // The sweep's rates follow this repetition's no-hook sender.
+        let top = samples
+            .iter()
+            .filter(|s| s.rep == rep && s.config == Config::NoHook && s.measure == Measure::UdpMax)
+            .find_map(|s| s.udp.map(|u| u.offered_pps))
+            .context("no no-hook UDP run to scale the sweep by")?;
+        let mut sweeping = order(&plan.sweep_configs);
+        for &f in &plan.fractions {
+            let rate = (top * f).round().max(1000.0) as u64;
+            for c in sweeping.clone() {
+                let s = self.sample(rep, c, Measure::Sweep(rate))?;
+                let lossy = s.completeness().is_some_and(|x| x < report::COMPLETE);
+                // trafgen's paced mode sends a packet per syscall and tops
+                // out below its TX-ring rate: above that, nothing new is learnt.
+                let capped = s.udp.is_some_and(|u| u.offered_pps < 0.9 * rate as f64);
+                samples.push(s);
+                if lossy || capped {
+                    sweeping.retain(|&x| x != c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&self, rep: usize, config: Config, measure: Measure) -> Result<Sample> {
+        self.stop.check()?;
+        let what = format!("rep {} {measure} {}", rep + 1, config.label());
+        println!("bench: {what}");
+        self.sample_inner(rep, config, measure)
+            .with_context(|| format!("bench run {what}"))
+    }
+
+    fn sample_inner(&self, rep: usize, config: Config, measure: Measure) -> Result<Sample> {
+        let (net, plan, stop) = (self.env.net, self.plan, self.stop);
+        let session = Session::start(config, self.env)?;
+        let pid = session.copier_pid();
+        let cpu0 = pid.map(measure::process_cpu_ns).transpose()?;
+        let soft0 = measure::softirq_ns()?;
+        let (mut tcp_gbps, mut udp) = (None, None);
+        match measure {
+            Measure::Tcp(n) => tcp_gbps = Some(measure::tcp(net, n, plan.seconds, stop)?),
+            Measure::UdpMax => {
+                udp = Some(measure::udp(
+                    net,
+                    self.trafgen_cfg,
+                    None,
+                    plan.seconds as f64,
+                    stop,
+                )?);
+            }
+            Measure::Cost => {
+                udp = Some(measure::udp(
+                    net,
+                    self.trafgen_cfg,
+                    None,
+                    plan.cost_seconds,
+                    stop,
+                )?);
+            }
+            Measure::Sweep(rate) => {
+                udp = Some(measure::udp(
+                    net,
+                    self.trafgen_cfg,
+                    Some(rate),
+                    plan.sweep_seconds,
+                    stop,
+                )?);
+            }
+        }
+        let soft1 = measure::softirq_ns()?;
+        let hook_run = if measure == Measure::Cost {
+            Some(measure::hook_run_time(net)?)
+        } else {
+            None
+        };
+        let (mut copier_cpu_ns, mut memory_kib) = (None, None);
+        if let (Some(pid), Some(cpu0)) = (pid, cpu0) {
+            // Count the drain of what the burst left in the ring too.
+            measure::wait_idle(pid, Duration::from_secs(5), stop)?;
+            copier_cpu_ns = Some(measure::process_cpu_ns(pid)? - cpu0);
+            memory_kib = Some(measure::memory_kib(pid)?);
+        }
+        let outcome = session.stop()?;
+        let s = Sample {
+            rep,
+            config,
+            measure,
+            tcp_gbps,
+            udp,
+            outcome,
+            copier_cpu_ns,
+            softirq_ns: soft1 - soft0,
+            memory_kib,
+            hook_run,
+        };
+        println!("bench:   {}", report::one_line(&s));
+        Ok(s)
+    }
+}

@@ -1,0 +1,608 @@
+//! From samples to `target/bench/report.md` (medians, ratios to no hook,
+//! the issue's targets) and `samples.csv` (every run, for a second look).
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+
+use super::{Measure, Sample, configs::Config};
+
+/// "Complete" for the knee: at least 99.9% of the frames arrived.
+pub const COMPLETE: f64 = 0.999;
+
+/// The machine the numbers come from.
+pub struct Machine {
+    pub cpus: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub memory: String,
+    pub load_at_start: String,
+}
+
+impl Machine {
+    pub fn probe() -> Result<Self> {
+        let read = |p: &str| std::fs::read_to_string(p).with_context(|| format!("reading {p}"));
+        let cpuinfo = read("/proc/cpuinfo")?;
+        let meminfo = read("/proc/meminfo")?;
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':'))
+                .map_or_else(|| "?".to_owned(), |(_, v)| v.trim().to_owned())
+        };
+        Ok(Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            kernel: read("/proc/sys/kernel/osrelease")?.trim().to_owned(),
+            cpu_model: field(&cpuinfo, "model name"),
+            memory: field(&meminfo, "MemTotal"),
+            load_at_start: read("/proc/loadavg")?
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+}
+
+/// The highest offered rate still complete, in one repetition.
+#[derive(Clone, Copy, Debug)]
+pub struct Knee {
+    pub pps: f64,
+    /// No rate above it was measured incomplete: the real knee may be higher.
+    pub lower_bound: bool,
+}
+
+/// Medians of one configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub tcp1: Option<f64>,
+    pub tcp4: Option<f64>,
+    /// Frames/s the server got with trafgen flat out.
+    pub udp_pps: Option<f64>,
+    /// Frames/s into the hooked interface then.
+    pub offered_pps: Option<f64>,
+    /// Completeness at that full rate.
+    pub completeness_max: Option<f64>,
+    /// Copies delivered per second at that full rate.
+    pub mirrored_pps: Option<f64>,
+    pub knee: Option<Knee>,
+    /// Lowest completeness among sweep points at or below each repetition's knee.
+    pub below_knee_min: Option<f64>,
+    /// Our programs' ns per run (BPF statistics).
+    pub hook_ns: Option<f64>,
+    /// Agent or tcpdump CPU per copy delivered, ns.
+    pub copier_ns_per_copy: Option<f64>,
+    /// Softirq time of all CPUs per frame offered, ns.
+    pub softirq_ns_per_pkt: Option<f64>,
+    pub rss_mib: Option<f64>,
+    pub hwm_mib: Option<f64>,
+    /// Share of frames the kernel prefilter kept from the ring (config 2).
+    pub filtered_share: Option<f64>,
+    /// Share of frames the agent lost, and where (full-rate runs).
+    pub lost_share: Option<f64>,
+    pub lost_ring_share: Option<f64>,
+    pub lost_queue_share: Option<f64>,
+    pub lost_send_share: Option<f64>,
+}
+
+pub struct Summary {
+    pub rows: BTreeMap<Config, Row>,
+    pub reps: usize,
+    /// The sweep's points: (config, offered pps, completeness), for the report.
+    pub sweep: Vec<(Config, usize, f64, f64)>,
+}
+
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    })
+}
+
+impl Summary {
+    pub fn new(samples: &[Sample]) -> Self {
+        let reps = samples.iter().map(|s| s.rep + 1).max().unwrap_or(0);
+        let mut rows = BTreeMap::new();
+        for c in Config::ALL {
+            let of = |m: fn(&Measure) -> bool| -> Vec<&Sample> {
+                samples
+                    .iter()
+                    .filter(|s| s.config == c && m(&s.measure))
+                    .collect()
+            };
+            let tcp = |n: u32| {
+                median(
+                    samples
+                        .iter()
+                        .filter(|s| s.config == c && s.measure == Measure::Tcp(n))
+                        .filter_map(|s| s.tcp_gbps)
+                        .collect(),
+                )
+            };
+            let max = of(|m| *m == Measure::UdpMax);
+            let cost = of(|m| *m == Measure::Cost);
+            let med = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                median(max.iter().filter_map(|s| f(s)).collect())
+            };
+            // A counter of the agent's summary (or its output's) ÷ frames it saw.
+            let agent_share = |key: &str| {
+                median(
+                    max.iter()
+                        .filter_map(|s| {
+                            let seen = *s.outcome.agent.get("seen")?;
+                            let v = s
+                                .outcome
+                                .agent
+                                .get(key)
+                                .or_else(|| s.outcome.output.get(key))?;
+                            (seen > 0).then(|| *v as f64 / seen as f64)
+                        })
+                        .collect(),
+                )
+            };
+            let knees: Vec<Knee> = (0..reps).filter_map(|r| knee(samples, c, r)).collect();
+            let knee_median = median(knees.iter().map(|k| k.pps).collect()).map(|pps| Knee {
+                pps,
+                lower_bound: knees.iter().filter(|k| k.lower_bound).count() * 2 > knees.len(),
+            });
+            let below_knee_min = (0..reps)
+                .filter_map(|r| {
+                    let k = knee(samples, c, r)?;
+                    sweep_points(samples, c, r)
+                        .into_iter()
+                        .filter(|(pps, _)| *pps <= k.pps)
+                        .map(|(_, x)| x)
+                        .min_by(f64::total_cmp)
+                })
+                .min_by(f64::total_cmp);
+            let row = Row {
+                tcp1: tcp(1),
+                tcp4: tcp(4),
+                udp_pps: med(&|s| s.udp.map(|u| u.delivered_pps)),
+                offered_pps: med(&|s| s.udp.map(|u| u.offered_pps)),
+                completeness_max: med(&Sample::completeness),
+                mirrored_pps: med(&|s| Some(s.outcome.captured? as f64 / s.udp?.seconds)),
+                knee: knee_median,
+                below_knee_min,
+                hook_ns: median(
+                    cost.iter()
+                        .filter_map(|s| {
+                            let (ns, cnt) = s.hook_run?;
+                            (cnt > 0).then(|| ns as f64 / cnt as f64)
+                        })
+                        .collect(),
+                ),
+                copier_ns_per_copy: med(&|s| {
+                    let copies = s
+                        .outcome
+                        .captured
+                        .or_else(|| s.outcome.agent.get("mirrored").copied())?;
+                    Some(s.copier_cpu_ns? / copies as f64).filter(|_| copies > 0)
+                }),
+                softirq_ns_per_pkt: med(&|s| {
+                    let frames = s.outcome.hook_frames;
+                    (frames > 0).then(|| s.softirq_ns / frames as f64)
+                }),
+                rss_mib: med(&|s| Some(s.memory_kib?.0 as f64 / 1024.0)),
+                hwm_mib: med(&|s| Some(s.memory_kib?.1 as f64 / 1024.0)),
+                filtered_share: agent_share("filtered"),
+                lost_share: agent_share("lost"),
+                lost_ring_share: agent_share("lost_ring_full"),
+                lost_queue_share: agent_share("lost_queue_full"),
+                lost_send_share: agent_share("lost_send_error"),
+            };
+            rows.insert(c, row);
+        }
+        let sweep = samples
+            .iter()
+            .filter(|s| {
+                matches!(s.measure, Measure::Sweep(_) | Measure::UdpMax) && s.config.mirrors()
+            })
+            .filter_map(|s| Some((s.config, s.rep, s.udp?.offered_pps, s.completeness()?)))
+            .collect();
+        Self { rows, reps, sweep }
+    }
+
+    pub fn row(&self, c: Config) -> &Row {
+        static EMPTY: std::sync::OnceLock<Row> = std::sync::OnceLock::new();
+        self.rows
+            .get(&c)
+            .unwrap_or_else(|| EMPTY.get_or_init(Row::default))
+    }
+
+    /// `value(config) / value(no hook)`.
+    pub fn ratio(&self, c: Config, value: impl Fn(&Row) -> Option<f64>) -> Option<f64> {
+        let base = value(self.row(Config::NoHook))?;
+        (base > 0.0).then_some(value(self.row(c))? / base)
+    }
+}
+
+/// (offered pps, completeness) of a configuration's UDP runs in one repetition.
+fn sweep_points(samples: &[Sample], c: Config, rep: usize) -> Vec<(f64, f64)> {
+    samples
+        .iter()
+        .filter(|s| s.config == c && s.rep == rep)
+        .filter(|s| matches!(s.measure, Measure::Sweep(_) | Measure::UdpMax))
+        .filter_map(|s| Some((s.udp?.offered_pps, s.completeness()?)))
+        .collect()
+}
+
+/// The top of the run of complete rates from the lowest one up: a mirror
+/// that loses copies at some rate does not "keep up" above it, even if a
+/// faster run happened to be complete (batching makes loss non-monotonic).
+fn knee(samples: &[Sample], c: Config, rep: usize) -> Option<Knee> {
+    let mut points = sweep_points(samples, c, rep);
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let complete = points.iter().take_while(|(_, x)| *x >= COMPLETE).count();
+    let pps = points[..complete].last()?.0;
+    Some(Knee {
+        pps,
+        lower_bound: complete == points.len(),
+    })
+}
+
+/// A line per run, as the bench goes.
+pub fn one_line(s: &Sample) -> String {
+    let mut out = String::new();
+    if let Some(g) = s.tcp_gbps {
+        let _ = write!(out, "{g:.2} Gbit/s");
+    }
+    if let Some(u) = s.udp {
+        let _ = write!(
+            out,
+            "offered {:.0} pps, delivered {:.0} pps",
+            u.offered_pps, u.delivered_pps
+        );
+    }
+    if let Some(x) = s.completeness() {
+        let _ = write!(out, ", complete {:.2}%", 100.0 * x);
+    }
+    if let Some((ns, cnt)) = s.hook_run
+        && cnt > 0
+    {
+        let _ = write!(out, ", hook {:.1} ns/run", ns as f64 / cnt as f64);
+    }
+    let a = &s.outcome.agent;
+    if let Some(seen) = a.get("seen") {
+        let get = |k: &str| a.get(k).copied().unwrap_or(0);
+        let _ = write!(
+            out,
+            ", agent seen={seen} mirrored={} filtered={} lost={}",
+            get("mirrored"),
+            get("filtered"),
+            get("lost")
+        );
+    }
+    out
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |x| format!("{:.1}%", 100.0 * x))
+}
+
+fn kpps(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |x| format!("{:.0}k", x / 1000.0))
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |x| format!("{x:.2}×"))
+}
+
+fn knee_text(k: Option<Knee>) -> String {
+    k.map_or_else(
+        || "none".to_owned(),
+        |k| {
+            format!(
+                "{}{}",
+                if k.lower_bound { "≥ " } else { "" },
+                kpps(Some(k.pps))
+            )
+        },
+    )
+}
+
+/// The ratio table alone (the README's Performance section copies it).
+pub fn ratio_table(s: &Summary) -> String {
+    let mut t = String::new();
+    t.push_str(
+        "| configuration | UDP 64 B pps | TCP ×1 | TCP ×4 | complete at full rate | knee (≥ 99.9%) | hook ns/pkt |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for c in Config::ALL {
+        let r = s.row(c);
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            c.label(),
+            ratio(s.ratio(c, |r| r.udp_pps)),
+            ratio(s.ratio(c, |r| r.tcp1)),
+            ratio(s.ratio(c, |r| r.tcp4)),
+            if c.mirrors() {
+                pct(r.completeness_max)
+            } else {
+                "–".into()
+            },
+            if c.mirrors() {
+                knee_text(r.knee)
+            } else {
+                "–".into()
+            },
+            f(r.hook_ns, 1),
+        );
+    }
+    t
+}
+
+pub fn markdown(s: &Summary, m: &Machine, command: &str, elapsed: Duration, smoke: bool) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "# Mirror benchmark\n");
+    if smoke {
+        t.push_str(
+            "**Smoke run**: one short repetition of a reduced plan, to check the harness. \
+             The numbers mean nothing.\n\n",
+        );
+    }
+    let _ = writeln!(
+        t,
+        "Machine: {} CPUs ({}), {} memory, Linux {}; load average at start {}. \
+         {} repetition(s), {:.0} s in all. Reproduce with `{command}` (as root).\n",
+        m.cpus,
+        m.cpu_model,
+        m.memory,
+        m.kernel,
+        m.load_at_start,
+        s.reps,
+        elapsed.as_secs_f64()
+    );
+    t.push_str("## Ratios to no hook (medians)\n\n");
+    t.push_str(&ratio_table(s));
+    t.push_str("\n## Absolute medians\n\n");
+    t.push_str(
+        "| configuration | UDP delivered pps | UDP offered pps | copies/s at full rate | TCP ×1 Gbit/s | TCP ×4 Gbit/s | copier CPU ns/copy | softirq ns/pkt | RSS MiB (peak) | agent lost at full rate (ring full / queue full / send error) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for c in Config::ALL {
+        let r = s.row(c);
+        let lost = match r.lost_share {
+            Some(_) => format!(
+                "{} ({} / {} / {})",
+                pct(r.lost_share),
+                pct(r.lost_ring_share),
+                pct(r.lost_queue_share),
+                pct(r.lost_send_share)
+            ),
+            None => "–".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.label(),
+            kpps(r.udp_pps),
+            kpps(r.offered_pps),
+            kpps(r.mirrored_pps),
+            f(r.tcp1, 2),
+            f(r.tcp4, 2),
+            f(r.copier_ns_per_copy, 0),
+            f(r.softirq_ns_per_pkt, 0),
+            match (r.rss_mib, r.hwm_mib) {
+                (Some(a), Some(b)) => format!("{a:.0} ({b:.0})"),
+                _ => "–".into(),
+            },
+            lost,
+        );
+    }
+    if let Some(share) = s.row(Config::HookNothing).filtered_share {
+        let _ = writeln!(
+            t,
+            "\nConfiguration 2: the kernel prefilter kept {} of the frames the hook saw out of the ring buffer (`filtered`).",
+            pct(Some(share))
+        );
+    }
+    t.push_str("\n## Targets (issue #6)\n\n");
+    t.push_str(&targets(s));
+    t.push_str("\n## Sweep points (offered pps at the hook → completeness)\n\n");
+    for c in Config::ALL.into_iter().filter(|c| c.mirrors()) {
+        let mut pts: Vec<_> = s.sweep.iter().filter(|p| p.0 == c).collect();
+        pts.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
+        let text: Vec<String> = pts
+            .iter()
+            .map(|(_, rep, pps, x)| format!("r{} {}→{:.2}%", rep + 1, kpps(Some(*pps)), 100.0 * x))
+            .collect();
+        let _ = writeln!(t, "- {}: {}", c.label(), text.join(", "));
+    }
+    t.push_str(METHOD);
+    t
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "**met**",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+fn targets(s: &Summary) -> String {
+    let mut t = String::new();
+    let nothing = s.ratio(Config::HookNothing, |r| r.udp_pps);
+    let hook_ns = s.row(Config::HookNothing).hook_ns;
+    let _ = writeln!(
+        t,
+        "- Hook matching nothing, UDP rate ≥ 0.98×: {} ({}).",
+        verdict(nothing.map(|x| x >= 0.98)),
+        ratio(nothing)
+    );
+    let _ = writeln!(
+        t,
+        "- Hook matching nothing, ≤ 50 ns per packet in the program: {} ({} ns).",
+        verdict(hook_ns.map(|x| x <= 50.0)),
+        f(hook_ns, 1)
+    );
+    let tcpdump = s.row(Config::Tcpdump);
+    for c in [Config::MirrorVxlan, Config::MirrorPcapng] {
+        let r = s.row(c);
+        let _ = writeln!(t, "- {}:", c.label());
+        let swept = s.sweep.iter().any(|p| p.0 == c);
+        // No knee at all: already incomplete at the lowest rate measured.
+        let below = match (r.knee, r.below_knee_min) {
+            (None, _) if swept => Some(false),
+            (_, min) => min.map(|x| x >= 0.9995),
+        };
+        let _ = writeln!(
+            t,
+            "  - 100.0% complete below the knee: {} (lowest completeness at or below the knee: {}).",
+            verdict(below),
+            r.below_knee_min.map_or_else(
+                || "no complete rate".to_owned(),
+                |x| format!("{:.3}%", 100.0 * x)
+            )
+        );
+        let knee_ratio = match (r.knee, tcpdump.knee) {
+            (Some(a), Some(b)) if b.pps > 0.0 => Some(a.pps / b.pps),
+            (None, Some(_)) if swept => Some(0.0),
+            _ => None,
+        };
+        let _ = writeln!(
+            t,
+            "  - knee ≥ 1.2× tcpdump's: {} ({} vs {}: {}).",
+            verdict(knee_ratio.map(|x| x >= 1.2)),
+            knee_text(r.knee),
+            knee_text(tcpdump.knee),
+            ratio(knee_ratio)
+        );
+        let prod = match (r.udp_pps, tcpdump.udp_pps) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let _ = writeln!(
+            t,
+            "  - production packet rate ≥ tcpdump's: {} ({} vs {} pps: {}).",
+            verdict(prod.map(|x| x >= 1.0)),
+            kpps(r.udp_pps),
+            kpps(tcpdump.udp_pps),
+            ratio(prod)
+        );
+        let tcp = [s.ratio(c, |r| r.tcp1), s.ratio(c, |r| r.tcp4)];
+        let _ = writeln!(
+            t,
+            "  - TCP at snaplen 128 ≥ 0.90×: {} (1 stream {}, 4 streams {}).",
+            verdict(
+                tcp.iter()
+                    .try_fold(true, |acc, x| x.map(|x| acc && x >= 0.9))
+            ),
+            ratio(tcp[0]),
+            ratio(tcp[1])
+        );
+    }
+    let ours = s.row(Config::MirrorVxlan).mirrored_pps;
+    let kernel = s.row(Config::KernelMirror).mirrored_pps;
+    let vs = match (ours, kernel) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let _ = writeln!(
+        t,
+        "- Against the kernel-only mirror, ≥ 0.9× its mirrored packet rate (VXLAN, full rate): {} ({} vs {} copies/s: {}).",
+        verdict(vs.map(|x| x >= 0.9)),
+        kpps(ours),
+        kpps(kernel),
+        ratio(vs)
+    );
+    t
+}
+
+const METHOD: &str = "
+## Method
+
+- Topology: client, node, server and collector network namespaces; the client
+  and server are routed through the node (198.18.2.0/24, 198.18.3.0/24), the
+  collector sits on its own link (198.18.1.0/24, MTU 9000). Every hook sits on
+  the client's host-side veth in the node. Neighbours are static; IPv6 is off.
+- Runs: each measurement runs every configuration before the next one starts,
+  in forward order on odd repetitions and backward on even ones; each run sets
+  its configuration up afresh (agent, collector, tcpdump or tc filters) and
+  takes it down after. Medians over repetitions; ratios are median ÷ the no-hook
+  median of the same invocation.
+- TCP: `iperf3 -c SERVER -t S -P 1|4 -J`, receiver's bits/s.
+- UDP: `trafgen --cpus 1` sends 64-byte frames client → server from one CPU
+  (its TX ring, no qdisc), leaving the other CPU to the copier; the server holds
+  an unread socket, so it drops them without ICMP. *Delivered* is the server
+  veth's rx count per second, *offered* the hooked interface's.
+- Completeness: copies delivered ÷ frames that crossed the hooked interface
+  (its rx + tx counters): `written` of `mirror-agent collect` (configurations 3
+  and 6, the same receiver), the agent's pcapng output `sent` (4), tcpdump's
+  `packets captured` (5). Mirroring configurations use snaplen 128.
+- Knee: the highest offered rate still ≥ 99.9% complete with every lower
+  measured rate complete too, over a sweep paced by `trafgen --rate` at 5%, 10%,
+  20%, ... of the no-hook sender's rate plus the full-rate run. The sweep of a
+  configuration stops at its first incomplete point, or where trafgen's paced
+  mode (one packet per syscall) cannot keep the rate; \"≥\" marks a knee with
+  no incomplete point above it, \"none\" a mirror already incomplete at 5%.
+- Program cost: BPF run-time statistics (`kernel.bpf_stats_enabled`, held on
+  by a BPF_ENABLE_STATS descriptor during separate full-rate runs only, as they
+  cost time themselves): Σ run_time_ns ÷ Σ run_cnt of mirror_ingress and
+  mirror_egress, read from the kernel's prog info (what `bpftool prog show` reports).
+  It is wall time inside the program, so it includes interrupts that land there,
+  such as the ring buffer's wakeup of the agent (an irq_work) after a submit.
+- CPU: the copier's (agent or tcpdump) user + system time from
+  /proc/PID/stat over the full-rate run and its drain, ÷ copies delivered; and
+  the softirq time of all CPUs from /proc/stat over the traffic ÷ frames
+  offered (it includes forwarding, so compare it with no hook's). RSS: VmRSS
+  (VmHWM) from /proc/PID/status at the end of the full-rate run.
+";
+
+/// Every run, one line each.
+pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
+    let mut t = String::from(
+        "rep,config,measure,tcp_gbps,seconds,offered_pps,delivered_pps,hook_frames,captured,completeness,\
+         copier_cpu_ns,softirq_ns,rss_kib,hwm_kib,hook_run_ns,hook_run_cnt,agent_seen,agent_mirrored,\
+         agent_filtered,agent_lost,agent_lost_ring_full,agent_lost_output,output_lost_queue_full,output_lost_send_error,tcpdump_dropped_by_kernel,collector_link_frames\n",
+    );
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    for s in samples {
+        let a = |k: &str| opt(s.outcome.agent.get(k).map(u64::to_string));
+        let o = |k: &str| opt(s.outcome.output.get(k).map(u64::to_string));
+        let _ = writeln!(
+            t,
+            "{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            s.rep + 1,
+            s.config.key(),
+            s.measure,
+            opt(s.tcp_gbps.map(|g| format!("{g:.3}"))),
+            opt(s.udp.map(|u| format!("{:.3}", u.seconds))),
+            opt(s.udp.map(|u| format!("{:.0}", u.offered_pps))),
+            opt(s.udp.map(|u| format!("{:.0}", u.delivered_pps))),
+            s.outcome.hook_frames,
+            opt(s.outcome.captured.map(|c| c.to_string())),
+            opt(s.completeness().map(|x| format!("{x:.5}"))),
+            opt(s.copier_cpu_ns.map(|x| format!("{x:.0}"))),
+            s.softirq_ns,
+            opt(s.memory_kib.map(|m| m.0.to_string())),
+            opt(s.memory_kib.map(|m| m.1.to_string())),
+            opt(s.hook_run.map(|h| h.0.to_string())),
+            opt(s.hook_run.map(|h| h.1.to_string())),
+            a("seen"),
+            a("mirrored"),
+            a("filtered"),
+            a("lost"),
+            a("lost_ring_full"),
+            a("lost_output"),
+            o("lost_queue_full"),
+            o("lost_send_error"),
+            o("tcpdump_dropped_by_kernel"),
+            opt(s.outcome.collector_link.map(|c| c.to_string())),
+        );
+    }
+    std::fs::write(path, t).with_context(|| format!("writing {}", path.display()))
+}
