@@ -229,7 +229,11 @@ fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     let started = Instant::now();
     let plan = Plan::new(options);
     let machine = report::Machine::probe()?;
-    let out_dir = paths::target_dir().join("bench");
+    // The smoke run (every `cargo xtask test`) must not overwrite a real report.
+    let mut out_dir = paths::target_dir().join("bench");
+    if options.smoke {
+        out_dir.push("smoke");
+    }
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let samples = measure_all(options, &plan, agent_bin, stop)?;
     let elapsed = started.elapsed();
