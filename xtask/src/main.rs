@@ -7,6 +7,7 @@ mod fuzz;
 mod paths;
 mod run;
 mod setup;
+mod stop;
 mod test;
 
 use std::process::ExitCode;
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<demo::Interrupted>() || e.is::<bench::Interrupted>() => {
+        Err(e) if e.is::<stop::Interrupted>() => {
             eprintln!("{e}");
             // As a shell reports a process ended by SIGINT.
             ExitCode::from(130)

@@ -19,10 +19,6 @@ mod topology;
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -30,7 +26,10 @@ use anyhow::{Context, Result};
 use configs::{Config, Env, Outcome, Session};
 use measure::UdpRun;
 
-use crate::{build, paths, run, setup};
+use crate::{
+    build, paths, run, setup,
+    stop::{Interrupted, StopFlag},
+};
 
 /// Knobs of one invocation.
 #[derive(Clone, Debug)]
@@ -49,47 +48,6 @@ const SMOKE: Options = Options {
     reps: 1,
     seconds: 1,
 };
-
-/// The bench was stopped by Ctrl-C or a signal, and cleaned up.
-#[derive(Debug)]
-pub struct Interrupted;
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("bench: interrupted; everything it created has been removed")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Set by Ctrl-C/SIGTERM; checked between and during runs.
-#[derive(Clone)]
-pub struct StopFlag(Arc<AtomicBool>);
-
-impl StopFlag {
-    fn install() -> Result<Self> {
-        let flag = Arc::new(AtomicBool::new(false));
-        let set = Arc::clone(&flag);
-        ctrlc::set_handler(move || {
-            if !set.swap(true, Ordering::SeqCst) {
-                eprintln!("\nbench: interrupted, cleaning up");
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-        Ok(Self(flag))
-    }
-
-    pub fn raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    pub fn check(&self) -> Result<()> {
-        if self.raised() {
-            return Err(Interrupted.into());
-        }
-        Ok(())
-    }
-}
 
 /// What one invocation measures.
 struct Plan {
@@ -200,7 +158,7 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         options.clone()
     };
-    let stop = StopFlag::install()?;
+    let stop = StopFlag::install("bench")?;
     let result = setup::run()
         .and_then(|()| {
             stop.check()?;
@@ -209,7 +167,7 @@ pub fn run(options: &Options) -> Result<()> {
         .and_then(|agent| bench(options, &agent, &stop));
     // A step that failed because Ctrl-C killed its child was interrupted, not broken.
     if stop.raised() {
-        return Err(Interrupted.into());
+        return Err(Interrupted("bench").into());
     }
     result
 }
@@ -217,10 +175,10 @@ pub fn run(options: &Options) -> Result<()> {
 /// The smoke run at the end of `cargo xtask test`, with the agent it built:
 /// fails if the harness is broken, never on the numbers.
 pub fn smoke(agent: &Path) -> Result<()> {
-    let stop = StopFlag::install()?;
+    let stop = StopFlag::install("bench")?;
     let result = bench(&SMOKE, agent, &stop);
     if stop.raised() {
-        return Err(Interrupted.into());
+        return Err(Interrupted("bench").into());
     }
     result.context("the bench harness (cargo xtask bench --smoke) failed")
 }

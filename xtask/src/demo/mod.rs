@@ -9,21 +9,15 @@
 mod http;
 mod report;
 
-use std::{
-    fmt,
-    net::IpAddr,
-    path::Path,
-    process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::IpAddr, path::Path, process::Stdio};
 
 use anyhow::{Context, Result, ensure};
 use testbed::{agent::Agent, topology::BridgedNode, traffic};
 
-use crate::{build, paths, run, setup};
+use crate::{
+    build, paths, run, setup,
+    stop::{Interrupted, StopFlag},
+};
 
 /// How many HTTP requests pod1 makes to pod2.
 const HTTP_REQUESTS: usize = 5;
@@ -33,58 +27,14 @@ const UDP_PORT: u16 = 9000;
 const UDP_SIZES: &[usize] = &[64, 512, 1400, 3000];
 const PINGS: u32 = 4;
 
-/// The demo was stopped by Ctrl-C or a signal, and cleaned up.
-#[derive(Debug)]
-pub struct Interrupted;
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("demo: interrupted; everything it created has been removed")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Set by Ctrl-C/SIGTERM; checked between steps.
-#[derive(Clone)]
-pub struct StopFlag(Arc<AtomicBool>);
-
-impl StopFlag {
-    fn install() -> Result<Self> {
-        let flag = Arc::new(AtomicBool::new(false));
-        let set = Arc::clone(&flag);
-        ctrlc::set_handler(move || {
-            // The agent, in our process group, gets the terminal's SIGINT too
-            // and stops by itself; the demo notices at its next step.
-            if !set.swap(true, Ordering::SeqCst) {
-                eprintln!("\ndemo: interrupted, cleaning up");
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-        Ok(Self(flag))
-    }
-
-    pub fn raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// `Err(Interrupted)` once the flag is up.
-    fn check(&self) -> Result<()> {
-        if self.raised() {
-            return Err(Interrupted.into());
-        }
-        Ok(())
-    }
-}
-
 pub fn run() -> Result<()> {
     run::require_root("cargo xtask demo")?;
-    let stop = StopFlag::install()?;
+    let stop = StopFlag::install("demo")?;
     let result = demo(&stop);
     // A step that failed because Ctrl-C killed its child (cargo, ping) was
     // interrupted, not broken.
     if stop.raised() {
-        return Err(Interrupted.into());
+        return Err(Interrupted("demo").into());
     }
     result
 }
