@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use nix::sys::socket::{MsgFlags, SockaddrIn, sendto};
 use testbed::{
-    agent::{self, Agent, Exit},
+    agent::{Agent, Exit},
     capture::{self, Dir, Frame},
     collector::{Collected, Collector},
     netns::{Netns, join},
@@ -645,12 +645,7 @@ fn files_rotate_by_age() {
 }
 
 fn output_summary(exit: &Exit) -> std::collections::HashMap<String, u64> {
-    let line = exit
-        .stderr
-        .lines()
-        .find(|l| l.contains("output summary"))
-        .unwrap_or_else(|| panic!("no output summary:\n{}", exit.stderr));
-    agent::fields(line)
+    exit.fields_of("output summary").expect("output summary")
 }
 
 fn wait_connected(collector: &mut Collector) -> Result<()> {

@@ -135,15 +135,11 @@ fn mixed_traffic(p: &PodPair) -> Result<()> {
 
 /// A field of the agent's `output summary` line.
 fn output_field(exit: &Exit, field: &str) -> u64 {
-    let line = exit
-        .stderr
-        .lines()
-        .find(|l| l.contains("output summary"))
-        .unwrap_or_else(|| panic!("no output summary:\n{}", exit.stderr));
-    agent::fields(line)
+    let summary = exit.fields_of("output summary").expect("output summary");
+    summary
         .get(field)
         .copied()
-        .unwrap_or_else(|| panic!("no {field} in: {line}"))
+        .unwrap_or_else(|| panic!("no {field} in: {summary:?}"))
 }
 
 fn summary_field(exit: &Exit, field: &str) -> u64 {
