@@ -14,12 +14,13 @@ use crate::{
     fanout::{Fanout, PolicyStats, Running},
     hooks::{HookError, Hooks, Interface, Slot},
     kfilter,
-    metrics::{self, AgentMetrics, Endpoint, MetricsError, Requests, RingFill, Source},
+    metrics::{self, AgentMetrics, Endpoint, MetricsError, Requests, Source},
     output::{Output, Tunnel},
+    pin::{PinDir, PinError},
     plan::{self, Planned},
+    pump::Pump,
     ratelimit::RateLimiter,
     record::{IfIndex, WallClock},
-    ringbuf::Drain,
 };
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
 const IDLE_DRAIN: Duration = Duration::from_millis(200);
@@ -43,6 +44,10 @@ pub enum AttachError {
     Hook(#[from] HookError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("--cleanup-on-exit=false needs --pin-dir: without pins, the hooks go with the agent")]
+    KeepWithoutPins,
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -54,9 +59,10 @@ impl AttachError {
     /// 2 for bad input (flags, privileges), as clap does for usage errors; 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Plan(_) | Self::Output(_) | Self::Privileges(_) => 2,
+            Self::Plan(_) | Self::Output(_) | Self::Privileges(_) | Self::KeepWithoutPins => 2,
             Self::Hook(_) | Self::Io { .. } | Self::Filter(..) => 1,
             Self::Metrics(e) => e.exit_code(),
+            Self::Pin(e) => e.exit_code(),
         }
     }
 }
@@ -66,6 +72,9 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> AttachError {
 }
 
 pub fn run(args: AttachArgs) -> Result<(), AttachError> {
+    if !args.cleanup_on_exit && args.pin_dir.is_none() {
+        return Err(AttachError::KeepWithoutPins);
+    }
     check_privileges(false)?;
     let plan = match &args.policy {
         Some(path) => plan::from_file(path)?,
@@ -139,6 +148,7 @@ async fn mirror(
         mask: args.socket_mark.mask,
     };
     let node = node_name(&args);
+    let progress = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut policies = Vec::with_capacity(plan.len());
     let mut routes = HashMap::new();
     for (index, p) in plan.iter().enumerate() {
@@ -153,6 +163,7 @@ async fn mirror(
             snaplen: p.snaplen.get(),
             mark,
             queue_bytes: args.queue_bytes,
+            progress: progress.clone(),
         };
         let exporters = p
             .outputs
@@ -176,7 +187,9 @@ async fn mirror(
         });
     }
 
-    let mut hooks = Hooks::load(args.ring_size.get())?;
+    let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
+    let mut hooks = Hooks::load(args.ring_size.get(), pins)?;
+    hooks.keep_pins(!args.cleanup_on_exit);
     let mut slots: Vec<(Interface, Slot)> = Vec::new();
     for p in &plan {
         let rules = p.body.as_ref().map(|b| &b.rules);
@@ -198,9 +211,8 @@ async fn mirror(
             slots.push((iface.clone(), slot));
         }
     }
-    let ring = hooks.take_ring()?;
-    let view = AgentMetrics::new(&plan, &slots, RingFill::of(&ring), args.ring_size.get());
-    let mut drain = Drain::new(ring).map_err(io_err("polling the ring buffer"))?;
+    let view = AgentMetrics::new(&plan, &slots);
+    let mut pump = Pump::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
     let clock = WallClock::now()
         .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?;
     let mut fanout = Fanout::new(policies, routes, clock);
@@ -209,6 +221,18 @@ async fn mirror(
             let mode = hooks.attach(iface, p.directions, args.attach_mode)?;
             info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
         }
+    }
+    let adopted = hooks.settle_pins()?;
+    if let Some(dir) = &args.pin_dir {
+        info!(
+            pin_dir = %dir.display(),
+            adopted = adopted.links,
+            removed = adopted.removed,
+            other_abis = adopted.other_abis,
+            abandoned_records = adopted.abandoned_records,
+            pending_bytes = pump.ring().pending(),
+            "pins"
+        );
     }
     info!(
         policies = plan.len(),
@@ -221,28 +245,30 @@ async fn mirror(
     let mut tick = tokio::time::interval(IDLE_DRAIN);
     loop {
         tokio::select! {
-            batch = drain.next_batch(|r| fanout.record(r)) => {
-                batch.map_err(io_err("polling the ring buffer"))?;
-                fanout.flush();
-            }
+            batch = pump.wait(&mut fanout) => batch.map_err(io_err("polling the ring buffer"))?,
+            () = progress.notified() => pump.progress(&mut fanout),
             _ = tick.tick() => {
-                drain.drain_now(|r| fanout.record(r));
-                fanout.flush();
+                pump.poll(&mut fanout);
+                pump.progress(&mut fanout);
             }
-            reply = scrapes.next() => reply.send(view.families(&hooks, &fanout, slots.len())),
+            reply = scrapes.next() => reply.send(view.families(&hooks, &fanout, pump.ring(), slots.len())),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     metrics::set_ready(endpoint, false);
 
-    // Detach first so nothing new arrives, then take what is left in the ring.
+    // Detach first so nothing new arrives (or, keeping pins, let go of the
+    // hooks, which go on filling the ring for the next agent), then take
+    // what is left in the ring, and release what the outputs sent.
     hooks.detach_all();
-    drain.drain_now(|r| fanout.record(r));
+    pump.poll(&mut fanout);
     for exporter in fanout.policies.iter_mut().flat_map(|p| &mut p.exporters) {
         exporter.close(CLOSE_TIMEOUT);
     }
+    pump.progress(&mut fanout);
     summarize(&hooks, &slots, &fanout);
+    hooks.remove_pins();
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! Command-line surface. Flags are parsed into typed values here, at the
 //! edge, so the rest of the agent never sees a bare string or integer.
 
-use std::{fmt, num::NonZeroU32, str::FromStr};
+use std::{fmt, num::NonZeroU32, path::PathBuf, str::FromStr};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use mirror_common::{DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, MAX_SNAPLEN};
 
 use crate::output::Output;
@@ -33,6 +33,16 @@ pub enum Command {
     /// over TCP) and write rotating pcapng files, one interface per agent and pod.
     #[command(after_help = COLLECT_EXAMPLES)]
     Collect(crate::collect::CollectArgs),
+    /// Remove every hook and pin left under a pin directory (by `attach
+    /// --cleanup-on-exit=false`, or by `run`, which keeps its pins across restarts).
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The pin directory the agent used.
+    #[arg(long, value_name = "DIR", default_value = crate::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 const COLLECT_EXAMPLES: &str = "Examples:\n  \
@@ -136,8 +146,25 @@ pub struct AttachArgs {
     pub attach_mode: AttachMode,
 
     /// Size of the BPF ring buffer in bytes: a power of two, at least one page.
+    /// A ring adopted from --pin-dir keeps the size it was made with.
     #[arg(long, value_name = "BYTES", default_value_t = RingSize(DEFAULT_RING_BYTES))]
     pub ring_size: RingSize,
+
+    /// Pin the hooks, maps and ring buffer under DIR, on a bpf filesystem (e.g.
+    /// /sys/fs/bpf/mirror), so they outlive this process: if it is killed, the hooks
+    /// go on copying into the ring, and the next agent started with the same DIR
+    /// adopts them (replacing their programs atomically, never unhooking) and sends
+    /// what was copied meanwhile. One agent per DIR. Needs tcx (Linux 6.6+).
+    /// Without it, the hooks belong to this process and go with it.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+
+    /// On exit, remove every hook and pin this agent made or adopted (`true`, the
+    /// default). `false` leaves the pinned hooks mirroring into the ring for the next
+    /// agent, as across a restart or an upgrade (needs --pin-dir); `mirror-agent
+    /// uninstall --pin-dir DIR` removes them later.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    pub cleanup_on_exit: bool,
 }
 
 /// `--direction`, as a bit set of `mirror_common::DIR_*` for the kernel.

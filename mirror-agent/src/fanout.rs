@@ -111,6 +111,11 @@ impl Fanout {
         }
     }
 
+    /// Every policy's outputs, in a fixed order.
+    pub fn exporters(&self) -> impl Iterator<Item = &Exporter> {
+        self.policies.iter().flat_map(|p| &p.exporters)
+    }
+
     pub fn flush(&mut self) {
         for exporter in self.policies.iter_mut().flat_map(|p| &mut p.exporters) {
             exporter.flush();

@@ -1,30 +1,41 @@
 //! Ownership of everything the agent puts in the kernel: the loaded eBPF
 //! object, its maps, and every TC attachment. Dropping [`Hooks`] detaches all
-//! of it, so no exit path (error, signal, panic unwind) leaves a hook behind.
+//! of it, so no exit path (error, signal, panic unwind) leaves a hook behind,
+//! unless it was told to keep its pins ([`Hooks::keep_pins`]): then the
+//! pinned links and maps stay, hooks keep filling the ring buffer, and the
+//! next agent adopts them (see [`crate::pin`]).
+
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap, HashSet},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, TcHandle},
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
 use mirror_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, IfaceConfig, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
-    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES,
-    MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS,
+    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS,
+    MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cli::AttachMode,
     kfilter::Compiled,
+    pin::{LinkKey, PinDir, PinError},
     qdisc::{self, Action, QdiscError},
     record::{IfIndex, PolicyId},
+    ringbuf::{Ring, RingError},
 };
 
 /// The eBPF object built by build.rs from `mirror-ebpf`.
@@ -67,6 +78,19 @@ pub enum HookError {
     TooManyInterfaces,
     #[error("policy id {0} is out of range (at most {MAX_POLICIES} policies)")]
     TooManyPolicies(u32),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("pinning the hook on {interface}: {reason}")]
+    PinLink { interface: String, reason: String },
+    #[error(
+        "{interface}: pinned hooks need tcx (Linux 6.6 or later); netlink filters cannot be \
+         pinned. Drop --pin-dir, or use --attach-mode tcx"
+    )]
+    PinNeedsTcx { interface: String },
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(std::io::Error),
 }
 
 /// A network interface of the agent's namespace, resolved from its name.
@@ -97,56 +121,116 @@ impl Mode {
 }
 
 struct Attachment {
-    prog: &'static str,
-    link: SchedClassifierLinkId,
+    key: LinkKey,
+    /// Dropping it detaches, unless it is pinned.
+    link: SchedClassifierLink,
+    pin: Option<PathBuf>,
+}
+
+/// What adoption found and did, for the log and the tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Adopted {
+    /// Hooks taken over from pins, their program replaced atomically.
+    pub links: usize,
+    /// Hooks pinned for interfaces no longer asked for, removed.
+    pub removed: usize,
+    /// Map sets of other ABI versions retired, and what their rings still held.
+    pub other_abis: usize,
+    pub abandoned_records: u64,
 }
 
 pub struct Hooks {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
-    slots: u32,
+    /// Counter slot of each configured interface; carried over from pinned
+    /// config, so an adopted interface keeps its counters.
+    slots: StdHashMap<IfIndex, Slot>,
+    pins: Option<PinDir>,
+    keep_pins: bool,
+    /// Hooks taken over from pins so far.
+    adopted: usize,
 }
 
 impl Hooks {
-    /// Loads the object and both programs; attaches nothing yet.
-    pub fn load(ring_bytes: u32) -> Result<Self, HookError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_RECORDS, ring_bytes)
-            .load(EBPF_OBJECT)?;
+    /// Loads the object and both programs; attaches nothing yet. With a pin
+    /// directory, maps already pinned there for this ABI version are used
+    /// (with what they hold: config, counters, records not yet read), and
+    /// new ones are pinned.
+    pub fn load(ring_bytes: u32, pins: Option<PinDir>) -> Result<Self, HookError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_RECORDS, ring_bytes);
+        let paths: Vec<(&str, PathBuf)> = match &pins {
+            Some(p) => MAPS.iter().map(|m| (*m, p.map(m))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for prog in [PROG_INGRESS, PROG_EGRESS] {
             classifier(&mut ebpf, prog)?
                 .load()
                 .map_err(|source| HookError::Program { prog, source })?;
         }
-        Ok(Self {
+        let mut hooks = Self {
             ebpf,
             attachments: Vec::new(),
-            slots: 0,
-        })
+            slots: StdHashMap::new(),
+            pins,
+            keep_pins: false,
+            adopted: 0,
+        };
+        let config: HashMap<_, u32, IfaceConfig> = hooks.map_ref(MAP_CONFIG)?;
+        let pinned = config
+            .iter()
+            .map(|e| e.map(|(ifindex, c)| (IfIndex(ifindex), Slot(c.counter_slot))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| map_err(MAP_CONFIG, source))?;
+        hooks.slots.extend(pinned);
+        Ok(hooks)
+    }
+
+    /// On drop (and [`Hooks::release`]), leave pinned hooks and maps in place
+    /// for the next agent instead of removing them.
+    pub fn keep_pins(&mut self, keep: bool) {
+        self.keep_pins = keep;
     }
 
     /// Writes an interface's config (before attaching, so the hook never runs
-    /// without it) and gives it a fresh counter slot.
+    /// without it) and gives it a counter slot: its own if it had one (an
+    /// adopted interface), else a free one, zeroed.
     pub fn configure(
         &mut self,
         iface: &Interface,
         mut config: IfaceConfig,
     ) -> Result<Slot, HookError> {
-        if self.slots >= MAX_INTERFACES {
-            return Err(HookError::TooManyInterfaces);
-        }
-        let slot = Slot(self.slots);
-        self.slots += 1;
+        let slot = match self.slots.get(&iface.index) {
+            Some(slot) => *slot,
+            None => {
+                let used: BTreeSet<u32> = self.slots.values().map(|s| s.0).collect();
+                let free = (0..MAX_INTERFACES)
+                    .find(|s| !used.contains(s))
+                    .ok_or(HookError::TooManyInterfaces)?;
+                self.zero_counters(free)?;
+                self.slots.insert(iface.index, Slot(free));
+                Slot(free)
+            }
+        };
         config.counter_slot = slot.0;
-        let map = self
-            .ebpf
-            .map_mut(MAP_CONFIG)
-            .ok_or(HookError::Missing(MAP_CONFIG))?;
-        let mut map: HashMap<_, u32, IfaceConfig> =
-            HashMap::try_from(map).map_err(|source| map_err(MAP_CONFIG, source))?;
+        let mut map: HashMap<_, u32, IfaceConfig> = self.map(MAP_CONFIG)?;
         map.insert(iface.index.0, config, 0)
             .map_err(|source| map_err(MAP_CONFIG, source))?;
         Ok(slot)
+    }
+
+    fn zero_counters(&mut self, slot: u32) -> Result<(), HookError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| HookError::Cpus(e))?;
+        let zeros =
+            PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(HookError::Cpus)?;
+        let mut counters: PerCpuArray<_, Counters> = self.map(MAP_COUNTERS)?;
+        counters
+            .set(slot, zeros, 0)
+            .map_err(|source| map_err(MAP_COUNTERS, source))
     }
 
     /// Writes a policy's kernel prefilter (before any of its interfaces is
@@ -165,13 +249,13 @@ impl Hooks {
             (MAP_LPM_SRC4, &compiled.src4),
             (MAP_LPM_DST4, &compiled.dst4),
         ] {
-            self.lpm_insert(name, entries)?;
+            self.lpm_replace(name, id, entries, |k| k.policy)?;
         }
         for (name, entries) in [
             (MAP_LPM_SRC6, &compiled.src6),
             (MAP_LPM_DST6, &compiled.dst6),
         ] {
-            self.lpm_insert(name, entries)?;
+            self.lpm_replace(name, id, entries, |k| k.policy)?;
         }
         let mut policies: Array<_, mirror_common::PolicyFilter> = self.map(MAP_POLICIES)?;
         policies
@@ -179,17 +263,43 @@ impl Hooks {
             .map_err(|source| map_err(MAP_POLICIES, source))
     }
 
-    fn lpm_insert<K: Pod>(
+    /// Inserts a policy's prefixes, then removes any others of that policy
+    /// (left by an earlier agent's version of it, in pinned maps): in that
+    /// order, a running hook never sees the policy with none.
+    fn lpm_replace<K: Pod + PartialEq>(
         &mut self,
         name: &'static str,
+        id: PolicyId,
         entries: &[(u32, K, u64)],
+        policy_of: impl Fn(&K) -> [u8; 4],
     ) -> Result<(), HookError> {
         let mut trie: LpmTrie<_, K, u64> = self.map(name)?;
         for (prefix_len, key, bits) in entries {
             trie.insert(&Key::new(*prefix_len, *key), bits, 0)
                 .map_err(|source| map_err(name, source))?;
         }
+        let stale: Vec<Key<K>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                policy_of(&k.data()) == id.0.to_be_bytes()
+                    && !entries
+                        .iter()
+                        .any(|(len, key, _)| *len == k.prefix_len() && *key == k.data())
+            })
+            .collect();
+        for key in stale {
+            trie.remove(&key).map_err(|source| map_err(name, source))?;
+        }
         Ok(())
+    }
+
+    fn map_ref<'a, T>(&'a self, name: &'static str) -> Result<T, HookError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(HookError::Missing(name))?;
+        T::try_from(map).map_err(|source| map_err(name, source))
     }
 
     /// A typed view of one of our maps.
@@ -227,6 +337,11 @@ impl Hooks {
         kind: TcAttachType,
         mode: AttachMode,
     ) -> Result<Mode, HookError> {
+        let key = LinkKey::new(iface.index, kind);
+        if let Some(adopted) = self.adopt(iface, prog, key)? {
+            self.attachments.push(adopted);
+            return Ok(Mode::Tcx);
+        }
         let program = classifier(&mut self.ebpf, prog)?;
         let attach_err = |mode: Mode| {
             let interface = iface.name.clone();
@@ -244,12 +359,14 @@ impl Hooks {
                 TcAttachOptions::TcxOrder(LinkOrder::first()),
             );
             match tcx {
-                Ok(link) => {
-                    self.attachments.push(Attachment { prog, link });
+                Ok(id) => {
+                    let link = program.take_link(id).map_err(attach_err(Mode::Tcx))?;
+                    let attachment = self.pin(iface, key, link)?;
+                    self.attachments.push(attachment);
                     debug!(interface = %iface.name, ?kind, "attached with tcx");
                     return Ok(Mode::Tcx);
                 }
-                Err(source) if mode == AttachMode::Tcx => {
+                Err(source) if mode == AttachMode::Tcx || self.pins.is_some() => {
                     return Err(attach_err(Mode::Tcx)(source));
                 }
                 Err(source) => {
@@ -257,9 +374,14 @@ impl Hooks {
                 }
             }
         }
+        if self.pins.is_some() {
+            return Err(HookError::PinNeedsTcx {
+                interface: iface.name.clone(),
+            });
+        }
         netlink_qdisc(iface, kind)?;
         let program = classifier(&mut self.ebpf, prog)?;
-        let link = program
+        let id = program
             .attach_with_options(
                 &iface.name,
                 kind,
@@ -270,33 +392,182 @@ impl Hooks {
                 }),
             )
             .map_err(attach_err(Mode::Netlink))?;
-        self.attachments.push(Attachment { prog, link });
+        let link = program.take_link(id).map_err(attach_err(Mode::Netlink))?;
+        self.attachments.push(Attachment {
+            key,
+            link,
+            pin: None,
+        });
         debug!(interface = %iface.name, ?kind, "attached with netlink cls_bpf");
         Ok(Mode::Netlink)
     }
 
-    /// Detaches every hook, keeping the maps so the ring can still be drained
-    /// and the counters read. Failures are logged: the rest still detach.
+    /// Takes over a hook an earlier agent pinned for this interface and
+    /// direction, moving it onto our program in one atomic link update: the
+    /// interface is never without a hook. A pin whose link is gone (its
+    /// interface was deleted and this index reused) is removed instead.
+    fn adopt(
+        &mut self,
+        iface: &Interface,
+        prog: &'static str,
+        key: LinkKey,
+    ) -> Result<Option<Attachment>, HookError> {
+        let Some(path) = self.pins.as_ref().map(|p| p.link(key)) else {
+            return Ok(None);
+        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        let pin_err = |reason: String| HookError::PinLink {
+            interface: iface.name.clone(),
+            reason,
+        };
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| pin_err(e.to_string()))?;
+        let adopted = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|e| e.to_string())
+            .and_then(|link| {
+                let program = classifier(&mut self.ebpf, prog).map_err(|e| e.to_string())?;
+                let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+                program.take_link(id).map_err(|e| e.to_string())
+            });
+        match adopted {
+            Ok(link) => {
+                self.adopted += 1;
+                debug!(interface = %iface.name, kind = ?key.kind(), "adopted pinned hook");
+                Ok(Some(Attachment {
+                    key,
+                    link,
+                    pin: Some(path),
+                }))
+            }
+            Err(reason) => {
+                warn!(interface = %iface.name, %reason, "pinned hook is gone; attaching anew");
+                std::fs::remove_file(&path).map_err(|e| pin_err(e.to_string()))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Pins a fresh tcx link, if the agent pins at all.
+    fn pin(
+        &self,
+        iface: &Interface,
+        key: LinkKey,
+        link: SchedClassifierLink,
+    ) -> Result<Attachment, HookError> {
+        let Some(path) = self.pins.as_ref().map(|p| p.link(key)) else {
+            return Ok(Attachment {
+                key,
+                link,
+                pin: None,
+            });
+        };
+        let pin_err = |reason: String| HookError::PinLink {
+            interface: iface.name.clone(),
+            reason,
+        };
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
+        let pinned = fd.pin(&path).map_err(|e| pin_err(e.to_string()))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|e| pin_err(e.to_string()))?;
+        Ok(Attachment {
+            key,
+            link,
+            pin: Some(path),
+        })
+    }
+
+    /// After attaching everything asked for: removes pinned hooks and config
+    /// of interfaces no longer asked for, and retires the maps of other ABI
+    /// versions (their hooks have been moved onto ours by now).
+    pub fn settle_pins(&mut self) -> Result<Adopted, HookError> {
+        let mut adopted = Adopted {
+            links: self.adopted,
+            ..Adopted::default()
+        };
+        let Some(pins) = &self.pins else {
+            return Ok(Adopted::default());
+        };
+        let ours: HashSet<LinkKey> = self.attachments.iter().map(|a| a.key).collect();
+        for key in pins.links()? {
+            if ours.contains(&key) {
+                continue;
+            }
+            // Unpinning the only reference detaches it.
+            let path = pins.link(key);
+            std::fs::remove_file(&path).map_err(|source| PinError::Io { path, source })?;
+            adopted.removed += 1;
+        }
+        let configured: HashSet<IfIndex> = self.attachments.iter().map(|a| a.key.ifindex).collect();
+        for (version, dir) in pins.other_abis()? {
+            let records = other_ring_records(&dir);
+            warn!(version, records, dir = %dir.display(), "retiring the maps of another ABI version; records still in its ring are not read");
+            PinDir::remove_maps(&dir)?;
+            adopted.other_abis += 1;
+            adopted.abandoned_records += records;
+        }
+        let stale: Vec<IfIndex> = self
+            .slots
+            .keys()
+            .filter(|i| !configured.contains(i))
+            .copied()
+            .collect();
+        let mut config: HashMap<_, u32, IfaceConfig> = self.map(MAP_CONFIG)?;
+        for ifindex in &stale {
+            // Gone already if another agent removed it.
+            let _ = config.remove(&ifindex.0);
+        }
+        for ifindex in stale {
+            self.slots.remove(&ifindex);
+        }
+        Ok(adopted)
+    }
+
+    /// Detaches every hook (or, keeping pins, lets go of them: they stay
+    /// attached), keeping the maps so the ring can still be drained and the
+    /// counters read. Failures are logged: the rest still go.
     pub fn detach_all(&mut self) {
-        for Attachment { prog, link } in self.attachments.drain(..) {
-            match classifier(&mut self.ebpf, prog) {
-                Ok(program) => {
-                    if let Err(error) = program.detach(link) {
-                        warn!(%error, prog, "detaching failed");
+        for Attachment { key, link, pin } in self.attachments.drain(..) {
+            match pin {
+                Some(_) if self.keep_pins => {}
+                Some(path) => {
+                    if let Err(error) = std::fs::remove_file(&path) {
+                        warn!(%error, path = %path.display(), "unpinning failed");
                     }
                 }
-                Err(error) => warn!(%error, "detaching failed"),
+                None => {}
+            }
+            // Dropping detaches a link that is no longer pinned.
+            drop(link);
+            debug!(ifindex = key.ifindex.0, kind = ?key.kind(), "released hook");
+        }
+    }
+
+    /// After [`Hooks::detach_all`]: removes the pinned maps too, unless pins
+    /// are kept. The maps themselves live on while this object holds them.
+    pub fn remove_pins(&mut self) {
+        if self.keep_pins {
+            return;
+        }
+        if let Some(pins) = self.pins.take() {
+            let root = pins.root().to_owned();
+            match pins.remove_all() {
+                Ok(()) => info!(pin_dir = %root.display(), "removed pins"),
+                Err(error) => warn!(%error, "removing pins failed"),
             }
         }
     }
 
     /// Hands the ring buffer to its reader.
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
+    pub fn take_ring(&mut self) -> Result<Ring, HookError> {
         let map = self
             .ebpf
             .take_map(MAP_RECORDS)
             .ok_or(HookError::Missing(MAP_RECORDS))?;
-        RingBuf::try_from(map).map_err(|source| map_err(MAP_RECORDS, source))
+        let aya::maps::Map::RingBuf(data) = map else {
+            return Err(HookError::Missing(MAP_RECORDS));
+        };
+        Ok(Ring::new(data)?)
     }
 
     /// One interface's counters, summed over CPUs.
@@ -322,6 +593,19 @@ impl Drop for Hooks {
     fn drop(&mut self) {
         // Dropping the Ebpf object would detach too; doing it here logs failures.
         self.detach_all();
+        self.remove_pins();
+    }
+}
+
+/// How many records a retired ring of another ABI version still holds
+/// (their layout is not ours, but the ring's own framing is the kernel's).
+fn other_ring_records(dir: &std::path::Path) -> u64 {
+    let Ok(map) = MapData::from_pin(dir.join(MAP_RECORDS)) else {
+        return 0;
+    };
+    match Ring::new(map) {
+        Ok(mut ring) => ring.read(|_| {}) as u64,
+        Err(_) => 0,
     }
 }
 

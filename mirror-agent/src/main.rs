@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use mirror_agent::{attach, cli, collect};
+use mirror_agent::{attach, cli, collect, uninstall};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         cli::Command::Attach(args) => attach::run(args).map_err(|e| (e.to_string(), e.exit_code())),
         cli::Command::Collect(args) => {
             collect::run(args).map_err(|e| (e.to_string(), e.exit_code()))
+        }
+        cli::Command::Uninstall(args) => {
+            uninstall::run(&args).map_err(|e| (e.to_string(), e.exit_code()))
         }
     };
     match result {

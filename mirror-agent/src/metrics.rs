@@ -14,7 +14,6 @@
 mod agent;
 mod collector;
 mod http;
-mod ring;
 mod text;
 
 use std::{
@@ -33,7 +32,6 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::{
     agent::AgentMetrics,
     collector::collect_families,
-    ring::RingFill,
     text::{Family, Kind, Sample, encode},
 };
 

@@ -22,6 +22,18 @@ pub const MAP_LPM_SRC4: &str = "MIRROR_LPM_SRC4";
 pub const MAP_LPM_DST4: &str = "MIRROR_LPM_DST4";
 pub const MAP_LPM_SRC6: &str = "MIRROR_LPM_SRC6";
 pub const MAP_LPM_DST6: &str = "MIRROR_LPM_DST6";
+/// Every map, as pinned by name under the agent's pin directory.
+pub const MAPS: [&str; 9] = [
+    MAP_CONFIG,
+    MAP_COUNTERS,
+    MAP_RECORDS,
+    MAP_POLICIES,
+    MAP_RULES,
+    MAP_LPM_SRC4,
+    MAP_LPM_DST4,
+    MAP_LPM_SRC6,
+    MAP_LPM_DST6,
+];
 /// Program names.
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";

@@ -88,6 +88,8 @@ pub struct Context<'a> {
     pub snaplen: u32,
     pub mark: SocketMark,
     pub queue_bytes: usize,
+    /// Woken whenever an output finishes a batch.
+    pub progress: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,7 @@ impl Exporter {
     /// resolved) and starts its sender thread. TCP and TLS collectors are
     /// connected by the sender, which retries until they answer.
     pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Self, ExportError> {
-        let (outbox, inbox) = queue::channel(ctx.queue_bytes);
+        let (outbox, inbox) = queue::channel(ctx.queue_bytes, ctx.progress.clone());
         let stats = Arc::new(Stats::default());
         let (encoder, thread) = match output {
             Output::Tunnel { tunnel, to, mtu } => {
@@ -159,6 +161,11 @@ impl Exporter {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Batches handed to the sender so far, and how many it has finished.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.outbox.handed(), self.outbox.finished())
     }
 
     /// Bytes waiting in this exporter's queue.

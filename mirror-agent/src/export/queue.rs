@@ -2,12 +2,16 @@
 //! whole batches of encoded packets, bounded in bytes. The drain side never
 //! waits: a batch that would overflow the bound is dropped and counted.
 //! Emptied batches travel back for reuse, so steady state allocates nothing.
+//! Both ends count whole batches (handed over, finished), so the drain knows
+//! when what it read has been sent and its ring space can be released.
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
     mpsc::{self, Receiver, Sender, SyncSender, TrySendError},
 };
+
+use tokio::sync::Notify;
 
 use super::Stats;
 
@@ -51,6 +55,9 @@ pub struct Outbox {
     queued: Arc<AtomicUsize>,
     queued_packets: Arc<AtomicUsize>,
     limit: usize,
+    /// Batches handed to the sender so far.
+    handed: u64,
+    finished: Arc<AtomicU64>,
     pub current: Batch,
 }
 
@@ -60,13 +67,17 @@ pub struct Inbox {
     back: Sender<Batch>,
     queued: Arc<AtomicUsize>,
     queued_packets: Arc<AtomicUsize>,
+    finished: Arc<AtomicU64>,
+    /// Woken after each finished batch: the drain may release ring space.
+    progress: Arc<Notify>,
 }
 
-pub fn channel(limit_bytes: usize) -> (Outbox, Inbox) {
+pub fn channel(limit_bytes: usize, progress: Arc<Notify>) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::sync_channel(CHANNEL_BATCHES);
     let (back_tx, back_rx) = mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let queued_packets = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
     (
         Outbox {
             tx: Some(tx),
@@ -74,6 +85,8 @@ pub fn channel(limit_bytes: usize) -> (Outbox, Inbox) {
             queued: queued.clone(),
             queued_packets: queued_packets.clone(),
             limit: limit_bytes,
+            handed: 0,
+            finished: finished.clone(),
             current: Batch::default(),
         },
         Inbox {
@@ -81,6 +94,8 @@ pub fn channel(limit_bytes: usize) -> (Outbox, Inbox) {
             back: back_tx,
             queued,
             queued_packets,
+            finished,
+            progress,
         },
     )
 }
@@ -104,15 +119,26 @@ impl Outbox {
         let batch = std::mem::replace(&mut self.current, next);
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.queued_packets.fetch_add(packets, Ordering::Relaxed);
-        if let Err(TrySendError::Full(mut b) | TrySendError::Disconnected(mut b)) =
-            tx.try_send(batch)
-        {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            self.queued_packets.fetch_sub(packets, Ordering::Relaxed);
-            stats.add_queue_full(packets);
-            b.clear();
-            self.current = b;
+        match tx.try_send(batch) {
+            Ok(()) => self.handed += 1,
+            Err(TrySendError::Full(mut b) | TrySendError::Disconnected(mut b)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                self.queued_packets.fetch_sub(packets, Ordering::Relaxed);
+                stats.add_queue_full(packets);
+                b.clear();
+                self.current = b;
+            }
         }
+    }
+
+    /// Batches handed to the sender so far.
+    pub fn handed(&self) -> u64 {
+        self.handed
+    }
+
+    /// Batches the sender has finished (sent, or given up on and counted).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// Bytes waiting for the sender.
@@ -144,5 +170,7 @@ impl Inbox {
             .fetch_sub(batch.packets.len(), Ordering::Relaxed);
         batch.clear();
         let _ = self.back.send(batch);
+        self.finished.fetch_add(1, Ordering::Release);
+        self.progress.notify_one();
     }
 }

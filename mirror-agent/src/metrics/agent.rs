@@ -7,9 +7,10 @@ use crate::{
     fanout::Fanout,
     hooks::{Hooks, Interface, Slot},
     plan::Planned,
+    ringbuf::Ring,
 };
 
-use super::{Family, Kind, RingFill};
+use super::{Family, Kind};
 
 struct Hooked {
     interface: String,
@@ -20,17 +21,10 @@ struct Hooked {
 /// What a scrape of `attach` needs besides the live state.
 pub struct AgentMetrics {
     hooked: Vec<Hooked>,
-    ring: Option<RingFill>,
-    ring_size: u32,
 }
 
 impl AgentMetrics {
-    pub fn new(
-        plan: &[Planned],
-        slots: &[(Interface, Slot)],
-        ring: Option<RingFill>,
-        ring_size: u32,
-    ) -> Self {
+    pub fn new(plan: &[Planned], slots: &[(Interface, Slot)]) -> Self {
         let hooked = slots
             .iter()
             .map(|(iface, slot)| Hooked {
@@ -42,16 +36,18 @@ impl AgentMetrics {
                 slot: *slot,
             })
             .collect();
-        Self {
-            hooked,
-            ring,
-            ring_size,
-        }
+        Self { hooked }
     }
 
     /// Every family, as of now. `attached` is the number of hooked
     /// interfaces (all of them while the drain loop runs).
-    pub fn families(&self, hooks: &Hooks, fanout: &Fanout, attached: usize) -> Vec<Family> {
+    pub fn families(
+        &self,
+        hooks: &Hooks,
+        fanout: &Fanout,
+        ring: &Ring,
+        attached: usize,
+    ) -> Vec<Family> {
         let mut f = Families::new();
         for h in &self.hooked {
             // A failed read leaves the interface out of this scrape rather
@@ -117,18 +113,9 @@ impl AgentMetrics {
             .with(&[("reason", "malformed")], fanout.stats.malformed);
         f.delivered.with(&[], fanout.stats.delivered);
         f.attached.with(&[], attached as u64);
-        f.ring_size.with(&[], u64::from(self.ring_size));
-        let mut all = f.into_vec();
-        if let Some(ring) = &self.ring {
-            let mut pending = Family::new(
-                "mirror_ring_buffer_pending_bytes",
-                "Bytes the hooks have written into the ring buffer and the agent not yet read.",
-                Kind::Gauge,
-            );
-            pending.with(&[], ring.pending());
-            all.push(pending);
-        }
-        all
+        f.ring_size.with(&[], ring.size());
+        f.ring_pending.with(&[], ring.pending());
+        f.into_vec()
     }
 }
 
@@ -147,6 +134,7 @@ struct Families {
     queue_bytes: Family,
     attached: Family,
     ring_size: Family,
+    ring_pending: Family,
 }
 
 impl Families {
@@ -226,6 +214,12 @@ impl Families {
                 "Size of the BPF ring buffer.",
                 Gauge,
             ),
+            ring_pending: Family::new(
+                "mirror_ring_buffer_pending_bytes",
+                "Bytes in the ring buffer not yet released: written by the hooks and not yet \
+                 read, or read and not yet sent by every output.",
+                Gauge,
+            ),
         }
     }
 
@@ -245,6 +239,7 @@ impl Families {
             self.queue_bytes,
             self.attached,
             self.ring_size,
+            self.ring_pending,
         ]
     }
 }

@@ -1,0 +1,219 @@
+//! A BPF ring-buffer consumer over the ring's own memory mappings.
+//!
+//! Written by hand because aya's `RingBuf` releases each record as soon as it
+//! is read, and the agent must release records only once its outputs have
+//! sent them: a record that has been read but not yet sent stays in the ring,
+//! so an agent killed at any moment loses nothing a restarted agent cannot
+//! read again. The layout is the kernel's (kernel/bpf/ringbuf.c), as libbpf
+//! reads it: the consumer position page (read-write) at offset 0, then the
+//! producer position page and the data pages, mapped twice in a row so that
+//! a record that wraps around is contiguous.
+
+use std::{
+    ffi::c_void,
+    num::NonZeroUsize,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+};
+
+use aya::maps::MapData;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+/// The kernel's record header: length with two flag bits, then a page offset.
+const HEADER: u64 = 8;
+const BUSY: u32 = 1 << 31;
+const DISCARD: u32 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("reading the ring buffer's size: {0}")]
+    Info(#[from] aya::maps::MapError),
+    #[error("the ring buffer's size {0} is not a power of two")]
+    Size(u32),
+    #[error("mapping the ring buffer: {0}")]
+    Map(#[from] nix::Error),
+}
+
+pub struct Ring {
+    map: MapData,
+    consumer: NonNull<c_void>,
+    producer: NonNull<c_void>,
+    page: NonZeroUsize,
+    data_len: usize,
+    mask: u64,
+    /// Where the next unread record starts; the kernel's consumer position
+    /// (what is released) trails it until [`Ring::release`].
+    read: u64,
+}
+
+// SAFETY: the mappings belong to this value alone and live until Drop; the
+// shared words in them are only accessed atomically.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    pub fn new(map: MapData) -> Result<Self, RingError> {
+        let size = map.info()?.max_entries();
+        if !size.is_power_of_two() {
+            return Err(RingError::Size(size));
+        }
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
+            .and_then(|p| usize::try_from(p).ok())
+            .and_then(NonZeroUsize::new)
+            .ok_or(nix::Error::EINVAL)?;
+        let data_len = size as usize;
+        let page_offset = i64::try_from(page.get()).map_err(|_| nix::Error::EINVAL)?;
+        let fd = map.fd().as_fd();
+        // SAFETY: fresh shared mappings of the map's fd at addresses the kernel
+        // picks; nothing else refers to them.
+        let consumer = unsafe {
+            mmap(
+                None,
+                page,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }?;
+        let producer_len = page
+            .checked_add(2 * data_len)
+            .ok_or(nix::Error::EOVERFLOW)?;
+        // SAFETY: as above.
+        let producer = match unsafe {
+            mmap(
+                None,
+                producer_len,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                fd,
+                page_offset,
+            )
+        } {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: mapped just above with this length, not used since.
+                let _ = unsafe { munmap(consumer, page.get()) };
+                return Err(e.into());
+            }
+        };
+        let mut ring = Self {
+            map,
+            consumer,
+            producer,
+            page,
+            data_len,
+            mask: u64::from(size) - 1,
+            read: 0,
+        };
+        // Records a previous agent read but never released are read again.
+        ring.read = ring.consumer_pos().load(Ordering::Acquire);
+        Ok(ring)
+    }
+
+    fn consumer_pos(&self) -> &AtomicU64 {
+        // SAFETY: the page is mapped while self lives, page-aligned, and starts
+        // with the kernel's u64 consumer position.
+        unsafe { &*self.consumer.cast::<AtomicU64>().as_ptr() }
+    }
+
+    fn producer_pos(&self) -> &AtomicU64 {
+        // SAFETY: as consumer_pos, for the producer page.
+        unsafe { &*self.producer.cast::<AtomicU64>().as_ptr() }
+    }
+
+    /// Hands every complete record after the read position to `f`, in order,
+    /// and moves the read position past them. Stops at a record the kernel is
+    /// still writing. Nothing is released; returns how many were read.
+    pub fn read(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let producer = self.producer_pos().load(Ordering::Acquire);
+        let data = self
+            .producer
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(self.page.get());
+        let mut n = 0;
+        while self.read < producer {
+            let offset = (self.read & self.mask) as usize;
+            // SAFETY: offset < data_len, and the header is 8-byte aligned inside
+            // the data pages, which are mapped while self lives.
+            let header = unsafe { &*data.add(offset).cast::<AtomicU32>() };
+            let len = header.load(Ordering::Acquire);
+            if len & BUSY != 0 {
+                break;
+            }
+            let body = u64::from(len & !(BUSY | DISCARD));
+            if body > self.mask {
+                // A length no record can have: the mapping is not what we
+                // think; stop rather than read out of bounds.
+                break;
+            }
+            self.read += (body + HEADER).next_multiple_of(8);
+            if len & DISCARD == 0 {
+                // SAFETY: the record's body follows its header and, with the
+                // data mapped twice in a row, is contiguous even where it wraps:
+                // offset + 8 + body < 2 * data_len.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(data.add(offset + HEADER as usize), body as usize)
+                };
+                f(bytes);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Where reading has got to; pass it to [`Ring::release`] once what was
+    /// read before it has been sent.
+    pub fn position(&self) -> u64 {
+        self.read
+    }
+
+    /// Gives the space of every record before `position` back to the kernel.
+    pub fn release(&self, position: u64) {
+        let position = position.min(self.read);
+        if position > self.consumer_pos().load(Ordering::Relaxed) {
+            self.consumer_pos().store(position, Ordering::Release);
+        }
+    }
+
+    /// Bytes the hooks have written and the agent not yet released.
+    pub fn pending(&self) -> u64 {
+        let consumer = self.consumer_pos().load(Ordering::Acquire);
+        self.producer_pos()
+            .load(Ordering::Acquire)
+            .saturating_sub(consumer)
+    }
+
+    /// Bytes read but not yet released.
+    pub fn held(&self) -> u64 {
+        self.read
+            .saturating_sub(self.consumer_pos().load(Ordering::Relaxed))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.data_len as u64
+    }
+}
+
+impl AsRawFd for Ring {
+    fn as_raw_fd(&self) -> RawFd {
+        self.map.fd().as_fd().as_raw_fd()
+    }
+}
+
+impl AsFd for Ring {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.map.fd().as_fd()
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with these lengths; never used after.
+        unsafe {
+            let _ = munmap(self.consumer, self.page.get());
+            let _ = munmap(self.producer, self.page.get() + 2 * self.data_len);
+        }
+    }
+}
