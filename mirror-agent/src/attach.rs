@@ -1,31 +1,26 @@
 //! `mirror-agent attach`: mirror named interfaces of this network namespace
 //! into pcapng until SIGINT or SIGTERM, then detach and report.
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use caps::{CapSet, Capability};
-use mirror_common::{Counters, IfaceConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
     cli::AttachArgs,
-    export::{self, Exporter, SocketMark, Stats},
-    fanout::{Fanout, PolicyStats, Running},
-    hooks::{HookError, Hooks, Interface, Slot},
-    kfilter,
-    metrics::{self, AgentMetrics, Endpoint, MetricsError, Requests, Source},
+    export::{self, SocketMark},
+    hooks::HookError,
+    metrics::{self, Endpoint, MetricsError, Requests, Source},
+    mirror::{Mirror, Settings},
     output::{Output, Tunnel},
     pin::{PinDir, PinError},
     plan::{self, Planned},
-    pump::Pump,
-    ratelimit::RateLimiter,
-    record::{IfIndex, WallClock},
+    record::WallClock,
 };
+
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
 const IDLE_DRAIN: Duration = Duration::from_millis(200);
-/// How long shutdown waits for each output to send what it holds.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -67,7 +62,7 @@ impl AttachError {
     }
 }
 
-fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> AttachError {
+pub(crate) fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> AttachError {
     move |source| AttachError::Io { context, source }
 }
 
@@ -141,89 +136,31 @@ async fn mirror(
 ) -> Result<(), AttachError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP"))?;
 
-    // Outputs first: a bad path or an unresolvable collector attaches nothing.
-    let mark = SocketMark {
-        value: args.socket_mark.value,
-        mask: args.socket_mark.mask,
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let settings = Settings {
+        node: node_name(&args),
+        mark: SocketMark {
+            value: args.socket_mark.value,
+            mask: args.socket_mark.mask,
+        },
+        queue_bytes: args.queue_bytes,
+        attach_mode: args.attach_mode,
+        clock: WallClock::now()
+            .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
+        progress: progress.clone(),
     };
-    let node = node_name(&args);
-    let progress = std::sync::Arc::new(tokio::sync::Notify::new());
-    let mut policies = Vec::with_capacity(plan.len());
-    let mut routes = HashMap::new();
-    for (index, p) in plan.iter().enumerate() {
-        let listed: Vec<(IfIndex, String)> = p
-            .interfaces
-            .iter()
-            .map(|i| (i.index, i.name.clone()))
-            .collect();
-        let ctx = export::Context {
-            node: &node,
-            interfaces: &listed,
-            snaplen: p.snaplen.get(),
-            mark,
-            queue_bytes: args.queue_bytes,
-            progress: progress.clone(),
-        };
-        let exporters = p
-            .outputs
-            .iter()
-            .map(|o| Exporter::open(o, &ctx))
-            .collect::<Result<Vec<_>, _>>()?;
-        let body = p.body.as_ref();
-        let filters = body
-            .map(|b| b.filters())
-            .transpose()
-            .map_err(|e| AttachError::Filter(p.name.clone(), e))?;
-        for (ifindex, name) in listed {
-            routes.insert(ifindex, (name, index));
-        }
-        policies.push(Running {
-            name: p.name.clone(),
-            filters,
-            limiter: body.and_then(|b| RateLimiter::new(&b.rate_limit)),
-            exporters,
-            stats: PolicyStats::default(),
-        });
-    }
-
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
-    let mut hooks = Hooks::load(args.ring_size.get(), pins)?;
-    hooks.keep_pins(!args.cleanup_on_exit);
-    let mut slots: Vec<(Interface, Slot)> = Vec::new();
-    for p in &plan {
-        let rules = p.body.as_ref().map(|b| &b.rules);
-        hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
-        for iface in &p.interfaces {
-            let slot = hooks.configure(
-                iface,
-                IfaceConfig {
-                    policy_id: p.id.0,
-                    directions: p.directions,
-                    snaplen: p.snaplen.get(),
-                    sample_every: p.sample.get(),
-                    counter_slot: 0,
-                    skip_mark: mark.value,
-                    skip_mask: mark.mask,
-                    _pad: 0,
-                },
-            )?;
-            slots.push((iface.clone(), slot));
-        }
-    }
-    let view = AgentMetrics::new(&plan, &slots);
-    let mut pump = Pump::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
-    let clock = WallClock::now()
-        .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?;
-    let mut fanout = Fanout::new(policies, routes, clock);
-    for p in &plan {
-        for iface in &p.interfaces {
-            let mode = hooks.attach(iface, p.directions, args.attach_mode)?;
-            info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
-        }
-    }
-    let adopted = hooks.settle_pins()?;
+    let (mut mirror, adopted) = Mirror::start(
+        &plan,
+        settings,
+        args.ring_size.get(),
+        pins,
+        !args.cleanup_on_exit,
+    )?;
     if let Some(dir) = &args.pin_dir {
+        let (pump, _) = mirror.pump();
         info!(
             pin_dir = %dir.display(),
             adopted = adopted.links,
@@ -236,7 +173,7 @@ async fn mirror(
     }
     info!(
         policies = plan.len(),
-        interfaces = slots.len(),
+        interfaces = mirror.interfaces(),
         outputs = plan.iter().map(|p| p.outputs.len()).sum::<usize>(),
         "mirroring started"
     );
@@ -244,101 +181,48 @@ async fn mirror(
 
     let mut tick = tokio::time::interval(IDLE_DRAIN);
     loop {
+        let (pump, fanout) = mirror.pump();
         tokio::select! {
-            batch = pump.wait(&mut fanout) => batch.map_err(io_err("polling the ring buffer"))?,
-            () = progress.notified() => pump.progress(&mut fanout),
+            batch = pump.wait(fanout) => batch.map_err(io_err("polling the ring buffer"))?,
+            () = progress.notified() => pump.progress(fanout),
             _ = tick.tick() => {
-                pump.poll(&mut fanout);
-                pump.progress(&mut fanout);
+                pump.poll(fanout);
+                pump.progress(fanout);
             }
-            reply = scrapes.next() => reply.send(view.families(&hooks, &fanout, pump.ring(), slots.len())),
+            reply = scrapes.next() => reply.send(mirror.families()),
+            _ = sighup.recv() => reload(&args, &mut mirror),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     metrics::set_ready(endpoint, false);
-
-    // Detach first so nothing new arrives (or, keeping pins, let go of the
-    // hooks, which go on filling the ring for the next agent), then take
-    // what is left in the ring, and release what the outputs sent.
-    hooks.detach_all();
-    pump.poll(&mut fanout);
-    for exporter in fanout.policies.iter_mut().flat_map(|p| &mut p.exporters) {
-        exporter.close(CLOSE_TIMEOUT);
-    }
-    pump.progress(&mut fanout);
-    summarize(&hooks, &slots, &fanout);
-    hooks.remove_pins();
+    mirror.stop();
     Ok(())
 }
 
-fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
-    let mut total = Counters::default();
-    for (iface, slot) in slots {
-        match hooks.counters(*slot) {
-            Ok(c) => {
-                info!(
-                    interface = %iface.name,
-                    seen = c.seen_packets,
-                    mirrored = c.mirrored_packets,
-                    truncated = c.truncated,
-                    sampled_out = c.sampled_out,
-                    own_traffic = c.own_traffic,
-                    filtered = c.filtered,
-                    lost_ring_full = c.ring_full,
-                    lost_copy_failed = c.load_failed,
-                    "summary"
-                );
-                total.add(&c);
-            }
-            Err(error) => warn!(interface = %iface.name, %error, "reading counters failed"),
+/// SIGHUP: read the policy file again and move to it. A file that does not
+/// parse, or whose outputs cannot be opened, changes nothing: the mirror
+/// goes on with the policy it has, and the log says why.
+fn reload(args: &AttachArgs, mirror: &mut Mirror) {
+    let Some(path) = &args.policy else {
+        info!("SIGHUP: no --policy file to reload; nothing changes");
+        return;
+    };
+    let plan = match plan::from_file(path) {
+        Ok(plan) => plan,
+        Err(error) => {
+            warn!(%error, "SIGHUP: the new policy file is refused; keeping the current policy");
+            return;
         }
-    }
-    for p in &fanout.policies {
-        info!(
-            policy = %p.name,
-            rejected_by_rules = p.stats.rejected_by_rules,
-            rejected_by_filter = p.stats.rejected_by_filter,
-            rate_limited = p.stats.rate_limited,
-            "policy summary"
-        );
-    }
-    let mut lost_output = 0;
-    for e in fanout.policies.iter().flat_map(|p| &p.exporters) {
-        let s = e.stats();
-        let (queue_full, send_errors) = (Stats::get(&s.queue_full), Stats::get(&s.send_errors));
-        lost_output += queue_full + send_errors;
-        info!(
-            output = e.name(),
-            sent = Stats::get(&s.sent_packets),
-            sent_bytes = Stats::get(&s.sent_bytes),
-            mtu_truncated = Stats::get(&s.mtu_truncated),
-            lost_queue_full = queue_full,
-            lost_send_error = send_errors,
-            "output summary"
-        );
-    }
-    let stats = &fanout.stats;
-    let lost = total.ring_full + total.load_failed + stats.malformed + lost_output;
-    info!(
-        seen = total.seen_packets,
-        mirrored = total.mirrored_packets,
-        written = stats.delivered,
-        truncated = total.truncated,
-        sampled_out = total.sampled_out,
-        own_traffic = total.own_traffic,
-        filtered = total.filtered,
-        lost,
-        lost_ring_full = total.ring_full,
-        lost_copy_failed = total.load_failed,
-        lost_malformed = stats.malformed,
-        lost_output,
-        "summary total"
-    );
-    if stats.unknown_interface > 0 {
-        warn!(
-            records = stats.unknown_interface,
-            "records from interfaces not asked for"
-        );
+    };
+    match mirror.apply(&plan) {
+        Ok(()) => info!(
+            policies = plan.len(),
+            interfaces = mirror.interfaces(),
+            "policy reloaded"
+        ),
+        Err(error) => {
+            warn!(%error, "SIGHUP: applying the new policy failed; keeping what could not change")
+        }
     }
 }

@@ -122,6 +122,7 @@ impl Mode {
 
 struct Attachment {
     key: LinkKey,
+    mode: Mode,
     /// Dropping it detaches, unless it is pinned.
     link: SchedClassifierLink,
     pin: Option<PathBuf>,
@@ -338,6 +339,9 @@ impl Hooks {
         mode: AttachMode,
     ) -> Result<Mode, HookError> {
         let key = LinkKey::new(iface.index, kind);
+        if let Some(a) = self.attachments.iter().find(|a| a.key == key) {
+            return Ok(a.mode);
+        }
         if let Some(adopted) = self.adopt(iface, prog, key)? {
             self.attachments.push(adopted);
             return Ok(Mode::Tcx);
@@ -395,6 +399,7 @@ impl Hooks {
         let link = program.take_link(id).map_err(attach_err(Mode::Netlink))?;
         self.attachments.push(Attachment {
             key,
+            mode: Mode::Netlink,
             link,
             pin: None,
         });
@@ -436,6 +441,7 @@ impl Hooks {
                 debug!(interface = %iface.name, kind = ?key.kind(), "adopted pinned hook");
                 Ok(Some(Attachment {
                     key,
+                    mode: Mode::Tcx,
                     link,
                     pin: Some(path),
                 }))
@@ -458,6 +464,7 @@ impl Hooks {
         let Some(path) = self.pins.as_ref().map(|p| p.link(key)) else {
             return Ok(Attachment {
                 key,
+                mode: Mode::Tcx,
                 link,
                 pin: None,
             });
@@ -472,6 +479,7 @@ impl Hooks {
             .map_err(|e| pin_err(e.to_string()))?;
         Ok(Attachment {
             key,
+            mode: Mode::Tcx,
             link,
             pin: Some(path),
         })
@@ -527,7 +535,7 @@ impl Hooks {
     /// attached), keeping the maps so the ring can still be drained and the
     /// counters read. Failures are logged: the rest still go.
     pub fn detach_all(&mut self) {
-        for Attachment { key, link, pin } in self.attachments.drain(..) {
+        for Attachment { key, link, pin, .. } in self.attachments.drain(..) {
             match pin {
                 Some(_) if self.keep_pins => {}
                 Some(path) => {
@@ -541,6 +549,28 @@ impl Hooks {
             drop(link);
             debug!(ifindex = key.ifindex.0, kind = ?key.kind(), "released hook");
         }
+    }
+
+    /// Stops mirroring one interface: detaches its hooks (unpinning them,
+    /// kept pins or not: it is no longer wanted) and removes its config.
+    /// An interface that has gone is fine: its hooks went with it.
+    pub fn forget(&mut self, ifindex: IfIndex) -> Result<(), HookError> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| a.key.ifindex == ifindex);
+        self.attachments = kept;
+        for a in gone {
+            if let Some(path) = &a.pin
+                && let Err(error) = std::fs::remove_file(path)
+            {
+                warn!(%error, path = %path.display(), "unpinning failed");
+            }
+        }
+        let mut config: HashMap<_, u32, IfaceConfig> = self.map(MAP_CONFIG)?;
+        // Already gone if its interface was deleted.
+        let _ = config.remove(&ifindex.0);
+        self.slots.remove(&ifindex);
+        Ok(())
     }
 
     /// After [`Hooks::detach_all`]: removes the pinned maps too, unless pins

@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod hooks;
 pub mod kfilter;
 pub mod metrics;
+pub mod mirror;
 pub mod output;
 pub mod pcapfilter;
 pub mod pcapng;

@@ -71,6 +71,14 @@ impl Pump {
         }
     }
 
+    /// The outputs were replaced: what was read so far belongs to the old
+    /// ones, which finish sending it on their own; stop holding it.
+    pub fn forget_holds(&mut self) {
+        self.holds = Holds::default();
+        let ring = self.drain.ring();
+        ring.release(ring.position());
+    }
+
     fn handed_over(&mut self, fanout: &mut Fanout) {
         fanout.flush();
         self.handed.clear();

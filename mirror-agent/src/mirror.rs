@@ -1,0 +1,326 @@
+//! A running mirror: the hooks, the ring-buffer pump, and the fanout to the
+//! outputs, set up from a plan and changed in place when a new plan comes
+//! (`attach` on SIGHUP; `run` on every policy or pod change). Interfaces in
+//! both plans keep their hooks (their config is replaced entry by entry, so
+//! their mirror never stops); others are attached or detached; the outputs
+//! are opened anew and the old ones finish sending in the background.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use mirror_common::{Counters, IfaceConfig};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::{
+    attach::AttachError,
+    cli::AttachMode,
+    export::{self, Exporter, SocketMark, Stats},
+    fanout::{Fanout, PolicyStats, Running},
+    hooks::{Adopted, Hooks, Interface, Slot},
+    kfilter,
+    metrics::{AgentMetrics, Family},
+    pin::PinDir,
+    plan::Planned,
+    pump::Pump,
+    ratelimit::RateLimiter,
+    record::{IfIndex, WallClock},
+};
+
+/// How long shutdown (or a reload, in the background) waits for each output
+/// to send what it holds.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What stays the same from one plan to the next.
+pub struct Settings {
+    pub node: String,
+    pub mark: SocketMark,
+    pub queue_bytes: usize,
+    pub attach_mode: AttachMode,
+    pub clock: WallClock,
+    /// Woken whenever an output finishes a batch.
+    pub progress: Arc<Notify>,
+}
+
+pub struct Mirror {
+    hooks: Hooks,
+    pump: Pump,
+    fanout: Fanout,
+    slots: Vec<(Interface, Slot)>,
+    view: AgentMetrics,
+    settings: Settings,
+}
+
+impl Mirror {
+    /// Outputs first (a bad path or an unresolvable collector attaches
+    /// nothing), then the kernel config, then the hooks.
+    pub fn start(
+        plan: &[Planned],
+        settings: Settings,
+        ring_bytes: u32,
+        pins: Option<PinDir>,
+        keep_pins: bool,
+    ) -> Result<(Self, Adopted), AttachError> {
+        let fanout = open_fanout(plan, &settings)?;
+        let mut hooks = Hooks::load(ring_bytes, pins)?;
+        hooks.keep_pins(keep_pins);
+        let slots = configure(&mut hooks, plan, settings.mark)?;
+        let pump = Pump::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
+        let mut mirror = Self {
+            view: AgentMetrics::new(plan, &slots),
+            hooks,
+            pump,
+            fanout,
+            slots,
+            settings,
+        };
+        mirror.attach(plan)?;
+        let adopted = mirror.hooks.settle_pins()?;
+        Ok((mirror, adopted))
+    }
+
+    fn attach(&mut self, plan: &[Planned]) -> Result<(), AttachError> {
+        for p in plan {
+            for iface in &p.interfaces {
+                let mode = self
+                    .hooks
+                    .attach(iface, p.directions, self.settings.attach_mode)?;
+                info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to a new plan. Fails, changing nothing, if its outputs or
+    /// filters cannot be opened; a kernel failure part-way leaves what was
+    /// done in place (every hook still belongs to this mirror).
+    pub fn apply(&mut self, plan: &[Planned]) -> Result<(), AttachError> {
+        let fanout = open_fanout(plan, &self.settings)?;
+        let wanted: HashMap<IfIndex, &Interface> = plan
+            .iter()
+            .flat_map(|p| &p.interfaces)
+            .map(|i| (i.index, i))
+            .collect();
+        for (iface, _) in &self.slots {
+            if !wanted.contains_key(&iface.index) {
+                self.hooks.forget(iface.index)?;
+                info!(interface = %iface.name, "detached: no longer in the policy");
+            }
+        }
+        // What the old outputs were handed is theirs to finish; read what is
+        // ready into them first, then switch.
+        self.pump.poll(&mut self.fanout);
+        let old = std::mem::replace(&mut self.fanout, fanout);
+        self.pump.forget_holds();
+        close_in_background(old);
+        self.slots = configure(&mut self.hooks, plan, self.settings.mark)?;
+        self.view = AgentMetrics::new(plan, &self.slots);
+        self.attach(plan)
+    }
+
+    pub fn pump(&mut self) -> (&mut Pump, &mut Fanout) {
+        (&mut self.pump, &mut self.fanout)
+    }
+
+    pub fn families(&self) -> Vec<Family> {
+        self.view.families(
+            &self.hooks,
+            &self.fanout,
+            self.pump.ring(),
+            self.slots.len(),
+        )
+    }
+
+    pub fn interfaces(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Detaches (or, keeping pins, lets go of the hooks, which go on filling
+    /// the ring for the next agent), takes what is left in the ring, lets
+    /// the outputs send it, releases it, and logs the summary.
+    pub fn stop(mut self) {
+        self.hooks.detach_all();
+        self.pump.poll(&mut self.fanout);
+        for exporter in self
+            .fanout
+            .policies
+            .iter_mut()
+            .flat_map(|p| &mut p.exporters)
+        {
+            exporter.close(CLOSE_TIMEOUT);
+        }
+        self.pump.progress(&mut self.fanout);
+        summarize(&self.hooks, &self.slots, &self.fanout);
+        self.hooks.remove_pins();
+    }
+}
+
+fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> AttachError {
+    move |source| AttachError::Io { context, source }
+}
+
+/// The outputs, filters and rate limits of a plan, ready to take records.
+fn open_fanout(plan: &[Planned], settings: &Settings) -> Result<Fanout, AttachError> {
+    let mut policies = Vec::with_capacity(plan.len());
+    let mut routes = HashMap::new();
+    for (index, p) in plan.iter().enumerate() {
+        let listed: Vec<(IfIndex, String)> = p
+            .interfaces
+            .iter()
+            .map(|i| (i.index, i.name.clone()))
+            .collect();
+        let ctx = export::Context {
+            node: &settings.node,
+            interfaces: &listed,
+            snaplen: p.snaplen.get(),
+            mark: settings.mark,
+            queue_bytes: settings.queue_bytes,
+            progress: settings.progress.clone(),
+        };
+        let exporters = p
+            .outputs
+            .iter()
+            .map(|o| Exporter::open(o, &ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = p.body.as_ref();
+        let filters = body
+            .map(|b| b.filters())
+            .transpose()
+            .map_err(|e| AttachError::Filter(p.name.clone(), e))?;
+        for (ifindex, name) in listed {
+            routes.insert(ifindex, (name, index));
+        }
+        policies.push(Running {
+            name: p.name.clone(),
+            filters,
+            limiter: body.and_then(|b| RateLimiter::new(&b.rate_limit)),
+            exporters,
+            stats: PolicyStats::default(),
+        });
+    }
+    Ok(Fanout::new(policies, routes, settings.clock))
+}
+
+/// Writes each policy's kernel prefilter and each interface's config, before
+/// any hook of theirs runs.
+fn configure(
+    hooks: &mut Hooks,
+    plan: &[Planned],
+    mark: SocketMark,
+) -> Result<Vec<(Interface, Slot)>, AttachError> {
+    let mut slots = Vec::new();
+    for p in plan {
+        let rules = p.body.as_ref().map(|b| &b.rules);
+        hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
+        for iface in &p.interfaces {
+            let slot = hooks.configure(
+                iface,
+                IfaceConfig {
+                    policy_id: p.id.0,
+                    directions: p.directions,
+                    snaplen: p.snaplen.get(),
+                    sample_every: p.sample.get(),
+                    counter_slot: 0,
+                    skip_mark: mark.value,
+                    skip_mask: mark.mask,
+                    _pad: 0,
+                },
+            )?;
+            slots.push((iface.clone(), slot));
+        }
+    }
+    Ok(slots)
+}
+
+/// The outputs of a replaced plan send what they hold and report, without
+/// holding up the drain loop.
+fn close_in_background(mut old: Fanout) {
+    let spawned = std::thread::Builder::new()
+        .name("old-outputs".into())
+        .spawn(move || {
+            for exporter in old.policies.iter_mut().flat_map(|p| &mut p.exporters) {
+                exporter.close(CLOSE_TIMEOUT);
+            }
+            summarize_outputs(&old);
+        });
+    if let Err(error) = spawned {
+        // The outputs then stop when dropped here, unsent copies uncounted.
+        warn!(%error, "closing the old outputs in the background failed");
+    }
+}
+
+fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
+    let mut total = Counters::default();
+    for (iface, slot) in slots {
+        match hooks.counters(*slot) {
+            Ok(c) => {
+                info!(
+                    interface = %iface.name,
+                    seen = c.seen_packets,
+                    mirrored = c.mirrored_packets,
+                    truncated = c.truncated,
+                    sampled_out = c.sampled_out,
+                    own_traffic = c.own_traffic,
+                    filtered = c.filtered,
+                    lost_ring_full = c.ring_full,
+                    lost_copy_failed = c.load_failed,
+                    "summary"
+                );
+                total.add(&c);
+            }
+            Err(error) => warn!(interface = %iface.name, %error, "reading counters failed"),
+        }
+    }
+    for p in &fanout.policies {
+        info!(
+            policy = %p.name,
+            rejected_by_rules = p.stats.rejected_by_rules,
+            rejected_by_filter = p.stats.rejected_by_filter,
+            rate_limited = p.stats.rate_limited,
+            "policy summary"
+        );
+    }
+    let lost_output = summarize_outputs(fanout);
+    let stats = &fanout.stats;
+    let lost = total.ring_full + total.load_failed + stats.malformed + lost_output;
+    info!(
+        seen = total.seen_packets,
+        mirrored = total.mirrored_packets,
+        written = stats.delivered,
+        truncated = total.truncated,
+        sampled_out = total.sampled_out,
+        own_traffic = total.own_traffic,
+        filtered = total.filtered,
+        lost,
+        lost_ring_full = total.ring_full,
+        lost_copy_failed = total.load_failed,
+        lost_malformed = stats.malformed,
+        lost_output,
+        "summary total"
+    );
+    if stats.unknown_interface > 0 {
+        warn!(
+            records = stats.unknown_interface,
+            "records from interfaces not asked for"
+        );
+    }
+}
+
+/// One line per output; returns the copies they lost.
+fn summarize_outputs(fanout: &Fanout) -> u64 {
+    let mut lost = 0;
+    for e in fanout.exporters() {
+        let s = e.stats();
+        let (queue_full, send_errors) = (Stats::get(&s.queue_full), Stats::get(&s.send_errors));
+        lost += queue_full + send_errors;
+        info!(
+            output = e.name(),
+            sent = Stats::get(&s.sent_packets),
+            sent_bytes = Stats::get(&s.sent_bytes),
+            mtu_truncated = Stats::get(&s.mtu_truncated),
+            lost_queue_full = queue_full,
+            lost_send_error = send_errors,
+            "output summary"
+        );
+    }
+    lost
+}
