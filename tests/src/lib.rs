@@ -7,6 +7,7 @@
 //! only from 198.18.0.0/15 and fd00:198:18::/48.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bpffs;
 pub mod capture;
 pub mod collector;
