@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod cli;
 pub mod collect;
+pub mod discovery;
 pub mod encap;
 pub mod export;
 pub mod fanout;
@@ -12,6 +13,7 @@ pub mod hooks;
 pub mod kfilter;
 pub mod metrics;
 pub mod mirror;
+pub mod netns;
 pub mod output;
 pub mod pcapfilter;
 pub mod pcapng;
