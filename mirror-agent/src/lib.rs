@@ -10,6 +10,7 @@ pub mod encap;
 pub mod export;
 pub mod fanout;
 pub mod hooks;
+pub mod k8s;
 pub mod kfilter;
 pub mod metrics;
 pub mod mirror;

@@ -2,11 +2,14 @@
 
 mod bench;
 mod build;
+mod crds;
 mod demo;
 mod fuzz;
+mod manifests;
 mod paths;
 mod run;
 mod setup;
+mod soak;
 mod stop;
 mod test;
 
@@ -54,11 +57,37 @@ enum Command {
         #[arg(long, default_value_t = bench::DEFAULT_SECONDS)]
         seconds: u64,
     },
+    /// Write deploy/crds/ from the Rust types of mirror_agent::k8s.
+    Crds {
+        /// Write nothing; fail if deploy/crds/ differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Check deploy/: the CRDs are up to date, the plain manifests pass
+    /// kubernetes-validate, and the examples pass check-jsonschema against
+    /// the CRDs' schemas (part of `cargo xtask test`).
+    Manifests,
     /// Run every decoder's cargo-fuzz target (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = fuzz::SHORT_SECONDS)]
         seconds: u64,
+    },
+    /// Mirror steady traffic for minutes with the release agent (bench
+    /// configuration 3: VXLAN to `mirror-agent collect`), sampling its RSS
+    /// and /metrics every 5 s; fails unless RSS grew by less than 10% after
+    /// warm-up and no interval stalled. Writes target/soak/report.md (as
+    /// root; not run in CI).
+    Soak {
+        /// Minutes of mirrored traffic.
+        #[arg(long, default_value_t = soak::DEFAULT_MINUTES, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+        /// Mirror this many 64-byte packets/s. Without it, a quick knee
+        /// search first (the bench's sweep of configuration 3, 2 s per
+        /// point, about a minute) finds the highest rate mirrored ≥ 99.9%
+        /// complete, and the soak runs at half of it.
+        #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
     },
 }
 
@@ -79,6 +108,9 @@ fn main() -> ExitCode {
             seconds,
         }),
         Command::Fuzz { seconds } => fuzz::run(seconds),
+        Command::Crds { check } => crds::run(check),
+        Command::Manifests => manifests::run(),
+        Command::Soak { minutes, rate } => soak::run(&soak::Options { minutes, rate }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,12 +32,39 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
+/// The manifest checkers `cargo xtask test` runs on deploy/, from PyPI,
+/// pinned: kubernetes-validate for the plain manifests, check-jsonschema for
+/// the examples against the CRDs' schemas.
+pub const PYTHON_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("check-jsonschema", "0.39.0"),
+];
+
 pub fn run() -> Result<()> {
-    rust_components("nightly", &["rust-src"])?;
+    agent_toolchain()?;
     rust_components("stable", &["rustfmt", "clippy"])?;
-    bpf_linker()?;
     debian_packages()?;
+    python_tools()?;
     Ok(())
+}
+
+/// What building the agent needs beyond stable Rust: nightly's rust-src and
+/// bpf-linker (its build.rs builds the eBPF crate).
+pub fn agent_toolchain() -> Result<()> {
+    rust_components("nightly", &["rust-src"])?;
+    bpf_linker()
+}
+
+/// The virtual environment of [`PYTHON_TOOLS`], under the target directory:
+/// private to the workspace, gone with `cargo clean`, and no `pip install`
+/// into a Python that other software on the machine uses.
+pub fn python_tools_dir() -> PathBuf {
+    paths::target_dir().join("pytools")
+}
+
+/// The executable of one of [`PYTHON_TOOLS`].
+pub fn python_tool(name: &str) -> PathBuf {
+    python_tools_dir().join("bin").join(name)
 }
 
 fn step(what: &str, status: &str) {
@@ -149,6 +176,44 @@ fn llvm_major() -> Result<u32> {
         .and_then(|v| v.split('.').next())
         .and_then(|m| m.trim().parse().ok())
         .context("rustc +nightly -vV names no LLVM version")
+}
+
+/// [`PYTHON_TOOLS`] in their venv. A stamp file records the pins installed,
+/// so a second run reads one file instead of asking pip.
+pub fn python_tools() -> Result<()> {
+    let names: Vec<&str> = PYTHON_TOOLS.iter().map(|(name, _)| *name).collect();
+    let what = names.join(", ");
+    let pins: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    let want = pins.join("\n");
+    let dir = python_tools_dir();
+    let stamp = dir.join("installed-pins.txt");
+    let complete = names.iter().all(|name| python_tool(name).exists());
+    if complete && fs::read_to_string(&stamp).is_ok_and(|have| have == want) {
+        step(&what, &format!("present ({})", pins.join(", ")));
+        return Ok(());
+    }
+    step(
+        &what,
+        &format!("installing {} into {}", pins.join(" "), dir.display()),
+    );
+    let pip = dir.join("bin/pip");
+    if !pip.exists() {
+        show(Command::new("python3").args(["-m", "venv"]).arg(&dir)).context(
+            "creating a Python venv needs python3 with its venv module \
+             (on Debian: apt-get install python3-venv)",
+        )?;
+    }
+    show(
+        Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&pins),
+    )?;
+    fs::write(&stamp, &want).with_context(|| format!("writing {}", stamp.display()))?;
+    step(&what, "installed");
+    Ok(())
 }
 
 fn debian_packages() -> Result<()> {

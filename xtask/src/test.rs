@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::{bench, build, fuzz, run, setup};
+use crate::{bench, build, fuzz, manifests, run, setup};
 
 pub fn run(extra: &[String]) -> Result<()> {
     // Before anything slow: the namespace and BPF tests fail without root,
@@ -26,6 +26,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     run::show(&mut cmd).context("the tests failed")?;
     // The whole suite ends with every decoder's fuzz target, briefly.
     if extra.is_empty() {
+        // deploy/: the CRDs match the types, the manifests and examples are valid.
+        manifests::check()?;
         fuzz::run(fuzz::SHORT_SECONDS)?;
         // And the bench harness once, briefly, so it cannot rot; its
         // numbers are not checked.

@@ -4,6 +4,7 @@
 use std::{fmt, num::NonZeroU64};
 
 use mirror_common::{DIR_EGRESS, DIR_INGRESS};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::pcapfilter::{PcapFilter, PcapFilterError};
@@ -11,7 +12,7 @@ use crate::pcapfilter::{PcapFilter, PcapFilterError};
 /// Which packets to mirror, from the pod's point of view: `Ingress` is what
 /// the pod receives. In the policy file there is no pod, and the named
 /// interface stands in for the pod's own interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Direction {
     Ingress,
     Egress,
@@ -43,7 +44,7 @@ impl Direction {
 }
 
 /// What a matching rule does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Action {
     Accept,
     Reject,
@@ -75,8 +76,12 @@ impl Protocol {
     /// rules look past (hop-by-hop 0, routing 43, fragment 44, AH 51,
     /// destination options 60).
     pub fn from_number(number: u8) -> Option<Self> {
-        (!matches!(number, 0 | 43 | 44 | 51 | 60)).then_some(Self(number))
+        (!Self::EXTENSION_HEADERS.contains(&number)).then_some(Self(number))
     }
+
+    /// Hop-by-hop options, routing, fragment, AH and destination options:
+    /// headers rules look past, so never a rule's protocol.
+    const EXTENSION_HEADERS: [u8; 5] = [0, 43, 44, 51, 60];
 
     pub fn number(self) -> u8 {
         self.0
@@ -156,6 +161,29 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
+/// A name or a number, as Kubernetes writes such a field: `int-or-string`
+/// (the only union a structural schema allows), with the number's range, the
+/// names, and the extension-header numbers refused. The last matters beyond
+/// a nicer error: a resource the API server admits but serde refuses would
+/// fail the agent's whole list of policies, not just itself.
+impl JsonSchema for Protocol {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Protocol".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "TCP, UDP, ICMP, ICMPv6, SCTP, or an IP protocol number 0-255, \
+                            after IPv6 extension headers (so not 0, 43, 44, 51 or 60).",
+            "x-kubernetes-int-or-string": true,
+            "minimum": 0,
+            "maximum": 255,
+            "pattern": "^(TCP|UDP|ICMP|ICMPv6|SCTP)$",
+            "not": {"enum": Self::EXTENSION_HEADERS},
+        })
+    }
+}
+
 /// An inclusive range of ports, `from <= to`. Port 0 is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRange {
@@ -200,7 +228,7 @@ impl fmt::Display for PortRange {
 }
 
 /// One TCP flag, named as in the policy (`tcpFlags: [SYN, ACK]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum TcpFlag {
     Fin,

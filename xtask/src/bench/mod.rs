@@ -11,10 +11,10 @@
 //! or SIGTERM only raises a flag, so every way out cleans up.
 
 mod chart;
-mod configs;
-mod measure;
-mod report;
-mod topology;
+pub(crate) mod configs;
+pub(crate) mod measure;
+pub(crate) mod report;
+pub(crate) mod topology;
 
 use std::{
     fmt,
@@ -50,23 +50,23 @@ const SMOKE: Options = Options {
 };
 
 /// What one invocation measures.
-struct Plan {
-    tcp_streams: Vec<u32>,
-    tcp_configs: Vec<Config>,
-    udp_configs: Vec<Config>,
-    cost_configs: Vec<Config>,
-    sweep_configs: Vec<Config>,
+pub(crate) struct Plan {
+    pub(crate) tcp_streams: Vec<u32>,
+    pub(crate) tcp_configs: Vec<Config>,
+    pub(crate) udp_configs: Vec<Config>,
+    pub(crate) cost_configs: Vec<Config>,
+    pub(crate) sweep_configs: Vec<Config>,
     /// Sweep rates as fractions of the no-hook sender's top rate.
-    fractions: Vec<f64>,
-    seconds: u64,
-    sweep_seconds: f64,
-    cost_seconds: f64,
+    pub(crate) fractions: Vec<f64>,
+    pub(crate) seconds: u64,
+    pub(crate) sweep_seconds: f64,
+    pub(crate) cost_seconds: f64,
     /// A small ring in smoke mode: a debug agent must drain it quickly on stop.
-    ring_size: Option<u64>,
+    pub(crate) ring_size: Option<u64>,
 }
 
 impl Plan {
-    fn new(o: &Options) -> Self {
+    pub(crate) fn new(o: &Options) -> Self {
         let mirroring: Vec<Config> = Config::ALL.into_iter().filter(|c| c.mirrors()).collect();
         let hooked: Vec<Config> = Config::ALL.into_iter().filter(|c| c.our_hook()).collect();
         if o.smoke {
@@ -257,7 +257,7 @@ fn measure_all(
 
 /// tmpfs for the pcapng output where there is one (no disk in the path),
 /// else the bench's output directory.
-fn scratch_dir(out_dir: &Path) -> Result<tempfile::TempDir> {
+pub(crate) fn scratch_dir(out_dir: &Path) -> Result<tempfile::TempDir> {
     let shm = PathBuf::from("/dev/shm");
     let base = if shm.is_dir() {
         shm
@@ -270,18 +270,18 @@ fn scratch_dir(out_dir: &Path) -> Result<tempfile::TempDir> {
         .with_context(|| format!("creating a scratch directory in {}", base.display()))
 }
 
-struct Runner<'a> {
-    env: &'a Env<'a>,
-    plan: &'a Plan,
-    trafgen_cfg: &'a Path,
-    stop: &'a StopFlag,
+pub(crate) struct Runner<'a> {
+    pub(crate) env: &'a Env<'a>,
+    pub(crate) plan: &'a Plan,
+    pub(crate) trafgen_cfg: &'a Path,
+    pub(crate) stop: &'a StopFlag,
 }
 
 impl Runner<'_> {
     /// One repetition: each measurement across the configurations, in
     /// forward order on even repetitions and backward on odd ones, so a
     /// slow drift of the machine does not favour one configuration.
-    fn rep(&self, rep: usize, samples: &mut Vec<Sample>) -> Result<()> {
+    pub(crate) fn rep(&self, rep: usize, samples: &mut Vec<Sample>) -> Result<()> {
         let order = |set: &[Config]| -> Vec<Config> {
             let mut v = set.to_vec();
             if rep % 2 == 1 {
@@ -328,7 +328,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn sample(&self, rep: usize, config: Config, measure: Measure) -> Result<Sample> {
+    pub(crate) fn sample(&self, rep: usize, config: Config, measure: Measure) -> Result<Sample> {
         self.stop.check()?;
         let what = format!("rep {} {measure} {}", rep + 1, config.label());
         println!("bench: {what}");

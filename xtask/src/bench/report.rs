@@ -237,7 +237,7 @@ fn sweep_points(samples: &[Sample], c: Config, rep: usize) -> Vec<(f64, f64)> {
 /// The top of the run of complete rates from the lowest one up: a mirror
 /// that loses copies at some rate does not "keep up" above it, even if a
 /// faster run happened to be complete (batching makes loss non-monotonic).
-fn knee(samples: &[Sample], c: Config, rep: usize) -> Option<Knee> {
+pub(crate) fn knee(samples: &[Sample], c: Config, rep: usize) -> Option<Knee> {
     let mut points = sweep_points(samples, c, rep);
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let complete = points.iter().take_while(|(_, x)| *x >= COMPLETE).count();

@@ -1,0 +1,58 @@
+//! The Kubernetes API of the mirror: the custom resources `MirrorPolicy`,
+//! `ClusterMirrorPolicy` and `MirrorCollector` (group [`GROUP`], version
+//! [`VERSION`]), their status, and the pure decisions the node agent makes
+//! about them (which pods a policy selects, whether a tenant may use a
+//! collector), kept free of any client so they are tested without a cluster.
+//!
+//! The policy body is [`crate::policy::spec::BodySpec`], the very type the
+//! policy file of `mirror-agent attach --policy` is read into, and it is
+//! validated by the same [`crate::policy::PolicyBody`]; a collector becomes
+//! the same [`crate::output::Output`] a `--output` URI does. The CRD YAML in
+//! `deploy/crds/` is generated from these types (`cargo xtask crds`).
+//!
+//! - [`policy`]: `MirrorPolicy`, `ClusterMirrorPolicy` and their specs.
+//! - [`collector`]: `MirrorCollector`, and its conversion to an output.
+//! - [`status`]: conditions and per-node counters, shared by both policies.
+//! - [`selector`]: label selectors, checked and matched.
+//! - [`tenancy`]: which namespaces may send to which collector.
+
+pub mod collector;
+pub mod policy;
+pub mod selector;
+pub mod status;
+pub mod tenancy;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use collector::{
+    CollectorError, CollectorProtocol, CollectorTls, MirrorCollector, MirrorCollectorSpec,
+    MirrorCollectorStatus, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY,
+};
+pub use policy::{
+    ClusterMirrorPolicy, ClusterMirrorPolicySpec, CollectorRef, MirrorPolicy, MirrorPolicySpec,
+    Scope, SpecError, ValidPolicy,
+};
+pub use selector::SelectorError;
+pub use status::{Condition, NodeStatus, PolicyStatus, conditions, reasons, set_condition};
+pub use tenancy::{
+    Refusal, accept_cluster_policy, accept_policy, accepted_condition, check_collector,
+};
+
+/// The API group of every kind here.
+pub const GROUP: &str = "mirror.packets.dev";
+/// The one API version so far.
+pub const VERSION: &str = "v1alpha1";
+
+/// Every CRD, with the file name it has under `deploy/crds/`, in a fixed
+/// order (the generator and its drift check depend on it).
+pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![
+        ("mirrorcollectors.yaml", MirrorCollector::crd()),
+        ("mirrorpolicies.yaml", MirrorPolicy::crd()),
+        ("clustermirrorpolicies.yaml", ClusterMirrorPolicy::crd()),
+    ]
+}
+
+#[cfg(test)]
+mod tests;
