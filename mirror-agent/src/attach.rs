@@ -101,7 +101,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
     runtime.block_on(mirror(args, plan, endpoint.as_ref(), requests))
 }
 
-fn check_privileges(raw_sockets: bool) -> Result<(), AttachError> {
+pub(crate) fn check_privileges(raw_sockets: bool) -> Result<(), AttachError> {
     let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
     let mut missing = Vec::new();
     if !has(Capability::CAP_BPF) && !has(Capability::CAP_SYS_ADMIN) {

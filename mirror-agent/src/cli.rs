@@ -33,9 +33,71 @@ pub enum Command {
     /// over TCP) and write rotating pcapng files, one interface per agent and pod.
     #[command(after_help = COLLECT_EXAMPLES)]
     Collect(crate::collect::CollectArgs),
+    /// The node agent under Kubernetes (a DaemonSet): mirror the pods of this node
+    /// that MirrorPolicies and ClusterMirrorPolicies select, to their MirrorCollectors.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
     /// Remove every hook and pin left under a pin directory (by `attach
     /// --cleanup-on-exit=false`, or by `run`, which keeps its pins across restarts).
     Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's name: pods with this spec.nodeName are the ones mirrored.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Pin directory (on bpffs): hooks and the ring buffer outlive the agent there.
+    #[arg(long, value_name = "DIR", default_value = crate::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    /// On exit, remove every hook and pin (`false`, the default, keeps them
+    /// mirroring for the next agent, as a DaemonSet restart needs).
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
+    pub cleanup_on_exit: bool,
+
+    /// Serve /metrics, /healthz and /readyz here; `off` for none. Default: the pod
+    /// IP ($POD_IP, from the downward API) on port 9464, else 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<crate::metrics::MetricsAddr>,
+
+    /// Where to look for pods' network namespaces: directories of namespace files
+    /// (as /run/netns, where CNIs and `ip netns` bind them), and `/proc` for those
+    /// of running processes. Repeat for several.
+    #[arg(long = "netns-path", value_name = "DIR", default_values = ["/run/netns", "/proc"])]
+    pub netns_paths: Vec<PathBuf>,
+
+    /// Least time between two status writes of one policy by this node.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub status_interval: u64,
+
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Settings `run` shares with `attach`.
+#[derive(Debug, Args)]
+pub struct Tuning {
+    /// SO_MARK put on the agent's own sockets, as VALUE[/MASK] (see `attach --help`).
+    #[arg(
+        long,
+        value_name = "VALUE[/MASK]",
+        default_value = "0x00dd0000/0x00ff0000"
+    )]
+    pub socket_mark: MarkArg,
+
+    /// Bound of each output's queue in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub queue_bytes: usize,
+
+    /// How hooks are attached: `tcx`, `netlink` or `auto` (see `attach --help`).
+    #[arg(long, value_enum, default_value_t = AttachMode::Tcx)]
+    pub attach_mode: AttachMode,
+
+    /// Size of the BPF ring buffer in bytes (a pinned ring keeps its size).
+    #[arg(long, value_name = "BYTES", default_value_t = RingSize(DEFAULT_RING_BYTES))]
+    pub ring_size: RingSize,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +116,14 @@ const COLLECT_EXAMPLES: &str = "Examples:\n  \
     (GENEVE), SOURCE-IP/vni-N (VXLAN), SOURCE-IP/key-N (GRE), SOURCE-IP/erspan-session-N \
     (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Stop with Ctrl-C or SIGTERM: the collector \
     closes its file, prints a summary per listener and exits 0.";
+
+const RUN_EXAMPLES: &str = "Examples:\n  \
+    mirror-agent run --node-name \"$NODE_NAME\" --metrics-addr \"$POD_IP:9464\"\n  \
+    KUBECONFIG=~/.kube/config mirror-agent run --node-name worker-1 --metrics-addr off\n\n\
+    The API server is found as kubectl finds it: in-cluster service account, else $KUBECONFIG \
+    or ~/.kube/config. Hooks go on the host end of each selected pod's interface. They are \
+    pinned under --pin-dir and kept on SIGTERM (a DaemonSet restart is not an uninstall): \
+    the next agent adopts them. `mirror-agent uninstall` removes them.";
 
 const ATTACH_EXAMPLES: &str = "Examples:\n  \
     mirror-agent attach --interface veth1 --output pcapng:/tmp/veth1.pcapng\n  \

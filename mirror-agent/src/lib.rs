@@ -27,5 +27,6 @@ pub mod ratelimit;
 pub mod record;
 pub mod ringbuf;
 pub mod rules;
+pub mod run;
 pub mod tls;
 pub mod uninstall;

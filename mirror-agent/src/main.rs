@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use mirror_agent::{attach, cli, collect, uninstall};
+use mirror_agent::{attach, cli, collect, run, uninstall};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         cli::Command::Collect(args) => {
             collect::run(args).map_err(|e| (e.to_string(), e.exit_code()))
         }
+        cli::Command::Run(args) => run::run(args).map_err(|e| (e.to_string(), e.exit_code())),
         cli::Command::Uninstall(args) => {
             uninstall::run(&args).map_err(|e| (e.to_string(), e.exit_code()))
         }

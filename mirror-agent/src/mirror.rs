@@ -41,11 +41,23 @@ pub struct Settings {
     pub progress: Arc<Notify>,
 }
 
+/// What one policy's mirror has done, for its status: copies sent, cut,
+/// and lost by reason (`ringFull`, `copyFailed`, `rateLimited`,
+/// `queueFull`, `sendError`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyTotals {
+    pub mirrored: u64,
+    pub truncated: u64,
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
 pub struct Mirror {
     hooks: Hooks,
     pump: Pump,
     fanout: Fanout,
     slots: Vec<(Interface, Slot)>,
+    /// Each policy's counter slots, by name.
+    policy_slots: HashMap<String, Vec<Slot>>,
     view: AgentMetrics,
     settings: Settings,
 }
@@ -67,6 +79,7 @@ impl Mirror {
         let pump = Pump::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
         let mut mirror = Self {
             view: AgentMetrics::new(plan, &slots),
+            policy_slots: policy_slots(plan, &slots),
             hooks,
             pump,
             fanout,
@@ -114,6 +127,7 @@ impl Mirror {
         close_in_background(old);
         self.slots = configure(&mut self.hooks, plan, self.settings.mark)?;
         self.view = AgentMetrics::new(plan, &self.slots);
+        self.policy_slots = policy_slots(plan, &self.slots);
         self.attach(plan)
     }
 
@@ -132,6 +146,43 @@ impl Mirror {
 
     pub fn interfaces(&self) -> usize {
         self.slots.len()
+    }
+
+    /// One policy's totals (zero for a policy not in the plan).
+    pub fn policy_totals(&self, name: &str) -> PolicyTotals {
+        let mut kernel = Counters::default();
+        for slot in self.policy_slots.get(name).into_iter().flatten() {
+            if let Ok(c) = self.hooks.counters(*slot) {
+                kernel.add(&c);
+            }
+        }
+        let mut t = PolicyTotals {
+            truncated: kernel.truncated,
+            ..PolicyTotals::default()
+        };
+        let (mut queue_full, mut send_error, mut rate_limited) = (0, 0, 0);
+        for p in self.fanout.policies.iter().filter(|p| p.name == name) {
+            rate_limited += p.stats.rate_limited;
+            for e in &p.exporters {
+                let s = e.stats();
+                t.mirrored += Stats::get(&s.sent_packets);
+                t.truncated += Stats::get(&s.mtu_truncated);
+                queue_full += Stats::get(&s.queue_full);
+                send_error += Stats::get(&s.send_errors);
+            }
+        }
+        for (reason, n) in [
+            ("ringFull", kernel.ring_full),
+            ("copyFailed", kernel.load_failed),
+            ("rateLimited", rate_limited),
+            ("queueFull", queue_full),
+            ("sendError", send_error),
+        ] {
+            if n > 0 {
+                t.dropped.insert(reason.to_owned(), n);
+            }
+        }
+        t
     }
 
     /// Detaches (or, keeping pins, lets go of the hooks, which go on filling
@@ -229,6 +280,21 @@ fn configure(
         }
     }
     Ok(slots)
+}
+
+fn policy_slots(plan: &[Planned], slots: &[(Interface, Slot)]) -> HashMap<String, Vec<Slot>> {
+    let mut by = HashMap::new();
+    // configure() makes the slots in plan order, interface by interface.
+    let mut slots = slots.iter();
+    for p in plan {
+        let mine: Vec<Slot> = slots
+            .by_ref()
+            .take(p.interfaces.len())
+            .map(|(_, s)| *s)
+            .collect();
+        by.insert(p.name.clone(), mine);
+    }
+    by
 }
 
 /// The outputs of a replaced plan send what they hold and report, without

@@ -16,7 +16,7 @@
 //!   own `IFLA_LINK` is the pod interface's index and whose
 //!   `IFLA_LINK_NETNSID` is the id the host gives the pod's namespace.
 
-mod netlink;
+pub mod netlink;
 pub mod point;
 pub mod tc;
 

@@ -1,0 +1,327 @@
+//! `mirror-agent run` end to end: the real agent and its real kube-rs
+//! client against the fake API server (no real one can run here), pods that
+//! are network namespaces of the test's own, and the kernel's VXLAN device
+//! with tcpdump as the collector.
+
+use std::{
+    net::IpAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use testbed::{
+    agent::{self, Agent},
+    apiserver::ApiServer,
+    bpffs::BpfFs,
+    capture::{self, Frame},
+    hooks::attached,
+    netns::join,
+    scenario::assert_same_frames,
+    tcpdump::Tcpdump,
+    topology::{BridgedNode, CollectorLink},
+    traffic,
+};
+
+const NODE: &str = "node-a";
+const VNI: u32 = 77;
+const MIRROR: &str = "mirror.packets.dev/v1alpha1";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn namespace(name: &str, tenant: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "labels": {"tenant": tenant}}})
+}
+
+fn pod(ns: &str, name: &str, app: &str, ip: Option<&str>, host_network: bool) -> Value {
+    let mut status = json!({"phase": "Pending"});
+    if let Some(ip) = ip {
+        status = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]});
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+                        "labels": {"app": app}},
+           "spec": {"nodeName": NODE, "hostNetwork": host_network,
+                    "containers": [{"name": "c", "image": "example"}]},
+           "status": status})
+}
+
+fn policy(ns: &str, name: &str, snaplen: u32) -> Value {
+    json!({"apiVersion": MIRROR, "kind": "MirrorPolicy",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                    "collectorRef": {"name": "lab"},
+                    "direction": "Both", "snaplen": snaplen}})
+}
+
+fn condition<'a>(obj: Option<&'a Value>, type_: &str) -> Option<&'a Value> {
+    obj?["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn node_status(obj: Option<&Value>) -> Option<&Value> {
+    obj?["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == NODE)
+}
+
+/// UDP destination port of an Ethernet/IPv4 frame, however it was cut.
+fn udp_port(f: &Frame) -> Option<u16> {
+    let d = &f.data;
+    if d.len() < 34 || d[12..14] != [0x08, 0x00] || d[23] != 17 {
+        return None;
+    }
+    let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
+    Some(u16::from_be_bytes([*d.get(l4 + 2)?, *d.get(l4 + 3)?]))
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+fn wait_attached(node: &BridgedNode, host_if: &str, want: bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        let on = !attached(&node.node, host_if).expect("query").is_empty();
+        if on == want {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("hooks on {host_if} attached={want} not reached within {WAIT:?}");
+}
+
+#[test]
+fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
+    testbed::require_root();
+    let node = BridgedNode::new(3).expect("node with three pods");
+    let link = CollectorLink::new(&node.node).expect("collector link");
+    let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
+    let bpffs = BpfFs::mount().expect("bpffs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The agent looks for pod namespaces here only, not at other tests'.
+    let netns_dir = dir.path().join("netns");
+    std::fs::create_dir(&netns_dir).expect("netns dir");
+    for p in &node.pods {
+        std::os::unix::fs::symlink(
+            format!("/run/netns/{}", p.ns.name()),
+            netns_dir.join(&p.name),
+        )
+        .expect("symlink");
+    }
+    // Bound inside the node's namespace, where the agent runs (hostNetwork).
+    let server = join(node.node.spawn(ApiServer::start)).expect("fake API server");
+    let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
+    let (pod1, pod2, pod3) = (&node.pods[0], &node.pods[1], &node.pods[2]);
+    let (ip1, ip2) = (pod1.v4.to_string(), pod2.v4.to_string());
+
+    for obj in [
+        namespace("shop", "shop"),
+        namespace("other", "other"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
+                        "allowedNamespaces": {"matchLabels": {"tenant": "shop"}}}}),
+        policy("shop", "web", 0),
+        pod("shop", "web-1", "web", Some(&ip1), false),
+        pod("shop", "db-1", "db", None, false),
+        pod("shop", "node-exporter", "web", Some("198.18.0.1"), true),
+    ] {
+        server.create(obj).expect("create");
+    }
+
+    let at_collector =
+        Tcpdump::start(&link.ns, &vxlan, dir.path().join("vx.pcap"), &[]).expect("tcpdump");
+    let at_pod1 = Tcpdump::start(&node.node, &pod1.host_if, dir.path().join("p1.pcap"), &[])
+        .expect("tcpdump");
+    let pin_dir = bpffs.path().join("mirror");
+    let mut cmd = node.node.command(&agent::binary().to_string_lossy());
+    cmd.env("KUBECONFIG", kubeconfig.path())
+        .env("RUST_LOG", "info")
+        .args([
+            "run",
+            "--node-name",
+            NODE,
+            "--metrics-addr",
+            "off",
+            "--status-interval",
+            "2",
+        ])
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--netns-path")
+        .arg(&netns_dir)
+        .stdout(Stdio::null());
+    let agent = Agent::start_command(cmd).expect("agent starts");
+
+    // Selected and running: attached, and said so in the status.
+    wait_attached(&node, &pod1.host_if, true);
+    // From here on, tcpdump and the mirror must see the same frames.
+    let at_pod1 = Tcpdump::start(&node.node, &pod1.host_if, dir.path().join("p1.pcap"), &[])
+        .expect("tcpdump");
+    assert!(
+        attached(&node.node, &pod2.host_if)
+            .expect("query")
+            .is_empty(),
+        "db-1 is not selected"
+    );
+    let web = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            condition(o, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .expect("web becomes Ready");
+    let n = node_status(web.as_ref()).expect("this node's entry");
+    assert_eq!(
+        (n["matchedPods"].as_u64(), n["attachedPods"].as_u64()),
+        (Some(1), Some(1)),
+        "{n}"
+    );
+    assert_eq!(
+        n["skippedHostNetworkPods"], 1,
+        "the hostNetwork pod is counted, not mirrored: {n}"
+    );
+
+    // Its traffic reaches the collector exactly as tcpdump saw it on the veth.
+    traffic::ping(&pod1.ns, IpAddr::V4(pod2.v4), 3).expect("ping");
+    traffic::udp(&pod1.ns, &pod2.ns, IpAddr::V4(pod2.v4), 7001, &[100, 1000]).expect("udp");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = capture::read(&at_pod1.stop().expect("tcpdump")).expect("read");
+    let stopped = unix_ns();
+    assert!(seen.len() >= 8, "too little traffic: {}", seen.len());
+
+    // A tenant's policy naming a collector that does not admit it: refused.
+    server.create(policy("other", "sneaky", 0)).expect("create");
+    let sneaky = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("other"), "sneaky", WAIT, |o| {
+            condition(o, "Accepted").is_some()
+        })
+        .expect("sneaky gets a status");
+    let accepted = condition(sneaky.as_ref(), "Accepted").expect("Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "CollectorNotAllowed", "{accepted}");
+
+    // An edit: the new snaplen applies to what follows.
+    server
+        .merge_patch(
+            MIRROR,
+            "MirrorPolicy",
+            Some("shop"),
+            "web",
+            json!({"spec": {"snaplen": 100}}),
+        )
+        .expect("patch");
+    server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            condition(o, "Ready").is_some_and(|c| c["observedGeneration"] == 2)
+        })
+        .expect("the edit is seen");
+    traffic::udp(&pod1.ns, &pod2.ns, IpAddr::V4(pod2.v4), 7002, &[600; 5]).expect("udp");
+
+    // A pod that starts running with an IP is attached within a second.
+    server
+        .create(pod("shop", "web-2", "web", None, false))
+        .expect("create");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        attached(&node.node, &pod2.host_if)
+            .expect("query")
+            .is_empty(),
+        "not running yet"
+    );
+    server
+        .merge_patch(
+            "v1",
+            "Pod",
+            Some("shop"),
+            "web-2",
+            json!({"status": {"phase": "Running", "podIP": ip2, "podIPs": [{"ip": ip2}]}}),
+        )
+        .expect("running");
+    let took = wait_attached(&node, &pod2.host_if, true);
+    eprintln!("web-2 attached {took:?} after it ran with an IP (as polled)");
+    assert!(
+        took < Duration::from_secs(2),
+        "attached only after {took:?}"
+    );
+
+    // The API server restarts mid-watch; a pod made afterwards is picked up.
+    server.restart(Duration::from_millis(500)).expect("restart");
+    server
+        .create(pod(
+            "shop",
+            "web-3",
+            "web",
+            Some(&pod3.v4.to_string()),
+            false,
+        ))
+        .expect("create");
+    wait_attached(&node, &pod3.host_if, true);
+
+    // A deleted pod is detached.
+    server
+        .delete("v1", "Pod", Some("shop"), "web-1")
+        .expect("delete");
+    wait_attached(&node, &pod1.host_if, false);
+
+    let events = server.list("events.k8s.io/v1", "Event", Some("other"));
+    assert!(
+        events.iter().any(|e| e["reason"] == "CollectorNotAllowed"),
+        "the refusal is an Event too: {events:?}"
+    );
+    let writes =
+        server.count(|r| r.is_status_write("mirrorpolicies") && r.name.as_deref() == Some("web"));
+    assert!(writes >= 2, "status written: {writes}");
+
+    // SIGTERM keeps the pins: web-2's hooks stay for the next agent.
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    for line in exit
+        .stderr
+        .lines()
+        .filter(|l| l.contains("applied") || l.contains(" attached"))
+    {
+        eprintln!("{line}");
+    }
+    assert!(
+        !attached(&node.node, &pod2.host_if)
+            .expect("query")
+            .is_empty(),
+        "kept on SIGTERM"
+    );
+    let removed = agent::run(
+        &node.node,
+        &["uninstall", "--pin-dir", &pin_dir.display().to_string()],
+    )
+    .expect("uninstall");
+    assert!(removed.status.success(), "{}", removed.stderr);
+    assert!(
+        attached(&node.node, &pod2.host_if)
+            .expect("query")
+            .is_empty(),
+        "uninstalled"
+    );
+
+    let collected = capture::read(&at_collector.stop().expect("tcpdump")).expect("read");
+    // Until tcpdump on pod 1's veth stopped, the collector got exactly its frames.
+    let before: Vec<Frame> = collected
+        .iter()
+        .filter(|f| f.ts_ns < stopped)
+        .cloned()
+        .collect();
+    assert_same_frames(&seen, &before);
+    // After it, cut to 100 bytes.
+    let cut: Vec<&Frame> = collected
+        .iter()
+        .filter(|f| udp_port(f) == Some(7002))
+        .collect();
+    assert_eq!(cut.len(), 5, "the five datagrams after the edit");
+    assert!(
+        cut.iter().all(|f| f.data.len() == 100),
+        "cut to the new snaplen"
+    );
+}
