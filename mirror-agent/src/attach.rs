@@ -13,6 +13,7 @@ use crate::{
     hooks::HookError,
     metrics::{self, Endpoint, MetricsError, Requests, Source},
     mirror::{Mirror, Settings},
+    pump::HOLDING_POLL,
     output::{Output, Tunnel},
     pin::{PinDir, PinError},
     plan::{self, Planned},
@@ -180,14 +181,17 @@ async fn mirror(
     metrics::set_ready(endpoint, true);
 
     let mut tick = tokio::time::interval(IDLE_DRAIN);
+    let mut holding_tick = tokio::time::interval(HOLDING_POLL);
+    holding_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let (pump, fanout) = mirror.pump();
         tokio::select! {
             batch = pump.wait(fanout) => batch.map_err(io_err("polling the ring buffer"))?,
             () = progress.notified() => pump.progress(fanout),
+            _ = holding_tick.tick(), if pump.holding() => pump.progress(fanout),
             _ = tick.tick() => {
-                pump.poll(fanout);
                 pump.progress(fanout);
+                mirror.prune_vanished();
             }
             reply = scrapes.next() => reply.send(mirror.families()),
             _ = sighup.recv() => reload(&args, &mut mirror),
@@ -216,7 +220,7 @@ fn reload(args: &AttachArgs, mirror: &mut Mirror) {
         }
     };
     match mirror.apply(&plan) {
-        Ok(()) => info!(
+        Ok(_) => info!(
             policies = plan.len(),
             interfaces = mirror.interfaces(),
             "policy reloaded"

@@ -551,6 +551,11 @@ impl Hooks {
         }
     }
 
+    /// Whether any hook of ours is on the interface.
+    pub fn is_attached(&self, ifindex: IfIndex) -> bool {
+        self.attachments.iter().any(|a| a.key.ifindex == ifindex)
+    }
+
     /// Stops mirroring one interface: detaches its hooks (unpinning them,
     /// kept pins or not: it is no longer wanted) and removes its config.
     /// An interface that has gone is fine: its hooks went with it.

@@ -86,27 +86,49 @@ impl Mirror {
             slots,
             settings,
         };
-        mirror.attach(plan)?;
+        mirror.attach(plan, true)?;
         let adopted = mirror.hooks.settle_pins()?;
         Ok((mirror, adopted))
     }
 
-    fn attach(&mut self, plan: &[Planned]) -> Result<(), AttachError> {
+    /// Attaches every interface of the plan not attached yet. `strict`: the
+    /// first failure fails it all (at start, where an interface that cannot
+    /// be hooked is bad input); otherwise failures (an interface deleted
+    /// since the plan was made) are logged, that interface is left out, and
+    /// the rest go on.
+    fn attach(&mut self, plan: &[Planned], strict: bool) -> Result<Vec<IfIndex>, AttachError> {
+        let mut failed = Vec::new();
         for p in plan {
             for iface in &p.interfaces {
-                let mode = self
-                    .hooks
-                    .attach(iface, p.directions, self.settings.attach_mode)?;
-                info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
+                if self.hooks.is_attached(iface.index) {
+                    continue;
+                }
+                match self.hooks.attach(iface, p.directions, self.settings.attach_mode) {
+                    Ok(mode) => {
+                        info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
+                    }
+                    Err(error) if !strict => {
+                        warn!(interface = %iface.name, policy = %p.name, %error, "attaching failed; left out");
+                        failed.push(iface.index);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
-        Ok(())
+        for index in &failed {
+            if let Err(error) = self.hooks.forget(*index) {
+                warn!(ifindex = index.0, %error, "forgetting the interface failed");
+            }
+            self.slots.retain(|(i, _)| i.index != *index);
+        }
+        Ok(failed)
     }
 
     /// Moves to a new plan. Fails, changing nothing, if its outputs or
     /// filters cannot be opened; a kernel failure part-way leaves what was
-    /// done in place (every hook still belongs to this mirror).
-    pub fn apply(&mut self, plan: &[Planned]) -> Result<(), AttachError> {
+    /// done in place (every hook still belongs to this mirror). Returns the
+    /// interfaces that could not be attached (and were left out).
+    pub fn apply(&mut self, plan: &[Planned]) -> Result<Vec<IfIndex>, AttachError> {
         let fanout = open_fanout(plan, &self.settings)?;
         let wanted: HashMap<IfIndex, &Interface> = plan
             .iter()
@@ -128,7 +150,7 @@ impl Mirror {
         self.slots = configure(&mut self.hooks, plan, self.settings.mark)?;
         self.view = AgentMetrics::new(plan, &self.slots);
         self.policy_slots = policy_slots(plan, &self.slots);
-        self.attach(plan)
+        self.attach(plan, false)
     }
 
     pub fn pump(&mut self) -> (&mut Pump, &mut Fanout) {
@@ -146,6 +168,35 @@ impl Mirror {
 
     pub fn interfaces(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Stops mirroring interfaces that have been deleted (their hooks went
+    /// with them), logging their last counters. Checked by name and index,
+    /// so an index reused by a new interface is not taken for the old one.
+    pub fn prune_vanished(&mut self) {
+        let gone: Vec<(Interface, Slot)> = self
+            .slots
+            .iter()
+            .filter(|(i, _)| {
+                nix::net::if_::if_nametoindex(i.name.as_str()).map(IfIndex) != Ok(i.index)
+            })
+            .cloned()
+            .collect();
+        for (iface, slot) in gone {
+            let c = self.hooks.counters(slot).unwrap_or_default();
+            warn!(
+                interface = %iface.name,
+                ifindex = iface.index.0,
+                seen = c.seen_packets,
+                mirrored = c.mirrored_packets,
+                lost_ring_full = c.ring_full,
+                "interface gone; no longer mirrored"
+            );
+            if let Err(error) = self.hooks.forget(iface.index) {
+                warn!(interface = %iface.name, %error, "forgetting the interface failed");
+            }
+            self.slots.retain(|(i, _)| i.index != iface.index);
+        }
     }
 
     /// One policy's totals (zero for a policy not in the plan).

@@ -15,6 +15,10 @@ use crate::{
     },
 };
 
+/// While ring space is held, the kernel does not wake the reader (it wakes
+/// it only when the released position has caught up), so the drain loop
+/// polls the ring this often instead.
+pub const HOLDING_POLL: Duration = Duration::from_millis(2);
 /// A stuck output holds ring space at most this long...
 const HOLD_AGE: Duration = Duration::from_millis(250);
 /// ...or while the held bytes are at most this share of the ring.
@@ -66,9 +70,15 @@ impl Pump {
     /// released position had caught up with them, so after a release, read
     /// again for those written while space was held.
     pub fn progress(&mut self, fanout: &mut Fanout) {
-        if self.release(fanout) {
-            self.poll(fanout);
-        }
+        self.release(fanout);
+        self.poll(fanout);
+    }
+
+    /// Whether read records still hold ring space, so that the kernel will
+    /// not wake the reader for new ones: the drain loop then polls
+    /// ([`HOLDING_POLL`]).
+    pub fn holding(&self) -> bool {
+        self.drain.ring().held() > 0
     }
 
     /// The outputs were replaced: what was read so far belongs to the old

@@ -137,8 +137,6 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
 
     let at_collector =
         Tcpdump::start(&link.ns, &vxlan, dir.path().join("vx.pcap"), &[]).expect("tcpdump");
-    let at_pod1 = Tcpdump::start(&node.node, &pod1.host_if, dir.path().join("p1.pcap"), &[])
-        .expect("tcpdump");
     let pin_dir = bpffs.path().join("mirror");
     let mut cmd = node.node.command(&agent::binary().to_string_lossy());
     cmd.env("KUBECONFIG", kubeconfig.path())

@@ -34,6 +34,14 @@ pub use tunnel::flow_hash;
 /// Default bound of one exporter's queue.
 pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
+/// A batch is handed over once it holds this many bytes, or a quarter of
+/// the queue's bound if that is less, even in the middle of a drain round.
+/// A batch is admitted to the queue whole or not at all, so one larger than
+/// the bound (a round after a stall can hold the whole ring) would be
+/// dropped even by an idle output; and the batch in the making is memory
+/// the bound does not count.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
 /// `SO_MARK` put on every socket the agent sends mirrored copies with. The
 /// hook passes over packets whose mark matches under [`SocketMark::mask`], so
 /// the agent never mirrors its own tunnels, even through a mirrored interface.
@@ -116,6 +124,8 @@ pub struct Exporter {
     outbox: queue::Outbox,
     stats: Arc<Stats>,
     thread: Option<JoinHandle<()>>,
+    /// See [`MAX_BATCH_BYTES`].
+    max_batch: usize,
 }
 
 impl Exporter {
@@ -152,6 +162,7 @@ impl Exporter {
             outbox,
             stats,
             thread: Some(thread),
+            max_batch: (ctx.queue_bytes / 4).clamp(1, MAX_BATCH_BYTES),
         })
     }
 
@@ -199,6 +210,9 @@ impl Exporter {
                 });
             }
             Encoder::Tunnel(encode) => encode.push(batch, record, unix_ns, interface, &self.stats),
+        }
+        if self.outbox.current.buf.len() >= self.max_batch {
+            self.flush();
         }
     }
 

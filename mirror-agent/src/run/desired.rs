@@ -85,7 +85,9 @@ impl Locator {
     fn locate(&mut self, uid: &str, ips: &[IpAddr]) -> Result<Interface, String> {
         if let Some(found) = self.cache.get(uid)
             && found.ips == ips
-            && found.at.is_ok()
+            && let Ok(iface) = &found.at
+            // Still there: a pod's sandbox can be replaced under the same pod.
+            && nix::net::if_::if_nametoindex(iface.name.as_str()) == Ok(iface.index.0)
         {
             return found.at.clone();
         }
@@ -145,6 +147,13 @@ impl Locator {
                 network.interface.name, decision.reason
             )),
         }
+    }
+
+    /// Forgets where these interfaces' pods were found, so they are looked
+    /// for again (an attach to them failed: the pod's sandbox was replaced).
+    pub fn forget_interfaces(&mut self, interfaces: &[crate::record::IfIndex]) {
+        self.cache
+            .retain(|_, l| !matches!(&l.at, Ok(i) if interfaces.contains(&i.index)));
     }
 
     /// Forgets pods no longer on the node.

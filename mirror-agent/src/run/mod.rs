@@ -28,8 +28,9 @@ use crate::{
     mirror::{Mirror, Settings},
     netns::{Namespace, NetnsError},
     pin::PinDir,
+    pump::HOLDING_POLL,
     plan::Planned,
-    record::WallClock,
+    record::{IfIndex, WallClock},
 };
 
 use self::{
@@ -171,6 +172,8 @@ async fn agent(
     metrics::set_ready(endpoint, true);
 
     let mut drain_tick = tokio::time::interval(IDLE_DRAIN);
+    let mut holding_tick = tokio::time::interval(HOLDING_POLL);
+    holding_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut status_tick = tokio::time::interval(STATUS_TICK);
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
@@ -178,9 +181,10 @@ async fn agent(
         tokio::select! {
             batch = pump.wait(fanout) => batch.map_err(io_err("polling the ring buffer"))?,
             () = progress.notified() => pump.progress(fanout),
+            _ = holding_tick.tick(), if pump.holding() => pump.progress(fanout),
             _ = drain_tick.tick() => {
-                pump.poll(fanout);
                 pump.progress(fanout);
+                mirror.prune_vanished();
             }
             () = cluster.changed.notified() => {
                 tokio::time::sleep(SETTLE).await;
@@ -189,8 +193,13 @@ async fn agent(
                 let print = fingerprint(&plan);
                 if print != applied {
                     match mirror.apply(&plan) {
-                        Ok(()) => {
-                            applied = print;
+                        Ok(failed) => {
+                            // Left-out interfaces are tried again on the next change.
+                            if failed.is_empty() {
+                                applied = print;
+                            }
+                            locator.forget_interfaces(&failed);
+                            mark_left_out(&mut outcomes, &plan, &failed);
                             info!(policies = plan.len(), interfaces = mirror.interfaces(), "applied");
                         }
                         Err(error) => {
@@ -222,6 +231,18 @@ async fn agent(
 /// would change nothing (every pod event wakes the reconciler).
 fn fingerprint(plan: &[Planned]) -> String {
     format!("{plan:?}")
+}
+
+fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfIndex]) {
+    for p in plan {
+        let Some(o) = outcomes.iter_mut().find(|o| o.policy.plan_name() == p.name) else {
+            continue;
+        };
+        for iface in p.interfaces.iter().filter(|i| failed.contains(&i.index)) {
+            o.problems.push(format!("attaching to {} failed", iface.name));
+            o.attached = o.attached.saturating_sub(1);
+        }
+    }
 }
 
 fn mark_failed(outcomes: &mut [Outcome], plan: &[Planned], error: &AttachError) {
