@@ -13,10 +13,10 @@ use crate::{
     hooks::HookError,
     metrics::{self, Endpoint, MetricsError, Requests, Source},
     mirror::{Mirror, Settings},
-    pump::HOLDING_POLL,
     output::{Output, Tunnel},
     pin::{PinDir, PinError},
     plan::{self, Planned},
+    pump::HOLDING_POLL,
     record::WallClock,
 };
 

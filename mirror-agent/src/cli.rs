@@ -68,6 +68,20 @@ pub struct RunArgs {
     #[arg(long = "netns-path", value_name = "DIR", default_values = ["/run/netns", "/proc"])]
     pub netns_paths: Vec<PathBuf>,
 
+    /// The namespace whose Secrets hold TLS collectors' credentials (the agent's own).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = "mirror-system"
+    )]
+    pub secrets_namespace: String,
+
+    /// Where TLS collectors' credentials are written, from their Secrets, for the
+    /// exporters (a directory per collector, readable by the agent alone).
+    #[arg(long, value_name = "DIR", default_value = "/run/mirror/tls")]
+    pub tls_dir: PathBuf,
+
     /// Least time between two status writes of one policy by this node.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub status_interval: u64,

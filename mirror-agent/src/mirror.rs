@@ -103,7 +103,10 @@ impl Mirror {
                 if self.hooks.is_attached(iface.index) {
                     continue;
                 }
-                match self.hooks.attach(iface, p.directions, self.settings.attach_mode) {
+                match self
+                    .hooks
+                    .attach(iface, p.directions, self.settings.attach_mode)
+                {
                     Ok(mode) => {
                         info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
                     }

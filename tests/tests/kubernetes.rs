@@ -15,8 +15,10 @@ use testbed::{
     apiserver::ApiServer,
     bpffs::BpfFs,
     capture::{self, Frame},
+    collector::Collector,
     hooks::attached,
     netns::join,
+    pki::{self, Pki},
     scenario::assert_same_frames,
     tcpdump::Tcpdump,
     topology::{BridgedNode, CollectorLink},
@@ -97,27 +99,82 @@ fn wait_attached(node: &BridgedNode, host_if: &str, want: bool) -> Duration {
     panic!("hooks on {host_if} attached={want} not reached within {WAIT:?}");
 }
 
+/// A node with `pods` pods, a collector host, the fake API server inside
+/// the node's namespace (where the agent runs, as with hostNetwork), and
+/// the agent's private pin filesystem.
+struct Bed {
+    node: BridgedNode,
+    link: CollectorLink,
+    bpffs: BpfFs,
+    dir: tempfile::TempDir,
+    netns_dir: std::path::PathBuf,
+    server: ApiServer,
+    kubeconfig: tempfile::NamedTempFile,
+}
+
+impl Bed {
+    fn new(pods: u8) -> Self {
+        testbed::require_root();
+        let node = BridgedNode::new(pods).expect("node with pods");
+        let link = CollectorLink::new(&node.node).expect("collector link");
+        let bpffs = BpfFs::mount().expect("bpffs");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The agent looks for pod namespaces here only, not at other tests'.
+        let netns_dir = dir.path().join("netns");
+        std::fs::create_dir(&netns_dir).expect("netns dir");
+        for p in &node.pods {
+            std::os::unix::fs::symlink(
+                format!("/run/netns/{}", p.ns.name()),
+                netns_dir.join(&p.name),
+            )
+            .expect("symlink");
+        }
+        // Bound inside the node's namespace, where the agent runs (hostNetwork).
+        let server = join(node.node.spawn(ApiServer::start)).expect("fake API server");
+        let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
+        Self {
+            node,
+            link,
+            bpffs,
+            dir,
+            netns_dir,
+            server,
+            kubeconfig,
+        }
+    }
+
+    fn pin_dir(&self) -> std::path::PathBuf {
+        self.bpffs.path().join("mirror")
+    }
+
+    fn agent(&self, extra: &[&str]) -> Agent {
+        let mut cmd = self.node.node.command(&agent::binary().to_string_lossy());
+        cmd.env("KUBECONFIG", self.kubeconfig.path())
+            .env("RUST_LOG", "info")
+            .args([
+                "run",
+                "--node-name",
+                NODE,
+                "--metrics-addr",
+                "off",
+                "--status-interval",
+                "2",
+            ])
+            .arg("--pin-dir")
+            .arg(self.pin_dir())
+            .arg("--netns-path")
+            .arg(&self.netns_dir)
+            .args(extra)
+            .stdout(Stdio::null());
+        Agent::start_command(cmd).expect("agent starts")
+    }
+}
+
 #[test]
 fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
-    testbed::require_root();
-    let node = BridgedNode::new(3).expect("node with three pods");
-    let link = CollectorLink::new(&node.node).expect("collector link");
+    let bed = Bed::new(3);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
     let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
-    let bpffs = BpfFs::mount().expect("bpffs");
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The agent looks for pod namespaces here only, not at other tests'.
-    let netns_dir = dir.path().join("netns");
-    std::fs::create_dir(&netns_dir).expect("netns dir");
-    for p in &node.pods {
-        std::os::unix::fs::symlink(
-            format!("/run/netns/{}", p.ns.name()),
-            netns_dir.join(&p.name),
-        )
-        .expect("symlink");
-    }
-    // Bound inside the node's namespace, where the agent runs (hostNetwork).
-    let server = join(node.node.spawn(ApiServer::start)).expect("fake API server");
-    let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
     let (pod1, pod2, pod3) = (&node.pods[0], &node.pods[1], &node.pods[2]);
     let (ip1, ip2) = (pod1.v4.to_string(), pod2.v4.to_string());
 
@@ -137,25 +194,8 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
 
     let at_collector =
         Tcpdump::start(&link.ns, &vxlan, dir.path().join("vx.pcap"), &[]).expect("tcpdump");
-    let pin_dir = bpffs.path().join("mirror");
-    let mut cmd = node.node.command(&agent::binary().to_string_lossy());
-    cmd.env("KUBECONFIG", kubeconfig.path())
-        .env("RUST_LOG", "info")
-        .args([
-            "run",
-            "--node-name",
-            NODE,
-            "--metrics-addr",
-            "off",
-            "--status-interval",
-            "2",
-        ])
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .arg("--netns-path")
-        .arg(&netns_dir)
-        .stdout(Stdio::null());
-    let agent = Agent::start_command(cmd).expect("agent starts");
+    let pin_dir = bed.pin_dir();
+    let agent = bed.agent(&[]);
 
     // Selected and running: attached, and said so in the status.
     wait_attached(&node, &pod1.host_if, true);
@@ -292,7 +332,7 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
         "kept on SIGTERM"
     );
     let removed = agent::run(
-        &node.node,
+        &bed.node.node,
         &["uninstall", "--pin-dir", &pin_dir.display().to_string()],
     )
     .expect("uninstall");
@@ -322,4 +362,85 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
         cut.iter().all(|f| f.data.len() == 100),
         "cut to the new snaplen"
     );
+}
+
+/// A TLS collector: the agent reads the Secret it names from its own
+/// namespace, and streams pcapng over mutual TLS to `mirror-agent collect`,
+/// which gets exactly what tcpdump saw on the pod's veth.
+#[test]
+fn run_streams_to_a_tls_collector_with_the_secret_it_names() {
+    let bed = Bed::new(2);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
+    let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
+    let pki = Pki::new().expect("certificates");
+    let a = &pki.main;
+    let listen = format!(
+        "tls://0.0.0.0:7443?ca={}&cert={}&key={}",
+        a.ca.display(),
+        a.server.cert.display(),
+        a.server.key.display()
+    );
+    let collector =
+        Collector::start(&link.ns, &[&listen], &["--metrics-addr", "off"]).expect("collector");
+    let b64 = |path: &std::path::Path| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("pem"))
+    };
+    for obj in [
+        namespace("shop", "shop"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "lab-tls", "namespace": "mirror-system"},
+               "type": "kubernetes.io/tls",
+               "data": {"ca.crt": b64(&a.ca), "tls.crt": b64(&a.client.cert), "tls.key": b64(&a.client.key)}}),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "tls", "address": pki::SERVER_IP, "port": 7443,
+                        "tls": {"secretName": "lab-tls", "serverName": pki::SERVER_NAME},
+                        "allowedNamespaces": {}}}),
+        policy("shop", "web", 0),
+        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
+    ] {
+        server.create(obj).expect("create");
+    }
+    let tls_dir = dir.path().join("tls");
+    let tls_arg = tls_dir.display().to_string();
+    let agent = bed.agent(&[
+        "--secrets-namespace",
+        "mirror-system",
+        "--tls-dir",
+        &tls_arg,
+        "--cleanup-on-exit=true",
+    ]);
+    wait_attached(node, &pod1.host_if, true);
+    let at_pod1 = Tcpdump::start(&node.node, &pod1.host_if, dir.path().join("p1.pcap"), &[])
+        .expect("tcpdump");
+    traffic::ping(&pod1.ns, IpAddr::V4(pod2.v4), 3).expect("ping");
+    traffic::udp(
+        &pod1.ns,
+        &pod2.ns,
+        IpAddr::V4(pod2.v4),
+        7001,
+        &[100, 1000, 3000],
+    )
+    .expect("udp");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = capture::read(&at_pod1.stop().expect("tcpdump")).expect("read");
+    let stopped = unix_ns();
+    let key = std::fs::metadata(tls_dir.join("lab").join("tls.key")).expect("key written");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600,
+        "the client key is the agent's alone"
+    );
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let collected = collector.stop().expect("collector stops");
+    collected.ensure_success().expect("collector");
+    let frames: Vec<Frame> = collected
+        .frames()
+        .expect("collected frames")
+        .into_iter()
+        .filter(|f| f.ts_ns < stopped)
+        .collect();
+    assert!(seen.len() >= 8, "too little traffic: {}", seen.len());
+    assert_same_frames(&seen, &frames);
 }

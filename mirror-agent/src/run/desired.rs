@@ -21,7 +21,7 @@ use crate::{
     netns::Namespace,
     plan::Planned,
     record::PolicyId,
-    run::{podns::NetnsIndex, watch::Cluster},
+    run::{podns::NetnsIndex, tls, watch::Cluster},
 };
 
 /// Which policy, of which kind.
@@ -284,18 +284,22 @@ pub fn compute(
             continue;
         };
         let collector = &collectors[&valid.collector];
-        if collector.spec.tls.is_some() {
-            outcome.accepted = Err(Refusal {
-                reason: reasons::INVALID_COLLECTOR,
-                message: format!(
-                    "MirrorCollector \"{}\" uses TLS, which `mirror-agent run` does not support yet",
-                    valid.collector
-                ),
-            });
-            outcomes.push(outcome);
-            continue;
-        }
-        let output = match collector.spec.output(tls_dir) {
+        let material = match &collector.spec.tls {
+            None => Ok(tls_dir.to_owned()),
+            Some(tls) => tls::materialize(cluster, &valid.collector, &tls.secret_name, tls_dir),
+        };
+        let material = match material {
+            Ok(dir) => dir,
+            Err(message) => {
+                outcome.accepted = Err(Refusal {
+                    reason: reasons::INVALID_COLLECTOR,
+                    message: format!("MirrorCollector \"{}\": {message}", valid.collector),
+                });
+                outcomes.push(outcome);
+                continue;
+            }
+        };
+        let output = match collector.spec.output(&material) {
             Ok(o) => o,
             Err(e) => {
                 outcome.accepted = Err(Refusal {

@@ -8,14 +8,10 @@
 pub mod desired;
 pub mod podns;
 pub mod status;
+pub mod tls;
 pub mod watch;
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, path::Path, sync::Arc, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -28,8 +24,8 @@ use crate::{
     mirror::{Mirror, Settings},
     netns::{Namespace, NetnsError},
     pin::PinDir,
-    pump::HOLDING_POLL,
     plan::Planned,
+    pump::HOLDING_POLL,
     record::{IfIndex, WallClock},
 };
 
@@ -48,8 +44,6 @@ const SETTLE: Duration = Duration::from_millis(50);
 const IDLE_DRAIN: Duration = Duration::from_millis(200);
 /// How often statuses are looked at (each is written at most once per --status-interval).
 const STATUS_TICK: Duration = Duration::from_secs(1);
-/// TLS collectors' Secrets would be written here (not supported yet).
-const TLS_DIR: &str = "/run/mirror/tls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -121,7 +115,7 @@ async fn agent(
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
     let node = args.node_name.clone();
     let client = kube::Client::try_default().await?;
-    let cluster = Cluster::watch(&client, &node);
+    let cluster = Cluster::watch(&client, &node, &args.secrets_namespace);
     let host = Namespace::current()?;
     let mut locator = Locator::new(
         NetnsIndex::new(args.netns_paths.clone(), Path::new("/proc/self/ns/net")),
@@ -150,7 +144,7 @@ async fn agent(
             .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
         progress: progress.clone(),
     };
-    let tls_dir = PathBuf::from(TLS_DIR);
+    let tls_dir = args.tls_dir.clone();
     let (plan, mut outcomes) = desired::compute(&cluster, &mut locator, &tls_dir);
     let pins = PinDir::open(&args.pin_dir).map_err(AttachError::from)?;
     let (mut mirror, adopted) = Mirror::start(
@@ -239,7 +233,8 @@ fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfIndex])
             continue;
         };
         for iface in p.interfaces.iter().filter(|i| failed.contains(&i.index)) {
-            o.problems.push(format!("attaching to {} failed", iface.name));
+            o.problems
+                .push(format!("attaching to {} failed", iface.name));
             o.attached = o.attached.saturating_sub(1);
         }
     }

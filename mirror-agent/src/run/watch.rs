@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{
     Api, Client, Resource,
     runtime::{
@@ -28,13 +28,15 @@ pub struct Cluster {
     pub policies: Store<MirrorPolicy>,
     pub cluster_policies: Store<ClusterMirrorPolicy>,
     pub collectors: Store<MirrorCollector>,
+    /// TLS collectors' Secrets: only those of the agent's own namespace.
+    pub secrets: Store<Secret>,
     /// Woken on every change of any of them.
     pub changed: Arc<Notify>,
 }
 
 impl Cluster {
     /// Starts the watches on the current tokio runtime.
-    pub fn watch(client: &Client, node: &str) -> Self {
+    pub fn watch(client: &Client, node: &str, secrets_namespace: &str) -> Self {
         let changed = Arc::new(Notify::new());
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         Self {
@@ -63,6 +65,12 @@ impl Cluster {
                 &changed,
                 "mirrorcollectors",
             ),
+            secrets: spawn(
+                Api::namespaced(client.clone(), secrets_namespace),
+                watcher::Config::default(),
+                &changed,
+                "secrets",
+            ),
             changed,
         }
     }
@@ -76,6 +84,7 @@ impl Cluster {
         let _ = self.policies.wait_until_ready().await;
         let _ = self.cluster_policies.wait_until_ready().await;
         let _ = self.collectors.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
     }
 }
 
