@@ -198,7 +198,7 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
     let agent = bed.agent(&[]);
 
     // Selected and running: attached, and said so in the status.
-    wait_attached(&node, &pod1.host_if, true);
+    wait_attached(node, &pod1.host_if, true);
     // From here on, tcpdump and the mirror must see the same frames.
     let at_pod1 = Tcpdump::start(&node.node, &pod1.host_if, dir.path().join("p1.pcap"), &[])
         .expect("tcpdump");
@@ -280,7 +280,7 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
             json!({"status": {"phase": "Running", "podIP": ip2, "podIPs": [{"ip": ip2}]}}),
         )
         .expect("running");
-    let took = wait_attached(&node, &pod2.host_if, true);
+    let took = wait_attached(node, &pod2.host_if, true);
     eprintln!("web-2 attached {took:?} after it ran with an IP (as polled)");
     assert!(
         took < Duration::from_secs(2),
@@ -298,13 +298,13 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
             false,
         ))
         .expect("create");
-    wait_attached(&node, &pod3.host_if, true);
+    wait_attached(node, &pod3.host_if, true);
 
     // A deleted pod is detached.
     server
         .delete("v1", "Pod", Some("shop"), "web-1")
         .expect("delete");
-    wait_attached(&node, &pod1.host_if, false);
+    wait_attached(node, &pod1.host_if, false);
 
     let events = server.list("events.k8s.io/v1", "Event", Some("other"));
     assert!(
