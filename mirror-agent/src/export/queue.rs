@@ -20,6 +20,9 @@ use super::Stats;
 pub struct Batch {
     pub buf: Vec<u8>,
     pub packets: Vec<Span>,
+    /// The bytes counted against the queue's bound for it, from hand-over
+    /// until the sender is done with it.
+    counted: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +50,11 @@ impl Batch {
 
 /// Batches in flight: enough to absorb a burst while the byte bound decides.
 const CHANNEL_BATCHES: usize = 256;
+
+/// A batch's buffer is cut down to what it holds (plus this) before it is
+/// queued: a buffer reused after a big round keeps its capacity, and many
+/// small batches in such buffers would hold far more memory than the bound.
+const SLACK: usize = 64 << 10;
 
 /// The drain thread's end.
 pub struct Outbox {
@@ -107,7 +115,17 @@ impl Outbox {
         if self.current.is_empty() {
             return;
         }
-        let len = self.current.buf.len();
+        let used = self.current.buf.len();
+        if self.current.buf.capacity() > used + SLACK {
+            self.current.buf.shrink_to(used + SLACK);
+        }
+        let spans = self.current.packets.len() + SLACK / std::mem::size_of::<Span>();
+        if self.current.packets.capacity() > spans {
+            self.current.packets.shrink_to(spans);
+        }
+        // The bound is on memory: what the buffers take, not only what they use.
+        let len = self.current.buf.capacity()
+            + self.current.packets.capacity() * std::mem::size_of::<Span>();
         let packets = self.current.packets.len();
         let over = self.queued.load(Ordering::Relaxed) + len > self.limit;
         let Some(tx) = self.tx.as_ref().filter(|_| !over) else {
@@ -116,6 +134,7 @@ impl Outbox {
             return;
         };
         let next = self.back.try_recv().unwrap_or_default();
+        self.current.counted = len;
         let batch = std::mem::replace(&mut self.current, next);
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.queued_packets.fetch_add(packets, Ordering::Relaxed);
@@ -165,7 +184,7 @@ impl Inbox {
 
     /// Returns a batch that has been sent (or given up on) for reuse.
     pub fn done(&self, mut batch: Batch) {
-        self.queued.fetch_sub(batch.buf.len(), Ordering::Relaxed);
+        self.queued.fetch_sub(batch.counted, Ordering::Relaxed);
         self.queued_packets
             .fetch_sub(batch.packets.len(), Ordering::Relaxed);
         batch.clear();
