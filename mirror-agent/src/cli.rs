@@ -42,6 +42,9 @@ pub enum Command {
     Uninstall(UninstallArgs),
 }
 
+/// `run`'s default ring buffer: 32 MiB.
+pub const RUN_RING_BYTES: u32 = 32 << 20;
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// This node's name: pods with this spec.nodeName are the ones mirrored.
@@ -109,8 +112,10 @@ pub struct Tuning {
     #[arg(long, value_enum, default_value_t = AttachMode::Tcx)]
     pub attach_mode: AttachMode,
 
-    /// Size of the BPF ring buffer in bytes (a pinned ring keeps its size).
-    #[arg(long, value_name = "BYTES", default_value_t = RingSize(DEFAULT_RING_BYTES))]
+    /// Size of the BPF ring buffer in bytes (a pinned ring keeps its size). Smaller
+    /// than `attach`'s default: the kernel maps the ring's pages twice, and all of
+    /// them count in the agent's RSS from the start (32 MiB: about 64 MiB of RSS).
+    #[arg(long, value_name = "BYTES", default_value_t = RingSize(RUN_RING_BYTES))]
     pub ring_size: RingSize,
 }
 

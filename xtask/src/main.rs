@@ -8,6 +8,7 @@ mod fuzz;
 mod manifests;
 mod paths;
 mod run;
+mod scale;
 mod setup;
 mod soak;
 mod stop;
@@ -89,6 +90,20 @@ enum Command {
         #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u64).range(1..))]
         rate: Option<u64>,
     },
+    /// Issue #4's scale measurement: N pod namespaces on one node, a
+    /// MirrorPolicy selecting them all, the release `mirror-agent run`
+    /// against the fake API server; times until every pod is attached and
+    /// detached, and the idle agent's RSS. Fails unless all are attached
+    /// within 10 s and RSS stays under 100 MiB. Writes target/scale/report.md
+    /// (as root; not run in CI).
+    Scale {
+        /// Pods (network namespaces) on the node.
+        #[arg(long, default_value_t = scale::DEFAULT_PODS)]
+        pods: usize,
+        /// `--ring-size` for the agent (bytes, a power of two); default: the agent's.
+        #[arg(long, value_name = "BYTES")]
+        ring_size: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,6 +126,7 @@ fn main() -> ExitCode {
         Command::Crds { check } => crds::run(check),
         Command::Manifests => manifests::run(),
         Command::Soak { minutes, rate } => soak::run(&soak::Options { minutes, rate }),
+        Command::Scale { pods, ring_size } => scale::run(&scale::Options { pods, ring_size }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

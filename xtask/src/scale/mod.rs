@@ -1,0 +1,500 @@
+//! `cargo xtask scale`: issue #4's scale measurement. "250 pods
+//! (namespaces) on one node are all attached within 10 s, and the idle
+//! agent stays under 100 MiB RSS", measured here rather than in a timed test.
+//!
+//! It builds a node namespace with a bridge and N pod namespaces
+//! (topology.rs), starts the fake API server (`testbed::apiserver`) inside
+//! the node namespace, creates a Namespace, a MirrorCollector (VXLAN to a
+//! collector namespace; traffic is not the point) and a MirrorPolicy
+//! selecting every pod, and starts the release agent
+//! (`mirror-agent run`) in the node namespace. Then:
+//!
+//! 1. baseline: the agent idle with no pods (its RSS);
+//! 2. attach: the N Pod objects are created at once (Running, podIP set);
+//!    the kernel is asked every 50 ms which host veths carry our tcx
+//!    programs (BPF_PROG_QUERY, from a thread in the node namespace), and
+//!    the policy's status is read for `attachedPods == N`;
+//! 3. idle: 10 s with N pods attached, then the agent's RSS and CPU;
+//! 4. detach: every Pod object is deleted; the kernel is asked until no
+//!    hook is left;
+//! 5. the agent gets SIGTERM and `mirror-agent uninstall` removes its pins.
+//!
+//! The report (report.rs) goes to target/scale/report.md and stdout, the
+//! agent's log to target/scale/agent.log; the command fails when a target
+//! is missed. Every namespace, mount and process is owned by a guard, and
+//! Ctrl-C only raises a flag, so every way out cleans up.
+
+mod report;
+mod topology;
+
+use std::{
+    path::Path,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{SchedClassifier, TcAttachType};
+use serde_json::{Value, json};
+use testbed::{
+    agent::Agent,
+    apiserver::ApiServer,
+    bpffs::BpfFs,
+    netns::{Netns, join},
+};
+
+use crate::{
+    bench::{measure, report::Machine},
+    build, paths, run, setup,
+    stop::{Interrupted, StopFlag},
+};
+use report::{Figures, Memory};
+use topology::ScaleNet;
+
+pub const DEFAULT_PODS: usize = 250;
+/// The agent holds at most this many interfaces (`mirror_common::MAX_INTERFACES`).
+pub const MAX_PODS: usize = 1024;
+/// Every pod attached within this, from the moment the Pod objects exist.
+pub const ATTACH_TARGET: Duration = Duration::from_secs(10);
+/// The idle agent's VmRSS stays under this.
+pub const RSS_TARGET_KIB: u64 = 100 * 1024;
+/// How often the kernel and the status are asked.
+const POLL: Duration = Duration::from_millis(50);
+/// A phase that has not finished by then is reported as not finished.
+const GIVE_UP: Duration = Duration::from_secs(60);
+/// How long the agent idles with every pod attached before its RSS is read.
+const IDLE: Duration = Duration::from_secs(10);
+/// `--status-interval`, the agent's default, given explicitly so the report can say it.
+const STATUS_INTERVAL: u64 = 10;
+
+const NODE: &str = "scale-node";
+const TENANT: &str = "scale";
+const POLICY: &str = "all-pods";
+const COLLECTOR: &str = "sink";
+const VNI: u32 = 4242;
+const MIRROR: &str = "mirror.packets.dev/v1alpha1";
+/// Our programs' names as the kernel reports them (`mirror_common::PROG_*`).
+const PROG_INGRESS: &str = "mirror_ingress";
+const PROG_EGRESS: &str = "mirror_egress";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pods: usize,
+    /// `--ring-size` for the agent; `None`: its default.
+    pub ring_size: Option<u64>,
+}
+
+/// `cargo xtask scale`: set up, build the release agent, measure, report.
+pub fn run(options: &Options) -> Result<()> {
+    run::require_root("cargo xtask scale")?;
+    anyhow::ensure!(
+        (1..=MAX_PODS).contains(&options.pods),
+        "--pods must be from 1 to {MAX_PODS} (the agent holds at most {MAX_PODS} interfaces)"
+    );
+    let stop = StopFlag::install("scale")?;
+    let result = setup::run()
+        .and_then(|()| {
+            stop.check()?;
+            build::agent_at(build::Profile::Release)
+        })
+        .and_then(|agent| scale(options, &agent, &stop));
+    // A step that failed because Ctrl-C killed its child was interrupted, not broken.
+    if stop.raised() {
+        return Err(Interrupted("scale").into());
+    }
+    result
+}
+
+fn pod_name(i: usize) -> String {
+    format!("pod-{i:04}")
+}
+
+fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
+    let n = options.pods;
+    let machine = Machine::probe()?;
+    let out_dir = paths::target_dir().join("scale");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let names: Vec<String> = (0..n).map(pod_name).collect();
+
+    println!("scale: building a node namespace with a bridge and {n} pod namespaces");
+    let net = ScaleNet::new(n, &names, stop).context("building the node")?;
+    for (what, took) in &net.times.steps {
+        println!("scale:   {:>6.2} s  {what}", took.as_secs_f64());
+    }
+    println!("scale: setup took {:.2} s", net.times.total().as_secs_f64());
+    // Takes the copies off the collector's link quietly (no ICMP back).
+    let _vxlan = net
+        .collector
+        .kernel_vxlan(VNI)
+        .context("the collector's VXLAN device")?;
+    let bpffs = BpfFs::mount().context("mounting a bpf filesystem for the pins")?;
+    let pin_dir = bpffs.path().join("mirror");
+    // Inside the node's namespace, where the agent runs (hostNetwork):
+    // its 127.0.0.1 is the agent's.
+    let server = join(net.node.spawn(ApiServer::start)).context("starting the fake API server")?;
+    let kubeconfig = server.kubeconfig_file().context("writing the kubeconfig")?;
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": TENANT, "labels": {"tenant": TENANT}}}),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": COLLECTOR},
+               "spec": {"protocol": "vxlan", "address": net.collector.collector_v4.to_string(),
+                        "vni": VNI, "allowedNamespaces": {"matchLabels": {"tenant": TENANT}}}}),
+        json!({"apiVersion": MIRROR, "kind": "MirrorPolicy",
+               "metadata": {"name": POLICY, "namespace": TENANT},
+               "spec": {"podSelector": {"matchLabels": {"app": "scale"}},
+                        "collectorRef": {"name": COLLECTOR}, "direction": "Both"}}),
+    ] {
+        server
+            .create(obj)
+            .map_err(|e| anyhow::anyhow!("creating an object in the fake API server: {e}"))?;
+    }
+
+    stop.check()?;
+    println!("scale: starting the release agent (mirror-agent run) in the node namespace");
+    let log_level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let mut cmd = net.node.command(&agent_bin.to_string_lossy());
+    cmd.env("KUBECONFIG", kubeconfig.path())
+        .env("RUST_LOG", &log_level)
+        .args(["run", "--node-name", NODE, "--metrics-addr", "off"])
+        .args(["--status-interval", &STATUS_INTERVAL.to_string()])
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--netns-path")
+        .arg(net.netns_path())
+        .stdout(Stdio::null());
+    if let Some(size) = options.ring_size {
+        cmd.args(["--ring-size", &size.to_string()]);
+    }
+    let mut agent = Agent::start_command(cmd).context("starting the agent")?;
+    let pid = agent.process().pid().context("the agent has no pid")?;
+
+    let outcome = measure_phases(&net, &server, pid, stop);
+    // Stop the agent whatever happened, and keep its log.
+    let stopped = agent.stop().context("stopping the agent (SIGTERM)");
+    let log = out_dir.join("agent.log");
+    if let Ok(exit) = &stopped {
+        std::fs::write(&log, &exit.stderr).with_context(|| format!("writing {}", log.display()))?;
+    }
+    if stop.raised() {
+        return Err(Interrupted("scale").into());
+    }
+    // A measurement that failed says so first; the agent's exit after it.
+    let mut fig = outcome.with_context(|| match &stopped {
+        Ok(exit) => format!(
+            "the agent ended {}; its log is in {}",
+            exit.status,
+            log.display()
+        ),
+        Err(e) => format!("and then {e:#}"),
+    })?;
+    let exit = stopped?;
+    anyhow::ensure!(
+        exit.status.success(),
+        "the agent failed on SIGTERM ({}); its log is in {}",
+        exit.status,
+        log.display()
+    );
+    fig.setup = net.times.clone();
+    fig.ring_size = options.ring_size;
+    fig.log_level = log_level;
+    fig.reconciles = report::reconciles(&exit.stderr, fig.pods_created_at);
+
+    // The pins were kept on SIGTERM: remove them (the hooks went with the pods).
+    let mut uninstall = net.node.command(&agent_bin.to_string_lossy());
+    uninstall
+        .arg("uninstall")
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .stdout(Stdio::null());
+    run::capture(&mut uninstall).context("mirror-agent uninstall")?;
+
+    let mut command = format!("cargo xtask scale --pods {n}");
+    if let Some(r) = options.ring_size {
+        command.push_str(&format!(" --ring-size {r}"));
+    }
+    let text = report::markdown(&fig, &machine, &command, net.collector.collector_v4);
+    let md = out_dir.join("report.md");
+    std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
+    println!("{text}");
+    println!(
+        "scale: report in {}, the agent's log in {}",
+        md.display(),
+        log.display()
+    );
+    fig.check()
+}
+
+/// Baseline, attach, idle and detach, with the agent running.
+fn measure_phases(
+    net: &ScaleNet,
+    server: &ApiServer,
+    pid: u32,
+    stop: &StopFlag,
+) -> Result<Figures> {
+    let n = net.host_ifs.len();
+    // The agent writes the policy's first status (no pods yet) within a
+    // second or so; then it idles past --status-interval, so the status
+    // after the pods arrive is not held back by that first write.
+    println!("scale: baseline: the agent idles with no pods");
+    let started = Instant::now();
+    loop {
+        if node_status(server).is_some() {
+            break;
+        }
+        ensure_running(pid, stop)?;
+        if started.elapsed() > Duration::from_secs(15) {
+            bail!("the agent wrote no status for policy {TENANT}/{POLICY} within 15 s");
+        }
+        thread::sleep(POLL);
+    }
+    idle(Duration::from_secs(STATUS_INTERVAL + 1), pid, stop)?;
+    let baseline = Memory::of(pid)?;
+    println!("scale: baseline RSS {}", report::mib(baseline.rss));
+
+    // Attach: every Pod object at once.
+    println!("scale: attach: creating {n} Pod objects");
+    let cpu0 = measure::process_cpu_ns(pid)?;
+    let pods_created_at = SystemTime::now();
+    let t0 = Instant::now();
+    for (i, ip) in net.ips.iter().enumerate() {
+        server
+            .create(pod(i, &ip.to_string()))
+            .map_err(|e| anyhow::anyhow!("creating pod {}: {e}", pod_name(i)))?;
+    }
+    let create_objects = t0.elapsed();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watcher = watch_hooks(&net.node, &net.host_ifs, true, t0, pid, cancel.clone());
+    let mut status: Option<Duration> = None;
+    let mut last_seen = None;
+    loop {
+        if status.is_none() {
+            let counts = node_status(server).map(|s| counts(&s));
+            if let Some((_, attached)) = counts
+                && attached == n as u64
+            {
+                status = Some(t0.elapsed());
+            }
+            last_seen = counts.or(last_seen);
+        }
+        if (status.is_some() && watcher.is_finished()) || t0.elapsed() > GIVE_UP {
+            break;
+        }
+        if let Err(e) = ensure_running(pid, stop) {
+            cancel.store(true, Ordering::SeqCst);
+            let _ = join(watcher);
+            return Err(e);
+        }
+        thread::sleep(POLL);
+    }
+    cancel.store(true, Ordering::SeqCst);
+    let attach = join(watcher).context("watching the hooks being attached")?;
+    let attach_cpu_ns = attach.cpu_at_done.unwrap_or(measure::process_cpu_ns(pid)?) - cpu0;
+    println!(
+        "scale: attach: {} of {n} attached, the last after {}; status attachedPods={} after {}",
+        attach.count(),
+        report::secs(attach.last()),
+        last_seen.map_or_else(|| "?".to_owned(), |(_, a)| a.to_string()),
+        report::secs(status)
+    );
+
+    // Idle with every pod attached.
+    println!("scale: idle: {} s with the pods attached", IDLE.as_secs());
+    let idle_cpu0 = measure::process_cpu_ns(pid)?;
+    idle(IDLE, pid, stop)?;
+    let idle_cpu_ns = measure::process_cpu_ns(pid)? - idle_cpu0;
+    let idle_memory = Memory::of(pid)?;
+    println!("scale: idle RSS {}", report::mib(idle_memory.rss));
+
+    // Detach: every Pod object deleted.
+    println!("scale: detach: deleting {n} Pod objects");
+    let cpu1 = measure::process_cpu_ns(pid)?;
+    let t1 = Instant::now();
+    for i in 0..n {
+        server
+            .delete("v1", "Pod", Some(TENANT), &pod_name(i))
+            .map_err(|e| anyhow::anyhow!("deleting pod {}: {e}", pod_name(i)))?;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watcher = watch_hooks(&net.node, &net.host_ifs, false, t1, pid, cancel.clone());
+    while !watcher.is_finished() {
+        if let Err(e) = ensure_running(pid, stop) {
+            cancel.store(true, Ordering::SeqCst);
+            let _ = join(watcher);
+            return Err(e);
+        }
+        thread::sleep(POLL);
+    }
+    let detach = join(watcher).context("watching the hooks being detached")?;
+    let detach_cpu_ns = detach.cpu_at_done.unwrap_or(measure::process_cpu_ns(pid)?) - cpu1;
+    println!(
+        "scale: detach: {} of {n} detached, the last after {}",
+        detach.count(),
+        report::secs(detach.last())
+    );
+    Ok(Figures {
+        pods: n,
+        setup: Default::default(),
+        create_objects,
+        pods_created_at,
+        attach: attach.at,
+        attach_cpu_ns,
+        status,
+        status_seen: last_seen,
+        baseline,
+        idle: idle_memory,
+        idle_secs: IDLE.as_secs_f64(),
+        idle_cpu_ns,
+        detach: detach.at,
+        detach_cpu_ns,
+        total_cpu_ns: measure::process_cpu_ns(pid)?,
+        status_interval: STATUS_INTERVAL,
+        ring_size: None,
+        log_level: String::new(),
+        reconciles: Vec::new(),
+    })
+}
+
+/// A Running pod of the tenant on this node, selected by the policy.
+fn pod(i: usize, ip: &str) -> Value {
+    let name = pod_name(i);
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": TENANT, "uid": format!("uid-scale-{i}"),
+                        "labels": {"app": "scale"}},
+           "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "example"}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// The policy's status entry of this node, if written.
+fn node_status(server: &ApiServer) -> Option<Value> {
+    let policy = server.get(MIRROR, "MirrorPolicy", Some(TENANT), POLICY)?;
+    policy["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|e| e["node"] == NODE)
+        .cloned()
+}
+
+/// `(matchedPods, attachedPods)` of a status entry.
+fn counts(entry: &Value) -> (u64, u64) {
+    (
+        entry["matchedPods"].as_u64().unwrap_or(0),
+        entry["attachedPods"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Fails if Ctrl-C was pressed or the agent has exited.
+fn ensure_running(pid: u32, stop: &StopFlag) -> Result<()> {
+    stop.check()?;
+    if !alive(pid) {
+        // Its log says why: the caller stops it and keeps the log.
+        bail!("the agent (pid {pid}) exited during the measurement");
+    }
+    Ok(())
+}
+
+/// Whether `pid` still runs (an exited child is a zombie until reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits `how_long`, watching for Ctrl-C and the agent's exit.
+fn idle(how_long: Duration, pid: u32, stop: &StopFlag) -> Result<()> {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        ensure_running(pid, stop)?;
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// When each interface reached the wanted state.
+struct HookTimes {
+    /// Since the phase started; `None`: not within [`GIVE_UP`].
+    at: Vec<Option<Duration>>,
+    /// The agent's CPU time (ns) when the last one did.
+    cpu_at_done: Option<f64>,
+}
+
+impl HookTimes {
+    fn count(&self) -> usize {
+        self.at.iter().flatten().count()
+    }
+
+    fn last(&self) -> Option<Duration> {
+        report::all_done(&self.at)
+    }
+}
+
+/// Asks the kernel every [`POLL`], from a thread inside the node
+/// namespace, which of `ifaces` carry both our tcx programs
+/// (`attached`) or none of them (`!attached`), until all do, [`GIVE_UP`]
+/// passes, or `cancel` is raised. Interfaces are asked until they get
+/// there, not after.
+fn watch_hooks(
+    node: &Netns,
+    ifaces: &[String],
+    attached: bool,
+    start: Instant,
+    pid: u32,
+    cancel: Arc<AtomicBool>,
+) -> thread::JoinHandle<Result<HookTimes>> {
+    let ifaces = ifaces.to_vec();
+    node.spawn(move || {
+        let mut times = HookTimes {
+            at: vec![None; ifaces.len()],
+            cpu_at_done: None,
+        };
+        let mut left: Vec<usize> = (0..ifaces.len()).collect();
+        loop {
+            let round = Instant::now();
+            let mut still = Vec::with_capacity(left.len());
+            for i in left {
+                let ours = our_hooks(&ifaces[i])?;
+                let there = if attached { ours == 2 } else { ours == 0 };
+                if there {
+                    times.at[i] = Some(start.elapsed());
+                } else {
+                    still.push(i);
+                }
+            }
+            left = still;
+            if left.is_empty() {
+                times.cpu_at_done = measure::process_cpu_ns(pid).ok();
+                break;
+            }
+            if cancel.load(Ordering::SeqCst) || start.elapsed() > GIVE_UP {
+                break;
+            }
+            thread::sleep(POLL.saturating_sub(round.elapsed()));
+        }
+        Ok(times)
+    })
+}
+
+/// How many of our two programs are on `iface`'s tcx hooks (ingress,
+/// egress), by BPF_PROG_QUERY.
+fn our_hooks(iface: &str) -> Result<usize> {
+    let mut n = 0;
+    for (kind, label, ours) in [
+        (TcAttachType::Ingress, "ingress", PROG_INGRESS),
+        (TcAttachType::Egress, "egress", PROG_EGRESS),
+    ] {
+        let (_, progs) = SchedClassifier::query_tcx(iface, kind)
+            .with_context(|| format!("querying tcx {label} of {iface}"))?;
+        if progs.iter().any(|p| p.name_as_str() == Some(ours)) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
