@@ -11,7 +11,7 @@ use crate::{
     cli::AttachArgs,
     export::{self, SocketMark},
     hooks::HookError,
-    metrics::{self, Endpoint, MetricsError, Requests, Source},
+    metrics::{self, Endpoint, MetricsError, Requests},
     mirror::{Mirror, Settings},
     output::{Output, Tunnel},
     pin::{PinDir, PinError},
@@ -88,13 +88,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
     });
     check_privileges(raw)?;
     // Bound before anything is attached: a bad --metrics-addr changes nothing.
-    let (endpoint, requests) = match metrics::bind(args.metrics_addr)? {
-        Some(bound) => {
-            let (source, requests) = Source::owner();
-            (Some(bound.serve(source)?), requests)
-        }
-        None => (None, Requests::none()),
-    };
+    let (endpoint, requests) = metrics::start(args.metrics_addr)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

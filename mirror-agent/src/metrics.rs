@@ -210,6 +210,19 @@ impl Endpoint {
 }
 
 /// `set_ready` on an optional endpoint (metrics may be off).
+/// Binds and serves `addr` for an owner that answers scrapes from its own
+/// loop (`attach`, `run`): nothing when `off`. Called before anything is
+/// attached, so a bad address changes nothing.
+pub fn start(addr: MetricsAddr) -> Result<(Option<Endpoint>, Requests), MetricsError> {
+    Ok(match bind(addr)? {
+        Some(bound) => {
+            let (source, requests) = Source::owner();
+            (Some(bound.serve(source)?), requests)
+        }
+        None => (None, Requests::none()),
+    })
+}
+
 pub fn set_ready(endpoint: Option<&Endpoint>, ready: bool) {
     if let Some(e) = endpoint {
         e.set_ready(ready);

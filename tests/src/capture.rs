@@ -29,6 +29,19 @@ pub struct Frame {
     pub ts_ns: u128,
 }
 
+impl Frame {
+    /// The UDP destination port of an Ethernet/IPv4 frame, however short
+    /// the snaplen cut it (as long as the UDP header is there).
+    pub fn udp_dst_port(&self) -> Option<u16> {
+        let d = &self.data;
+        if d.len() < 34 || d[12..14] != [0x08, 0x00] || d[23] != 17 {
+            return None;
+        }
+        let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
+        Some(u16::from_be_bytes([*d.get(l4 + 2)?, *d.get(l4 + 3)?]))
+    }
+}
+
 /// Reads a pcap or pcapng file, whichever it is.
 pub fn read(path: &Path) -> Result<Vec<Frame>> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;

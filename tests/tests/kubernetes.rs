@@ -70,16 +70,6 @@ fn node_status(obj: Option<&Value>) -> Option<&Value> {
         .find(|n| n["node"] == NODE)
 }
 
-/// UDP destination port of an Ethernet/IPv4 frame, however it was cut.
-fn udp_port(f: &Frame) -> Option<u16> {
-    let d = &f.data;
-    if d.len() < 34 || d[12..14] != [0x08, 0x00] || d[23] != 17 {
-        return None;
-    }
-    let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
-    Some(u16::from_be_bytes([*d.get(l4 + 2)?, *d.get(l4 + 3)?]))
-}
-
 fn unix_ns() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -355,7 +345,7 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
     // After it, cut to 100 bytes.
     let cut: Vec<&Frame> = collected
         .iter()
-        .filter(|f| udp_port(f) == Some(7002))
+        .filter(|f| f.udp_dst_port() == Some(7002))
         .collect();
     assert_eq!(cut.len(), 5, "the five datagrams after the edit");
     assert!(

@@ -24,20 +24,10 @@ fn policy(host_if: &str, out: &Path, snaplen: u32, port: u16) -> String {
     )
 }
 
-/// UDP destination port of an Ethernet/IPv4 frame, however it was cut.
-fn udp_port(f: &Frame) -> Option<u16> {
-    let d = &f.data;
-    if d.len() < 34 || d[12..14] != [0x08, 0x00] || d[23] != 17 {
-        return None;
-    }
-    let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
-    Some(u16::from_be_bytes([*d.get(l4 + 2)?, *d.get(l4 + 3)?]))
-}
-
 fn with_port(frames: &[Frame], port: u16) -> Vec<&Frame> {
     frames
         .iter()
-        .filter(|f| udp_port(f) == Some(port))
+        .filter(|f| f.udp_dst_port() == Some(port))
         .collect()
 }
 

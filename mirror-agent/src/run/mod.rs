@@ -20,7 +20,7 @@ use crate::{
     attach::{AttachError, check_privileges, io_err},
     cli::RunArgs,
     export::SocketMark,
-    metrics::{self, MetricsAddr, MetricsError, Requests, Source},
+    metrics::{self, MetricsAddr, MetricsError, Requests},
     mirror::{Mirror, Settings},
     netns::{Namespace, NetnsError},
     pin::PinDir,
@@ -81,13 +81,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         Some(a) => *a,
         None => default_metrics_addr()?,
     };
-    let (endpoint, requests) = match metrics::bind(addr)? {
-        Some(bound) => {
-            let (source, requests) = Source::owner();
-            (Some(bound.serve(source)?), requests)
-        }
-        None => (None, Requests::none()),
-    };
+    let (endpoint, requests) = metrics::start(addr)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
