@@ -15,10 +15,11 @@ use crate::{
     attach::AttachError,
     cli::AttachMode,
     export::{self, Exporter, SocketMark, Stats},
-    fanout::{Fanout, PolicyStats, Running},
+    fanout::{Fanout, Running},
     hooks::{Adopted, Hooks, Interface, Slot},
     kfilter,
     metrics::{AgentMetrics, Family},
+    output::Output,
     pin::PinDir,
     plan::Planned,
     pump::Pump,
@@ -58,6 +59,9 @@ pub struct Mirror {
     slots: Vec<(Interface, Slot)>,
     /// Each policy's counter slots, by name.
     policy_slots: HashMap<String, Vec<Slot>>,
+    /// What each policy's pcapng streams were opened with (their interface
+    /// blocks), by name: a stream is kept across plans only if it matches.
+    streams: HashMap<String, StreamKey>,
     view: AgentMetrics,
     settings: Settings,
 }
@@ -72,7 +76,7 @@ impl Mirror {
         pins: Option<PinDir>,
         keep_pins: bool,
     ) -> Result<(Self, Adopted), AttachError> {
-        let fanout = open_fanout(plan, &settings)?;
+        let fanout = open_fanout(plan, &settings, None)?;
         let mut hooks = Hooks::load(ring_bytes, pins)?;
         hooks.keep_pins(keep_pins);
         let slots = configure(&mut hooks, plan, settings.mark)?;
@@ -80,6 +84,7 @@ impl Mirror {
         let mut mirror = Self {
             view: AgentMetrics::new(plan, &slots),
             policy_slots: policy_slots(plan, &slots),
+            streams: stream_keys(plan),
             hooks,
             pump,
             fanout,
@@ -132,7 +137,14 @@ impl Mirror {
     /// done in place (every hook still belongs to this mirror). Returns the
     /// interfaces that could not be attached (and were left out).
     pub fn apply(&mut self, plan: &[Planned]) -> Result<Vec<IfIndex>, AttachError> {
-        let fanout = open_fanout(plan, &self.settings)?;
+        // What the old outputs were handed is theirs to finish; read what is
+        // ready into them first.
+        self.pump.poll(&mut self.fanout);
+        let fanout = open_fanout(
+            plan,
+            &self.settings,
+            Some((&mut self.fanout, &self.streams)),
+        )?;
         let wanted: HashMap<IfIndex, &Interface> = plan
             .iter()
             .flat_map(|p| &p.interfaces)
@@ -144,15 +156,13 @@ impl Mirror {
                 info!(interface = %iface.name, "detached: no longer in the policy");
             }
         }
-        // What the old outputs were handed is theirs to finish; read what is
-        // ready into them first, then switch.
-        self.pump.poll(&mut self.fanout);
         let old = std::mem::replace(&mut self.fanout, fanout);
         self.pump.forget_holds();
         close_in_background(old);
         self.slots = configure(&mut self.hooks, plan, self.settings.mark)?;
         self.view = AgentMetrics::new(plan, &self.slots);
         self.policy_slots = policy_slots(plan, &self.slots);
+        self.streams = stream_keys(plan);
         self.attach(plan, false)
     }
 
@@ -263,16 +273,47 @@ fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> AttachError {
     move |source| AttachError::Io { context, source }
 }
 
+/// How one output of a new plan is had.
+enum Opened {
+    New(Box<Exporter>),
+    /// Taken, running, from the running fanout.
+    Reuse(String),
+    /// A file the running fanout writes: closed there, then opened to append.
+    Reopen(String),
+}
+
+/// A policy's pcapng streams start with one interface block per interface,
+/// with its snaplen.
+type StreamKey = (Vec<(IfIndex, String)>, u32);
+
+fn stream_keys(plan: &[Planned]) -> HashMap<String, StreamKey> {
+    plan.iter()
+        .map(|p| (p.name.clone(), (listed(p), p.snaplen.get())))
+        .collect()
+}
+
+fn listed(p: &Planned) -> Vec<(IfIndex, String)> {
+    p.interfaces
+        .iter()
+        .map(|i| (i.index, i.name.clone()))
+        .collect()
+}
+
 /// The outputs, filters and rate limits of a plan, ready to take records.
-fn open_fanout(plan: &[Planned], settings: &Settings) -> Result<Fanout, AttachError> {
+/// With the running fanout, outputs that would be opened again as they are
+/// are taken from it instead (with their policy's counters): a tunnel of
+/// the same policy to the same place, or a pcapng stream whose interfaces
+/// did not change. A TCP or TLS collector thus sees no reconnect when pods
+/// come and go on other policies or, for tunnels, on its own.
+fn open_fanout(
+    plan: &[Planned],
+    settings: &Settings,
+    mut running: Option<(&mut Fanout, &HashMap<String, StreamKey>)>,
+) -> Result<Fanout, AttachError> {
     let mut policies = Vec::with_capacity(plan.len());
     let mut routes = HashMap::new();
     for (index, p) in plan.iter().enumerate() {
-        let listed: Vec<(IfIndex, String)> = p
-            .interfaces
-            .iter()
-            .map(|i| (i.index, i.name.clone()))
-            .collect();
+        let listed = listed(p);
         let ctx = export::Context {
             node: &settings.node,
             interfaces: &listed,
@@ -280,12 +321,54 @@ fn open_fanout(plan: &[Planned], settings: &Settings) -> Result<Fanout, AttachEr
             mark: settings.mark,
             queue_bytes: settings.queue_bytes,
             progress: settings.progress.clone(),
+            append: running.is_some(),
         };
-        let exporters = p
-            .outputs
-            .iter()
-            .map(|o| Exporter::open(o, &ctx))
-            .collect::<Result<Vec<_>, _>>()?;
+        let same_streams = running.as_ref().is_some_and(|(_, streams)| {
+            streams.get(&p.name) == Some(&(listed.clone(), p.snaplen.get()))
+        });
+        let mut old = running
+            .as_mut()
+            .and_then(|(fanout, _)| fanout.policies.iter_mut().find(|r| r.name == p.name));
+        // Outputs to open anew are opened before any is taken from the
+        // running fanout, so a failure leaves it as it was.
+        let mut plans = Vec::with_capacity(p.outputs.len());
+        for o in &p.outputs {
+            let name = o.to_string();
+            let running_one = old
+                .as_ref()
+                .is_some_and(|r| r.exporters.iter().any(|e| e.name() == name));
+            let reuse = running_one && (matches!(o, Output::Tunnel { .. }) || same_streams);
+            plans.push(if reuse {
+                Opened::Reuse(name)
+            } else if running_one && matches!(o, Output::PcapngFile(_)) {
+                Opened::Reopen(name)
+            } else {
+                Opened::New(Box::new(Exporter::open(o, &ctx)?))
+            });
+        }
+        let mut exporters = Vec::with_capacity(plans.len());
+        for (opened, o) in plans.into_iter().zip(&p.outputs) {
+            let mut take = |name: &str| {
+                let policy = old.as_mut()?;
+                let at = policy.exporters.iter().position(|e| e.name() == name)?;
+                Some(policy.exporters.swap_remove(at))
+            };
+            exporters.push(match opened {
+                Opened::New(e) => *e,
+                Opened::Reuse(name) => match take(&name) {
+                    Some(e) => e,
+                    None => Exporter::open(o, &ctx)?,
+                },
+                Opened::Reopen(name) => {
+                    // The same file gets a new section: the old writer
+                    // finishes first, so the two never interleave.
+                    if let Some(mut e) = take(&name) {
+                        e.close(CLOSE_TIMEOUT);
+                    }
+                    Exporter::open(o, &ctx)?
+                }
+            });
+        }
         let body = p.body.as_ref();
         let filters = body
             .map(|b| b.filters())
@@ -294,12 +377,15 @@ fn open_fanout(plan: &[Planned], settings: &Settings) -> Result<Fanout, AttachEr
         for (ifindex, name) in listed {
             routes.insert(ifindex, (name, index));
         }
+        let stats = old
+            .map(|policy| std::mem::take(&mut policy.stats))
+            .unwrap_or_default();
         policies.push(Running {
             name: p.name.clone(),
             filters,
             limiter: body.and_then(|b| RateLimiter::new(&b.rate_limit)),
             exporters,
-            stats: PolicyStats::default(),
+            stats,
         });
     }
     Ok(Fanout::new(policies, routes, settings.clock))

@@ -230,13 +230,20 @@ fn kill_9_and_restart_loses_no_sequence_number() {
 
 /// The second agent exited with cleanup: no hook, no pin is left.
 fn assert_clean(bed: &Bed, exit: &Exit) {
-    assert!(
-        attached(&bed.pair.node, &bed.pair.host_if)
-            .expect("query")
-            .is_empty(),
-        "hooks left after cleanup: {}",
-        exit.stderr
-    );
+    // The kernel lets go of a link once its last pin and fd are gone, a
+    // moment later (the detach waits for an RCU grace period).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !attached(&bed.pair.node, &bed.pair.host_if)
+        .expect("query")
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hooks left after cleanup: {}",
+            exit.stderr
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         !Path::new(&bed.pin_dir()).exists(),
         "pins left after cleanup"

@@ -98,6 +98,9 @@ pub struct Context<'a> {
     pub queue_bytes: usize,
     /// Woken whenever an output finishes a batch.
     pub progress: Arc<tokio::sync::Notify>,
+    /// Files are appended to (a new pcapng section), not truncated: the
+    /// output is being reopened for a new plan.
+    pub append: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

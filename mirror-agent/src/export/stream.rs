@@ -113,6 +113,14 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
         crate::pcapng::interface_block(&mut preamble, name, ctx.snaplen);
     }
     let target = match output {
+        // Reopened by a plan change: a new section after what is there
+        // (pcapng files may hold several), never over it.
+        Output::PcapngFile(path) if ctx.append => Target::File(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)?,
+        ),
         Output::PcapngFile(path) => Target::File(File::create(path)?),
         Output::PcapngStdout => Target::Stdout,
         Output::Tcp(to) => Target::Tcp {
