@@ -3,6 +3,8 @@
 //! (the agent re-checks every record exactly, in order, Reject rules
 //! included), never less: whatever it cannot read exactly, it lets through.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::generated::bpf_skb_load_bytes,
@@ -34,20 +36,50 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const SCTP: u8 = 132;
 
-/// Copies `N` bytes at `offset`; `None` if the packet is shorter.
+/// A header copied to the stack, aligned so it can be filled a word at a
+/// time (the verifier refuses misaligned stack writes).
+#[repr(C, align(8))]
+struct Aligned<const N: usize>(MaybeUninit<[u8; N]>);
+
+/// Reads `N` bytes at `offset`; `None` if the packet is shorter. Headers
+/// in the skb's linear area (nearly always) are read in place, a word at a
+/// time and with no helper call; the rest are copied with `bpf_skb_load_bytes`.
 #[inline(always)]
 fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
+    // Not zeroed first: that is a `memset` subprogram call, and both ways
+    // below write every byte.
+    let mut buf = Aligned(MaybeUninit::<[u8; N]>::uninit());
+    let dst = buf.0.as_mut_ptr().cast::<u8>();
+    let at = ctx.data() + offset as usize;
+    if at + N <= ctx.data_end() {
+        // Volatile, word by word: LLVM would otherwise turn the copy into a
+        // call of a byte-wise `memcpy` subprogram.
+        let mut i = 0;
+        while i + 4 <= N {
+            // SAFETY: [at, at + N) lies within the packet's linear data, as
+            // checked above (for the verifier too); `buf` is 8-aligned and `i`
+            // a multiple of 4, so the store is aligned.
+            unsafe {
+                let w = core::ptr::read_volatile((at + i) as *const u32);
+                dst.add(i).cast::<u32>().write(w);
+            }
+            i += 4;
+        }
+        while i < N {
+            // SAFETY: as above.
+            unsafe {
+                dst.add(i)
+                    .write(core::ptr::read_volatile((at + i) as *const u8))
+            };
+            i += 1;
+        }
+        // SAFETY: every byte was written above.
+        return Some(unsafe { buf.0.assume_init() });
+    }
     // SAFETY: `buf` has N bytes, and N is a non-zero constant.
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            offset,
-            buf.as_mut_ptr().cast(),
-            N as u32,
-        )
-    };
-    (rc == 0).then_some(buf)
+    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, offset, dst.cast(), N as u32) };
+    // SAFETY: the helper wrote all N bytes when it returned 0.
+    (rc == 0).then(|| unsafe { buf.0.assume_init() })
 }
 
 #[inline(always)]
@@ -83,7 +115,12 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
         (ethertype, l3) = (be16(t), 18);
     }
     let key = policy_id.to_be_bytes();
-    let (src, dst, l4) = match ethertype {
+    // A side's trie is looked up only when some Accept rule has a CIDR list
+    // there (others match any address), and the destination's only when
+    // the source left candidates: most packets need one lookup or none.
+    let need_src = pf.accept & !pf.src_any != 0;
+    let need_dst = pf.accept & !pf.dst_any != 0;
+    let (candidates, l4) = match ethertype {
         0x0800 => {
             let Some(h) = load::<20>(ctx, l3) else {
                 return true;
@@ -101,9 +138,22 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
                 .copied()
                 .unwrap_or(0)
             };
+            let src = if need_src {
+                lookup(&SRC4, [h[12], h[13], h[14], h[15]])
+            } else {
+                0
+            };
+            let c = pf.accept & (src | pf.src_any);
+            if c == 0 {
+                return false;
+            }
+            let dst = if need_dst {
+                lookup(&DST4, [h[16], h[17], h[18], h[19]])
+            } else {
+                0
+            };
             (
-                lookup(&SRC4, [h[12], h[13], h[14], h[15]]),
-                lookup(&DST4, [h[16], h[17], h[18], h[19]]),
+                c & (dst | pf.dst_any),
                 L4 {
                     proto: h[9],
                     offset: (!later_fragment).then_some(l3 + ihl),
@@ -143,9 +193,14 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
                 .copied()
                 .unwrap_or(0)
             };
+            let src = if need_src { lookup(&SRC6, addr(8)) } else { 0 };
+            let c = pf.accept & (src | pf.src_any);
+            if c == 0 {
+                return false;
+            }
+            let dst = if need_dst { lookup(&DST6, addr(24)) } else { 0 };
             (
-                lookup(&SRC6, addr(8)),
-                lookup(&DST6, addr(24)),
+                c & (dst | pf.dst_any),
                 L4 {
                     proto: h[6],
                     offset: Some(l3 + 40),
@@ -156,7 +211,6 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
         0x8100 | 0x88a8 => return true,
         _ => return pf.non_ip & pf.accept != 0,
     };
-    let candidates = pf.accept & (src | pf.src_any) & (dst | pf.dst_any);
     if candidates == 0 {
         return false;
     }
@@ -164,16 +218,22 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
     if let Some(at) = l4.offset
         && matches!(l4.proto, TCP | UDP | SCTP)
     {
-        let Some(p) = load::<4>(ctx, at) else {
-            return true;
-        };
-        (sport, dport, has_ports) = (be16([p[0], p[1]]), be16([p[2], p[3]]), true);
-        if l4.proto == TCP {
-            let Some(f) = load::<1>(ctx, at + 13) else {
+        // TCP: ports to flags in one read (a TCP header has at least 20
+        // bytes). Never a 1-byte read: LLVM turns its bounds check into a
+        // form the verifier draws no packet range from.
+        let p = if l4.proto == TCP {
+            let Some(h) = load::<14>(ctx, at) else {
                 return true;
             };
-            flags = f[0];
-        }
+            flags = h[13];
+            [h[0], h[1], h[2], h[3]]
+        } else {
+            let Some(h) = load::<4>(ctx, at) else {
+                return true;
+            };
+            h
+        };
+        (sport, dport, has_ports) = (be16([p[0], p[1]]), be16([p[2], p[3]]), true);
     }
     let base = policy_id * MAX_KERNEL_RULES;
     let mut i = 0;
