@@ -194,7 +194,9 @@ pub struct AttachArgs {
     /// `tcp://HOST:PORT` (a pcapng stream), `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]`
     /// (the same over mutual TLS: the collector's CA, our client certificate and key,
     /// PEM files). Tunnels take `&mtu=BYTES` (default 1500):
-    /// longer copies are cut to fit, keeping their original length where the tunnel can.
+    /// longer copies are cut to fit, keeping their original length where the tunnel can;
+    /// vxlan and geneve take `&gso=true` to send runs of copies as UDP GSO messages (for
+    /// collectors behind a real NIC or reading with a socket, not sniffing a veth).
     #[arg(
         short,
         long = "output",

@@ -277,9 +277,9 @@ fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> AttachError {
 enum Opened {
     New(Box<Exporter>),
     /// Taken, running, from the running fanout.
-    Reuse(String),
+    Reuse,
     /// A file the running fanout writes: closed there, then opened to append.
-    Reopen(String),
+    Reopen,
 }
 
 /// A policy's pcapng streams start with one interface block per interface,
@@ -333,36 +333,35 @@ fn open_fanout(
         // running fanout, so a failure leaves it as it was.
         let mut plans = Vec::with_capacity(p.outputs.len());
         for o in &p.outputs {
-            let name = o.to_string();
             let running_one = old
                 .as_ref()
-                .is_some_and(|r| r.exporters.iter().any(|e| e.name() == name));
+                .is_some_and(|r| r.exporters.iter().any(|e| e.output() == o));
             let reuse = running_one && (matches!(o, Output::Tunnel { .. }) || same_streams);
             plans.push(if reuse {
-                Opened::Reuse(name)
+                Opened::Reuse
             } else if running_one && matches!(o, Output::PcapngFile(_)) {
-                Opened::Reopen(name)
+                Opened::Reopen
             } else {
                 Opened::New(Box::new(Exporter::open(o, &ctx)?))
             });
         }
         let mut exporters = Vec::with_capacity(plans.len());
         for (opened, o) in plans.into_iter().zip(&p.outputs) {
-            let mut take = |name: &str| {
+            let mut take = || {
                 let policy = old.as_mut()?;
-                let at = policy.exporters.iter().position(|e| e.name() == name)?;
+                let at = policy.exporters.iter().position(|e| e.output() == o)?;
                 Some(policy.exporters.swap_remove(at))
             };
             exporters.push(match opened {
                 Opened::New(e) => *e,
-                Opened::Reuse(name) => match take(&name) {
+                Opened::Reuse => match take() {
                     Some(e) => e,
                     None => Exporter::open(o, &ctx)?,
                 },
-                Opened::Reopen(name) => {
+                Opened::Reopen => {
                     // The same file gets a new section: the old writer
                     // finishes first, so the two never interleave.
-                    if let Some(mut e) = take(&name) {
+                    if let Some(mut e) = take() {
                         e.close(CLOSE_TIMEOUT);
                     }
                     Exporter::open(o, &ctx)?

@@ -13,7 +13,8 @@
 //! | `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]` | the same over mutual TLS |
 //!
 //! Tunnels also take `mtu=BYTES` (default 1500): a copy whose encapsulated
-//! size would exceed it is cut to fit rather than IP-fragmented.
+//! size would exceed it is cut to fit rather than IP-fragmented; vxlan and
+//! geneve take `gso=true` to send runs of copies as UDP GSO messages.
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
@@ -77,6 +78,11 @@ pub enum Output {
         tunnel: Tunnel,
         to: Endpoint,
         mtu: u16,
+        /// `gso=true` (vxlan and geneve): runs of equal-size copies leave as
+        /// one UDP GSO message. Only for collectors behind a real NIC or
+        /// reading with a socket: the kernel splits GSO messages there, but
+        /// a sniffer on a virtual link (a veth) sees them merged.
+        gso: bool,
     },
     Tcp(Endpoint),
     Tls(Endpoint, TlsFiles),
@@ -233,7 +239,16 @@ impl FromStr for Output {
                             .map_err(|e| param("hwid", e))?,
                     },
                 };
-                Self::Tunnel { tunnel, to, mtu }
+                let gso = params.number::<bool>("gso")?.unwrap_or(false);
+                if gso && !matches!(tunnel, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. }) {
+                    return Err(param("gso", "only vxlan and geneve go over UDP".to_owned()));
+                }
+                Self::Tunnel {
+                    tunnel,
+                    to,
+                    mtu,
+                    gso,
+                }
             }
         };
         params.done()?;
@@ -259,5 +274,22 @@ impl fmt::Display for Output {
             Self::Tcp(to) => write!(f, "tcp://{to}"),
             Self::Tls(to, _) => write!(f, "tls://{to}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_is_for_udp_tunnels_only() {
+        let o: Output = "vxlan://198.18.0.9?vni=42&gso=true"
+            .parse()
+            .expect("parses");
+        assert!(matches!(o, Output::Tunnel { gso: true, .. }));
+        let o: Output = "geneve://198.18.0.9?vni=42".parse().expect("parses");
+        assert!(matches!(o, Output::Tunnel { gso: false, .. }));
+        let e = "gre://198.18.0.9?gso=true".parse::<Output>().unwrap_err();
+        assert!(e.to_string().contains("gso"), "{e}");
     }
 }

@@ -87,6 +87,26 @@ fn kernel_vxlan_device_decapsulates_what_tcpdump_saw() {
     assert_eq!(output_field(&r.exit, "mtu_truncated"), 0);
 }
 
+/// With `gso=true`, runs of equal-size copies leave as UDP GSO messages;
+/// the kernel cuts them into datagrams before its VXLAN device takes them,
+/// which then decapsulates exactly the pod veth's frames.
+#[test]
+fn gso_copies_are_cut_into_datagrams_the_kernel_decapsulates() {
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
+        ns.ip(&["link", "set", dev, "mtu", "9000"]).expect("mtu");
+    }
+    let output = format!("vxlan://{}?vni={VNI}&mtu=9000&gso=true", link.collector_v4);
+    let r = run(&pair, &link, &[&pair.host_if], &output, |p| {
+        mixed_traffic(p)?;
+        // Runs of equal sizes, so GSO has something to merge.
+        traffic::udp(&p.pod, &p.node, IpAddr::V4(p.node_v4), 5002, &[200; 64])
+    });
+    assert!(r.pod_veth.len() >= 70, "too little traffic");
+    assert_same_frames(&r.pod_veth, &r.decapsulated);
+}
+
 /// On a 1500-byte path, VXLAN over IPv4 leaves 1500 - 20 - 8 - 8 = 1464
 /// bytes for the inner frame: longer copies arrive cut to exactly that, and
 /// are counted.

@@ -123,6 +123,7 @@ enum Encoder {
 
 pub struct Exporter {
     name: String,
+    output: Output,
     encoder: Encoder,
     outbox: queue::Outbox,
     stats: Arc<Stats>,
@@ -139,9 +140,14 @@ impl Exporter {
         let (outbox, inbox) = queue::channel(ctx.queue_bytes, ctx.progress.clone());
         let stats = Arc::new(Stats::default());
         let (encoder, thread) = match output {
-            Output::Tunnel { tunnel, to, mtu } => {
+            Output::Tunnel {
+                tunnel,
+                to,
+                mtu,
+                gso,
+            } => {
                 let (encode, sender) =
-                    tunnel::open(tunnel, to, *mtu, ctx).map_err(|e| open_err(output, e))?;
+                    tunnel::open(tunnel, to, *mtu, *gso, ctx).map_err(|e| open_err(output, e))?;
                 let stats = stats.clone();
                 let thread = spawn(output, move || sender.run(&inbox, &stats))?;
                 (Encoder::Tunnel(encode), thread)
@@ -161,6 +167,7 @@ impl Exporter {
         };
         Ok(Self {
             name: output.to_string(),
+            output: output.clone(),
             encoder,
             outbox,
             stats,
@@ -171,6 +178,11 @@ impl Exporter {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What it was opened for.
+    pub fn output(&self) -> &Output {
+        &self.output
     }
 
     pub fn stats(&self) -> &Stats {

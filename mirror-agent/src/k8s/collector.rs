@@ -309,7 +309,12 @@ impl MirrorCollectorSpec {
                 }
             }
         };
-        Ok(Output::Tunnel { tunnel, to, mtu })
+        Ok(Output::Tunnel {
+            tunnel,
+            to,
+            mtu,
+            gso: false,
+        })
     }
 
     /// Checks the spec as [`Self::output`] does, for a status before any
