@@ -52,7 +52,7 @@ impl Config {
         match self {
             Self::NoHook => "1 no hook",
             Self::HookNothing => "2 hook, rules match nothing",
-            Self::MirrorVxlan => "3 mirror-agent -> VXLAN -> collect",
+            Self::MirrorVxlan => "3 mirror-agent -> VXLAN (gso) -> collect",
             Self::MirrorPcapng => "4 mirror-agent -> pcapng (tmpfs)",
             Self::Tcpdump => "5 tcpdump -s 128 -w /dev/null",
             Self::KernelMirror => "6 tc mirred -> kernel VXLAN",
@@ -160,7 +160,12 @@ impl<'a> Session<'a> {
             }
             Config::MirrorVxlan => {
                 s.collector = Some(start_collector(env, &mut s.files)?);
-                let out = format!("vxlan://{}?vni={AGENT_VNI}", net.collector.collector_v4);
+                // The collector reads with a socket, where the kernel cuts UDP
+                // GSO messages back into datagrams.
+                let out = format!(
+                    "vxlan://{}?vni={AGENT_VNI}&gso=true",
+                    net.collector.collector_v4
+                );
                 s.agent = Some(start_agent(env, &mirror_args(&net.host_if, &out))?);
             }
             Config::MirrorPcapng => {
