@@ -1,7 +1,7 @@
 //! `mirror-agent attach`: mirror named interfaces of this network namespace
 //! into pcapng until SIGINT or SIGTERM, then detach and report.
 
-use std::{io, sync::Arc, time::Duration};
+use std::io;
 
 use caps::{CapSet, Capability};
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,12 +16,8 @@ use crate::{
     output::{Output, Tunnel},
     pin::{PinDir, PinError},
     plan::{self, Planned},
-    pump::HOLDING_POLL,
     record::WallClock,
 };
-
-/// Even with no wakeup (none is lost, but be sure), the ring is read this often.
-const IDLE_DRAIN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -133,7 +129,6 @@ async fn mirror(
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP"))?;
 
-    let progress = Arc::new(tokio::sync::Notify::new());
     let settings = Settings {
         node: node_name(&args),
         mark: SocketMark {
@@ -144,7 +139,6 @@ async fn mirror(
         attach_mode: args.attach_mode,
         clock: WallClock::now()
             .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
-        progress: progress.clone(),
     };
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
     let (mut mirror, adopted) = Mirror::start(
@@ -155,14 +149,13 @@ async fn mirror(
         !args.cleanup_on_exit,
     )?;
     if let Some(dir) = &args.pin_dir {
-        let (pump, _) = mirror.pump();
         info!(
             pin_dir = %dir.display(),
             adopted = adopted.links,
             removed = adopted.removed,
             other_abis = adopted.other_abis,
             abandoned_records = adopted.abandoned_records,
-            pending_bytes = pump.ring().pending(),
+            pending_bytes = mirror.ring_pending(),
             "pins"
         );
     }
@@ -174,19 +167,9 @@ async fn mirror(
     );
     metrics::set_ready(endpoint, true);
 
-    let mut tick = tokio::time::interval(IDLE_DRAIN);
-    let mut holding_tick = tokio::time::interval(HOLDING_POLL);
-    holding_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let (pump, fanout) = mirror.pump();
         tokio::select! {
-            batch = pump.wait(fanout) => batch.map_err(io_err("polling the ring buffer"))?,
-            () = progress.notified() => pump.progress(fanout),
-            _ = holding_tick.tick(), if pump.holding() => pump.progress(fanout),
-            _ = tick.tick() => {
-                pump.progress(fanout);
-                mirror.prune_vanished();
-            }
+            drained = mirror.drain() => drained.map_err(io_err("polling the ring buffer"))?,
             reply = scrapes.next() => reply.send(mirror.families()),
             _ = sighup.recv() => reload(&args, &mut mirror),
             _ = sigint.recv() => break,

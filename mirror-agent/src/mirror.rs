@@ -8,7 +8,10 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use mirror_common::{Counters, IfaceConfig};
-use tokio::sync::Notify;
+use tokio::{
+    sync::Notify,
+    time::{Interval, MissedTickBehavior},
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -22,10 +25,13 @@ use crate::{
     output::Output,
     pin::PinDir,
     plan::Planned,
-    pump::Pump,
+    pump::{HOLDING_POLL, Pump},
     ratelimit::RateLimiter,
     record::{IfIndex, WallClock},
 };
+
+/// Even with no wakeup (none is lost, but be sure), the ring is read this often.
+const IDLE_DRAIN: Duration = Duration::from_millis(200);
 
 /// How long shutdown (or a reload, in the background) waits for each output
 /// to send what it holds.
@@ -38,8 +44,6 @@ pub struct Settings {
     pub queue_bytes: usize,
     pub attach_mode: AttachMode,
     pub clock: WallClock,
-    /// Woken whenever an output finishes a batch.
-    pub progress: Arc<Notify>,
 }
 
 /// What one policy's mirror has done, for its status: copies sent, cut,
@@ -64,6 +68,13 @@ pub struct Mirror {
     streams: HashMap<String, StreamKey>,
     view: AgentMetrics,
     settings: Settings,
+    /// Woken when an output has sent all it was handed.
+    progress: Arc<Notify>,
+    /// The ring is read this often even with no wakeup, and deleted
+    /// interfaces are noticed.
+    idle_tick: Interval,
+    /// While ring space is held the kernel sends no wakeups: poll.
+    holding_tick: Interval,
 }
 
 impl Mirror {
@@ -76,7 +87,8 @@ impl Mirror {
         pins: Option<PinDir>,
         keep_pins: bool,
     ) -> Result<(Self, Adopted), AttachError> {
-        let fanout = open_fanout(plan, &settings, None)?;
+        let progress = Arc::new(Notify::new());
+        let fanout = open_fanout(plan, &settings, &progress, None)?;
         let mut hooks = Hooks::load(ring_bytes, pins)?;
         hooks.keep_pins(keep_pins);
         let slots = configure(&mut hooks, plan, settings.mark)?;
@@ -90,6 +102,13 @@ impl Mirror {
             fanout,
             slots,
             settings,
+            progress,
+            idle_tick: tokio::time::interval(IDLE_DRAIN),
+            holding_tick: {
+                let mut tick = tokio::time::interval(HOLDING_POLL);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                tick
+            },
         };
         mirror.attach(plan, true)?;
         let adopted = mirror.hooks.settle_pins()?;
@@ -143,6 +162,7 @@ impl Mirror {
         let fanout = open_fanout(
             plan,
             &self.settings,
+            &self.progress,
             Some((&mut self.fanout, &self.streams)),
         )?;
         let wanted: HashMap<IfIndex, &Interface> = plan
@@ -166,8 +186,30 @@ impl Mirror {
         self.attach(plan, false)
     }
 
-    pub fn pump(&mut self) -> (&mut Pump, &mut Fanout) {
-        (&mut self.pump, &mut self.fanout)
+    /// Waits for the next thing the ring or the outputs need, and does it:
+    /// records arrived, an output caught up, the poll while ring space is
+    /// held, or the idle tick (which also notices deleted interfaces). The
+    /// drain loop of `attach` and of `run` alike.
+    pub async fn drain(&mut self) -> std::io::Result<()> {
+        let (pump, fanout) = (&mut self.pump, &mut self.fanout);
+        let holding = pump.holding();
+        tokio::select! {
+            batch = pump.wait(fanout) => {
+                batch?;
+            }
+            () = self.progress.notified() => pump.progress(fanout),
+            _ = self.holding_tick.tick(), if holding => pump.progress(fanout),
+            _ = self.idle_tick.tick() => {
+                pump.progress(fanout);
+                self.prune_vanished();
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in the ring buffer not yet released.
+    pub fn ring_pending(&self) -> u64 {
+        self.pump.ring().pending()
     }
 
     pub fn families(&self) -> Vec<Family> {
@@ -308,6 +350,7 @@ fn listed(p: &Planned) -> Vec<(IfIndex, String)> {
 fn open_fanout(
     plan: &[Planned],
     settings: &Settings,
+    progress: &Arc<Notify>,
     mut running: Option<(&mut Fanout, &HashMap<String, StreamKey>)>,
 ) -> Result<Fanout, AttachError> {
     let mut policies = Vec::with_capacity(plan.len());
@@ -320,7 +363,7 @@ fn open_fanout(
             snaplen: p.snaplen.get(),
             mark: settings.mark,
             queue_bytes: settings.queue_bytes,
-            progress: settings.progress.clone(),
+            progress: progress.clone(),
             append: running.is_some(),
         };
         let same_streams = running.as_ref().is_some_and(|(_, streams)| {

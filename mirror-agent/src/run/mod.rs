@@ -11,7 +11,7 @@ pub mod status;
 pub mod tls;
 pub mod watch;
 
-use std::{io, path::Path, sync::Arc, time::Duration};
+use std::{io, path::Path, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -25,7 +25,6 @@ use crate::{
     netns::{Namespace, NetnsError},
     pin::PinDir,
     plan::Planned,
-    pump::HOLDING_POLL,
     record::{IfIndex, WallClock},
 };
 
@@ -40,8 +39,6 @@ use self::{
 /// long after the first one (pods starting in a burst, a policy and its
 /// collector created together).
 const SETTLE: Duration = Duration::from_millis(50);
-/// Even with no wakeup, the ring is read this often (as in `attach`).
-const IDLE_DRAIN: Duration = Duration::from_millis(200);
 /// How often statuses are looked at (each is written at most once per --status-interval).
 const STATUS_TICK: Duration = Duration::from_secs(1);
 
@@ -125,7 +122,6 @@ async fn agent(
         _ = sigint.recv() => return Ok(()),
         _ = sigterm.recv() => return Ok(()),
     }
-    let progress = Arc::new(tokio::sync::Notify::new());
     let settings = Settings {
         node: node.clone(),
         mark: SocketMark {
@@ -136,7 +132,6 @@ async fn agent(
         attach_mode: args.tuning.attach_mode,
         clock: WallClock::now()
             .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
-        progress: progress.clone(),
     };
     let tls_dir = args.tls_dir.clone();
     let (plan, mut outcomes) = desired::compute(&cluster, &mut locator, &tls_dir);
@@ -159,21 +154,11 @@ async fn agent(
     );
     metrics::set_ready(endpoint, true);
 
-    let mut drain_tick = tokio::time::interval(IDLE_DRAIN);
-    let mut holding_tick = tokio::time::interval(HOLDING_POLL);
-    holding_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut status_tick = tokio::time::interval(STATUS_TICK);
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let (pump, fanout) = mirror.pump();
         tokio::select! {
-            batch = pump.wait(fanout) => batch.map_err(io_err("polling the ring buffer"))?,
-            () = progress.notified() => pump.progress(fanout),
-            _ = holding_tick.tick(), if pump.holding() => pump.progress(fanout),
-            _ = drain_tick.tick() => {
-                pump.progress(fanout);
-                mirror.prune_vanished();
-            }
+            drained = mirror.drain() => drained.map_err(io_err("polling the ring buffer"))?,
             () = cluster.changed.notified() => {
                 tokio::time::sleep(SETTLE).await;
                 let (plan, now) = desired::compute(&cluster, &mut locator, &tls_dir);
