@@ -71,6 +71,18 @@ pub struct RunArgs {
     #[arg(long = "netns-path", value_name = "DIR", default_values = ["/run/netns", "/proc"])]
     pub netns_paths: Vec<PathBuf>,
 
+    /// Where pods' hooks go: `host`, the host end of the pod's veth; `pod`, the
+    /// pod's own interface, inside its namespace; `auto`, the host end where the
+    /// pod's traffic passes it both ways, else the pod end (ipvlan, macvlan,
+    /// netkit, or a host end under a CNI's own TC program, as Cilium's).
+    #[arg(
+        long,
+        value_name = "WHERE",
+        env = "ATTACH_POINT",
+        default_value = "auto"
+    )]
+    pub attach_point: crate::discovery::AttachPoint,
+
     /// The namespace whose Secrets hold TLS collectors' credentials (the agent's own).
     #[arg(
         long,

@@ -11,7 +11,7 @@ use crate::{
     export::Exporter,
     policy::{Filters, Verdict},
     ratelimit::RateLimiter,
-    record::{IfIndex, Record, WallClock},
+    record::{IfaceId, Record, WallClock},
 };
 
 /// What the agent itself did with the records it read.
@@ -70,8 +70,8 @@ impl Running {
 /// Hands each record to its policy, and from there to the policy's outputs.
 pub struct Fanout {
     pub policies: Vec<Running>,
-    /// Interface name and index into `policies`, by ifindex.
-    routes: HashMap<IfIndex, (String, usize)>,
+    /// Interface name and index into `policies`, by interface.
+    routes: HashMap<IfaceId, (String, usize)>,
     clock: WallClock,
     pub stats: AgentStats,
 }
@@ -79,7 +79,7 @@ pub struct Fanout {
 impl Fanout {
     pub fn new(
         policies: Vec<Running>,
-        routes: HashMap<IfIndex, (String, usize)>,
+        routes: HashMap<IfaceId, (String, usize)>,
         clock: WallClock,
     ) -> Self {
         Self {
@@ -101,7 +101,7 @@ impl Fanout {
                 return;
             }
         };
-        let Some((name, policy)) = self.routes.get(&record.ifindex) else {
+        let Some((name, policy)) = self.routes.get(&record.iface) else {
             self.stats.unknown_interface += 1;
             return;
         };

@@ -7,7 +7,9 @@
 
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap, HashSet},
+    fmt,
     path::PathBuf,
+    sync::Arc,
 };
 
 use aya::{
@@ -23,18 +25,21 @@ use aya::{
     },
 };
 use mirror_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, IfaceConfig, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
-    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS,
-    MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS,
+    Counters, DIR_EGRESS, DIR_INGRESS, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, MAP_CONFIG,
+    MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES,
+    MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS,
+    PROG_INGRESS,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     cli::AttachMode,
+    discovery::End,
     kfilter::Compiled,
+    netns::{self, Namespace, NetnsError},
     pin::{LinkKey, PinDir, PinError},
     qdisc::{self, Action, QdiscError},
-    record::{IfIndex, PolicyId},
+    record::{IfIndex, IfaceId, NetnsCookie, PolicyId},
     ringbuf::{Ring, RingError},
 };
 
@@ -91,13 +96,108 @@ pub enum HookError {
     Ring(#[from] RingError),
     #[error("counting the possible CPUs: {0}")]
     Cpus(std::io::Error),
+    #[error("attaching to {interface}: {source}")]
+    Netns {
+        interface: String,
+        source: NetnsError,
+    },
+    #[error(
+        "{interface}: an interface in another network namespace can only be hooked with tcx \
+         (Linux 6.6 or later)"
+    )]
+    ForeignNeedsTcx { interface: String },
+    #[error(
+        "{interface}: an interface in another network namespace can only be hooked with a pin \
+         directory, through which its programs share the maps"
+    )]
+    ForeignNeedsPins { interface: String },
+    #[error("the agent's own network namespace: {0}")]
+    OwnNetns(NetnsError),
 }
 
-/// A network interface of the agent's namespace, resolved from its name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A network interface to hook: its name and index in its network
+/// namespace, which is the agent's own or a pod's.
+#[derive(Clone)]
 pub struct Interface {
     pub name: String,
     pub index: IfIndex,
+    pub netns: NetnsCookie,
+    /// Which end of a pod's link this is: a host end transmits what its pod
+    /// receives. An interface named on the command line or in a policy file
+    /// counts as the pod's own.
+    pub end: End,
+    /// The namespace, open, when it is not the agent's: hooks are attached
+    /// from inside it.
+    pub ns: Option<Arc<Namespace>>,
+}
+
+impl Interface {
+    /// An interface of the agent's own namespace.
+    pub fn local(name: String, index: IfIndex, netns: NetnsCookie, end: End) -> Self {
+        Self {
+            name,
+            index,
+            netns,
+            end,
+            ns: None,
+        }
+    }
+
+    pub fn id(&self) -> IfaceId {
+        IfaceId {
+            netns: self.netns,
+            index: self.index,
+        }
+    }
+
+    /// The hook direction bits on this interface for a policy's directions
+    /// as its pods see them.
+    pub fn hook_bits(&self, pod_bits: u32) -> u32 {
+        match self.end {
+            End::Pod => pod_bits,
+            End::Host => {
+                let swap = |from, to| if pod_bits & from != 0 { to } else { 0 };
+                swap(DIR_INGRESS, DIR_EGRESS) | swap(DIR_EGRESS, DIR_INGRESS)
+            }
+        }
+    }
+
+    /// Runs `f` in the interface's namespace: here, or on a thread that
+    /// entered the pod's.
+    pub fn run_in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+        match &self.ns {
+            None => Ok(f()),
+            Some(ns) => ns.run(f),
+        }
+    }
+
+    /// Whether the interface is still there under its name and index, so an
+    /// index reused by a new interface is not taken for the old one.
+    pub fn exists(&self) -> bool {
+        let name = self.name.as_str();
+        self.run_in_ns(|| nix::net::if_::if_nametoindex(name))
+            .is_ok_and(|i| i == Ok(self.index.0))
+    }
+}
+
+// The open namespace is not part of what an interface is: the cookie names it.
+impl PartialEq for Interface {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, self.index, self.netns, self.end)
+            == (&other.name, other.index, other.netns, other.end)
+    }
+}
+impl Eq for Interface {}
+
+impl fmt::Debug for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interface")
+            .field("name", &self.name)
+            .field("index", &self.index.0)
+            .field("netns", &self.netns.0)
+            .field("end", &self.end)
+            .finish()
+    }
 }
 
 /// Counter slot of one interface in the per-CPU counters map.
@@ -141,11 +241,18 @@ pub struct Adopted {
 }
 
 pub struct Hooks {
+    /// The programs for the agent's own namespace, and every map.
     ebpf: Ebpf,
+    /// A copy of the programs for each other namespace with hooked
+    /// interfaces (pods'), sharing the maps through their pins; see
+    /// `GLOBAL_NETNS_COOKIE`.
+    foreign: StdHashMap<NetnsCookie, Ebpf>,
+    own: NetnsCookie,
+    ring_bytes: u32,
     attachments: Vec<Attachment>,
     /// Counter slot of each configured interface; carried over from pinned
     /// config, so an adopted interface keeps its counters.
-    slots: StdHashMap<IfIndex, Slot>,
+    slots: StdHashMap<IfaceId, Slot>,
     pins: Option<PinDir>,
     keep_pins: bool,
     /// Hooks taken over from pins so far.
@@ -158,33 +265,23 @@ impl Hooks {
     /// (with what they hold: config, counters, records not yet read), and
     /// new ones are pinned.
     pub fn load(ring_bytes: u32, pins: Option<PinDir>) -> Result<Self, HookError> {
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_RECORDS, ring_bytes);
-        let paths: Vec<(&str, PathBuf)> = match &pins {
-            Some(p) => MAPS.iter().map(|m| (*m, p.map(m))).collect(),
-            None => Vec::new(),
-        };
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
-        for prog in [PROG_INGRESS, PROG_EGRESS] {
-            classifier(&mut ebpf, prog)?
-                .load()
-                .map_err(|source| HookError::Program { prog, source })?;
-        }
+        let own = netns::current_cookie().map_err(HookError::OwnNetns)?;
+        let ebpf = load_object(ring_bytes, pins.as_ref(), own)?;
         let mut hooks = Self {
             ebpf,
+            foreign: StdHashMap::new(),
+            own,
+            ring_bytes,
             attachments: Vec::new(),
             slots: StdHashMap::new(),
             pins,
             keep_pins: false,
             adopted: 0,
         };
-        let config: HashMap<_, u32, IfaceConfig> = hooks.map_ref(MAP_CONFIG)?;
+        let config: HashMap<_, IfaceKey, IfaceConfig> = hooks.map_ref(MAP_CONFIG)?;
         let pinned = config
             .iter()
-            .map(|e| e.map(|(ifindex, c)| (IfIndex(ifindex), Slot(c.counter_slot))))
+            .map(|e| e.map(|(key, c)| (IfaceId::from_key(key), Slot(c.counter_slot))))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| map_err(MAP_CONFIG, source))?;
         hooks.slots.extend(pinned);
@@ -205,7 +302,7 @@ impl Hooks {
         iface: &Interface,
         mut config: IfaceConfig,
     ) -> Result<Slot, HookError> {
-        let slot = match self.slots.get(&iface.index) {
+        let slot = match self.slots.get(&iface.id()) {
             Some(slot) => *slot,
             None => {
                 let used: BTreeSet<u32> = self.slots.values().map(|s| s.0).collect();
@@ -213,13 +310,13 @@ impl Hooks {
                     .find(|s| !used.contains(s))
                     .ok_or(HookError::TooManyInterfaces)?;
                 self.zero_counters(free)?;
-                self.slots.insert(iface.index, Slot(free));
+                self.slots.insert(iface.id(), Slot(free));
                 Slot(free)
             }
         };
         config.counter_slot = slot.0;
-        let mut map: HashMap<_, u32, IfaceConfig> = self.map(MAP_CONFIG)?;
-        map.insert(iface.index.0, config, 0)
+        let mut map: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
+        map.insert(iface.id().key(), config, 0)
             .map_err(|source| map_err(MAP_CONFIG, source))?;
         Ok(slot)
     }
@@ -312,6 +409,35 @@ impl Hooks {
         T::try_from(map).map_err(|source| map_err(name, source))
     }
 
+    /// The program `prog` for the interface's namespace, loading a copy for
+    /// a namespace that has none yet.
+    fn program(
+        &mut self,
+        iface: &Interface,
+        prog: &'static str,
+    ) -> Result<&mut SchedClassifier, HookError> {
+        if iface.netns == self.own {
+            return classifier(&mut self.ebpf, prog);
+        }
+        let ebpf = match self.foreign.entry(iface.netns) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let Some(pins) = &self.pins else {
+                    return Err(HookError::ForeignNeedsPins {
+                        interface: iface.name.clone(),
+                    });
+                };
+                let loaded = load_object(self.ring_bytes, Some(pins), iface.netns)?;
+                debug!(
+                    netns = iface.netns.0,
+                    "loaded the programs for another namespace"
+                );
+                e.insert(loaded)
+            }
+        };
+        classifier(ebpf, prog)
+    }
+
     /// Attaches the hooks for `directions` (bits of `DIR_*`) to an interface.
     pub fn attach(
         &mut self,
@@ -338,7 +464,7 @@ impl Hooks {
         kind: TcAttachType,
         mode: AttachMode,
     ) -> Result<Mode, HookError> {
-        let key = LinkKey::new(iface.index, kind);
+        let key = LinkKey::new(iface.id(), kind);
         if let Some(a) = self.attachments.iter().find(|a| a.key == key) {
             return Ok(a.mode);
         }
@@ -346,7 +472,11 @@ impl Hooks {
             self.attachments.push(adopted);
             return Ok(Mode::Tcx);
         }
-        let program = classifier(&mut self.ebpf, prog)?;
+        let program = self.program(iface, prog)?;
+        let netns_err = |source| HookError::Netns {
+            interface: iface.name.clone(),
+            source,
+        };
         let attach_err = |mode: Mode| {
             let interface = iface.name.clone();
             move |source| HookError::Attach {
@@ -357,11 +487,16 @@ impl Hooks {
         };
         if mode != AttachMode::Netlink {
             // First in the tcx chain, so no earlier program's verdict can hide packets from us.
-            let tcx = program.attach_with_options(
-                &iface.name,
-                kind,
-                TcAttachOptions::TcxOrder(LinkOrder::first()),
-            );
+            // tcx names the device by index in the calling thread's namespace.
+            let tcx = iface
+                .run_in_ns(|| {
+                    program.attach_with_options(
+                        &iface.name,
+                        kind,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                })
+                .map_err(netns_err)?;
             match tcx {
                 Ok(id) => {
                     let link = program.take_link(id).map_err(attach_err(Mode::Tcx))?;
@@ -370,13 +505,20 @@ impl Hooks {
                     debug!(interface = %iface.name, ?kind, "attached with tcx");
                     return Ok(Mode::Tcx);
                 }
-                Err(source) if mode == AttachMode::Tcx || self.pins.is_some() => {
+                Err(source)
+                    if mode == AttachMode::Tcx || self.pins.is_some() || iface.ns.is_some() =>
+                {
                     return Err(attach_err(Mode::Tcx)(source));
                 }
                 Err(source) => {
                     warn!(interface = %iface.name, error = %source, "tcx attach failed; falling back to netlink");
                 }
             }
+        }
+        if iface.ns.is_some() {
+            return Err(HookError::ForeignNeedsTcx {
+                interface: iface.name.clone(),
+            });
         }
         if self.pins.is_some() {
             return Err(HookError::PinNeedsTcx {
@@ -431,7 +573,7 @@ impl Hooks {
         let adopted = SchedClassifierLink::try_from(FdLink::from(pinned))
             .map_err(|e| e.to_string())
             .and_then(|link| {
-                let program = classifier(&mut self.ebpf, prog).map_err(|e| e.to_string())?;
+                let program = self.program(iface, prog).map_err(|e| e.to_string())?;
                 let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
                 program.take_link(id).map_err(|e| e.to_string())
             });
@@ -506,7 +648,7 @@ impl Hooks {
             std::fs::remove_file(&path).map_err(|source| PinError::Io { path, source })?;
             adopted.removed += 1;
         }
-        let configured: HashSet<IfIndex> = self.attachments.iter().map(|a| a.key.ifindex).collect();
+        let configured: HashSet<IfaceId> = self.attachments.iter().map(|a| a.key.iface).collect();
         for (version, dir) in pins.other_abis()? {
             let records = other_ring_records(&dir);
             warn!(version, records, dir = %dir.display(), "retiring the maps of another ABI version; records still in its ring are not read");
@@ -514,19 +656,19 @@ impl Hooks {
             adopted.other_abis += 1;
             adopted.abandoned_records += records;
         }
-        let stale: Vec<IfIndex> = self
+        let stale: Vec<IfaceId> = self
             .slots
             .keys()
             .filter(|i| !configured.contains(i))
             .copied()
             .collect();
-        let mut config: HashMap<_, u32, IfaceConfig> = self.map(MAP_CONFIG)?;
-        for ifindex in &stale {
+        let mut config: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
+        for id in &stale {
             // Gone already if another agent removed it.
-            let _ = config.remove(&ifindex.0);
+            let _ = config.remove(&id.key());
         }
-        for ifindex in stale {
-            self.slots.remove(&ifindex);
+        for id in stale {
+            self.slots.remove(&id);
         }
         Ok(adopted)
     }
@@ -547,22 +689,22 @@ impl Hooks {
             }
             // Dropping detaches a link that is no longer pinned.
             drop(link);
-            debug!(ifindex = key.ifindex.0, kind = ?key.kind(), "released hook");
+            debug!(ifindex = key.iface.index.0, netns = key.iface.netns.0, kind = ?key.kind(), "released hook");
         }
     }
 
     /// Whether any hook of ours is on the interface.
-    pub fn is_attached(&self, ifindex: IfIndex) -> bool {
-        self.attachments.iter().any(|a| a.key.ifindex == ifindex)
+    pub fn is_attached(&self, iface: IfaceId) -> bool {
+        self.attachments.iter().any(|a| a.key.iface == iface)
     }
 
     /// Stops mirroring one interface: detaches its hooks (unpinning them,
     /// kept pins or not: it is no longer wanted) and removes its config.
     /// An interface that has gone is fine: its hooks went with it.
-    pub fn forget(&mut self, ifindex: IfIndex) -> Result<(), HookError> {
+    pub fn forget(&mut self, iface: IfaceId) -> Result<(), HookError> {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
             .into_iter()
-            .partition(|a| a.key.ifindex == ifindex);
+            .partition(|a| a.key.iface == iface);
         self.attachments = kept;
         for a in gone {
             if let Some(path) = &a.pin
@@ -571,10 +713,18 @@ impl Hooks {
                 warn!(%error, path = %path.display(), "unpinning failed");
             }
         }
-        let mut config: HashMap<_, u32, IfaceConfig> = self.map(MAP_CONFIG)?;
+        let mut config: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
         // Already gone if its interface was deleted.
-        let _ = config.remove(&ifindex.0);
-        self.slots.remove(&ifindex);
+        let _ = config.remove(&iface.key());
+        self.slots.remove(&iface);
+        // A namespace's copy of the programs goes with its last hook.
+        if !self
+            .attachments
+            .iter()
+            .any(|a| a.key.iface.netns == iface.netns)
+        {
+            self.foreign.remove(&iface.netns);
+        }
         Ok(())
     }
 
@@ -630,6 +780,33 @@ impl Drop for Hooks {
         self.detach_all();
         self.remove_pins();
     }
+}
+
+/// Loads the object and both programs, for interfaces of the namespace
+/// `netns`, with the maps pinned under `pins` (made there if missing).
+fn load_object(
+    ring_bytes: u32,
+    pins: Option<&PinDir>,
+    netns: NetnsCookie,
+) -> Result<Ebpf, HookError> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_RECORDS, ring_bytes);
+    let cookie = netns.0;
+    loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
+    let paths: Vec<(&str, PathBuf)> = match pins {
+        Some(p) => MAPS.iter().map(|m| (*m, p.map(m))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    for prog in [PROG_INGRESS, PROG_EGRESS] {
+        classifier(&mut ebpf, prog)?
+            .load()
+            .map_err(|source| HookError::Program { prog, source })?;
+    }
+    Ok(ebpf)
 }
 
 /// How many records a retired ring of another ABI version still holds
@@ -690,4 +867,22 @@ fn map_err(map: &'static str, source: aya::maps::MapError) -> HookError {
 
 fn libc_eexist() -> i32 {
     nix::errno::Errno::EEXIST as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_bits_swap_at_the_host_end() {
+        let at = |end| Interface::local("veth0".into(), IfIndex(3), NetnsCookie(1), end);
+        for (pod, host) in [
+            (DIR_INGRESS, DIR_EGRESS),
+            (DIR_EGRESS, DIR_INGRESS),
+            (DIR_INGRESS | DIR_EGRESS, DIR_INGRESS | DIR_EGRESS),
+        ] {
+            assert_eq!(at(End::Pod).hook_bits(pod), pod);
+            assert_eq!(at(End::Host).hook_bits(pod), host);
+        }
+    }
 }

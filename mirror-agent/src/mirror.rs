@@ -27,7 +27,7 @@ use crate::{
     plan::Planned,
     pump::{HOLDING_POLL, Pump},
     ratelimit::RateLimiter,
-    record::{IfIndex, WallClock},
+    record::{IfaceId, WallClock},
 };
 
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
@@ -120,33 +120,31 @@ impl Mirror {
     /// be hooked is bad input); otherwise failures (an interface deleted
     /// since the plan was made) are logged, that interface is left out, and
     /// the rest go on.
-    fn attach(&mut self, plan: &[Planned], strict: bool) -> Result<Vec<IfIndex>, AttachError> {
+    fn attach(&mut self, plan: &[Planned], strict: bool) -> Result<Vec<IfaceId>, AttachError> {
         let mut failed = Vec::new();
         for p in plan {
             for iface in &p.interfaces {
-                if self.hooks.is_attached(iface.index) {
+                if self.hooks.is_attached(iface.id()) {
                     continue;
                 }
-                match self
-                    .hooks
-                    .attach(iface, p.directions, self.settings.attach_mode)
-                {
+                let bits = iface.hook_bits(p.directions);
+                match self.hooks.attach(iface, bits, self.settings.attach_mode) {
                     Ok(mode) => {
                         info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
                     }
                     Err(error) if !strict => {
                         warn!(interface = %iface.name, policy = %p.name, %error, "attaching failed; left out");
-                        failed.push(iface.index);
+                        failed.push(iface.id());
                     }
                     Err(error) => return Err(error.into()),
                 }
             }
         }
-        for index in &failed {
-            if let Err(error) = self.hooks.forget(*index) {
-                warn!(ifindex = index.0, %error, "forgetting the interface failed");
+        for id in &failed {
+            if let Err(error) = self.hooks.forget(*id) {
+                warn!(ifindex = id.index.0, %error, "forgetting the interface failed");
             }
-            self.slots.retain(|(i, _)| i.index != *index);
+            self.slots.retain(|(i, _)| i.id() != *id);
         }
         Ok(failed)
     }
@@ -155,7 +153,7 @@ impl Mirror {
     /// filters cannot be opened; a kernel failure part-way leaves what was
     /// done in place (every hook still belongs to this mirror). Returns the
     /// interfaces that could not be attached (and were left out).
-    pub fn apply(&mut self, plan: &[Planned]) -> Result<Vec<IfIndex>, AttachError> {
+    pub fn apply(&mut self, plan: &[Planned]) -> Result<Vec<IfaceId>, AttachError> {
         // What the old outputs were handed is theirs to finish; read what is
         // ready into them first.
         self.pump.poll(&mut self.fanout);
@@ -165,14 +163,14 @@ impl Mirror {
             &self.progress,
             Some((&mut self.fanout, &self.streams)),
         )?;
-        let wanted: HashMap<IfIndex, &Interface> = plan
+        let wanted: HashMap<IfaceId, &Interface> = plan
             .iter()
             .flat_map(|p| &p.interfaces)
-            .map(|i| (i.index, i))
+            .map(|i| (i.id(), i))
             .collect();
         for (iface, _) in &self.slots {
-            if !wanted.contains_key(&iface.index) {
-                self.hooks.forget(iface.index)?;
+            if !wanted.contains_key(&iface.id()) {
+                self.hooks.forget(iface.id())?;
                 info!(interface = %iface.name, "detached: no longer in the policy");
             }
         }
@@ -225,16 +223,16 @@ impl Mirror {
         self.slots.len()
     }
 
-    /// Stops mirroring interfaces that have been deleted (their hooks went
-    /// with them), logging their last counters. Checked by name and index,
-    /// so an index reused by a new interface is not taken for the old one.
+    /// Stops mirroring interfaces of the agent's namespace that have been
+    /// deleted (their hooks went with them), logging their last counters.
+    /// Interfaces in pods' namespaces are left to `run`, which sees their
+    /// pods go: looking into every pod's namespace this often would cost
+    /// more than the mirror.
     pub fn prune_vanished(&mut self) {
         let gone: Vec<(Interface, Slot)> = self
             .slots
             .iter()
-            .filter(|(i, _)| {
-                nix::net::if_::if_nametoindex(i.name.as_str()).map(IfIndex) != Ok(i.index)
-            })
+            .filter(|(i, _)| i.ns.is_none() && !i.exists())
             .cloned()
             .collect();
         for (iface, slot) in gone {
@@ -247,10 +245,10 @@ impl Mirror {
                 lost_ring_full = c.ring_full,
                 "interface gone; no longer mirrored"
             );
-            if let Err(error) = self.hooks.forget(iface.index) {
+            if let Err(error) = self.hooks.forget(iface.id()) {
                 warn!(interface = %iface.name, %error, "forgetting the interface failed");
             }
-            self.slots.retain(|(i, _)| i.index != iface.index);
+            self.slots.retain(|(i, _)| i.id() != iface.id());
         }
     }
 
@@ -326,7 +324,7 @@ enum Opened {
 
 /// A policy's pcapng streams start with one interface block per interface,
 /// with its snaplen.
-type StreamKey = (Vec<(IfIndex, String)>, u32);
+type StreamKey = (Vec<(IfaceId, String)>, u32);
 
 fn stream_keys(plan: &[Planned]) -> HashMap<String, StreamKey> {
     plan.iter()
@@ -334,10 +332,10 @@ fn stream_keys(plan: &[Planned]) -> HashMap<String, StreamKey> {
         .collect()
 }
 
-fn listed(p: &Planned) -> Vec<(IfIndex, String)> {
+fn listed(p: &Planned) -> Vec<(IfaceId, String)> {
     p.interfaces
         .iter()
-        .map(|i| (i.index, i.name.clone()))
+        .map(|i| (i.id(), i.name.clone()))
         .collect()
 }
 
@@ -416,8 +414,8 @@ fn open_fanout(
             .map(|b| b.filters())
             .transpose()
             .map_err(|e| AttachError::Filter(p.name.clone(), e))?;
-        for (ifindex, name) in listed {
-            routes.insert(ifindex, (name, index));
+        for (id, name) in listed {
+            routes.insert(id, (name, index));
         }
         let stats = old
             .map(|policy| std::mem::take(&mut policy.stats))
@@ -449,7 +447,7 @@ fn configure(
                 iface,
                 IfaceConfig {
                     policy_id: p.id.0,
-                    directions: p.directions,
+                    directions: iface.hook_bits(p.directions),
                     snaplen: p.snaplen.get(),
                     sample_every: p.sample.get(),
                     counter_slot: 0,

@@ -14,6 +14,7 @@ use std::{
     thread,
 };
 
+use crate::record::NetnsCookie;
 use nix::{
     libc,
     sched::{CloneFlags, setns},
@@ -32,6 +33,38 @@ pub enum NetnsError {
     Thread { ns: String, source: io::Error },
     #[error("reading network namespace {ns}: {source}")]
     Stat { ns: String, source: nix::Error },
+    #[error("reading the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14 or later): {0}")]
+    Cookie(io::Error),
+}
+
+/// The cookie of the calling thread's network namespace, the one the hook
+/// reads for packets on its devices (`bpf_get_netns_cookie`).
+pub fn current_cookie() -> Result<NetnsCookie, NetnsError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(NetnsError::Cookie(io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the option writes at most `len` bytes into `cookie`. nix has no
+    // wrapper for this option.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(NetnsError::Cookie(io::Error::last_os_error()));
+    }
+    Ok(NetnsCookie(cookie))
 }
 
 /// An open network namespace, with the path it was opened from for messages
@@ -77,6 +110,11 @@ impl Namespace {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This namespace's cookie (read from inside it).
+    pub fn cookie(&self) -> Result<NetnsCookie, NetnsError> {
+        self.run(current_cookie)?
     }
 
     /// Whether both are the same namespace (a hostNetwork pod's is the

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! PIN_DIR/abi-N/MIRROR_*        maps, by name, of ABI version N (mirror_common::ABI_VERSION)
-//! PIN_DIR/links/IFINDEX-ingress tcx links, one per interface and direction
-//! PIN_DIR/links/IFINDEX-egress
+//! PIN_DIR/links/IFINDEX-ingress tcx links, one per interface and direction,
+//! PIN_DIR/links/IFINDEX-egress    of interfaces in the agent's own namespace
+//! PIN_DIR/links/COOKIE-IFINDEX-ingress  and in a pod's (by its netns cookie)
 //! ```
 //!
 //! Maps sit under their ABI version because their layout is the ABI: an
@@ -24,7 +25,10 @@ use aya::programs::TcAttachType;
 use mirror_common::ABI_VERSION;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::record::IfIndex;
+use crate::{
+    netns::{self, NetnsError},
+    record::{IfIndex, IfaceId, NetnsCookie},
+};
 
 /// Where `run` pins by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mirror";
@@ -42,6 +46,8 @@ pub enum PinError {
     Busy(PathBuf),
     #[error("--pin-dir {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
 }
 
 impl PinError {
@@ -49,7 +55,7 @@ impl PinError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Dir { .. } => 2,
-            Self::Busy(_) | Self::Io { .. } => 1,
+            Self::Busy(_) | Self::Io { .. } | Self::Netns(_) => 1,
         }
     }
 }
@@ -64,14 +70,14 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
 /// One interface hook, as named among the link pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LinkKey {
-    pub ifindex: IfIndex,
+    pub iface: IfaceId,
     pub ingress: bool,
 }
 
 impl LinkKey {
-    pub fn new(ifindex: IfIndex, kind: TcAttachType) -> Self {
+    pub fn new(iface: IfaceId, kind: TcAttachType) -> Self {
         Self {
-            ifindex,
+            iface,
             ingress: matches!(kind, TcAttachType::Ingress),
         }
     }
@@ -84,21 +90,34 @@ impl LinkKey {
         }
     }
 
-    fn file_name(self) -> String {
+    /// Interfaces of the agent's own namespace (`own`) keep the names that
+    /// agents before pod-end hooks gave them, so those are adopted too.
+    fn file_name(self, own: NetnsCookie) -> String {
         // bpffs refuses names with a dot.
         let dir = if self.ingress { "ingress" } else { "egress" };
-        format!("{}-{dir}", self.ifindex.0)
+        if self.iface.netns == own {
+            format!("{}-{dir}", self.iface.index.0)
+        } else {
+            format!("{}-{}-{dir}", self.iface.netns.0, self.iface.index.0)
+        }
     }
 
-    fn parse(name: &str) -> Option<Self> {
-        let (index, dir) = name.split_once('-')?;
+    fn parse(name: &str, own: NetnsCookie) -> Option<Self> {
+        let (rest, dir) = name.rsplit_once('-')?;
         let ingress = match dir {
             "ingress" => true,
             "egress" => false,
             _ => return None,
         };
+        let (netns, index) = match rest.split_once('-') {
+            None => (own, rest),
+            Some((cookie, index)) => (NetnsCookie(cookie.parse().ok()?), index),
+        };
         Some(Self {
-            ifindex: IfIndex(index.parse().ok()?),
+            iface: IfaceId {
+                netns,
+                index: IfIndex(index.parse().ok()?),
+            },
             ingress,
         })
     }
@@ -107,6 +126,8 @@ impl LinkKey {
 /// A locked pin directory on bpffs.
 pub struct PinDir {
     root: PathBuf,
+    /// The agent's own network namespace, for link names.
+    own: NetnsCookie,
     _lock: Flock<File>,
 }
 
@@ -139,6 +160,7 @@ impl PinDir {
             .map_err(|_| PinError::Busy(root.to_owned()))?;
         Ok(Self {
             root: root.to_owned(),
+            own: netns::current_cookie()?,
             _lock: lock,
         })
     }
@@ -153,7 +175,7 @@ impl PinDir {
     }
 
     pub fn link(&self, key: LinkKey) -> PathBuf {
-        self.root.join(LINKS).join(key.file_name())
+        self.root.join(LINKS).join(key.file_name(self.own))
     }
 
     /// Every link pin there is, whoever made it.
@@ -162,7 +184,11 @@ impl PinDir {
         let mut keys = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
-            if let Some(key) = entry.file_name().to_str().and_then(LinkKey::parse) {
+            let key = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| LinkKey::parse(n, self.own));
+            if let Some(key) = key {
                 keys.push(key);
             }
         }
@@ -212,15 +238,39 @@ mod tests {
 
     #[test]
     fn link_names_round_trip() {
+        let own = NetnsCookie(1);
+        let id = |netns, index| IfaceId {
+            netns: NetnsCookie(netns),
+            index: IfIndex(index),
+        };
         for key in [
-            LinkKey::new(IfIndex(7), TcAttachType::Ingress),
-            LinkKey::new(IfIndex(4_000_000_000), TcAttachType::Egress),
+            LinkKey::new(id(1, 7), TcAttachType::Ingress),
+            LinkKey::new(id(1, 4_000_000_000), TcAttachType::Egress),
+            LinkKey::new(id(u64::MAX, 2), TcAttachType::Egress),
         ] {
-            assert_eq!(LinkKey::parse(&key.file_name()), Some(key));
-            assert!(!key.file_name().contains('.'));
+            let name = key.file_name(own);
+            assert_eq!(LinkKey::parse(&name, own), Some(key));
+            assert!(!name.contains('.'));
         }
-        for bad in ["7", "7-both", "x-ingress", "-ingress", "7-ingress-1"] {
-            assert_eq!(LinkKey::parse(bad), None, "{bad}");
+        // Own-namespace names are those of agents before pod-end hooks.
+        assert_eq!(
+            LinkKey::new(id(1, 7), TcAttachType::Ingress).file_name(own),
+            "7-ingress"
+        );
+        assert_eq!(
+            LinkKey::new(id(9, 2), TcAttachType::Egress).file_name(own),
+            "9-2-egress"
+        );
+        for bad in [
+            "7",
+            "7-both",
+            "x-ingress",
+            "-ingress",
+            "7-ingress-1",
+            "x-2-egress",
+            "1-2-3-egress",
+        ] {
+            assert_eq!(LinkKey::parse(bad, own), None, "{bad}");
         }
     }
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use crate::{
     cli::{AttachArgs, SampleRate, Snaplen},
+    discovery::End,
     hooks::Interface,
+    netns::{self, NetnsError},
     output::{Output, OutputError},
     policy::{PolicyBody, PolicyError, PolicyFile},
     record::{IfIndex, PolicyId},
@@ -19,7 +21,8 @@ pub struct Planned {
     pub id: PolicyId,
     pub name: String,
     pub interfaces: Vec<Interface>,
-    /// Hook direction bits (`mirror_common::DIR_*`).
+    /// Direction bits (`mirror_common::DIR_*`) as the pods see them; each
+    /// interface turns them into its hook's ([`Interface::hook_bits`]).
     pub directions: u32,
     pub snaplen: Snaplen,
     pub sample: SampleRate,
@@ -50,10 +53,13 @@ pub enum PlanError {
     NothingToMirror(String),
     #[error("listing this namespace's interfaces: {0}")]
     List(nix::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
 }
 
 /// The plan of the flags: every `--interface`, every `--output`.
 pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
+    let own = netns::current_cookie()?;
     let mut interfaces: Vec<Interface> = Vec::with_capacity(args.interfaces.len());
     for name in &args.interfaces {
         if interfaces.iter().any(|i| &i.name == name) {
@@ -61,10 +67,13 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
         }
         let index = nix::net::if_::if_nametoindex(name.as_str())
             .map_err(|_| PlanError::UnknownInterface(name.clone()))?;
-        interfaces.push(Interface {
-            name: name.clone(),
-            index: IfIndex(index),
-        });
+        // The named interface is taken as it is: its own directions.
+        interfaces.push(Interface::local(
+            name.clone(),
+            IfIndex(index),
+            own,
+            End::Pod,
+        ));
     }
     Ok(vec![Planned {
         id: PolicyId(1),
@@ -81,6 +90,7 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
 /// The plan of a policy file, against the interfaces that exist now.
 pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
     let shown = path.display().to_string();
+    let own = netns::current_cookie()?;
     let file = PolicyFile::load(path).map_err(|source| PlanError::Policy {
         path: shown.clone(),
         source: Box::new(source),
@@ -116,10 +126,12 @@ pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
             .filter(|(_, p)| p.name == policy.name)
             .filter_map(|(name, _)| {
                 let (_, index) = existing.iter().find(|(n, _)| n == name)?;
-                Some(Interface {
-                    name: (*name).to_owned(),
-                    index: IfIndex(*index),
-                })
+                Some(Interface::local(
+                    (*name).to_owned(),
+                    IfIndex(*index),
+                    own,
+                    End::Pod,
+                ))
             })
             .collect();
         if interfaces.is_empty() {

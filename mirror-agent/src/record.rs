@@ -14,6 +14,37 @@ pub enum Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IfIndex(pub u32);
 
+/// The kernel's cookie for a network namespace: unique while the machine
+/// runs, never reused, stable while the namespace lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsCookie(pub u64);
+
+/// A hooked interface as the hook and its records name it: an index is only
+/// unique within its network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfaceId {
+    pub netns: NetnsCookie,
+    pub index: IfIndex,
+}
+
+impl IfaceId {
+    /// The key of this interface in the kernel's config map.
+    pub fn key(self) -> mirror_common::IfaceKey {
+        mirror_common::IfaceKey {
+            netns_cookie: self.netns.0,
+            ifindex: self.index.0,
+            _pad: 0,
+        }
+    }
+
+    pub fn from_key(k: mirror_common::IfaceKey) -> Self {
+        Self {
+            netns: NetnsCookie(k.netns_cookie),
+            index: IfIndex(k.ifindex),
+        }
+    }
+}
+
 /// Opaque policy id, chosen by the agent and carried by each record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PolicyId(pub u32);
@@ -33,7 +64,7 @@ pub enum RecordError {
 pub struct Record<'a> {
     /// `CLOCK_BOOTTIME` nanoseconds.
     pub boot_ns: u64,
-    pub ifindex: IfIndex,
+    pub iface: IfaceId,
     pub direction: Direction,
     pub policy: PolicyId,
     pub orig_len: u32,
@@ -61,7 +92,10 @@ impl<'a> Record<'a> {
         };
         Ok(Self {
             boot_ns: h.timestamp_ns,
-            ifindex: IfIndex(h.ifindex),
+            iface: IfaceId {
+                netns: NetnsCookie(h.netns_cookie),
+                index: IfIndex(h.ifindex),
+            },
             direction,
             policy: PolicyId(h.policy_id),
             orig_len: h.orig_len,
@@ -113,6 +147,7 @@ mod tests {
     fn header(cap_len: u32, direction: u32) -> RecordHeader {
         RecordHeader {
             timestamp_ns: 5,
+            netns_cookie: 4096,
             ifindex: 7,
             direction,
             policy_id: 3,
@@ -129,8 +164,15 @@ mod tests {
         assert_eq!(r.data, &[1, 2, 3]);
         assert_eq!(r.direction, Direction::Egress);
         assert_eq!(
-            (r.ifindex, r.policy, r.orig_len),
-            (IfIndex(7), PolicyId(3), 100)
+            (r.iface, r.policy, r.orig_len),
+            (
+                IfaceId {
+                    netns: NetnsCookie(4096),
+                    index: IfIndex(7)
+                },
+                PolicyId(3),
+                100
+            )
         );
         assert!(r.truncated);
     }

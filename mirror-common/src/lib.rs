@@ -10,7 +10,7 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
@@ -34,6 +34,9 @@ pub const MAPS: [&str; 9] = [
     MAP_LPM_SRC6,
     MAP_LPM_DST6,
 ];
+/// The eBPF global (u64) the agent sets at load time to the netns cookie
+/// of the interfaces that copy of the programs is attached to.
+pub const GLOBAL_NETNS_COOKIE: &str = "NETNS_COOKIE";
 /// Program names.
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";
@@ -88,7 +91,20 @@ pub const SIZE_CLASSES: [u32; 13] = [
     MAX_SNAPLEN,
 ];
 
-/// Per-interface configuration, keyed by ifindex (`u32`) in [`MAP_CONFIG`].
+/// What names a hooked interface to the hook: its network namespace (the
+/// kernel's netns cookie, [`GLOBAL_NETNS_COOKIE`] of the program copy that
+/// runs there) and its index there. The index alone repeats across
+/// namespaces: every pod's `eth0` may be index 2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub netns_cookie: u64,
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IfaceKey>() == 16);
+
+/// Per-interface configuration, keyed by [`IfaceKey`] in [`MAP_CONFIG`].
 /// An interface with no entry is not mirrored.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +240,8 @@ pub struct RecordHeader {
     /// `CLOCK_BOOTTIME` nanoseconds when the hook ran (`bpf_ktime_get_boot_ns`);
     /// the agent adds the realtime-minus-boottime offset for wall-clock time.
     pub timestamp_ns: u64,
+    /// The hooked interface, as [`IfaceKey`] names it.
+    pub netns_cookie: u64,
     pub ifindex: u32,
     /// One of `DIR_*`.
     pub direction: u32,
@@ -236,11 +254,12 @@ pub struct RecordHeader {
     pub flags: u32,
 }
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
-const _: () = assert!(RECORD_HEADER_LEN == 32);
+const _: () = assert!(RECORD_HEADER_LEN == 40);
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceConfig {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::RecordHeader {}

@@ -14,15 +14,24 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    Counters, DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig,
+    Counters, DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig, IfaceKey,
     MAX_INTERFACES, RecordHeader,
 };
 
 #[map(name = "MIRROR_CONFIG")]
-static CONFIG: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+static CONFIG: HashMap<IfaceKey, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
 
 #[map(name = "MIRROR_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
+
+/// The network namespace (its cookie) this copy of the programs serves, set
+/// by the agent at load time (`mirror_common::GLOBAL_NETNS_COOKIE`). Each
+/// namespace with hooked interfaces gets its own copy, sharing the maps: a
+/// TC program cannot learn its device's namespace itself
+/// (`bpf_get_netns_cookie` gives the socket's, which a received packet
+/// lacks), and an ifindex alone repeats across namespaces.
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
 
 /// The agent resizes this at load time (`--ring-size`).
 #[map(name = "MIRROR_RECORDS")]
@@ -51,8 +60,15 @@ struct Record<const N: usize> {
 fn mirror(ctx: &TcContext, direction: u32) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: reading a global; volatile so it is not folded to its initial value.
+    let netns_cookie = unsafe { core::ptr::read_volatile(&NETNS_COOKIE) };
+    let key = IfaceKey {
+        netns_cookie,
+        ifindex,
+        _pad: 0,
+    };
     // SAFETY: the value is only read; the agent replaces entries whole.
-    let Some(config) = (unsafe { CONFIG.get(ifindex) }) else {
+    let Some(config) = (unsafe { CONFIG.get(&key) }) else {
         return;
     };
     if config.directions & direction == 0 {
@@ -95,7 +111,7 @@ fn mirror(ctx: &TcContext, direction: u32) {
     let out = Out {
         ctx,
         counters,
-        ifindex,
+        key,
         direction,
         policy_id: config.policy_id,
         len,
@@ -115,7 +131,7 @@ fn mirror(ctx: &TcContext, direction: u32) {
 struct Out<'a> {
     ctx: &'a TcContext,
     counters: &'a mut Counters,
-    ifindex: u32,
+    key: IfaceKey,
     direction: u32,
     policy_id: u32,
     len: u32,
@@ -165,7 +181,8 @@ impl Out<'_> {
         unsafe {
             core::ptr::addr_of_mut!((*record).header).write(RecordHeader {
                 timestamp_ns: bpf_ktime_get_boot_ns(),
-                ifindex: self.ifindex,
+                netns_cookie: self.key.netns_cookie,
+                ifindex: self.key.ifindex,
                 direction: self.direction,
                 policy_id: self.policy_id,
                 orig_len: self.len,

@@ -1,7 +1,9 @@
 //! `mirror-agent run` end to end: the real agent and its real kube-rs
 //! client against the fake API server (no real one can run here), pods that
 //! are network namespaces of the test's own, and the kernel's VXLAN device
-//! with tcpdump as the collector.
+//! with tcpdump as the collector. Pods hang off a bridge (host-end hooks),
+//! or are wired as macvlan and cilium-like CNIs wire them (pod-end hooks,
+//! every pod's `eth0` with the same ifindex).
 
 use std::{
     net::IpAddr,
@@ -9,15 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use testbed::{
     agent::{self, Agent},
     apiserver::ApiServer,
     bpffs::BpfFs,
     capture::{self, Frame},
+    cni::{CniNode, Shape},
     collector::Collector,
     hooks::attached,
-    netns::join,
+    netns::{Netns, join},
     pki::{self, Pki},
     scenario::assert_same_frames,
     tcpdump::Tcpdump,
@@ -78,49 +82,82 @@ fn unix_ns() -> u128 {
 }
 
 fn wait_attached(node: &BridgedNode, host_if: &str, want: bool) -> Duration {
+    wait_hooked(&node.node, host_if, want)
+}
+
+/// Waits until our hooks are on `iface` in `ns` (or gone).
+fn wait_hooked(ns: &Netns, iface: &str, want: bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < WAIT {
-        let on = !attached(&node.node, host_if).expect("query").is_empty();
+        let on = !attached(ns, iface).expect("query").is_empty();
         if on == want {
             return start.elapsed();
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("hooks on {host_if} attached={want} not reached within {WAIT:?}");
+    panic!(
+        "hooks on {iface} in {} attached={want} not reached within {WAIT:?}",
+        ns.name()
+    );
 }
 
-/// A node with `pods` pods, a collector host, the fake API server inside
-/// the node's namespace (where the agent runs, as with hostNetwork), and
-/// the agent's private pin filesystem.
-struct Bed {
-    node: BridgedNode,
+/// A node with pods, a collector host, the fake API server inside the
+/// node's namespace (where the agent runs, as with hostNetwork), and the
+/// agent's private pin filesystem.
+struct Bed<N = BridgedNode> {
+    node: N,
     link: CollectorLink,
     bpffs: BpfFs,
     dir: tempfile::TempDir,
     netns_dir: std::path::PathBuf,
     server: ApiServer,
     kubeconfig: tempfile::NamedTempFile,
+    node_ns: fn(&N) -> &Netns,
 }
 
 impl Bed {
     fn new(pods: u8) -> Self {
         testbed::require_root();
         let node = BridgedNode::new(pods).expect("node with pods");
-        let link = CollectorLink::new(&node.node).expect("collector link");
+        let pods: Vec<(String, String)> = node
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.ns.name().to_owned()))
+            .collect();
+        Bed::around(node, |n| &n.node, &pods)
+    }
+}
+
+impl Bed<CniNode> {
+    /// Pods `web-1` and `web-2` wired as `shape` wires them.
+    fn cni(shape: Shape) -> Self {
+        testbed::require_root();
+        let node = CniNode::new(shape).expect("node with pods");
+        let pods: Vec<(String, String)> = node
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("web-{}", i + 1), p.ns.name().to_owned()))
+            .collect();
+        Bed::around(node, |n| &n.node, &pods)
+    }
+}
+
+impl<N> Bed<N> {
+    /// `pods`: each pod's name and its namespace's name under /run/netns.
+    fn around(node: N, node_ns: fn(&N) -> &Netns, pods: &[(String, String)]) -> Self {
+        let link = CollectorLink::new(node_ns(&node)).expect("collector link");
         let bpffs = BpfFs::mount().expect("bpffs");
         let dir = tempfile::tempdir().expect("tempdir");
         // The agent looks for pod namespaces here only, not at other tests'.
         let netns_dir = dir.path().join("netns");
         std::fs::create_dir(&netns_dir).expect("netns dir");
-        for p in &node.pods {
-            std::os::unix::fs::symlink(
-                format!("/run/netns/{}", p.ns.name()),
-                netns_dir.join(&p.name),
-            )
-            .expect("symlink");
+        for (name, ns) in pods {
+            std::os::unix::fs::symlink(format!("/run/netns/{ns}"), netns_dir.join(name))
+                .expect("symlink");
         }
         // Bound inside the node's namespace, where the agent runs (hostNetwork).
-        let server = join(node.node.spawn(ApiServer::start)).expect("fake API server");
+        let server = join(node_ns(&node).spawn(ApiServer::start)).expect("fake API server");
         let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
         Self {
             node,
@@ -130,6 +167,7 @@ impl Bed {
             netns_dir,
             server,
             kubeconfig,
+            node_ns,
         }
     }
 
@@ -138,7 +176,7 @@ impl Bed {
     }
 
     fn agent(&self, extra: &[&str]) -> Agent {
-        let mut cmd = self.node.node.command(&agent::binary().to_string_lossy());
+        let mut cmd = (self.node_ns)(&self.node).command(&agent::binary().to_string_lossy());
         cmd.env("KUBECONFIG", self.kubeconfig.path())
             .env("RUST_LOG", "info")
             .args([
@@ -436,4 +474,143 @@ fn run_streams_to_a_tls_collector_with_the_secret_it_names() {
     let seen: Vec<Frame> = seen.into_iter().filter(|f| f.ts_ns >= started).collect();
     assert!(seen.len() >= 8, "too little traffic: {}", seen.len());
     assert_same_frames(&seen, &frames);
+}
+
+/// Pods whose hooks must go inside them: macvlan pods (no host end), pods
+/// under a cilium-like datapath (their host ends carry a program that
+/// delivers into the other pod with `bpf_redirect_peer`, past its host
+/// end), and bridged pods with `--attach-point pod`. Both pods' `eth0` have
+/// the same ifindex, as in a real node. A killed agent's successor adopts
+/// the hooks; the collector gets exactly what tcpdump sees inside each pod;
+/// a deleted pod's hooks go.
+fn run_hooks_inside_pods(shape: Shape, flags: &[&str]) {
+    let bed = Bed::cni(shape);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
+    let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
+    let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
+    assert_eq!(pod1.ifindex, pod2.ifindex, "the same index in both pods");
+    for obj in [
+        namespace("shop", "shop"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
+                        "allowedNamespaces": {}}}),
+        policy("shop", "web", 0),
+        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
+        pod("shop", "web-2", "web", Some(&pod2.v4.to_string()), false),
+    ] {
+        server.create(obj).expect("create");
+    }
+    let at_collector =
+        Tcpdump::start(&link.ns, &vxlan, dir.path().join("vx.pcap"), &[]).expect("tcpdump");
+    let first = bed.agent(flags);
+    for p in [pod1, pod2] {
+        wait_hooked(&p.ns, p.ifname, true);
+    }
+    // Pinned per pod namespace (by its cookie), so one pod's `eth0` is
+    // never taken for another's: a killed agent's successor adopts both.
+    let links: Vec<String> = std::fs::read_dir(bed.pin_dir().join("links"))
+        .expect("links")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(links.len(), 4, "{links:?}");
+    assert!(
+        links.iter().all(|l| l.matches('-').count() == 2),
+        "{links:?}"
+    );
+    let killed = first.signal(Signal::SIGKILL).expect("kill -9");
+    assert!(!killed.status.success());
+    let agent = bed.agent(&[flags, &["--cleanup-on-exit=true"]].concat());
+    if let Some(host) = &pod1.host {
+        assert!(
+            attached(&node.node, &host.name)
+                .expect("query")
+                .iter()
+                .all(|n| !n.contains("mirror")),
+            "nothing of ours on the host end"
+        );
+    }
+    let web = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            node_status(o).is_some_and(|n| n["attachedPods"] == 2)
+        })
+        .expect("both pods attached in status");
+    assert_eq!(
+        condition(web.as_ref(), "Ready").map(|c| c["status"].clone()),
+        Some(json!("True"))
+    );
+
+    let oracles: Vec<Tcpdump> = [pod1, pod2]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Tcpdump::start(
+                &p.ns,
+                p.ifname,
+                dir.path().join(format!("pod{i}.pcap")),
+                &[],
+            )
+            .expect("tcpdump")
+        })
+        .collect();
+    let started = unix_ns();
+    let (ip1, ip2) = (IpAddr::V4(pod1.v4), IpAddr::V4(pod2.v4));
+    traffic::ping(&pod1.ns, ip2, 3).expect("ping");
+    traffic::ping(&pod2.ns, ip1, 2).expect("ping");
+    traffic::udp(&pod1.ns, &pod2.ns, ip2, 7101, &[100, 1000, 1400]).expect("udp");
+    traffic::udp(&pod2.ns, &pod1.ns, ip1, 7102, &[200]).expect("udp");
+    // (Sizes that fit the tunnel: larger copies are cut to its MTU.)
+    std::thread::sleep(Duration::from_millis(300));
+    // Each frame between the pods is seen in both, and mirrored in both.
+    let mut seen = Vec::new();
+    for t in oracles {
+        seen.extend(capture::read(&t.stop().expect("tcpdump")).expect("read"));
+    }
+    let stopped = unix_ns();
+    seen.retain(|f| f.ts_ns >= started);
+    // 5 echoes and their replies, 4 datagrams, each in both pods; ARP may add some.
+    assert!(seen.len() >= 28, "too little traffic: {}", seen.len());
+
+    server
+        .delete("v1", "Pod", Some("shop"), "web-2")
+        .expect("delete");
+    wait_hooked(&pod2.ns, pod2.ifname, false);
+    assert!(
+        !attached(&pod1.ns, pod1.ifname).expect("query").is_empty(),
+        "the other pod, same ifindex, keeps its hooks"
+    );
+
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let started_line = exit.fields_of("mirroring started").expect("start line");
+    assert_eq!(
+        started_line["adopted"], 4,
+        "both pods' hooks adopted: {started_line:?}"
+    );
+    wait_hooked(&pod1.ns, pod1.ifname, false);
+    let collected: Vec<Frame> = capture::read(&at_collector.stop().expect("tcpdump"))
+        .expect("read")
+        .into_iter()
+        .filter(|f| (started..stopped).contains(&f.ts_ns))
+        .collect();
+    assert_same_frames(&seen, &collected);
+    eprintln!(
+        "{shape:?}: {} frames mirrored inside two pods with eth0 index {}, as tcpdump there saw them",
+        collected.len(),
+        pod1.ifindex
+    );
+}
+
+#[test]
+fn run_hooks_macvlan_pods_inside_them() {
+    run_hooks_inside_pods(Shape::Macvlan, &[]);
+}
+
+#[test]
+fn run_hooks_pods_under_a_redirect_peer_datapath_inside_them() {
+    run_hooks_inside_pods(Shape::RedirectPeer, &[]);
+}
+
+#[test]
+fn run_hooks_bridged_pods_inside_them_when_asked() {
+    run_hooks_inside_pods(Shape::Bridge, &["--attach-point", "pod"]);
 }

@@ -26,7 +26,7 @@ use tracing::warn;
 use crate::{
     output::Output,
     pcapng::InterfaceId,
-    record::{IfIndex, Record},
+    record::{IfaceId, Record},
 };
 
 pub use tunnel::flow_hash;
@@ -92,7 +92,7 @@ pub struct Context<'a> {
     /// This node's name (GENEVE option, pcapng interface names at a collector).
     pub node: &'a str,
     /// Mirrored interfaces, in pcapng interface-block order.
-    pub interfaces: &'a [(IfIndex, String)],
+    pub interfaces: &'a [(IfaceId, String)],
     pub snaplen: u32,
     pub mark: SocketMark,
     pub queue_bytes: usize,
@@ -117,7 +117,7 @@ fn open_err(output: &Output, reason: impl std::fmt::Display) -> ExportError {
 }
 
 enum Encoder {
-    Pcapng(HashMap<IfIndex, InterfaceId>),
+    Pcapng(HashMap<IfaceId, InterfaceId>),
     Tunnel(tunnel::Encode),
 }
 
@@ -157,7 +157,7 @@ impl Exporter {
                     .interfaces
                     .iter()
                     .enumerate()
-                    .map(|(i, (index, _))| (*index, InterfaceId(i as u32)))
+                    .map(|(i, (id, _))| (*id, InterfaceId(i as u32)))
                     .collect();
                 let sink = stream::open(output, ctx).map_err(|e| open_err(output, e))?;
                 let stats = stats.clone();
@@ -205,7 +205,7 @@ impl Exporter {
         match &mut self.encoder {
             Encoder::Pcapng(ids) => {
                 // Records only come from interfaces we configured.
-                let Some(&id) = ids.get(&record.ifindex) else {
+                let Some(&id) = ids.get(&record.iface) else {
                     return;
                 };
                 let start = batch.buf.len();

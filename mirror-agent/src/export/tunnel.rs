@@ -152,7 +152,7 @@ impl Encode {
     ) {
         let meta = PacketMeta {
             unix_ns,
-            ifindex: record.ifindex,
+            ifindex: record.iface.index,
             direction: record.direction,
             orig_len: record.orig_len,
             pod: interface,

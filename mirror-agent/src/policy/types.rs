@@ -21,23 +21,13 @@ pub enum Direction {
 }
 
 impl Direction {
-    /// Hook direction bits (`mirror_common::DIR_*`) for an interface that
-    /// sees traffic as the pod does: the pod's own `eth0`, or an interface
-    /// named in a policy file.
+    /// Direction bits (`mirror_common::DIR_*`) as the pod sees traffic: on
+    /// its own `eth0`, or an interface named in a policy file. A host end
+    /// swaps them (`hooks::Interface::hook_bits`).
     pub fn pod_end_bits(self) -> u32 {
         match self {
             Self::Ingress => DIR_INGRESS,
             Self::Egress => DIR_EGRESS,
-            Self::Both => DIR_INGRESS | DIR_EGRESS,
-        }
-    }
-
-    /// Hook direction bits for the host end of a pod's veth pair, which
-    /// transmits what the pod receives: ingress and egress swap.
-    pub fn host_end_bits(self) -> u32 {
-        match self {
-            Self::Ingress => DIR_EGRESS,
-            Self::Egress => DIR_INGRESS,
             Self::Both => DIR_INGRESS | DIR_EGRESS,
         }
     }
@@ -418,12 +408,5 @@ mod tests {
         for bad in ["", "a b", "a/b", "0123456789abcdef", "[", ".."] {
             assert!(InterfacePattern::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn direction_bits_swap_at_the_host_end() {
-        assert_eq!(Direction::Ingress.pod_end_bits(), DIR_INGRESS);
-        assert_eq!(Direction::Ingress.host_end_bits(), DIR_EGRESS);
-        assert_eq!(Direction::Both.host_end_bits(), DIR_INGRESS | DIR_EGRESS);
     }
 }

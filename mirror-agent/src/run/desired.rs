@@ -20,7 +20,7 @@ use crate::{
     k8s::{MirrorCollector, Refusal, ValidPolicy, accept_cluster_policy, accept_policy, reasons},
     netns::Namespace,
     plan::Planned,
-    record::PolicyId,
+    record::{IfaceId, NetnsCookie, PolicyId},
     run::{podns::NetnsIndex, tls, watch::Cluster},
 };
 
@@ -69,15 +69,24 @@ struct Located {
 /// namespaces, which is too slow to redo for every pod every time.
 pub struct Locator {
     index: NetnsIndex,
+    wanted: AttachPoint,
     host: Namespace,
+    host_cookie: NetnsCookie,
     cache: HashMap<String, Located>,
 }
 
 impl Locator {
-    pub fn new(index: NetnsIndex, host: Namespace) -> Self {
+    pub fn new(
+        index: NetnsIndex,
+        wanted: AttachPoint,
+        host: Namespace,
+        host_cookie: NetnsCookie,
+    ) -> Self {
         Self {
             index,
+            wanted,
             host,
+            host_cookie,
             cache: HashMap::new(),
         }
     }
@@ -87,7 +96,7 @@ impl Locator {
             && found.ips == ips
             && let Ok(iface) = &found.at
             // Still there: a pod's sandbox can be replaced under the same pod.
-            && nix::net::if_::if_nametoindex(iface.name.as_str()) == Ok(iface.index.0)
+            && iface.exists()
         {
             return found.at.clone();
         }
@@ -133,27 +142,33 @@ impl Locator {
         };
         let pod = Namespace::open(&path).map_err(|e| e.to_string())?;
         let network = discovery::discover(&self.host, &pod, ips).map_err(|e| e.to_string())?;
-        let decision = network
-            .decide(AttachPoint::Auto)
-            .map_err(|e| e.to_string())?;
+        let decision = network.decide(self.wanted).map_err(|e| e.to_string())?;
         match decision.end {
-            End::Host => Ok(Interface {
-                name: decision.interface,
-                index: decision.index,
-            }),
-            End::Pod => Err(format!(
-                "its interface {} needs the pod-end attach point ({:?}), which `run` does not \
-                 support yet",
-                network.interface.name, decision.reason
+            End::Host => Ok(Interface::local(
+                decision.interface,
+                decision.index,
+                self.host_cookie,
+                End::Host,
             )),
+            End::Pod => {
+                let netns = pod.cookie().map_err(|e| e.to_string())?;
+                tracing::debug!(interface = %decision.interface, reason = ?decision.reason, "pod end");
+                Ok(Interface {
+                    name: decision.interface,
+                    index: decision.index,
+                    netns,
+                    end: End::Pod,
+                    ns: Some(Arc::new(pod)),
+                })
+            }
         }
     }
 
     /// Forgets where these interfaces' pods were found, so they are looked
     /// for again (an attach to them failed: the pod's sandbox was replaced).
-    pub fn forget_interfaces(&mut self, interfaces: &[crate::record::IfIndex]) {
+    pub fn forget_interfaces(&mut self, interfaces: &[IfaceId]) {
         self.cache
-            .retain(|_, l| !matches!(&l.at, Ok(i) if interfaces.contains(&i.index)));
+            .retain(|_, l| !matches!(&l.at, Ok(i) if interfaces.contains(&i.id())));
     }
 
     /// Forgets pods no longer on the node.
@@ -343,8 +358,8 @@ pub fn compute(
                 id: PolicyId(i as u32 + 1),
                 name: policy.plan_name(),
                 interfaces,
-                // Hooks go on the host end, which sends what the pod receives.
-                directions: body.direction.host_end_bits(),
+                // As the pod sees them; a host end swaps them.
+                directions: body.direction.pod_end_bits(),
                 snaplen: body.snaplen,
                 sample: body.sampling,
                 body: Some(body),

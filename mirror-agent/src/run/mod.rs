@@ -22,10 +22,10 @@ use crate::{
     export::SocketMark,
     metrics::{self, MetricsAddr, MetricsError, Requests},
     mirror::{Mirror, Settings},
-    netns::{Namespace, NetnsError},
+    netns::{self, Namespace, NetnsError},
     pin::PinDir,
     plan::Planned,
-    record::{IfIndex, WallClock},
+    record::{IfaceId, WallClock},
 };
 
 use self::{
@@ -110,7 +110,9 @@ async fn agent(
     let host = Namespace::current()?;
     let mut locator = Locator::new(
         NetnsIndex::new(args.netns_paths.clone(), Path::new("/proc/self/ns/net")),
+        args.attach_point,
         host,
+        netns::current_cookie()?,
     );
     let mut writer = StatusWriter::new(&node, Duration::from_secs(args.status_interval.max(1)));
 
@@ -206,12 +208,12 @@ fn fingerprint(plan: &[Planned]) -> String {
     format!("{plan:?}")
 }
 
-fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfIndex]) {
+fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfaceId]) {
     for p in plan {
         let Some(o) = outcomes.iter_mut().find(|o| o.policy.plan_name() == p.name) else {
             continue;
         };
-        for iface in p.interfaces.iter().filter(|i| failed.contains(&i.index)) {
+        for iface in p.interfaces.iter().filter(|i| failed.contains(&i.id())) {
             o.problems
                 .push(format!("attaching to {} failed", iface.name));
             o.attached = o.attached.saturating_sub(1);
