@@ -147,6 +147,7 @@ async fn mirror(
         args.ring_size.get(),
         pins,
         !args.cleanup_on_exit,
+        true,
     )?;
     if let Some(dir) = &args.pin_dir {
         info!(

@@ -5,7 +5,11 @@
 //! their mirror never stops); others are attached or detached; the outputs
 //! are opened anew and the old ones finish sending in the background.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use mirror_common::{Counters, IfaceConfig};
 use tokio::{
@@ -19,7 +23,7 @@ use crate::{
     cli::AttachMode,
     export::{self, Exporter, SocketMark, Stats},
     fanout::{Fanout, Running},
-    hooks::{Adopted, Hooks, Interface, Slot},
+    hooks::{Adopted, HookError, Hooks, Interface, Slot},
     kfilter,
     metrics::{AgentMetrics, Family},
     output::Output,
@@ -32,6 +36,11 @@ use crate::{
 
 /// Even with no wakeup (none is lost, but be sure), the ring is read this often.
 const IDLE_DRAIN: Duration = Duration::from_millis(200);
+
+/// Interfaces a new plan adds are hooked this many at a time between turns
+/// of the drain loop: each tcx attach waits for an RCU grace period (about
+/// 14 ms), and a burst of pods must not keep the ring unread for seconds.
+const ATTACH_CHUNK: usize = 4;
 
 /// How long shutdown (or a reload, in the background) waits for each output
 /// to send what it holds.
@@ -75,17 +84,33 @@ pub struct Mirror {
     idle_tick: Interval,
     /// While ring space is held the kernel sends no wakeups: poll.
     holding_tick: Interval,
+    /// Interfaces of the current plan still to hook ([`ATTACH_CHUNK`] per turn).
+    pending: VecDeque<Pending>,
+    /// Interfaces that could not be hooked since [`Mirror::take_left_out`].
+    left_out: Vec<IfaceId>,
+}
+
+/// An interface to hook, with its hook direction bits and its policy's name.
+struct Pending {
+    iface: Interface,
+    bits: u32,
+    policy: String,
 }
 
 impl Mirror {
     /// Outputs first (a bad path or an unresolvable collector attaches
-    /// nothing), then the kernel config, then the hooks.
+    /// nothing), then the kernel config, then the hooks: all of them before
+    /// it returns, so that pins left by an earlier agent are adopted before
+    /// the rest are removed. `strict`: an interface that cannot be hooked
+    /// fails it all (`attach`, where it is bad input); otherwise it is left
+    /// out (`run`, where a pod may go at any time).
     pub fn start(
         plan: &[Planned],
         settings: Settings,
         ring_bytes: u32,
         pins: Option<PinDir>,
         keep_pins: bool,
+        strict: bool,
     ) -> Result<(Self, Adopted), AttachError> {
         let progress = Arc::new(Notify::new());
         let fanout = open_fanout(plan, &settings, &progress, None)?;
@@ -109,51 +134,85 @@ impl Mirror {
                 tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
                 tick
             },
+            pending: VecDeque::new(),
+            left_out: Vec::new(),
         };
-        mirror.attach(plan, true)?;
+        mirror.queue(plan);
+        while let Some(p) = mirror.pending.pop_front() {
+            match mirror.attach_one(&p) {
+                Ok(()) => {}
+                Err(error) if !strict => mirror.leave_out(&p, &error),
+                Err(error) => return Err(error.into()),
+            }
+        }
         let adopted = mirror.hooks.settle_pins()?;
         Ok((mirror, adopted))
     }
 
-    /// Attaches every interface of the plan not attached yet. `strict`: the
-    /// first failure fails it all (at start, where an interface that cannot
-    /// be hooked is bad input); otherwise failures (an interface deleted
-    /// since the plan was made) are logged, that interface is left out, and
-    /// the rest go on.
-    fn attach(&mut self, plan: &[Planned], strict: bool) -> Result<Vec<IfaceId>, AttachError> {
-        let mut failed = Vec::new();
-        for p in plan {
-            for iface in &p.interfaces {
-                if self.hooks.is_attached(iface.id()) {
-                    continue;
-                }
-                let bits = iface.hook_bits(p.directions);
-                match self.hooks.attach(iface, bits, self.settings.attach_mode) {
-                    Ok(mode) => {
-                        info!(interface = %iface.name, ifindex = iface.index.0, policy = %p.name, mode = mode.as_str(), "attached");
-                    }
-                    Err(error) if !strict => {
-                        warn!(interface = %iface.name, policy = %p.name, %error, "attaching failed; left out");
-                        failed.push(iface.id());
-                    }
-                    Err(error) => return Err(error.into()),
-                }
+    /// Queues every interface of the plan not attached yet.
+    fn queue(&mut self, plan: &[Planned]) {
+        self.pending = plan
+            .iter()
+            .flat_map(|p| {
+                p.interfaces.iter().map(|iface| Pending {
+                    iface: iface.clone(),
+                    bits: iface.hook_bits(p.directions),
+                    policy: p.name.clone(),
+                })
+            })
+            .filter(|p| !self.hooks.is_attached(p.iface.id()))
+            .collect();
+    }
+
+    fn attach_one(&mut self, p: &Pending) -> Result<(), HookError> {
+        let mode = self
+            .hooks
+            .attach(&p.iface, p.bits, self.settings.attach_mode)?;
+        info!(interface = %p.iface.name, ifindex = p.iface.index.0, policy = %p.policy, mode = mode.as_str(), "attached");
+        Ok(())
+    }
+
+    /// Hooks the next few queued interfaces. One that fails (deleted since
+    /// the plan was made, its pod's sandbox replaced) is logged, left out,
+    /// and reported by [`Mirror::take_left_out`]; the rest go on.
+    fn attach_pending(&mut self) {
+        for _ in 0..ATTACH_CHUNK {
+            let Some(p) = self.pending.pop_front() else {
+                return;
+            };
+            if let Err(error) = self.attach_one(&p) {
+                self.leave_out(&p, &error);
             }
         }
-        for id in &failed {
-            if let Err(error) = self.hooks.forget(*id) {
-                warn!(ifindex = id.index.0, %error, "forgetting the interface failed");
-            }
-            self.slots.retain(|(i, _)| i.id() != *id);
+    }
+
+    fn leave_out(&mut self, p: &Pending, error: &HookError) {
+        warn!(interface = %p.iface.name, policy = %p.policy, %error, "attaching failed; left out");
+        let id = p.iface.id();
+        if let Err(error) = self.hooks.forget(id) {
+            warn!(interface = %p.iface.name, %error, "forgetting the interface failed");
         }
-        Ok(failed)
+        self.slots.retain(|(i, _)| i.id() != id);
+        self.left_out.push(id);
+    }
+
+    /// Whether interfaces of the current plan are still being hooked.
+    pub fn attaching(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The interfaces that could not be hooked since the last call.
+    pub fn take_left_out(&mut self) -> Vec<IfaceId> {
+        std::mem::take(&mut self.left_out)
     }
 
     /// Moves to a new plan. Fails, changing nothing, if its outputs or
     /// filters cannot be opened; a kernel failure part-way leaves what was
-    /// done in place (every hook still belongs to this mirror). Returns the
-    /// interfaces that could not be attached (and were left out).
-    pub fn apply(&mut self, plan: &[Planned]) -> Result<Vec<IfaceId>, AttachError> {
+    /// done in place (every hook still belongs to this mirror). Interfaces
+    /// it adds are configured now and hooked a few at a time by
+    /// [`Mirror::drain`]; those that cannot be are reported by
+    /// [`Mirror::take_left_out`].
+    pub fn apply(&mut self, plan: &[Planned]) -> Result<(), AttachError> {
         // What the old outputs were handed is theirs to finish; read what is
         // ready into them first.
         self.pump.poll(&mut self.fanout);
@@ -181,14 +240,25 @@ impl Mirror {
         self.view = AgentMetrics::new(plan, &self.slots);
         self.policy_slots = policy_slots(plan, &self.slots);
         self.streams = stream_keys(plan);
-        self.attach(plan, false)
+        self.queue(plan);
+        self.left_out.clear();
+        self.attach_pending();
+        Ok(())
     }
 
     /// Waits for the next thing the ring or the outputs need, and does it:
     /// records arrived, an output caught up, the poll while ring space is
-    /// held, or the idle tick (which also notices deleted interfaces). The
-    /// drain loop of `attach` and of `run` alike.
+    /// held, or the idle tick (which also notices deleted interfaces); and
+    /// between those, hooks the next few queued interfaces. The drain loop
+    /// of `attach` and of `run` alike.
     pub async fn drain(&mut self) -> std::io::Result<()> {
+        if self.attaching() {
+            // Whatever is ready first, then the next chunk.
+            self.pump.progress(&mut self.fanout);
+            self.attach_pending();
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
         let (pump, fanout) = (&mut self.pump, &mut self.fanout);
         let holding = pump.holding();
         tokio::select! {

@@ -144,8 +144,16 @@ async fn agent(
         args.tuning.ring_size.get(),
         Some(pins),
         !args.cleanup_on_exit,
+        false,
     )?;
     let mut applied = fingerprint(&plan);
+    let failed = mirror.take_left_out();
+    if !failed.is_empty() {
+        applied.clear();
+        locator.forget_interfaces(&failed);
+        mark_left_out(&mut outcomes, &plan, &failed);
+    }
+    let mut current = plan;
     info!(
         node = %node,
         policies = outcomes.len(),
@@ -160,7 +168,16 @@ async fn agent(
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
-            drained = mirror.drain() => drained.map_err(io_err("polling the ring buffer"))?,
+            drained = mirror.drain() => {
+                drained.map_err(io_err("polling the ring buffer"))?;
+                let failed = mirror.take_left_out();
+                if !failed.is_empty() {
+                    // Looked for again, and tried again on the next change.
+                    applied.clear();
+                    locator.forget_interfaces(&failed);
+                    mark_left_out(&mut outcomes, &current, &failed);
+                }
+            }
             () = cluster.changed.notified() => {
                 tokio::time::sleep(SETTLE).await;
                 let (plan, now) = desired::compute(&cluster, &mut locator, &tls_dir);
@@ -168,14 +185,10 @@ async fn agent(
                 let print = fingerprint(&plan);
                 if print != applied {
                     match mirror.apply(&plan) {
-                        Ok(failed) => {
-                            // Left-out interfaces are tried again on the next change.
-                            if failed.is_empty() {
-                                applied = print;
-                            }
-                            locator.forget_interfaces(&failed);
-                            mark_left_out(&mut outcomes, &plan, &failed);
+                        Ok(()) => {
+                            applied = print;
                             info!(policies = plan.len(), interfaces = mirror.interfaces(), "applied");
+                            current = plan;
                         }
                         Err(error) => {
                             warn!(%error, "applying the policies failed; trying again on the next change");
