@@ -74,6 +74,33 @@ fn node_status(obj: Option<&Value>) -> Option<&Value> {
         .find(|n| n["node"] == NODE)
 }
 
+/// Writes `entry` as another node's agent would: by server-side apply
+/// under that node's field manager, to the status of policy shop/web. From
+/// a thread in the node's namespace, where the fake API server listens.
+fn apply_other_node(node: &Netns, url: String, entry: Value) {
+    let other = entry["node"].as_str().expect("node").to_owned();
+    join(node.spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
+            let api: kube::Api<mirror_agent::k8s::MirrorPolicy> =
+                kube::Api::namespaced(client, "shop");
+            let body = json!({"apiVersion": MIRROR, "kind": "MirrorPolicy",
+                              "status": {"nodes": [entry]}});
+            api.patch_status(
+                "web",
+                &kube::api::PatchParams::apply(&format!("mirror-agent.{other}")),
+                &kube::api::Patch::Apply(&body),
+            )
+            .await?;
+            Ok(())
+        })
+    }))
+    .expect("another node's status entry");
+}
+
 fn unix_ns() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -251,6 +278,40 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
     assert_eq!(
         n["skippedHostNetworkPods"], 1,
         "the hostNetwork pod is counted, not mirrored: {n}"
+    );
+
+    // Another node's agent reports a pod it could not mirror: the top level
+    // speaks for every node, whichever agent wrote last.
+    apply_other_node(
+        &node.node,
+        server.url(),
+        json!({"node": "node-b", "matchedPods": 2, "attachedPods": 1,
+               "problems": ["pod shop/web-7: no network namespace on this node holds 198.18.0.77"]}),
+    );
+    let summed = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            condition(o, "Ready").is_some_and(|c| c["reason"] == "AttachFailed")
+        })
+        .expect("not ready while node-b fails");
+    let ready = condition(summed.as_ref(), "Ready").expect("Ready");
+    assert_eq!(
+        ready["message"],
+        "2 of 3 selected pods are mirrored; on node node-b: pod shop/web-7: no network namespace on this node holds 198.18.0.77",
+    );
+    assert_eq!(summed.as_ref().expect("object")["status"]["matchedPods"], 3);
+    apply_other_node(
+        &node.node,
+        server.url(),
+        json!({"node": "node-b", "matchedPods": 2, "attachedPods": 2}),
+    );
+    let summed = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            condition(o, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .expect("ready again once node-b mirrors all");
+    assert_eq!(
+        condition(summed.as_ref(), "Ready").expect("Ready")["message"],
+        "mirroring 3 pods on 2 nodes"
     );
 
     // Its traffic reaches the collector exactly as tcpdump saw it on the veth.

@@ -87,6 +87,11 @@ pub struct NodeStatus {
     /// Copies lost, by reason (ringFull, queueFull, sendError, rateLimited, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, u64>,
+    /// Why selected pods on this node are not mirrored, one line each (at
+    /// most 10; the node's Events have them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub problems: Vec<String>,
     /// When the agent wrote this entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,

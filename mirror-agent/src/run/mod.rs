@@ -199,7 +199,11 @@ async fn agent(
             }
             _ = status_tick.tick() => {
                 if writing.as_ref().is_none_or(|w| w.is_finished()) {
-                    let due = writer.due(&outcomes, |name| mirror.policy_totals(name));
+                    let due = writer.due(
+                        &outcomes,
+                        |name| mirror.policy_totals(name),
+                        |policy| cluster.reported(policy),
+                    );
                     if !due.is_empty() {
                         writing = Some(tokio::spawn(status::write(client.clone(), node.clone(), due)));
                     }

@@ -12,7 +12,7 @@ use kube::{
     Api, Client, Resource,
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -20,7 +20,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::k8s::{ClusterMirrorPolicy, MirrorCollector, MirrorPolicy};
+use crate::{
+    k8s::{ClusterMirrorPolicy, MirrorCollector, MirrorPolicy, PolicyStatus},
+    run::desired::PolicyRef,
+};
 
 pub struct Cluster {
     pub pods: Store<Pod>,
@@ -85,6 +88,20 @@ impl Cluster {
         let _ = self.cluster_policies.wait_until_ready().await;
         let _ = self.collectors.wait_until_ready().await;
         let _ = self.secrets.wait_until_ready().await;
+    }
+
+    /// A policy's status as last seen: every node's entry.
+    pub fn reported(&self, policy: &PolicyRef) -> PolicyStatus {
+        let status = if policy.cluster {
+            self.cluster_policies
+                .get(&ObjectRef::new(&policy.name))
+                .and_then(|p| p.status.clone())
+        } else {
+            self.policies
+                .get(&ObjectRef::new(&policy.name).within(&policy.namespace))
+                .and_then(|p| p.status.clone())
+        };
+        status.unwrap_or_default()
     }
 }
 
