@@ -72,9 +72,10 @@ pub struct Mirror {
     slots: Vec<(Interface, Slot)>,
     /// Each policy's counter slots, by name.
     policy_slots: HashMap<String, Vec<Slot>>,
-    /// What each policy's pcapng streams were opened with (their interface
-    /// blocks), by name: a stream is kept across plans only if it matches.
-    streams: HashMap<String, StreamKey>,
+    /// The snaplen each policy's pcapng streams were opened with (their
+    /// interface blocks carry it), by name: a stream is kept across plans
+    /// only if it matches.
+    streams: HashMap<String, u32>,
     view: AgentMetrics,
     settings: Settings,
     /// Woken when an output has sent all it was handed.
@@ -392,13 +393,9 @@ enum Opened {
     Reopen,
 }
 
-/// A policy's pcapng streams start with one interface block per interface,
-/// with its snaplen.
-type StreamKey = (Vec<(IfaceId, String)>, u32);
-
-fn stream_keys(plan: &[Planned]) -> HashMap<String, StreamKey> {
+fn stream_keys(plan: &[Planned]) -> HashMap<String, u32> {
     plan.iter()
-        .map(|p| (p.name.clone(), (listed(p), p.snaplen.get())))
+        .map(|p| (p.name.clone(), p.snaplen.get()))
         .collect()
 }
 
@@ -412,14 +409,15 @@ fn listed(p: &Planned) -> Vec<(IfaceId, String)> {
 /// The outputs, filters and rate limits of a plan, ready to take records.
 /// With the running fanout, outputs that would be opened again as they are
 /// are taken from it instead (with their policy's counters): a tunnel of
-/// the same policy to the same place, or a pcapng stream whose interfaces
-/// did not change. A TCP or TLS collector thus sees no reconnect when pods
-/// come and go on other policies or, for tunnels, on its own.
+/// the same policy to the same place, or a pcapng stream of the same
+/// snaplen, which gets interface blocks for the policy's new interfaces in
+/// place. A TCP or TLS collector thus sees no reconnect, and a file no new
+/// section, when pods come and go.
 fn open_fanout(
     plan: &[Planned],
     settings: &Settings,
     progress: &Arc<Notify>,
-    mut running: Option<(&mut Fanout, &HashMap<String, StreamKey>)>,
+    mut running: Option<(&mut Fanout, &HashMap<String, u32>)>,
 ) -> Result<Fanout, AttachError> {
     let mut policies = Vec::with_capacity(plan.len());
     let mut routes = HashMap::new();
@@ -434,9 +432,9 @@ fn open_fanout(
             progress: progress.clone(),
             append: running.is_some(),
         };
-        let same_streams = running.as_ref().is_some_and(|(_, streams)| {
-            streams.get(&p.name) == Some(&(listed.clone(), p.snaplen.get()))
-        });
+        let same_streams = running
+            .as_ref()
+            .is_some_and(|(_, streams)| streams.get(&p.name) == Some(&p.snaplen.get()));
         let mut old = running
             .as_mut()
             .and_then(|(fanout, _)| fanout.policies.iter_mut().find(|r| r.name == p.name));
@@ -466,7 +464,15 @@ fn open_fanout(
             exporters.push(match opened {
                 Opened::New(e) => *e,
                 Opened::Reuse => match take() {
-                    Some(e) => e,
+                    Some(mut e) => {
+                        if e.add_interfaces(&listed) {
+                            e
+                        } else {
+                            // Too many interfaces for one section: a new one.
+                            e.close(CLOSE_TIMEOUT);
+                            Exporter::open(o, &ctx)?
+                        }
+                    }
                     None => Exporter::open(o, &ctx)?,
                 },
                 Opened::Reopen => {

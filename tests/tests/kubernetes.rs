@@ -520,10 +520,40 @@ fn run_streams_to_a_tls_collector_with_the_secret_it_names() {
         0o600,
         "the client key is the agent's alone"
     );
+    // A second pod joins the policy: its interface is added to the running
+    // stream, with no reconnect.
+    server
+        .create(pod(
+            "shop",
+            "web-2",
+            "web",
+            Some(&pod2.v4.to_string()),
+            false,
+        ))
+        .expect("create");
+    wait_attached(node, &pod2.host_if, true);
+    traffic::ping(&pod2.ns, IpAddr::V4(pod1.v4), 2).expect("ping");
+    std::thread::sleep(Duration::from_millis(300));
     let exit = agent.stop().expect("stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let collected = collector.stop().expect("collector stops");
     collected.ensure_success().expect("collector");
+    let summary = collected
+        .listener("tls://0.0.0.0:7443")
+        .expect("listener summary");
+    assert_eq!(
+        summary["connections"], 1,
+        "one connection throughout: {summary:?}"
+    );
+    let all = collected.frames().expect("collected frames");
+    let names: std::collections::BTreeSet<&str> =
+        all.iter().filter_map(|f| f.interface.as_deref()).collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with(&format!("/{}", pod2.host_if))),
+        "the new pod's frames arrive on its own interface: {names:?}"
+    );
     let frames: Vec<Frame> = collected
         .frames()
         .expect("collected frames")

@@ -8,9 +8,11 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use testbed::{
     agent::Agent,
     capture::{self, Frame},
+    scenario::assert_same_frames,
     tcpdump::Tcpdump,
-    topology::PodPair,
+    topology::{BridgedNode, PodPair},
     traffic,
+    tshark::Tshark,
 };
 
 const SIZE: usize = 600;
@@ -128,4 +130,104 @@ fn sighup_applies_a_new_policy_and_refuses_a_bad_one() {
             .iter()
             .all(|f| f.data.len() == 200 && f.orig_len as usize == SIZE + 42)
     );
+}
+
+/// A SIGHUP that adds an interface to a policy writing a pcapng file: the
+/// file keeps its one section, with an interface block for the new veth
+/// before its first packet. tshark reads every frame in section 1, on the
+/// right interface, and each veth's frames are those tcpdump saw there.
+#[test]
+fn sighup_adding_an_interface_keeps_the_file_section() {
+    testbed::require_root();
+    let node = BridgedNode::new(2).expect("topology");
+    let (p1, p2) = (&node.pods[0], &node.pods[1]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("mirror.pcapng");
+    let file = dir.path().join("policy.yaml");
+    let policy = |interfaces: &[&str]| {
+        format!(
+            "policies:\n  - name: grows\n    interfaces: [{}]\n    collectors: [\"pcapng:{}\"]\n",
+            interfaces
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            out.display()
+        )
+    };
+    std::fs::write(&file, policy(&[&p1.host_if])).expect("write");
+    let file_arg = file.display().to_string();
+    let mut agent = Agent::start(
+        &node.node,
+        &["attach", "--policy", &file_arg, "--metrics-addr", "off"],
+    )
+    .expect("agent starts");
+    let oracles: Vec<Tcpdump> = [p1, p2]
+        .iter()
+        .map(|p| {
+            let pcap = dir.path().join(format!("{}.pcap", p.host_if));
+            Tcpdump::start(&node.node, &p.host_if, pcap, &[]).expect("tcpdump")
+        })
+        .collect();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let ping = || traffic::ping(&p1.ns, IpAddr::V4(p2.v4), 3).expect("ping");
+    ping();
+    std::fs::write(&file, policy(&[&p1.host_if, &p2.host_if])).expect("write");
+    hup(&mut agent, "policy reloaded");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while testbed::hooks::attached(&node.node, &p2.host_if)
+        .expect("query")
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ping();
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+
+    let rows = Tshark::new(&out)
+        .fields(&["frame.section_number", "frame.interface_name"])
+        .expect("tshark reads the file");
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|r| r["frame.section_number"] == ["1"]),
+        "one section: {rows:?}"
+    );
+    let mirror = capture::read(&out).expect("mirror");
+    for (p, tcpdump) in [p1, p2].iter().zip(oracles) {
+        let seen: Vec<Frame> = capture::read(&tcpdump.stop().expect("tcpdump"))
+            .expect("read")
+            .into_iter()
+            .filter(|f| f.ts_ns >= started)
+            .collect();
+        let mut mine: Vec<Frame> = mirror
+            .iter()
+            .filter(|f| f.interface.as_deref() == Some(p.host_if.as_str()))
+            .cloned()
+            .collect();
+        let on_tshark = rows
+            .iter()
+            .filter(|r| r["frame.interface_name"] == [p.host_if.clone()])
+            .count();
+        assert_eq!(
+            on_tshark,
+            mine.len(),
+            "tshark and the pcapng agree on {}",
+            p.host_if
+        );
+        if p.host_if == p2.host_if {
+            // Mirrored from the reload on: tcpdump's frames from then.
+            let from = mine.iter().map(|f| f.ts_ns).min().expect("p2 mirrored");
+            let seen: Vec<Frame> = seen.into_iter().filter(|f| f.ts_ns >= from).collect();
+            assert_same_frames(&seen, &mine);
+        } else {
+            mine.retain(|f| f.ts_ns >= started);
+            assert_same_frames(&seen, &mine);
+        }
+    }
 }

@@ -116,9 +116,22 @@ fn open_err(output: &Output, reason: impl std::fmt::Display) -> ExportError {
     }
 }
 
+/// Interfaces one pcapng section describes at most, those added to a
+/// running stream included (ids are never reused); past it, the output is
+/// reopened with a new section. The collector refuses more.
+const MAX_SECTION_INTERFACES: usize = 4096;
+
 enum Encoder {
-    Pcapng(HashMap<IfaceId, InterfaceId>),
+    Pcapng(Pcapng),
     Tunnel(tunnel::Encode),
+}
+
+/// A pcapng stream's interfaces: their ids in the section, and interface
+/// blocks added since it began that the sender has not been handed yet.
+struct Pcapng {
+    ids: HashMap<IfaceId, InterfaceId>,
+    snaplen: u32,
+    unannounced: Vec<u8>,
 }
 
 pub struct Exporter {
@@ -162,7 +175,12 @@ impl Exporter {
                 let sink = stream::open(output, ctx).map_err(|e| open_err(output, e))?;
                 let stats = stats.clone();
                 let thread = spawn(output, move || sink.run(&inbox, &stats))?;
-                (Encoder::Pcapng(ids), thread)
+                let pcapng = Pcapng {
+                    ids,
+                    snaplen: ctx.snaplen,
+                    unannounced: Vec::new(),
+                };
+                (Encoder::Pcapng(pcapng), thread)
             }
         };
         Ok(Self {
@@ -199,13 +217,37 @@ impl Exporter {
         self.outbox.queued()
     }
 
+    /// Makes the interfaces of a new plan known to a running output: a
+    /// pcapng stream gets an interface block for each new one, in the same
+    /// section, so its file or connection goes on (interfaces gone keep
+    /// their ids, unused). Tunnels need nothing. False when the section
+    /// would describe too many interfaces: the output must be reopened.
+    pub fn add_interfaces(&mut self, interfaces: &[(IfaceId, String)]) -> bool {
+        let Encoder::Pcapng(p) = &mut self.encoder else {
+            return true;
+        };
+        let new: Vec<&(IfaceId, String)> = interfaces
+            .iter()
+            .filter(|(id, _)| !p.ids.contains_key(id))
+            .collect();
+        if p.ids.len() + new.len() > MAX_SECTION_INTERFACES {
+            return false;
+        }
+        for (id, name) in new {
+            let next = InterfaceId(p.ids.len() as u32);
+            p.ids.insert(*id, next);
+            crate::pcapng::interface_block(&mut p.unannounced, name, p.snaplen);
+        }
+        true
+    }
+
     /// Encodes one mirrored packet into the current batch.
     pub fn push(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) {
         let batch = &mut self.outbox.current;
         match &mut self.encoder {
-            Encoder::Pcapng(ids) => {
+            Encoder::Pcapng(p) => {
                 // Records only come from interfaces we configured.
-                let Some(&id) = ids.get(&record.iface) else {
+                let Some(&id) = p.ids.get(&record.iface) else {
                     return;
                 };
                 let start = batch.buf.len();
@@ -231,8 +273,20 @@ impl Exporter {
         }
     }
 
-    /// Hands the batch to the sender thread.
+    /// Hands the batch to the sender thread, with the interface blocks
+    /// not handed over yet: they go with every batch until one is taken
+    /// (a batch dropped by a full queue must not take them along).
     pub fn flush(&mut self) {
+        if let Encoder::Pcapng(p) = &mut self.encoder
+            && !p.unannounced.is_empty()
+            && !self.outbox.current.is_empty()
+        {
+            self.outbox.current.idbs.extend_from_slice(&p.unannounced);
+            if self.outbox.submit(&self.stats) {
+                p.unannounced.clear();
+            }
+            return;
+        }
         self.outbox.submit(&self.stats);
     }
 

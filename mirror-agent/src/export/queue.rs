@@ -20,6 +20,9 @@ use super::Stats;
 pub struct Batch {
     pub buf: Vec<u8>,
     pub packets: Vec<Span>,
+    /// pcapng interface blocks to write before `buf` (interfaces added to a
+    /// running stream), and after the section header on every reconnect.
+    pub idbs: Vec<u8>,
     /// The bytes counted against the queue's bound for it, from hand-over
     /// until the sender is done with it.
     counted: usize,
@@ -45,6 +48,7 @@ impl Batch {
     fn clear(&mut self) {
         self.buf.clear();
         self.packets.clear();
+        self.idbs.clear();
     }
 }
 
@@ -111,9 +115,10 @@ pub fn channel(limit_bytes: usize, progress: Arc<Notify>) -> (Outbox, Inbox) {
 impl Outbox {
     /// Hands the current batch to the sender, or drops it (counted) if the
     /// queue is over its byte bound or the sender has gone.
-    pub fn submit(&mut self, stats: &Stats) {
+    /// Returns whether it was handed over.
+    pub fn submit(&mut self, stats: &Stats) -> bool {
         if self.current.is_empty() {
-            return;
+            return false;
         }
         let used = self.current.buf.len();
         if self.current.buf.capacity() > used + SLACK {
@@ -131,7 +136,7 @@ impl Outbox {
         let Some(tx) = self.tx.as_ref().filter(|_| !over) else {
             stats.add_queue_full(packets);
             self.current.clear();
-            return;
+            return false;
         };
         let next = self.back.try_recv().unwrap_or_default();
         self.current.counted = len;
@@ -139,13 +144,17 @@ impl Outbox {
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.queued_packets.fetch_add(packets, Ordering::Relaxed);
         match tx.try_send(batch) {
-            Ok(()) => self.handed += 1,
+            Ok(()) => {
+                self.handed += 1;
+                true
+            }
             Err(TrySendError::Full(mut b) | TrySendError::Disconnected(mut b)) => {
                 self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.queued_packets.fetch_sub(packets, Ordering::Relaxed);
                 stats.add_queue_full(packets);
                 b.clear();
                 self.current = b;
+                false
             }
         }
     }

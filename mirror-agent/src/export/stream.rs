@@ -1,7 +1,9 @@
 //! pcapng streams: a file, standard output, or a TCP or mutual-TLS
 //! connection to a collector. Each (re)connection starts a new pcapng section
-//! (header and interface blocks), so every connection is a complete capture
-//! by itself. TLS is TCP plus a handshake: one connect path, one backoff.
+//! (header and interface blocks, those added since included), so every
+//! connection is a complete capture by itself. Interfaces added to a running
+//! stream get their blocks in place, before the first packet that uses them.
+//! TLS is TCP plus a handshake: one connect path, one backoff.
 
 use std::{
     fs::File,
@@ -161,72 +163,79 @@ impl Sink {
                 inbox,
                 stats,
             ),
-            Target::Tcp { ref to, mark } => self.run_tcp(to, mark, None, inbox, stats),
+            Target::Tcp { ref to, mark } => {
+                run_tcp(&self.name, self.preamble, to, mark, None, inbox, stats)
+            }
             Target::Tls {
                 ref to,
                 mark,
                 ref tls,
-            } => self.run_tcp(to, mark, Some(tls), inbox, stats),
+            } => run_tcp(&self.name, self.preamble, to, mark, Some(tls), inbox, stats),
         }
     }
+}
 
-    /// Connects (and, for TLS, completes the handshake), streams until the
-    /// connection fails, and reconnects with backoff (resolving the name
-    /// again each time). A failed handshake (a server we do not trust, or
-    /// one that refuses our certificate) is a failed connection like any
-    /// other. Batches that arrive while disconnected wait in the queue up to
-    /// its bound.
-    fn run_tcp(
-        &self,
-        to: &Endpoint,
-        mark: SocketMark,
-        tls: Option<&TlsClient>,
-        inbox: &Inbox,
-        stats: &Stats,
-    ) {
-        let mut backoff = MIN_BACKOFF;
-        // Log each distinct reason once, not every retry: a collector that
-        // is down for an hour must not flood the log, but a change (refused,
-        // then a certificate problem) is news.
-        let mut logged: Option<String> = None;
-        loop {
-            let mut conn = match connect(to, mark, tls) {
-                Ok(c) => {
-                    info!(output = %self.name, "connected");
-                    backoff = MIN_BACKOFF;
-                    logged = None;
-                    c
+/// Connects (and, for TLS, completes the handshake), streams until the
+/// connection fails, and reconnects with backoff (resolving the name again
+/// each time). A failed handshake (a server we do not trust, or one that
+/// refuses our certificate) is a failed connection like any other. Batches
+/// that arrive while disconnected wait in the queue up to its bound.
+fn run_tcp(
+    name: &str,
+    mut preamble: Vec<u8>,
+    to: &Endpoint,
+    mark: SocketMark,
+    tls: Option<&TlsClient>,
+    inbox: &Inbox,
+    stats: &Stats,
+) {
+    let mut backoff = MIN_BACKOFF;
+    // Log each distinct reason once, not every retry: a collector that
+    // is down for an hour must not flood the log, but a change (refused,
+    // then a certificate problem) is news.
+    let mut logged: Option<String> = None;
+    loop {
+        let mut conn = match connect(to, mark, tls) {
+            Ok(c) => {
+                info!(output = %name, "connected");
+                backoff = MIN_BACKOFF;
+                logged = None;
+                c
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                if logged.as_ref() != Some(&reason) {
+                    warn!(output = %name, %error, "cannot connect; retrying with backoff");
+                    logged = Some(reason);
                 }
-                Err(error) => {
-                    let reason = error.to_string();
-                    if logged.as_ref() != Some(&reason) {
-                        warn!(output = %self.name, %error, "cannot connect; retrying with backoff");
-                        logged = Some(reason);
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
-            if conn.write_all(&self.preamble).is_err() {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
-            loop {
-                let Some(batch) = inbox.recv() else {
-                    conn.finish();
-                    return;
-                };
-                match conn.write_all(&batch.buf) {
-                    Ok(()) => stats.add_sent(batch.packets.len(), batch.buf.len()),
-                    Err(error) => {
-                        warn!(output = %self.name, %error, "connection lost; reconnecting");
-                        stats.add_send_errors(batch.packets.len());
-                        inbox.done(batch);
-                        break;
-                    }
+        };
+        if conn.write_all(&preamble).is_err() {
+            continue;
+        }
+        loop {
+            let Some(batch) = inbox.recv() else {
+                conn.finish();
+                return;
+            };
+            // A later connection's section describes these too.
+            preamble.extend_from_slice(&batch.idbs);
+            match conn
+                .write_all(&batch.idbs)
+                .and_then(|()| conn.write_all(&batch.buf))
+            {
+                Ok(()) => stats.add_sent(batch.packets.len(), batch.buf.len()),
+                Err(error) => {
+                    warn!(output = %name, %error, "connection lost; reconnecting");
+                    stats.add_send_errors(batch.packets.len());
+                    inbox.done(batch);
+                    break;
                 }
-                inbox.done(batch);
             }
+            inbox.done(batch);
         }
     }
 }
@@ -240,7 +249,11 @@ fn write_all_batches(
 ) {
     let mut failed = out.write_all(preamble).and_then(|()| out.flush()).is_err();
     while let Some(batch) = inbox.recv() {
-        match out.write_all(&batch.buf).and_then(|()| out.flush()) {
+        let written = out
+            .write_all(&batch.idbs)
+            .and_then(|()| out.write_all(&batch.buf))
+            .and_then(|()| out.flush());
+        match written {
             Ok(()) => stats.add_sent(batch.packets.len(), batch.buf.len()),
             Err(error) => {
                 // Log the first failure (a full disk, a closed pipe); count all.
