@@ -120,6 +120,9 @@ pub enum HookError {
 #[derive(Clone)]
 pub struct Interface {
     pub name: String,
+    /// What outputs and metrics call it: the name, or under `run` the pod
+    /// (`NAMESPACE/POD`), as pods' own interfaces are all `eth0`.
+    pub label: String,
     pub index: IfIndex,
     pub netns: NetnsCookie,
     /// Which end of a pod's link this is: a host end transmits what its pod
@@ -135,6 +138,7 @@ impl Interface {
     /// An interface of the agent's own namespace.
     pub fn local(name: String, index: IfIndex, netns: NetnsCookie, end: End) -> Self {
         Self {
+            label: name.clone(),
             name,
             index,
             netns,
@@ -183,16 +187,33 @@ impl Interface {
 // The open namespace is not part of what an interface is: the cookie names it.
 impl PartialEq for Interface {
     fn eq(&self, other: &Self) -> bool {
-        (&self.name, self.index, self.netns, self.end)
-            == (&other.name, other.index, other.netns, other.end)
+        (&self.name, &self.label, self.index, self.netns, self.end)
+            == (
+                &other.name,
+                &other.label,
+                other.index,
+                other.netns,
+                other.end,
+            )
     }
 }
 impl Eq for Interface {}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.label == self.name {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{} ({})", self.label, self.name)
+        }
+    }
+}
 
 impl fmt::Debug for Interface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Interface")
             .field("name", &self.name)
+            .field("label", &self.label)
             .field("index", &self.index.0)
             .field("netns", &self.netns.0)
             .field("end", &self.end)
@@ -424,7 +445,7 @@ impl Hooks {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let Some(pins) = &self.pins else {
                     return Err(HookError::ForeignNeedsPins {
-                        interface: iface.name.clone(),
+                        interface: iface.to_string(),
                     });
                 };
                 let loaded = load_object(self.ring_bytes, Some(pins), iface.netns)?;
@@ -474,11 +495,11 @@ impl Hooks {
         }
         let program = self.program(iface, prog)?;
         let netns_err = |source| HookError::Netns {
-            interface: iface.name.clone(),
+            interface: iface.to_string(),
             source,
         };
         let attach_err = |mode: Mode| {
-            let interface = iface.name.clone();
+            let interface = iface.to_string();
             move |source| HookError::Attach {
                 interface,
                 mode: mode.as_str(),
@@ -502,7 +523,7 @@ impl Hooks {
                     let link = program.take_link(id).map_err(attach_err(Mode::Tcx))?;
                     let attachment = self.pin(iface, key, link)?;
                     self.attachments.push(attachment);
-                    debug!(interface = %iface.name, ?kind, "attached with tcx");
+                    debug!(interface = %iface, ?kind, "attached with tcx");
                     return Ok(Mode::Tcx);
                 }
                 Err(source)
@@ -511,18 +532,18 @@ impl Hooks {
                     return Err(attach_err(Mode::Tcx)(source));
                 }
                 Err(source) => {
-                    warn!(interface = %iface.name, error = %source, "tcx attach failed; falling back to netlink");
+                    warn!(interface = %iface, error = %source, "tcx attach failed; falling back to netlink");
                 }
             }
         }
         if iface.ns.is_some() {
             return Err(HookError::ForeignNeedsTcx {
-                interface: iface.name.clone(),
+                interface: iface.to_string(),
             });
         }
         if self.pins.is_some() {
             return Err(HookError::PinNeedsTcx {
-                interface: iface.name.clone(),
+                interface: iface.to_string(),
             });
         }
         netlink_qdisc(iface, kind)?;
@@ -545,7 +566,7 @@ impl Hooks {
             link,
             pin: None,
         });
-        debug!(interface = %iface.name, ?kind, "attached with netlink cls_bpf");
+        debug!(interface = %iface, ?kind, "attached with netlink cls_bpf");
         Ok(Mode::Netlink)
     }
 
@@ -566,7 +587,7 @@ impl Hooks {
             return Ok(None);
         }
         let pin_err = |reason: String| HookError::PinLink {
-            interface: iface.name.clone(),
+            interface: iface.to_string(),
             reason,
         };
         let pinned = PinnedLink::from_pin(&path).map_err(|e| pin_err(e.to_string()))?;
@@ -580,7 +601,7 @@ impl Hooks {
         match adopted {
             Ok(link) => {
                 self.adopted += 1;
-                debug!(interface = %iface.name, kind = ?key.kind(), "adopted pinned hook");
+                debug!(interface = %iface, kind = ?key.kind(), "adopted pinned hook");
                 Ok(Some(Attachment {
                     key,
                     mode: Mode::Tcx,
@@ -589,7 +610,7 @@ impl Hooks {
                 }))
             }
             Err(reason) => {
-                warn!(interface = %iface.name, %reason, "pinned hook is gone; attaching anew");
+                warn!(interface = %iface, %reason, "pinned hook is gone; attaching anew");
                 std::fs::remove_file(&path).map_err(|e| pin_err(e.to_string()))?;
                 Ok(None)
             }
@@ -612,7 +633,7 @@ impl Hooks {
             });
         };
         let pin_err = |reason: String| HookError::PinLink {
-            interface: iface.name.clone(),
+            interface: iface.to_string(),
             reason,
         };
         let fd = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
@@ -826,7 +847,7 @@ fn other_ring_records(dir: &std::path::Path) -> u64 {
 /// egress filter but run it on inbound packets.
 fn netlink_qdisc(iface: &Interface, kind: TcAttachType) -> Result<(), HookError> {
     let qdisc_err = |source| HookError::Qdisc {
-        interface: iface.name.clone(),
+        interface: iface.to_string(),
         source,
     };
     let slot = qdisc::ingress_slot(iface.index.0).map_err(qdisc_err)?;
@@ -845,7 +866,7 @@ fn netlink_qdisc(iface: &Interface, kind: TcAttachType) -> Result<(), HookError>
             }
         }
         Err(source) => Err(HookError::Clsact {
-            interface: iface.name.clone(),
+            interface: iface.to_string(),
             source,
         }),
     }

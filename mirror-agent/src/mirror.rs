@@ -169,7 +169,7 @@ impl Mirror {
         let mode = self
             .hooks
             .attach(&p.iface, p.bits, self.settings.attach_mode)?;
-        info!(interface = %p.iface.name, ifindex = p.iface.index.0, policy = %p.policy, mode = mode.as_str(), "attached");
+        info!(interface = %p.iface, ifindex = p.iface.index.0, policy = %p.policy, mode = mode.as_str(), "attached");
         Ok(())
     }
 
@@ -188,10 +188,10 @@ impl Mirror {
     }
 
     fn leave_out(&mut self, p: &Pending, error: &HookError) {
-        warn!(interface = %p.iface.name, policy = %p.policy, %error, "attaching failed; left out");
+        warn!(interface = %p.iface, policy = %p.policy, %error, "attaching failed; left out");
         let id = p.iface.id();
         if let Err(error) = self.hooks.forget(id) {
-            warn!(interface = %p.iface.name, %error, "forgetting the interface failed");
+            warn!(interface = %p.iface, %error, "forgetting the interface failed");
         }
         self.slots.retain(|(i, _)| i.id() != id);
         self.left_out.push(id);
@@ -231,7 +231,7 @@ impl Mirror {
         for (iface, _) in &self.slots {
             if !wanted.contains_key(&iface.id()) {
                 self.hooks.forget(iface.id())?;
-                info!(interface = %iface.name, "detached: no longer in the policy");
+                info!(interface = %iface, "detached: no longer in the policy");
             }
         }
         let old = std::mem::replace(&mut self.fanout, fanout);
@@ -309,7 +309,7 @@ impl Mirror {
         for (iface, slot) in gone {
             let c = self.hooks.counters(slot).unwrap_or_default();
             warn!(
-                interface = %iface.name,
+                interface = %iface,
                 ifindex = iface.index.0,
                 seen = c.seen_packets,
                 mirrored = c.mirrored_packets,
@@ -317,7 +317,7 @@ impl Mirror {
                 "interface gone; no longer mirrored"
             );
             if let Err(error) = self.hooks.forget(iface.id()) {
-                warn!(interface = %iface.name, %error, "forgetting the interface failed");
+                warn!(interface = %iface, %error, "forgetting the interface failed");
             }
             self.slots.retain(|(i, _)| i.id() != iface.id());
         }
@@ -402,7 +402,7 @@ fn stream_keys(plan: &[Planned]) -> HashMap<String, u32> {
 fn listed(p: &Planned) -> Vec<(IfaceId, String)> {
     p.interfaces
         .iter()
-        .map(|i| (i.id(), i.name.clone()))
+        .map(|i| (i.id(), i.label.clone()))
         .collect()
 }
 
@@ -576,7 +576,7 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
         match hooks.counters(*slot) {
             Ok(c) => {
                 info!(
-                    interface = %iface.name,
+                    interface = %iface,
                     seen = c.seen_packets,
                     mirrored = c.mirrored_packets,
                     truncated = c.truncated,
@@ -589,7 +589,7 @@ fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fanout) {
                 );
                 total.add(&c);
             }
-            Err(error) => warn!(interface = %iface.name, %error, "reading counters failed"),
+            Err(error) => warn!(interface = %iface, %error, "reading counters failed"),
         }
     }
     for p in &fanout.policies {

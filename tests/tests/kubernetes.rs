@@ -548,11 +548,15 @@ fn run_streams_to_a_tls_collector_with_the_secret_it_names() {
     let all = collected.frames().expect("collected frames");
     let names: std::collections::BTreeSet<&str> =
         all.iter().filter_map(|f| f.interface.as_deref()).collect();
-    assert!(
-        names
-            .iter()
-            .any(|n| n.ends_with(&format!("/{}", pod2.host_if))),
-        "the new pod's frames arrive on its own interface: {names:?}"
+    // Interfaces are named for their pods, after the agent's address.
+    let want: std::collections::BTreeSet<String> = ["shop/web-1", "shop/web-2"]
+        .iter()
+        .map(|who| format!("{}/{who}", link.node_v4))
+        .collect();
+    assert_eq!(
+        names,
+        want.iter().map(String::as_str).collect(),
+        "each pod's frames on its own interface"
     );
     let frames: Vec<Frame> = collected
         .frames()

@@ -28,7 +28,7 @@ impl AgentMetrics {
         let hooked = slots
             .iter()
             .map(|(iface, slot)| Hooked {
-                interface: iface.name.clone(),
+                interface: iface.label.clone(),
                 policy: plan
                     .iter()
                     .find(|p| p.interfaces.contains(iface))

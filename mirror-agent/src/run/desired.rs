@@ -154,6 +154,7 @@ impl Locator {
                 let netns = pod.cookie().map_err(|e| e.to_string())?;
                 tracing::debug!(interface = %decision.interface, reason = ?decision.reason, "pod end");
                 Ok(Interface {
+                    label: decision.interface.clone(),
                     name: decision.interface,
                     index: decision.index,
                     netns,
@@ -343,9 +344,11 @@ pub fn compute(
                 continue;
             }
             match locator.locate(&pod.uid, &pod.ips) {
-                Ok(iface) => {
+                Ok(mut iface) => {
                     claimed.insert(pod.uid.clone(), policy.plan_name());
                     outcome.attached += 1;
+                    // Outputs and metrics name the pod, not its interface.
+                    iface.label = who;
                     interfaces.push(iface);
                 }
                 Err(why) => outcome.problems.push(format!("pod {who}: {why}")),

@@ -231,8 +231,7 @@ fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfaceId])
             continue;
         };
         for iface in p.interfaces.iter().filter(|i| failed.contains(&i.id())) {
-            o.problems
-                .push(format!("attaching to {} failed", iface.name));
+            o.problems.push(format!("attaching to {iface} failed"));
             o.attached = o.attached.saturating_sub(1);
         }
     }
