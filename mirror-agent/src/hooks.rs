@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, PerCpuValues,
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -25,10 +25,10 @@ use aya::{
     },
 };
 use mirror_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, MAP_CONFIG,
-    MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES,
-    MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS,
-    PROG_INGRESS,
+    Counters, DIR_EGRESS, DIR_INGRESS, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, MAIN_EGRESS,
+    MAIN_INGRESS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6,
+    MAP_MAINS, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES, MAX_KERNEL_RULES,
+    MAX_POLICIES, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS, PROG_NS_INGRESS,
 };
 use tracing::{debug, info, warn};
 
@@ -96,6 +96,11 @@ pub enum HookError {
     Ring(#[from] RingError),
     #[error("counting the possible CPUs: {0}")]
     Cpus(std::io::Error),
+    #[error("duplicating the descriptor of program {prog}: {source}")]
+    Fd {
+        prog: &'static str,
+        source: std::io::Error,
+    },
     #[error("attaching to {interface}: {source}")]
     Netns {
         interface: String,
@@ -287,7 +292,22 @@ impl Hooks {
     /// new ones are pinned.
     pub fn load(ring_bytes: u32, pins: Option<PinDir>) -> Result<Self, HookError> {
         let own = netns::current_cookie().map_err(HookError::OwnNetns)?;
-        let ebpf = load_object(ring_bytes, pins.as_ref(), own)?;
+        let mut ebpf = load_object(ring_bytes, pins.as_ref(), own, [PROG_INGRESS, PROG_EGRESS])?;
+        // Entry programs of other namespaces, an earlier agent's pinned
+        // ones included, run these from now on.
+        for (index, prog) in [(MAIN_INGRESS, PROG_INGRESS), (MAIN_EGRESS, PROG_EGRESS)] {
+            let fd = classifier(&mut ebpf, prog)?
+                .fd()
+                .map_err(|source| HookError::Program { prog, source })?
+                .try_clone()
+                .map_err(|source| HookError::Fd { prog, source })?;
+            let map = ebpf
+                .map_mut(MAP_MAINS)
+                .ok_or(HookError::Missing(MAP_MAINS))?;
+            ProgramArray::try_from(map)
+                .and_then(|mut mains| mains.set(index, &fd, 0))
+                .map_err(|source| map_err(MAP_MAINS, source))?;
+        }
         let mut hooks = Self {
             ebpf,
             foreign: StdHashMap::new(),
@@ -430,8 +450,9 @@ impl Hooks {
         T::try_from(map).map_err(|source| map_err(name, source))
     }
 
-    /// The program `prog` for the interface's namespace, loading a copy for
-    /// a namespace that has none yet.
+    /// The program to attach for `prog` in the interface's namespace: the
+    /// mirror program itself in the agent's own, else the entry program of
+    /// a copy for that namespace, loaded if it has none yet.
     fn program(
         &mut self,
         iface: &Interface,
@@ -440,6 +461,11 @@ impl Hooks {
         if iface.netns == self.own {
             return classifier(&mut self.ebpf, prog);
         }
+        let prog = if prog == PROG_INGRESS {
+            PROG_NS_INGRESS
+        } else {
+            PROG_NS_EGRESS
+        };
         let ebpf = match self.foreign.entry(iface.netns) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -448,7 +474,12 @@ impl Hooks {
                         interface: iface.to_string(),
                     });
                 };
-                let loaded = load_object(self.ring_bytes, Some(pins), iface.netns)?;
+                let loaded = load_object(
+                    self.ring_bytes,
+                    Some(pins),
+                    iface.netns,
+                    [PROG_NS_INGRESS, PROG_NS_EGRESS],
+                )?;
                 debug!(
                     netns = iface.netns.0,
                     "loaded the programs for another namespace"
@@ -466,16 +497,23 @@ impl Hooks {
         directions: u32,
         mode: AttachMode,
     ) -> Result<Mode, HookError> {
-        let mut used = Mode::Tcx;
+        let mut used = Ok(Mode::Tcx);
         for (bit, prog, kind) in [
             (DIR_INGRESS, PROG_INGRESS, TcAttachType::Ingress),
             (DIR_EGRESS, PROG_EGRESS, TcAttachType::Egress),
         ] {
             if directions & bit != 0 {
-                used = self.attach_one(iface, prog, kind, mode)?;
+                used = self.attach_one(iface, prog, kind, mode);
+                if used.is_err() {
+                    break;
+                }
             }
         }
-        Ok(used)
+        // The links hold the namespace's entry programs now; the parsed
+        // object (about 100 KiB) is not kept per pod. Another interface of
+        // that namespace loads a copy again.
+        self.foreign.remove(&iface.netns);
+        used
     }
 
     fn attach_one(
@@ -738,14 +776,6 @@ impl Hooks {
         // Already gone if its interface was deleted.
         let _ = config.remove(&iface.key());
         self.slots.remove(&iface);
-        // A namespace's copy of the programs goes with its last hook.
-        if !self
-            .attachments
-            .iter()
-            .any(|a| a.key.iface.netns == iface.netns)
-        {
-            self.foreign.remove(&iface.netns);
-        }
         Ok(())
     }
 
@@ -803,12 +833,14 @@ impl Drop for Hooks {
     }
 }
 
-/// Loads the object and both programs, for interfaces of the namespace
-/// `netns`, with the maps pinned under `pins` (made there if missing).
+/// Loads the object and the programs `progs`, for interfaces of the
+/// namespace `netns`, with the maps pinned under `pins` (made there if
+/// missing). The others stay unloaded: never verified.
 fn load_object(
     ring_bytes: u32,
     pins: Option<&PinDir>,
     netns: NetnsCookie,
+    progs: [&'static str; 2],
 ) -> Result<Ebpf, HookError> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_RECORDS, ring_bytes);
@@ -822,7 +854,7 @@ fn load_object(
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    for prog in [PROG_INGRESS, PROG_EGRESS] {
+    for prog in progs {
         classifier(&mut ebpf, prog)?
             .load()
             .map_err(|source| HookError::Program { prog, source })?;

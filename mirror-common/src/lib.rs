@@ -22,8 +22,10 @@ pub const MAP_LPM_SRC4: &str = "MIRROR_LPM_SRC4";
 pub const MAP_LPM_DST4: &str = "MIRROR_LPM_DST4";
 pub const MAP_LPM_SRC6: &str = "MIRROR_LPM_SRC6";
 pub const MAP_LPM_DST6: &str = "MIRROR_LPM_DST6";
+pub const MAP_NS_SCRATCH: &str = "MIRROR_NS_SCRATCH";
+pub const MAP_MAINS: &str = "MIRROR_MAINS";
 /// Every map, as pinned by name under the agent's pin directory.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_RECORDS,
@@ -33,13 +35,24 @@ pub const MAPS: [&str; 9] = [
     MAP_LPM_DST4,
     MAP_LPM_SRC6,
     MAP_LPM_DST6,
+    MAP_NS_SCRATCH,
+    MAP_MAINS,
 ];
 /// The eBPF global (u64) the agent sets at load time to the netns cookie
 /// of the interfaces that copy of the programs is attached to.
 pub const GLOBAL_NETNS_COOKIE: &str = "NETNS_COOKIE";
-/// Program names.
+/// Program names: the mirror programs, loaded once, for the agent's own
+/// namespace; and the entry programs for another namespace (a pod's), a
+/// copy per namespace, which note the namespace in [`MAP_NS_SCRATCH`] and
+/// tail-call the mirror program at [`MAIN_INGRESS`] or [`MAIN_EGRESS`] of
+/// [`MAP_MAINS`]. An entry copy verifies in microseconds; the mirror
+/// programs take the verifier far longer, too long to repeat per pod.
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";
+pub const PROG_NS_INGRESS: &str = "mirror_ns_ingress";
+pub const PROG_NS_EGRESS: &str = "mirror_ns_egress";
+pub const MAIN_INGRESS: u32 = 0;
+pub const MAIN_EGRESS: u32 = 1;
 
 /// Direction bits, from the hooked interface's own point of view (as `tcpdump -Q`):
 /// ingress is what the interface receives, egress what it transmits.
@@ -103,6 +116,20 @@ pub struct IfaceKey {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<IfaceKey>() == 16);
+
+/// The per-CPU hand-over from an entry program to the mirror program it
+/// tail-calls (the only entry of [`MAP_NS_SCRATCH`]): the namespace of the
+/// packet's device. Set just before the tail call and cleared by the first
+/// reader, so a mirror program attached directly never takes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsScratch {
+    pub netns_cookie: u64,
+    /// 1 while `netns_cookie` is waiting for the mirror program.
+    pub set: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NsScratch>() == 16);
 
 /// Per-interface configuration, keyed by [`IfaceKey`] in [`MAP_CONFIG`].
 /// An interface with no entry is not mirrored.
@@ -260,6 +287,7 @@ const _: () = assert!(RECORD_HEADER_LEN == 40);
 mod user {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::IfaceKey {}
+    unsafe impl aya::Pod for super::NsScratch {}
     unsafe impl aya::Pod for super::IfaceConfig {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::RecordHeader {}
