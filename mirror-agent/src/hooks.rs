@@ -27,8 +27,8 @@ use aya::{
 use mirror_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, MAIN_EGRESS,
     MAIN_INGRESS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6,
-    MAP_MAINS, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES, MAX_KERNEL_RULES,
-    MAX_POLICIES, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS, PROG_NS_INGRESS,
+    MAP_MAINS, MAP_NS_SCRATCH, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES,
+    MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS, PROG_NS_INGRESS,
 };
 use tracing::{debug, info, warn};
 
@@ -45,6 +45,9 @@ use crate::{
 
 /// The eBPF object built by build.rs from `mirror-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror"));
+/// The entry programs for other namespaces, a small object of their own
+/// (`mirror-ebpf/src/entry.rs`), parsed and loaded once per namespace.
+static ENTRY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror-entry"));
 
 /// Filter priority under netlink: 1 runs before filters added with the
 /// default priority, as a CNI's usually are.
@@ -96,11 +99,6 @@ pub enum HookError {
     Ring(#[from] RingError),
     #[error("counting the possible CPUs: {0}")]
     Cpus(std::io::Error),
-    #[error("duplicating the descriptor of program {prog}: {source}")]
-    Fd {
-        prog: &'static str,
-        source: std::io::Error,
-    },
     #[error("attaching to {interface}: {source}")]
     Netns {
         interface: String,
@@ -274,7 +272,6 @@ pub struct Hooks {
     /// `GLOBAL_NETNS_COOKIE`.
     foreign: StdHashMap<NetnsCookie, Ebpf>,
     own: NetnsCookie,
-    ring_bytes: u32,
     attachments: Vec<Attachment>,
     /// Counter slot of each configured interface; carried over from pinned
     /// config, so an adopted interface keeps its counters.
@@ -292,27 +289,19 @@ impl Hooks {
     /// new ones are pinned.
     pub fn load(ring_bytes: u32, pins: Option<PinDir>) -> Result<Self, HookError> {
         let own = netns::current_cookie().map_err(HookError::OwnNetns)?;
-        let mut ebpf = load_object(ring_bytes, pins.as_ref(), own, [PROG_INGRESS, PROG_EGRESS])?;
-        // Entry programs of other namespaces, an earlier agent's pinned
-        // ones included, run these from now on.
-        for (index, prog) in [(MAIN_INGRESS, PROG_INGRESS), (MAIN_EGRESS, PROG_EGRESS)] {
-            let fd = classifier(&mut ebpf, prog)?
-                .fd()
-                .map_err(|source| HookError::Program { prog, source })?
-                .try_clone()
-                .map_err(|source| HookError::Fd { prog, source })?;
-            let map = ebpf
-                .map_mut(MAP_MAINS)
-                .ok_or(HookError::Missing(MAP_MAINS))?;
-            ProgramArray::try_from(map)
-                .and_then(|mut mains| mains.set(index, &fd, 0))
-                .map_err(|source| map_err(MAP_MAINS, source))?;
+        let mut ebpf = load_object(ring_bytes, pins.as_ref(), own)?;
+        // An earlier agent's entry programs, pinned in pods' namespaces,
+        // run these mirror programs from now on.
+        if let Some(path) = pins.as_ref().map(|p| p.map(MAP_MAINS))
+            && path.exists()
+        {
+            let map = MapData::from_pin(&path).map_err(|source| map_err(MAP_MAINS, source))?;
+            set_mains(&mut ebpf, aya::maps::Map::ProgramArray(map))?;
         }
         let mut hooks = Self {
             ebpf,
             foreign: StdHashMap::new(),
             own,
-            ring_bytes,
             attachments: Vec::new(),
             slots: StdHashMap::new(),
             pins,
@@ -466,6 +455,7 @@ impl Hooks {
         } else {
             PROG_NS_EGRESS
         };
+        let own_programs = &mut self.ebpf;
         let ebpf = match self.foreign.entry(iface.netns) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -474,12 +464,11 @@ impl Hooks {
                         interface: iface.to_string(),
                     });
                 };
-                let loaded = load_object(
-                    self.ring_bytes,
-                    Some(pins),
-                    iface.netns,
-                    [PROG_NS_INGRESS, PROG_NS_EGRESS],
-                )?;
+                let mut loaded = load_entry(pins, iface.netns)?;
+                let mains = loaded
+                    .take_map(MAP_MAINS)
+                    .ok_or(HookError::Missing(MAP_MAINS))?;
+                set_mains(own_programs, mains)?;
                 debug!(
                     netns = iface.netns.0,
                     "loaded the programs for another namespace"
@@ -833,14 +822,46 @@ impl Drop for Hooks {
     }
 }
 
-/// Loads the object and the programs `progs`, for interfaces of the
+/// Points the entry programs' tail calls at our mirror programs.
+fn set_mains(own: &mut Ebpf, mains: aya::maps::Map) -> Result<(), HookError> {
+    let mut mains = ProgramArray::try_from(mains).map_err(|source| map_err(MAP_MAINS, source))?;
+    for (index, prog) in [(MAIN_INGRESS, PROG_INGRESS), (MAIN_EGRESS, PROG_EGRESS)] {
+        let fd = classifier(own, prog)?
+            .fd()
+            .map_err(|source| HookError::Program { prog, source })?;
+        mains
+            .set(index, fd, 0)
+            .map_err(|source| map_err(MAP_MAINS, source))?;
+    }
+    Ok(())
+}
+
+/// Loads the entry object and its two programs for interfaces of the
+/// namespace `netns`, sharing the pinned maps.
+fn load_entry(pins: &PinDir, netns: NetnsCookie) -> Result<Ebpf, HookError> {
+    let mut loader = EbpfLoader::new();
+    let cookie = netns.0;
+    loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
+    let paths = [MAP_NS_SCRATCH, MAP_MAINS].map(|m| (m, pins.map(m)));
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(ENTRY_OBJECT)?;
+    for prog in [PROG_NS_INGRESS, PROG_NS_EGRESS] {
+        classifier(&mut ebpf, prog)?
+            .load()
+            .map_err(|source| HookError::Program { prog, source })?;
+    }
+    Ok(ebpf)
+}
+
+/// Loads the object and its two mirror programs, for interfaces of the
 /// namespace `netns`, with the maps pinned under `pins` (made there if
-/// missing). The others stay unloaded: never verified.
+/// missing).
 fn load_object(
     ring_bytes: u32,
     pins: Option<&PinDir>,
     netns: NetnsCookie,
-    progs: [&'static str; 2],
 ) -> Result<Ebpf, HookError> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_RECORDS, ring_bytes);
@@ -854,7 +875,7 @@ fn load_object(
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    for prog in progs {
+    for prog in [PROG_INGRESS, PROG_EGRESS] {
         classifier(&mut ebpf, prog)?
             .load()
             .map_err(|source| HookError::Program { prog, source })?;

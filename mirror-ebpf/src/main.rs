@@ -5,17 +5,18 @@
 #![no_main]
 
 mod filter;
+mod ns;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use mirror_common::{
     Counters, DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig, IfaceKey,
-    MAIN_EGRESS, MAIN_INGRESS, MAX_INTERFACES, NsScratch, RecordHeader,
+    MAX_INTERFACES, RecordHeader,
 };
 
 #[map(name = "MIRROR_CONFIG")]
@@ -23,23 +24,6 @@ static CONFIG: HashMap<IfaceKey, IfaceConfig> = HashMap::with_max_entries(MAX_IN
 
 #[map(name = "MIRROR_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
-
-/// The network namespace (its cookie) this copy of the programs serves, set
-/// by the agent at load time (`mirror_common::GLOBAL_NETNS_COOKIE`). Each
-/// namespace with hooked interfaces gets its own copy of the entry
-/// programs, sharing the maps: a TC program cannot learn its device's
-/// namespace itself (`bpf_get_netns_cookie` gives the socket's, which a
-/// received packet lacks), and an ifindex alone repeats across namespaces.
-#[unsafe(no_mangle)]
-static NETNS_COOKIE: u64 = 0;
-
-#[map(name = "MIRROR_NS_SCRATCH")]
-static NS_SCRATCH: PerCpuArray<NsScratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// The mirror programs, at `MAIN_INGRESS` and `MAIN_EGRESS`, for the entry
-/// programs of other namespaces to tail-call.
-#[map(name = "MIRROR_MAINS")]
-static MAINS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// The agent resizes this at load time (`--ring-size`).
 #[map(name = "MIRROR_RECORDS")]
@@ -57,44 +41,13 @@ pub fn mirror_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Entry programs for a pod's namespace: note the namespace, then run the
-/// mirror program. A failed tail call (no mirror program yet) only leaves
-/// the packet unmirrored.
-#[classifier]
-pub fn mirror_ns_ingress(ctx: TcContext) -> i32 {
-    enter(&ctx, MAIN_INGRESS);
-    TC_ACT_UNSPEC
-}
-
-#[classifier]
-pub fn mirror_ns_egress(ctx: TcContext) -> i32 {
-    enter(&ctx, MAIN_EGRESS);
-    TC_ACT_UNSPEC
-}
-
-#[inline(always)]
-fn enter(ctx: &TcContext, main: u32) {
-    let Some(scratch) = NS_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU value; the tail call runs on this CPU right after,
-    // with nothing in between. The global is read volatile so it is not
-    // folded to its initial value.
-    unsafe {
-        (*scratch).netns_cookie = core::ptr::read_volatile(&NETNS_COOKIE);
-        (*scratch).set = 1;
-        MAINS.tail_call(ctx, main);
-        // Reached only if the tail call failed: take the note back.
-        (*scratch).set = 0;
-    }
-}
-
 /// The namespace of the packet's device: noted by an entry program that
-/// tail-called us, else our own.
+/// tail-called us (`entry.rs`), else our own.
 #[inline(always)]
 fn netns_cookie() -> u64 {
-    if let Some(scratch) = NS_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU value; see `enter`.
+    if let Some(scratch) = ns::NS_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; the entry program set it on this CPU just
+        // before its tail call, with nothing in between.
         unsafe {
             if (*scratch).set != 0 {
                 (*scratch).set = 0;
@@ -102,8 +55,7 @@ fn netns_cookie() -> u64 {
             }
         }
     }
-    // SAFETY: reading a global; volatile so it is not folded to its initial value.
-    unsafe { core::ptr::read_volatile(&NETNS_COOKIE) }
+    ns::own_cookie()
 }
 
 /// One ring-buffer record of a given capture class: header, then `N` bytes.

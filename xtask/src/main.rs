@@ -103,6 +103,12 @@ enum Command {
         /// `--ring-size` for the agent (bytes, a power of two); default: the agent's.
         #[arg(long, value_name = "BYTES")]
         ring_size: Option<u64>,
+        /// `--attach-point` for the agent: `host`, the pods' host veths;
+        /// `pod`, each pod's own eth0 inside its namespace (the agent loads
+        /// programs for each pod namespace); `auto`, the agent decides (the
+        /// host ends on this node). Default: the agent's (`auto`).
+        #[arg(long, value_name = "WHERE", value_enum)]
+        attach_point: Option<scale::AttachPoint>,
     },
 }
 
@@ -126,7 +132,15 @@ fn main() -> ExitCode {
         Command::Crds { check } => crds::run(check),
         Command::Manifests => manifests::run(),
         Command::Soak { minutes, rate } => soak::run(&soak::Options { minutes, rate }),
-        Command::Scale { pods, ring_size } => scale::run(&scale::Options { pods, ring_size }),
+        Command::Scale {
+            pods,
+            ring_size,
+            attach_point,
+        } => scale::run(&scale::Options {
+            pods,
+            ring_size,
+            attach_point,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

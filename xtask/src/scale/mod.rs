@@ -11,12 +11,13 @@
 //!
 //! 1. baseline: the agent idle with no pods (its RSS);
 //! 2. attach: the N Pod objects are created at once (Running, podIP set);
-//!    the kernel is asked every 50 ms which host veths carry our tcx
-//!    programs (BPF_PROG_QUERY, from a thread in the node namespace), and
+//!    the kernel is asked every 50 ms which pod ends carry our tcx programs
+//!    (BPF_PROG_QUERY, hooks.rs): the host veths in the node namespace, or
+//!    with `--attach-point pod` each pod's `eth0` inside its namespace; and
 //!    the policy's status is read for `attachedPods == N`;
 //! 3. idle: 10 s with N pods attached, then the agent's RSS and CPU;
 //! 4. detach: every Pod object is deleted; the kernel is asked until no
-//!    hook is left;
+//!    hook is left on those ends;
 //! 5. the agent gets SIGTERM and `mirror-agent uninstall` removes its pins.
 //!
 //! The report (report.rs) goes to target/scale/report.md and stdout, the
@@ -24,10 +25,12 @@
 //! is missed. Every namespace, mount and process is owned by a guard, and
 //! Ctrl-C only raises a flag, so every way out cleans up.
 
+mod hooks;
 mod report;
 mod topology;
 
 use std::{
+    fmt,
     path::Path,
     process::Stdio,
     sync::{
@@ -39,22 +42,17 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::programs::{SchedClassifier, TcAttachType};
 use serde_json::{Value, json};
-use testbed::{
-    agent::Agent,
-    apiserver::ApiServer,
-    bpffs::BpfFs,
-    netns::{Netns, join},
-};
+use testbed::{agent::Agent, apiserver::ApiServer, bpffs::BpfFs, netns::join};
 
 use crate::{
     bench::{measure, report::Machine},
     build, paths, run, setup,
     stop::{Interrupted, StopFlag},
 };
+use hooks::Want;
 use report::{Figures, Memory};
-use topology::ScaleNet;
+use topology::{End, ScaleNet};
 
 pub const DEFAULT_PODS: usize = 250;
 /// The agent holds at most this many interfaces (`mirror_common::MAX_INTERFACES`).
@@ -78,15 +76,69 @@ const POLICY: &str = "all-pods";
 const COLLECTOR: &str = "sink";
 const VNI: u32 = 4242;
 const MIRROR: &str = "mirror.packets.dev/v1alpha1";
-/// Our programs' names as the kernel reports them (`mirror_common::PROG_*`).
-const PROG_INGRESS: &str = "mirror_ingress";
-const PROG_EGRESS: &str = "mirror_egress";
+/// Our programs' names (`mirror_common::PROG_*`), per direction: the
+/// mirror program itself, hooked in the agent's own namespace (the host
+/// ends), and the small entry program that tail-calls it, hooked in any
+/// other (the pod ends).
+const PROGS_INGRESS: [&str; 2] = ["mirror_ingress", "mirror_ns_ingress"];
+const PROGS_EGRESS: [&str; 2] = ["mirror_egress", "mirror_ns_egress"];
 
 #[derive(Clone, Debug)]
 pub struct Options {
     pub pods: usize,
     /// `--ring-size` for the agent; `None`: its default.
     pub ring_size: Option<u64>,
+    /// `--attach-point` for the agent; `None`: its default (`auto`).
+    pub attach_point: Option<AttachPoint>,
+}
+
+impl Options {
+    /// The `cargo xtask scale` command line that repeats this run.
+    fn command_line(&self) -> String {
+        let mut command = format!("cargo xtask scale --pods {}", self.pods);
+        if let Some(r) = self.ring_size {
+            command.push_str(&format!(" --ring-size {r}"));
+        }
+        if let Some(p) = self.attach_point {
+            command.push_str(&format!(" --attach-point {p}"));
+        }
+        command
+    }
+}
+
+/// `mirror-agent run --attach-point`: where a pod's hooks go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachPoint {
+    /// The host end of the pod's veth, in the node namespace.
+    Host,
+    /// The pod's own `eth0`, inside its namespace (the agent loads
+    /// programs for each pod namespace).
+    Pod,
+    /// The agent decides per pod (the host end here).
+    Auto,
+}
+
+impl AttachPoint {
+    /// Whether the agent, asked for `point` (`None`: its default, `auto`),
+    /// hooks the pods' own ends on this node. `auto` finds every host end
+    /// a plain bridge port that the pod's traffic passes both ways, so it
+    /// takes the host ends.
+    pub fn at_pod_end(point: Option<Self>) -> bool {
+        match point {
+            Some(Self::Pod) => true,
+            Some(Self::Host | Self::Auto) | None => false,
+        }
+    }
+}
+
+impl fmt::Display for AttachPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Host => "host",
+            Self::Pod => "pod",
+            Self::Auto => "auto",
+        })
+    }
 }
 
 /// `cargo xtask scale`: set up, build the release agent, measure, report.
@@ -155,7 +207,18 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     }
 
     stop.check()?;
-    println!("scale: starting the release agent (mirror-agent run) in the node namespace");
+    println!(
+        "scale: starting the release agent (mirror-agent run{}) in the node namespace; \
+         its hooks are expected on the {}",
+        options
+            .attach_point
+            .map_or_else(String::new, |p| format!(" --attach-point {p}")),
+        if AttachPoint::at_pod_end(options.attach_point) {
+            "pods' own ends, inside their namespaces"
+        } else {
+            "host ends"
+        }
+    );
     let log_level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     let mut cmd = net.node.command(&agent_bin.to_string_lossy());
     cmd.env("KUBECONFIG", kubeconfig.path())
@@ -170,10 +233,20 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     if let Some(size) = options.ring_size {
         cmd.args(["--ring-size", &size.to_string()]);
     }
+    // Not given: the agent's own default, whatever this shell's environment says.
+    cmd.env_remove("ATTACH_POINT");
+    if let Some(point) = options.attach_point {
+        cmd.args(["--attach-point", &point.to_string()]);
+    }
     let mut agent = Agent::start_command(cmd).context("starting the agent")?;
     let pid = agent.process().pid().context("the agent has no pid")?;
 
-    let outcome = measure_phases(&net, &server, pid, stop);
+    let ends = if AttachPoint::at_pod_end(options.attach_point) {
+        net.pod_ends()
+    } else {
+        net.host_ends()
+    };
+    let outcome = measure_phases(&net, &ends, &server, pid, stop);
     // Stop the agent whatever happened, and keep its log.
     let stopped = agent.stop().context("stopping the agent (SIGTERM)");
     let log = out_dir.join("agent.log");
@@ -201,8 +274,10 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     );
     fig.setup = net.times.clone();
     fig.ring_size = options.ring_size;
+    fig.attach_point = options.attach_point;
     fig.log_level = log_level;
     fig.reconciles = report::reconciles(&exit.stderr, fig.pods_created_at);
+    fig.attached_logged = report::attached_lines(&exit.stderr, fig.pods_created_at);
 
     // The pins were kept on SIGTERM: remove them (the hooks went with the pods).
     let mut uninstall = net.node.command(&agent_bin.to_string_lossy());
@@ -213,11 +288,12 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
         .stdout(Stdio::null());
     run::capture(&mut uninstall).context("mirror-agent uninstall")?;
 
-    let mut command = format!("cargo xtask scale --pods {n}");
-    if let Some(r) = options.ring_size {
-        command.push_str(&format!(" --ring-size {r}"));
-    }
-    let text = report::markdown(&fig, &machine, &command, net.collector.collector_v4);
+    let text = report::markdown(
+        &fig,
+        &machine,
+        &options.command_line(),
+        net.collector.collector_v4,
+    );
     let md = out_dir.join("report.md");
     std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
     println!("{text}");
@@ -229,14 +305,16 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     fig.check()
 }
 
-/// Baseline, attach, idle and detach, with the agent running.
+/// Baseline, attach, idle and detach, with the agent running; `ends[i]`
+/// is where pod i's hooks are expected.
 fn measure_phases(
     net: &ScaleNet,
+    ends: &[End],
     server: &ApiServer,
     pid: u32,
     stop: &StopFlag,
 ) -> Result<Figures> {
-    let n = net.host_ifs.len();
+    let n = ends.len();
     // The agent writes the policy's first status (no pods yet) within a
     // second or so; then it idles past --status-interval, so the status
     // after the pods arrive is not held back by that first write.
@@ -268,7 +346,7 @@ fn measure_phases(
     }
     let create_objects = t0.elapsed();
     let cancel = Arc::new(AtomicBool::new(false));
-    let watcher = watch_hooks(&net.node, &net.host_ifs, true, t0, pid, cancel.clone());
+    let watcher = hooks::watch(ends.to_vec(), Want::Attached, t0, pid, cancel.clone())?;
     let mut status: Option<Duration> = None;
     let mut last_seen = None;
     loop {
@@ -320,7 +398,7 @@ fn measure_phases(
             .map_err(|e| anyhow::anyhow!("deleting pod {}: {e}", pod_name(i)))?;
     }
     let cancel = Arc::new(AtomicBool::new(false));
-    let watcher = watch_hooks(&net.node, &net.host_ifs, false, t1, pid, cancel.clone());
+    let watcher = hooks::watch(ends.to_vec(), Want::Detached, t1, pid, cancel.clone())?;
     while !watcher.is_finished() {
         if let Err(e) = ensure_running(pid, stop) {
             cancel.store(true, Ordering::SeqCst);
@@ -354,8 +432,10 @@ fn measure_phases(
         total_cpu_ns: measure::process_cpu_ns(pid)?,
         status_interval: STATUS_INTERVAL,
         ring_size: None,
+        attach_point: None,
         log_level: String::new(),
         reconciles: Vec::new(),
+        attached_logged: Vec::new(),
     })
 }
 
@@ -418,83 +498,31 @@ fn idle(how_long: Duration, pid: u32, stop: &StopFlag) -> Result<()> {
     Ok(())
 }
 
-/// When each interface reached the wanted state.
-struct HookTimes {
-    /// Since the phase started; `None`: not within [`GIVE_UP`].
-    at: Vec<Option<Duration>>,
-    /// The agent's CPU time (ns) when the last one did.
-    cpu_at_done: Option<f64>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl HookTimes {
-    fn count(&self) -> usize {
-        self.at.iter().flatten().count()
-    }
-
-    fn last(&self) -> Option<Duration> {
-        report::all_done(&self.at)
-    }
-}
-
-/// Asks the kernel every [`POLL`], from a thread inside the node
-/// namespace, which of `ifaces` carry both our tcx programs
-/// (`attached`) or none of them (`!attached`), until all do, [`GIVE_UP`]
-/// passes, or `cancel` is raised. Interfaces are asked until they get
-/// there, not after.
-fn watch_hooks(
-    node: &Netns,
-    ifaces: &[String],
-    attached: bool,
-    start: Instant,
-    pid: u32,
-    cancel: Arc<AtomicBool>,
-) -> thread::JoinHandle<Result<HookTimes>> {
-    let ifaces = ifaces.to_vec();
-    node.spawn(move || {
-        let mut times = HookTimes {
-            at: vec![None; ifaces.len()],
-            cpu_at_done: None,
+    #[test]
+    fn the_command_line_repeats_the_run() {
+        let mut o = Options {
+            pods: 250,
+            ring_size: None,
+            attach_point: None,
         };
-        let mut left: Vec<usize> = (0..ifaces.len()).collect();
-        loop {
-            let round = Instant::now();
-            let mut still = Vec::with_capacity(left.len());
-            for i in left {
-                let ours = our_hooks(&ifaces[i])?;
-                let there = if attached { ours == 2 } else { ours == 0 };
-                if there {
-                    times.at[i] = Some(start.elapsed());
-                } else {
-                    still.push(i);
-                }
-            }
-            left = still;
-            if left.is_empty() {
-                times.cpu_at_done = measure::process_cpu_ns(pid).ok();
-                break;
-            }
-            if cancel.load(Ordering::SeqCst) || start.elapsed() > GIVE_UP {
-                break;
-            }
-            thread::sleep(POLL.saturating_sub(round.elapsed()));
-        }
-        Ok(times)
-    })
-}
+        assert_eq!(o.command_line(), "cargo xtask scale --pods 250");
+        o.ring_size = Some(1 << 24);
+        o.attach_point = Some(AttachPoint::Pod);
+        assert_eq!(
+            o.command_line(),
+            "cargo xtask scale --pods 250 --ring-size 16777216 --attach-point pod"
+        );
+    }
 
-/// How many of our two programs are on `iface`'s tcx hooks (ingress,
-/// egress), by BPF_PROG_QUERY.
-fn our_hooks(iface: &str) -> Result<usize> {
-    let mut n = 0;
-    for (kind, label, ours) in [
-        (TcAttachType::Ingress, "ingress", PROG_INGRESS),
-        (TcAttachType::Egress, "egress", PROG_EGRESS),
-    ] {
-        let (_, progs) = SchedClassifier::query_tcx(iface, kind)
-            .with_context(|| format!("querying tcx {label} of {iface}"))?;
-        if progs.iter().any(|p| p.name_as_str() == Some(ours)) {
-            n += 1;
+    #[test]
+    fn only_pod_puts_the_hooks_at_the_pod_end() {
+        assert!(AttachPoint::at_pod_end(Some(AttachPoint::Pod)));
+        for p in [None, Some(AttachPoint::Host), Some(AttachPoint::Auto)] {
+            assert!(!AttachPoint::at_pod_end(p));
         }
     }
-    Ok(n)
 }

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{ATTACH_TARGET, GIVE_UP, POLL, RSS_TARGET_KIB, topology::SetupTimes};
+use super::{
+    ATTACH_TARGET, AttachPoint, GIVE_UP, POLL, RSS_TARGET_KIB,
+    topology::{POD_IF, SetupTimes},
+};
 use crate::bench::report::{Machine, median};
 
 /// The agent's memory, KiB, from /proc/PID/status.
@@ -98,7 +101,7 @@ fn bpf_map_rss(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-/// One `applied` line of the agent's log: a reconcile that changed the hooks.
+/// One `applied` line of the agent's log: a reconcile that changes the hooks.
 #[derive(Clone, Debug)]
 pub struct Reconcile {
     /// Seconds after the Pod objects were created (negative: before).
@@ -114,7 +117,7 @@ pub struct Figures {
     pub create_objects: Duration,
     pub pods_created_at: SystemTime,
     /// Per pod: since the Pod objects were created, when both hooks were
-    /// seen on its host veth.
+    /// seen on its end (see [`Figures::attach_point`]).
     pub attach: Vec<Option<Duration>>,
     pub attach_cpu_ns: f64,
     /// When the policy's status first said `attachedPods == N`.
@@ -131,8 +134,12 @@ pub struct Figures {
     pub total_cpu_ns: f64,
     pub status_interval: u64,
     pub ring_size: Option<u64>,
+    /// `--attach-point` for the agent; `None`: its default (`auto`).
+    pub attach_point: Option<AttachPoint>,
     pub log_level: String,
     pub reconciles: Vec<Reconcile>,
+    /// The agent's `attached` lines, seconds after the Pod objects were created.
+    pub attached_logged: Vec<f64>,
 }
 
 impl Figures {
@@ -186,6 +193,22 @@ impl Figures {
         why
     }
 
+    /// The agent's `--attach-point` and where that put the hooks here.
+    fn attach_point_text(&self) -> String {
+        let asked = self.attach_point.map_or_else(
+            || "not given (the agent's default, `auto`)".to_owned(),
+            |p| format!("`--attach-point {p}`"),
+        );
+        if AttachPoint::at_pod_end(self.attach_point) {
+            format!(
+                "{asked}: each pod's own `{POD_IF}`, inside its namespace (the agent loads \
+                 programs for each pod namespace)"
+            )
+        } else {
+            format!("{asked}: the host ends, in the node namespace")
+        }
+    }
+
     /// Fails, saying which, when a target is missed or a phase did not finish.
     pub fn check(&self) -> Result<()> {
         let why = self.problems();
@@ -232,23 +255,37 @@ fn spread(times: &[Option<Duration>]) -> String {
 /// The reconciles that changed the hooks (`applied` lines), with their
 /// time relative to `origin` (the log's timestamps are UTC RFC 3339).
 pub fn reconciles(log: &str, origin: SystemTime) -> Vec<Reconcile> {
-    let origin = origin
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
     log.lines()
         .filter(|l| l.contains(" applied policies="))
         .map(|l| Reconcile {
-            at: l
-                .split_whitespace()
-                .next()
-                .and_then(unix_seconds)
-                .map(|t| t - origin),
+            at: since(l, origin),
             interfaces: l
                 .split_whitespace()
                 .find_map(|kv| kv.strip_prefix("interfaces="))
                 .and_then(|v| v.parse().ok()),
         })
         .collect()
+}
+
+/// When the agent logged an interface hooked (its `attached` lines), in
+/// seconds after `origin`: the hooks of a plan go on after its `applied`
+/// line, a few at a time.
+pub fn attached_lines(log: &str, origin: SystemTime) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains(" mirror_agent::mirror: attached "))
+        .filter_map(|l| since(l, origin))
+        .collect()
+}
+
+/// A log line's timestamp, in seconds after `origin` (negative: before).
+fn since(line: &str, origin: SystemTime) -> Option<f64> {
+    let origin = origin
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    line.split_whitespace()
+        .next()
+        .and_then(unix_seconds)
+        .map(|t| t - origin)
 }
 
 /// `2025-06-01T11:45:47.123456Z` as seconds since the epoch.
@@ -288,16 +325,24 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
         || "its default ring buffer".to_owned(),
         |r| format!("`--ring-size {r}`"),
     );
+    let point = f
+        .attach_point
+        .map_or_else(String::new, |p| format!(" --attach-point {p}"));
+    let ends = if AttachPoint::at_pod_end(f.attach_point) {
+        format!("pods' `{POD_IF}` (each asked from inside its namespace)")
+    } else {
+        "host veths".to_owned()
+    };
     let _ = writeln!(
         t,
         "A node namespace with a bridge and {n} pod namespaces, each joined by a veth whose \
          host end is a bridge port. The release agent, `mirror-agent run --node-name … \
-         --netns-path DIR --pin-dir … --metrics-addr off --status-interval {}` with {ring}, \
-         runs in the node namespace against the fake API server (`testbed::apiserver`), with \
-         one MirrorPolicy selecting every pod (VXLAN to {}). The {n} Pod objects (Running, \
-         podIP set) are created at once; the kernel is asked every {} ms which host veths \
-         carry both our tcx programs (BPF_PROG_QUERY), so times are as polled. Targets \
-         (issue #4): all attached within {} s, idle RSS under {}.\n",
+         --netns-path DIR --pin-dir … --metrics-addr off --status-interval {}{point}` with \
+         {ring}, runs in the node namespace against the fake API server \
+         (`testbed::apiserver`), with one MirrorPolicy selecting every pod (VXLAN to {}). \
+         The {n} Pod objects (Running, podIP set) are created at once; the kernel is asked \
+         every {} ms which {ends} carry both our tcx programs (BPF_PROG_QUERY), so times \
+         are as polled. Targets (issue #4): all attached within {} s, idle RSS under {}.\n",
         f.status_interval,
         collector,
         POLL.as_millis(),
@@ -320,8 +365,19 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
     if !f.problems().is_empty() {
         t.push('\n');
     }
+    if all_done(&f.attach).is_none() {
+        let _ = writeln!(
+            t,
+            "The attach phase gave up after {} s with pods still to attach, and the agent \
+             may have gone on attaching them through the idle and detach phases: the figures \
+             after it (idle RSS and CPU, detach times) are not those of an idle agent. See \
+             the `attached` lines of target/scale/agent.log for when it finished.\n",
+            GIVE_UP.as_secs()
+        );
+    }
     t.push_str("| | |\n|---|---|\n");
     let _ = writeln!(t, "| pods (namespaces) | {n} |");
+    let _ = writeln!(t, "| attach point | {} |", f.attach_point_text());
     let _ = writeln!(
         t,
         "| setup: namespaces, veths, bridge ports, addresses | {:.2} s |",
@@ -405,11 +461,25 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
 
     let _ = writeln!(
         t,
-        "\n## Reconciles\n\nThe agent's `applied` log lines (a reconcile that changed the \
+        "\n## Reconciles\n\nThe agent's `applied` log lines (a reconcile that changes the \
          hooks), in seconds after the Pod objects were created; its log (RUST_LOG={}) is \
          target/scale/agent.log.\n",
         f.log_level
     );
+    let logged = &f.attached_logged;
+    let (first, last) = (
+        logged.iter().copied().reduce(f64::min),
+        logged.iter().copied().reduce(f64::max),
+    );
+    if let (Some(a), Some(z)) = (first, last) {
+        let _ = writeln!(
+            t,
+            "It logged {} `attached` lines (an interface hooked), the first {a:.2} s and the \
+             last {z:.2} s after the Pod objects were created: a plan's `applied` line comes \
+             before its interfaces are hooked, a few at a time.\n",
+            logged.len()
+        );
+    }
     if f.reconciles.is_empty() {
         t.push_str("None logged (RUST_LOG hides info?).\n");
     } else {
@@ -441,11 +511,15 @@ mod tests {
     #[test]
     fn reconcile_lines() {
         let log = "1970-01-01T00:00:10.250000Z  INFO mirror_agent::run: applied policies=1 interfaces=250\n\
-                   1970-01-01T00:00:10.300000Z  INFO mirror_agent::mirror: attached interface=x";
+                   1970-01-01T00:00:10.300000Z  INFO mirror_agent::mirror: attached interface=x\n\
+                   1970-01-01T00:00:12.000000Z  INFO mirror_agent::mirror: detached: no longer in the policy interface=x";
         let r = reconciles(log, UNIX_EPOCH + Duration::from_secs(10));
         assert_eq!(r.len(), 1);
         assert!((r[0].at.unwrap() - 0.25).abs() < 1e-6);
         assert_eq!(r[0].interfaces, Some(250));
+        let a = attached_lines(log, UNIX_EPOCH + Duration::from_secs(10));
+        assert_eq!(a.len(), 1);
+        assert!((a[0] - 0.3).abs() < 1e-6);
     }
 
     #[test]

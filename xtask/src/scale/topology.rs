@@ -11,6 +11,9 @@
 //!                                            bridge 198.19.0.1/16 [node] 198.18.1.1 ── collector 198.18.1.2
 //! ```
 //!
+//! The hooks may go on either end of a pod's veth ([`End`]): the host end
+//! in the node namespace, or the pod's own `eth0` inside its namespace.
+//!
 //! Every namespace is owned by a guard: [`PodNamespaces`] deletes the pods'
 //! (in one batch, their veths with them) and `Netns` the node's and the
 //! collector's, however the run ends.
@@ -37,6 +40,21 @@ const PREFIX_LEN: u8 = 16;
 const FIRST_HOST: u32 = 10;
 /// `ip -n POD -batch` runs at once while configuring the pods.
 const WORKERS: usize = 2;
+/// Each pod's end of its veth, inside the pod's namespace.
+pub const POD_IF: &str = "eth0";
+
+/// The file `ip netns` binds a named namespace to.
+pub fn netns_file(name: &str) -> PathBuf {
+    PathBuf::from(format!("/run/netns/{name}"))
+}
+
+/// An interface, by its name inside the namespace bound at `netns`: one
+/// end of a pod's veth, where the agent's hooks may go.
+#[derive(Clone, Debug)]
+pub struct End {
+    pub netns: PathBuf,
+    pub iface: String,
+}
 
 /// Pod `i`'s address.
 pub fn pod_v4(i: usize) -> Ipv4Addr {
@@ -105,12 +123,12 @@ impl Drop for PodNamespaces {
 /// The node and its pods. Fields drop in order: the pods' namespaces (and
 /// their veths), the collector's, then the node's.
 pub struct ScaleNet {
-    /// Held for its `Drop`: deletes the pods' namespaces.
-    _pods: PodNamespaces,
+    /// The pods' namespaces, pod i's the i-th; deleted together on drop.
+    pods: PodNamespaces,
     pub collector: CollectorLink,
     pub node: Netns,
     /// Pod i's host end, in the node namespace.
-    pub host_ifs: Vec<String>,
+    host_ifs: Vec<String>,
     /// Pod i's address.
     pub ips: Vec<Ipv4Addr>,
     /// `--netns-path` for the agent: one symlink per pod to its
@@ -161,7 +179,7 @@ impl ScaleNet {
                 .zip(pods.names())
                 .map(|(host, pod)| {
                     format!(
-                        "link add {host} netns {} type veth peer name eth0 netns {pod}",
+                        "link add {host} netns {} type veth peer name {POD_IF} netns {pod}",
                         node.name()
                     )
                 })
@@ -195,13 +213,13 @@ impl ScaleNet {
                 .context("creating the --netns-path directory")?;
             for (pod, ns) in pod_names.iter().zip(pods.names()) {
                 let link = dir.path().join(pod);
-                std::os::unix::fs::symlink(format!("/run/netns/{ns}"), &link)
+                std::os::unix::fs::symlink(netns_file(ns), &link)
                     .with_context(|| format!("symlinking {}", link.display()))?;
             }
             Ok(dir)
         })?;
         Ok(Self {
-            _pods: pods,
+            pods,
             collector,
             node,
             host_ifs,
@@ -213,6 +231,30 @@ impl ScaleNet {
 
     pub fn netns_path(&self) -> &Path {
         self.netns_dir.path()
+    }
+
+    /// Pod i's host end, in the node namespace.
+    pub fn host_ends(&self) -> Vec<End> {
+        let node = netns_file(self.node.name());
+        self.host_ifs
+            .iter()
+            .map(|iface| End {
+                netns: node.clone(),
+                iface: iface.clone(),
+            })
+            .collect()
+    }
+
+    /// Pod i's own end, `eth0` inside pod i's namespace.
+    pub fn pod_ends(&self) -> Vec<End> {
+        self.pods
+            .names()
+            .iter()
+            .map(|ns| End {
+                netns: netns_file(ns),
+                iface: POD_IF.to_owned(),
+            })
+            .collect()
     }
 }
 
@@ -227,10 +269,11 @@ fn quiet_ipv6(names: &[String]) -> Result<()> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
             for name in names {
-                let path = format!("/run/netns/{name}");
-                let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+                let path = netns_file(name);
+                let file =
+                    File::open(&path).with_context(|| format!("opening {}", path.display()))?;
                 setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("entering {path}"))?;
+                    .with_context(|| format!("entering {}", path.display()))?;
                 // /proc/sys/net is the calling thread's namespace's.
                 for scope in ["all", "default"] {
                     let key =
@@ -246,7 +289,7 @@ fn quiet_ipv6(names: &[String]) -> Result<()> {
     })
 }
 
-/// Loopback and eth0 up, the address and the default route, in each pod:
+/// Loopback and [`POD_IF`] up, the address and the default route, in each pod:
 /// one `ip -n POD -batch` each, [`WORKERS`] at a time.
 fn configure_pods(names: &[String], ips: &[Ipv4Addr], stop: &StopFlag) -> Result<()> {
     let jobs: Vec<(&String, &Ipv4Addr)> = names.iter().zip(ips).collect();
@@ -262,8 +305,8 @@ fn configure_pods(names: &[String], ips: &[Ipv4Addr], stop: &StopFlag) -> Result
                         }
                         let lines = [
                             "link set lo up".to_owned(),
-                            format!("addr add {ip}/{PREFIX_LEN} dev eth0"),
-                            "link set eth0 up".to_owned(),
+                            format!("addr add {ip}/{PREFIX_LEN} dev {POD_IF}"),
+                            format!("link set {POD_IF} up"),
                             format!("route add default via {BRIDGE_V4}"),
                         ];
                         ip_batch(Some(ns), &lines)?;
