@@ -27,8 +27,9 @@ use aya::{
 use mirror_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, MAIN_EGRESS,
     MAIN_INGRESS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6,
-    MAP_MAINS, MAP_NS_SCRATCH, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES,
-    MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS, PROG_NS_INGRESS,
+    MAP_MAINS, MAP_NS_SCRATCH, MAP_NS_SELF, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS,
+    MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS,
+    PROG_NS_INGRESS,
 };
 use tracing::{debug, info, warn};
 
@@ -280,6 +281,14 @@ pub struct Hooks {
     keep_pins: bool,
     /// Hooks taken over from pins so far.
     adopted: usize,
+    /// Loads the entry object for each namespace. One for all: creating a
+    /// loader reads and parses the kernel's BTF, megabytes of it, which
+    /// would cost every pod tens of milliseconds.
+    entry_loader: Option<EbpfLoader<'static>>,
+    /// Whether the pinned `MAP_MAINS` holds our mirror programs. Set once:
+    /// each update of a tail-call array patches the JITed callers, which
+    /// takes the kernel tens of milliseconds.
+    mains_set: bool,
 }
 
 impl Hooks {
@@ -292,11 +301,13 @@ impl Hooks {
         let mut ebpf = load_object(ring_bytes, pins.as_ref(), own)?;
         // An earlier agent's entry programs, pinned in pods' namespaces,
         // run these mirror programs from now on.
+        let mut mains_set = false;
         if let Some(path) = pins.as_ref().map(|p| p.map(MAP_MAINS))
             && path.exists()
         {
             let map = MapData::from_pin(&path).map_err(|source| map_err(MAP_MAINS, source))?;
             set_mains(&mut ebpf, aya::maps::Map::ProgramArray(map))?;
+            mains_set = true;
         }
         let mut hooks = Self {
             ebpf,
@@ -307,6 +318,8 @@ impl Hooks {
             pins,
             keep_pins: false,
             adopted: 0,
+            mains_set,
+            entry_loader: None,
         };
         let config: HashMap<_, IfaceKey, IfaceConfig> = hooks.map_ref(MAP_CONFIG)?;
         let pinned = config
@@ -456,6 +469,8 @@ impl Hooks {
             PROG_NS_EGRESS
         };
         let own_programs = &mut self.ebpf;
+        let mains_set = &mut self.mains_set;
+        let entry_loader = &mut self.entry_loader;
         let ebpf = match self.foreign.entry(iface.netns) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -464,11 +479,15 @@ impl Hooks {
                         interface: iface.to_string(),
                     });
                 };
-                let mut loaded = load_entry(pins, iface.netns)?;
-                let mains = loaded
-                    .take_map(MAP_MAINS)
-                    .ok_or(HookError::Missing(MAP_MAINS))?;
-                set_mains(own_programs, mains)?;
+                let loader = entry_loader.get_or_insert_with(|| entry_loader_for(pins));
+                let mut loaded = load_entry(loader, iface.netns)?;
+                if !*mains_set {
+                    let mains = loaded
+                        .take_map(MAP_MAINS)
+                        .ok_or(HookError::Missing(MAP_MAINS))?;
+                    set_mains(own_programs, mains)?;
+                    *mains_set = true;
+                }
                 debug!(
                     netns = iface.netns.0,
                     "loaded the programs for another namespace"
@@ -836,17 +855,38 @@ fn set_mains(own: &mut Ebpf, mains: aya::maps::Map) -> Result<(), HookError> {
     Ok(())
 }
 
-/// Loads the entry object and its two programs for interfaces of the
-/// namespace `netns`, sharing the pinned maps.
-fn load_entry(pins: &PinDir, netns: NetnsCookie) -> Result<Ebpf, HookError> {
+/// The loader of entry objects: sharing the pinned maps, with no kernel
+/// BTF (there is no CO-RE to relocate; this drops what `new` parsed).
+fn entry_loader_for(pins: &PinDir) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    let cookie = netns.0;
-    loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
-    let paths = [MAP_NS_SCRATCH, MAP_MAINS].map(|m| (m, pins.map(m)));
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
+    loader.btf(None);
+    give_back_freed_memory();
+    for name in [MAP_NS_SCRATCH, MAP_MAINS] {
+        loader.map_pin_path(name, pins.map(name));
     }
+    loader
+}
+
+/// Parsing the kernel's BTF leaves megabytes freed but scattered in the
+/// heap, which glibc keeps (20 MiB of RSS here): hand them back.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; nothing is in use.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Loads the entry object and its two programs for interfaces of the
+/// namespace `netns`, and tells them which namespace that is.
+fn load_entry(loader: &mut EbpfLoader<'static>, netns: NetnsCookie) -> Result<Ebpf, HookError> {
     let mut ebpf = loader.load(ENTRY_OBJECT)?;
+    let map = ebpf
+        .map_mut(MAP_NS_SELF)
+        .ok_or(HookError::Missing(MAP_NS_SELF))?;
+    Array::<_, u64>::try_from(map)
+        .and_then(|mut own| own.set(0, netns.0, 0))
+        .map_err(|source| map_err(MAP_NS_SELF, source))?;
     for prog in [PROG_NS_INGRESS, PROG_NS_EGRESS] {
         classifier(&mut ebpf, prog)?
             .load()

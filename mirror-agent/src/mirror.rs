@@ -60,6 +60,8 @@ pub struct Settings {
 /// `queueFull`, `sendError`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyTotals {
+    /// Its interfaces still waiting to be hooked.
+    pub queued: u64,
     pub mirrored: u64,
     pub truncated: u64,
     pub dropped: std::collections::BTreeMap<String, u64>,
@@ -332,6 +334,7 @@ impl Mirror {
             }
         }
         let mut t = PolicyTotals {
+            queued: self.pending.iter().filter(|p| p.policy == name).count() as u64,
             truncated: kernel.truncated,
             ..PolicyTotals::default()
         };

@@ -24,6 +24,8 @@ pub const MAP_LPM_SRC6: &str = "MIRROR_LPM_SRC6";
 pub const MAP_LPM_DST6: &str = "MIRROR_LPM_DST6";
 pub const MAP_NS_SCRATCH: &str = "MIRROR_NS_SCRATCH";
 pub const MAP_MAINS: &str = "MIRROR_MAINS";
+/// In each entry object, its own (never pinned): the namespace it serves.
+pub const MAP_NS_SELF: &str = "MIRROR_NS_SELF";
 /// Every map, as pinned by name under the agent's pin directory.
 pub const MAPS: [&str; 11] = [
     MAP_CONFIG,
@@ -38,8 +40,8 @@ pub const MAPS: [&str; 11] = [
     MAP_NS_SCRATCH,
     MAP_MAINS,
 ];
-/// The eBPF global (u64) the agent sets at load time to the netns cookie
-/// of the interfaces that copy of the programs is attached to.
+/// The mirror programs' global (u64) the agent sets at load time to its own
+/// netns cookie: that of the interfaces they are attached to directly.
 pub const GLOBAL_NETNS_COOKIE: &str = "NETNS_COOKIE";
 /// Program names: the mirror programs, loaded once, for the agent's own
 /// namespace; and the entry programs for another namespace (a pod's), a
@@ -105,8 +107,8 @@ pub const SIZE_CLASSES: [u32; 13] = [
 ];
 
 /// What names a hooked interface to the hook: its network namespace (the
-/// kernel's netns cookie, [`GLOBAL_NETNS_COOKIE`] of the program copy that
-/// runs there) and its index there. The index alone repeats across
+/// kernel's netns cookie: [`GLOBAL_NETNS_COOKIE`], or [`MAP_NS_SELF`] of the
+/// entry copy that runs there) and its index there. The index alone repeats across
 /// namespaces: every pod's `eth0` may be index 2.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

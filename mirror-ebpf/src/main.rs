@@ -25,6 +25,12 @@ static CONFIG: HashMap<IfaceKey, IfaceConfig> = HashMap::with_max_entries(MAX_IN
 #[map(name = "MIRROR_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
 
+/// The agent's own network namespace (its cookie), set at load time
+/// (`mirror_common::GLOBAL_NETNS_COOKIE`): that of the interfaces these
+/// programs are attached to directly.
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+
 /// The agent resizes this at load time (`--ring-size`).
 #[map(name = "MIRROR_RECORDS")]
 static RECORDS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -55,7 +61,8 @@ fn netns_cookie() -> u64 {
             }
         }
     }
-    ns::own_cookie()
+    // SAFETY: reading a global; volatile so it is not folded to its initial value.
+    unsafe { core::ptr::read_volatile(&NETNS_COOKIE) }
 }
 
 /// One ring-buffer record of a given capture class: header, then `N` bytes.

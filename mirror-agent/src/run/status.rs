@@ -78,7 +78,8 @@ impl StatusWriter {
             let mut own = NodeStatus {
                 node: self.node.clone(),
                 matched_pods: o.matched,
-                attached_pods: o.attached,
+                // Hooked by now, not only planned.
+                attached_pods: o.attached.saturating_sub(t.queued),
                 skipped_host_network_pods: o.skipped_host_network,
                 mirrored: t.mirrored,
                 truncated: t.truncated,
@@ -254,26 +255,15 @@ fn summarize(accepted: bool, nodes: &[&NodeStatus]) -> Summary {
             "the policy is not accepted".to_owned(),
         )
     } else {
-        let mut failing: Vec<&&NodeStatus> = nodes
-            .iter()
-            .filter(|n| n.attached_pods < n.matched_pods || !n.problems.is_empty())
-            .collect();
+        // A node still hooking its pods (attached < matched, no problem)
+        // is on its way, not failing.
+        let mut failing: Vec<&&NodeStatus> =
+            nodes.iter().filter(|n| !n.problems.is_empty()).collect();
         failing.sort_by(|a, b| a.node.cmp(&b.node));
         if !failing.is_empty() {
             let detail: Vec<String> = failing
                 .iter()
-                .map(|n| {
-                    let what = if n.problems.is_empty() {
-                        format!(
-                            "{} of {} not mirrored",
-                            n.matched_pods - n.attached_pods,
-                            n.matched_pods
-                        )
-                    } else {
-                        n.problems.join("; ")
-                    };
-                    format!("on node {}: {what}", n.node)
-                })
+                .map(|n| format!("on node {}: {}", n.node, n.problems.join("; ")))
                 .collect();
             (
                 false,
@@ -344,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_that_fails_makes_it_not_ready_and_is_named() {
+    fn a_node_that_fails_makes_it_not_ready_and_is_named_one_still_hooking_does_not() {
         let a = node("a", 2, 2, &[]);
         let b = node(
             "b",
@@ -363,12 +353,12 @@ mod tests {
             "{}",
             s.message
         );
-        let c = node("c", 3, 1, &[]);
-        let s = summarize(true, &[&a, &c]);
-        assert!(
-            s.message.ends_with("on node c: 2 of 3 not mirrored"),
-            "{}",
-            s.message
+        let attaching = node("c", 3, 1, &[]);
+        let s = summarize(true, &[&a, &attaching]);
+        assert_eq!(
+            (s.ready, s.reason),
+            (true, reasons::MIRRORING),
+            "still hooking"
         );
     }
 
