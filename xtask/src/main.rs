@@ -107,7 +107,7 @@ enum Command {
         /// `pod`, each pod's own eth0 inside its namespace (the agent loads
         /// programs for each pod namespace); `auto`, the agent decides (the
         /// host ends on this node). Default: the agent's (`auto`).
-        #[arg(long, value_name = "WHERE", value_enum)]
+        #[arg(long, value_name = "WHERE")]
         attach_point: Option<scale::AttachPoint>,
     },
 }

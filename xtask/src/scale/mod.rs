@@ -30,7 +30,6 @@ mod report;
 mod topology;
 
 use std::{
-    fmt,
     path::Path,
     process::Stdio,
     sync::{
@@ -107,38 +106,14 @@ impl Options {
 }
 
 /// `mirror-agent run --attach-point`: where a pod's hooks go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachPoint {
-    /// The host end of the pod's veth, in the node namespace.
-    Host,
-    /// The pod's own `eth0`, inside its namespace (the agent loads
-    /// programs for each pod namespace).
-    Pod,
-    /// The agent decides per pod (the host end here).
-    Auto,
-}
+pub use mirror_agent::discovery::AttachPoint;
 
-impl AttachPoint {
-    /// Whether the agent, asked for `point` (`None`: its default, `auto`),
-    /// hooks the pods' own ends on this node. `auto` finds every host end
-    /// a plain bridge port that the pod's traffic passes both ways, so it
-    /// takes the host ends.
-    pub fn at_pod_end(point: Option<Self>) -> bool {
-        match point {
-            Some(Self::Pod) => true,
-            Some(Self::Host | Self::Auto) | None => false,
-        }
-    }
-}
-
-impl fmt::Display for AttachPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Host => "host",
-            Self::Pod => "pod",
-            Self::Auto => "auto",
-        })
-    }
+/// Whether the agent, asked for `point` (`None`: its default, `auto`),
+/// hooks the pods' own ends on this node. `auto` finds every host end a
+/// plain bridge port that the pod's traffic passes both ways, so it takes
+/// the host ends.
+pub fn at_pod_end(point: Option<AttachPoint>) -> bool {
+    matches!(point, Some(AttachPoint::Pod))
 }
 
 /// `cargo xtask scale`: set up, build the release agent, measure, report.
@@ -213,7 +188,7 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
         options
             .attach_point
             .map_or_else(String::new, |p| format!(" --attach-point {p}")),
-        if AttachPoint::at_pod_end(options.attach_point) {
+        if at_pod_end(options.attach_point) {
             "pods' own ends, inside their namespaces"
         } else {
             "host ends"
@@ -241,7 +216,7 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     let mut agent = Agent::start_command(cmd).context("starting the agent")?;
     let pid = agent.process().pid().context("the agent has no pid")?;
 
-    let ends = if AttachPoint::at_pod_end(options.attach_point) {
+    let ends = if at_pod_end(options.attach_point) {
         net.pod_ends()
     } else {
         net.host_ends()
@@ -520,9 +495,9 @@ mod tests {
 
     #[test]
     fn only_pod_puts_the_hooks_at_the_pod_end() {
-        assert!(AttachPoint::at_pod_end(Some(AttachPoint::Pod)));
+        assert!(at_pod_end(Some(AttachPoint::Pod)));
         for p in [None, Some(AttachPoint::Host), Some(AttachPoint::Auto)] {
-            assert!(!AttachPoint::at_pod_end(p));
+            assert!(!at_pod_end(p));
         }
     }
 }

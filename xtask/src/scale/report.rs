@@ -199,7 +199,7 @@ impl Figures {
             || "not given (the agent's default, `auto`)".to_owned(),
             |p| format!("`--attach-point {p}`"),
         );
-        if AttachPoint::at_pod_end(self.attach_point) {
+        if super::at_pod_end(self.attach_point) {
             format!(
                 "{asked}: each pod's own `{POD_IF}`, inside its namespace (the agent loads \
                  programs for each pod namespace)"
@@ -328,7 +328,7 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
     let point = f
         .attach_point
         .map_or_else(String::new, |p| format!(" --attach-point {p}"));
-    let ends = if AttachPoint::at_pod_end(f.attach_point) {
+    let ends = if super::at_pod_end(f.attach_point) {
         format!("pods' `{POD_IF}` (each asked from inside its namespace)")
     } else {
         "host veths".to_owned()
