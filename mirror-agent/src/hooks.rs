@@ -268,10 +268,10 @@ pub struct Adopted {
 pub struct Hooks {
     /// The programs for the agent's own namespace, and every map.
     ebpf: Ebpf,
-    /// A copy of the programs for each other namespace with hooked
-    /// interfaces (pods'), sharing the maps through their pins; see
-    /// `GLOBAL_NETNS_COOKIE`.
-    foreign: StdHashMap<NetnsCookie, Ebpf>,
+    /// The entry programs of the pod namespace being attached, sharing the
+    /// maps through their pins (`PROG_NS_INGRESS`). Dropped once both hooks
+    /// hold them: nothing per pod is kept.
+    entry: Option<(NetnsCookie, Ebpf)>,
     own: NetnsCookie,
     attachments: Vec<Attachment>,
     /// Counter slot of each configured interface; carried over from pinned
@@ -311,7 +311,7 @@ impl Hooks {
         }
         let mut hooks = Self {
             ebpf,
-            foreign: StdHashMap::new(),
+            entry: None,
             own,
             attachments: Vec::new(),
             slots: StdHashMap::new(),
@@ -471,31 +471,31 @@ impl Hooks {
         let own_programs = &mut self.ebpf;
         let mains_set = &mut self.mains_set;
         let entry_loader = &mut self.entry_loader;
-        let ebpf = match self.foreign.entry(iface.netns) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let Some(pins) = &self.pins else {
-                    return Err(HookError::ForeignNeedsPins {
-                        interface: iface.to_string(),
-                    });
-                };
-                let loader = entry_loader.get_or_insert_with(|| entry_loader_for(pins));
-                let mut loaded = load_entry(loader, iface.netns)?;
-                if !*mains_set {
-                    let mains = loaded
-                        .take_map(MAP_MAINS)
-                        .ok_or(HookError::Missing(MAP_MAINS))?;
-                    set_mains(own_programs, mains)?;
-                    *mains_set = true;
-                }
-                debug!(
-                    netns = iface.netns.0,
-                    "loaded the programs for another namespace"
-                );
-                e.insert(loaded)
+        if self.entry.as_ref().is_none_or(|(n, _)| *n != iface.netns) {
+            let Some(pins) = &self.pins else {
+                return Err(HookError::ForeignNeedsPins {
+                    interface: iface.to_string(),
+                });
+            };
+            let loader = entry_loader.get_or_insert_with(|| entry_loader_for(pins));
+            let mut loaded = load_entry(loader, iface.netns)?;
+            if !*mains_set {
+                let mains = loaded
+                    .take_map(MAP_MAINS)
+                    .ok_or(HookError::Missing(MAP_MAINS))?;
+                set_mains(own_programs, mains)?;
+                *mains_set = true;
             }
-        };
-        classifier(ebpf, prog)
+            debug!(
+                netns = iface.netns.0,
+                "loaded the programs for another namespace"
+            );
+            self.entry = Some((iface.netns, loaded));
+        }
+        match &mut self.entry {
+            Some((_, ebpf)) => classifier(ebpf, prog),
+            None => Err(HookError::Missing(prog)),
+        }
     }
 
     /// Attaches the hooks for `directions` (bits of `DIR_*`) to an interface.
@@ -520,7 +520,7 @@ impl Hooks {
         // The links hold the namespace's entry programs now; the parsed
         // object (about 100 KiB) is not kept per pod. Another interface of
         // that namespace loads a copy again.
-        self.foreign.remove(&iface.netns);
+        self.entry = None;
         used
     }
 
