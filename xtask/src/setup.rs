@@ -7,6 +7,7 @@ use std::{
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -41,18 +42,48 @@ pub const PYTHON_TOOLS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    agent_toolchain()?;
-    rust_components("stable", &["rustfmt", "clippy"])?;
-    debian_packages()?;
-    python_tools()?;
+    let started = Instant::now();
+    let mut done = Vec::new();
+    timed(&mut done, "rust-src for nightly", || {
+        rust_components("nightly", &["rust-src"])
+    })?;
+    timed(&mut done, "bpf-linker", bpf_linker)?;
+    timed(&mut done, "rustfmt, clippy for stable", || {
+        rust_components("stable", &["rustfmt", "clippy"])
+    })?;
+    timed(&mut done, "Debian packages", debian_packages)?;
+    timed(&mut done, "Python tools", python_tools)?;
+    // One line a step at the end, so what a fresh machine spent its time on
+    // stands together rather than between apt's and cargo's output.
+    for (what, outcome, took) in &done {
+        println!("setup: {what}: {outcome} ({})", seconds(*took));
+    }
+    println!("setup: total {}", seconds(started.elapsed()));
     Ok(())
+}
+
+/// Runs one step of [`run`], noting what it did and how long it took.
+fn timed(
+    done: &mut Vec<(&'static str, String, Duration)>,
+    what: &'static str,
+    step: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    let started = Instant::now();
+    let outcome = step()?;
+    done.push((what, outcome, started.elapsed()));
+    Ok(())
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
 }
 
 /// What building the agent needs beyond stable Rust: nightly's rust-src and
 /// bpf-linker (its build.rs builds the eBPF crate).
 pub fn agent_toolchain() -> Result<()> {
     rust_components("nightly", &["rust-src"])?;
-    bpf_linker()
+    bpf_linker()?;
+    Ok(())
 }
 
 /// The virtual environment of [`PYTHON_TOOLS`], under the target directory:
@@ -71,7 +102,7 @@ fn step(what: &str, status: &str) {
     println!("setup: {what}: {status}");
 }
 
-fn rust_components(toolchain: &str, wanted: &[&str]) -> Result<()> {
+fn rust_components(toolchain: &str, wanted: &[&str]) -> Result<String> {
     let what = format!("{} for {toolchain}", wanted.join(", "));
     let listed = capture(Command::new("rustup").args([
         "component",
@@ -90,28 +121,30 @@ fn rust_components(toolchain: &str, wanted: &[&str]) -> Result<()> {
     let missing: Vec<&str> = wanted.iter().copied().filter(|c| !has(c)).collect();
     if missing.is_empty() {
         step(&what, "present");
-        return Ok(());
+        return Ok("present".to_owned());
     }
     step(&what, &format!("installing {}", missing.join(", ")));
     show(
         Command::new("rustup")
             .args(["component", "add", "--toolchain", toolchain])
             .args(&missing),
-    )
+    )?;
+    Ok(format!("installed {}", missing.join(", ")))
 }
 
 /// bpf-linker, built against the nightly toolchain's own libLLVM: the LLVM
 /// that emits the eBPF bitcode must be the one that links it, and no LLVM
 /// development package of that version exists here.
-fn bpf_linker() -> Result<()> {
+fn bpf_linker() -> Result<String> {
     // The binary finds libLLVM only through the nightly lib dir that
     // `rustup run nightly` (and so aya-build's `cargo +nightly`) puts on
     // LD_LIBRARY_PATH; a nightly update breaks it, and this notices.
     let mut version = nightly("bpf-linker");
     version.arg("--version");
     if let Ok(v) = capture(&mut version) {
-        step("bpf-linker", &format!("present ({})", v.trim()));
-        return Ok(());
+        let outcome = format!("present ({})", v.trim());
+        step("bpf-linker", &outcome);
+        return Ok(outcome);
     }
     let sysroot = PathBuf::from(capture(nightly("rustc").args(["--print", "sysroot"]))?.trim());
     let libllvm = nightly_libllvm(&sysroot.join("lib"))?;
@@ -144,8 +177,9 @@ fn bpf_linker() -> Result<()> {
         .current_dir(paths::home()?);
     show(&mut install)?;
     let v = capture(&mut version).context("bpf-linker was installed but does not run")?;
-    step("bpf-linker", &format!("installed ({})", v.trim()));
-    Ok(())
+    let outcome = format!("built and installed ({})", v.trim());
+    step("bpf-linker", &outcome);
+    Ok(outcome)
 }
 
 /// The nightly toolchain's `libLLVM.so.<version>-rust-<version>-nightly`.
@@ -180,7 +214,7 @@ fn llvm_major() -> Result<u32> {
 
 /// [`PYTHON_TOOLS`] in their venv. A stamp file records the pins installed,
 /// so a second run reads one file instead of asking pip.
-pub fn python_tools() -> Result<()> {
+pub fn python_tools() -> Result<String> {
     let names: Vec<&str> = PYTHON_TOOLS.iter().map(|(name, _)| *name).collect();
     let what = names.join(", ");
     let pins: Vec<String> = PYTHON_TOOLS
@@ -192,8 +226,9 @@ pub fn python_tools() -> Result<()> {
     let stamp = dir.join("installed-pins.txt");
     let complete = names.iter().all(|name| python_tool(name).exists());
     if complete && fs::read_to_string(&stamp).is_ok_and(|have| have == want) {
-        step(&what, &format!("present ({})", pins.join(", ")));
-        return Ok(());
+        let outcome = format!("present ({})", pins.join(", "));
+        step(&what, &outcome);
+        return Ok(outcome);
     }
     step(
         &what,
@@ -213,35 +248,31 @@ pub fn python_tools() -> Result<()> {
     )?;
     fs::write(&stamp, &want).with_context(|| format!("writing {}", stamp.display()))?;
     step(&what, "installed");
-    Ok(())
+    Ok(format!("installed {}", pins.join(", ")))
 }
 
-fn debian_packages() -> Result<()> {
+fn debian_packages() -> Result<String> {
     let what = "Debian packages";
     if !Path::new("/usr/bin/dpkg-query").exists() {
-        step(
-            what,
-            &format!(
-                "skipped: not Debian; install by hand: {}",
-                DEBIAN_PACKAGES.join(" ")
-            ),
+        let outcome = format!(
+            "skipped: not Debian; install by hand: {}",
+            DEBIAN_PACKAGES.join(" ")
         );
-        return Ok(());
+        step(what, &outcome);
+        return Ok(outcome);
     }
     let missing = missing_packages()?;
     if missing.is_empty() {
         step(what, "present");
-        return Ok(());
+        return Ok("present".to_owned());
     }
     if !run::is_root() {
-        step(
-            what,
-            &format!(
-                "missing {}; not root, so not installed (run setup as root)",
-                missing.join(" ")
-            ),
+        let outcome = format!(
+            "missing {}; not root, so not installed (run setup as root)",
+            missing.join(" ")
         );
-        return Ok(());
+        step(what, &outcome);
+        return Ok(outcome);
     }
     step(what, &format!("installing {}", missing.join(" ")));
     show(
@@ -262,7 +293,7 @@ fn debian_packages() -> Result<()> {
         bail!("apt-get did not install {}", still.join(" "));
     }
     step(what, "installed");
-    Ok(())
+    Ok(format!("installed {}", missing.join(" ")))
 }
 
 /// Packages of [`DEBIAN_PACKAGES`] that dpkg does not list as installed.

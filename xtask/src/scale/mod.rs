@@ -105,8 +105,30 @@ impl Options {
     }
 }
 
-/// `mirror-agent run --attach-point`: where a pod's hooks go.
-pub use mirror_agent::discovery::AttachPoint;
+/// `mirror-agent run --attach-point`: where a pod's hooks go. Its own type,
+/// not the agent's: xtask must build before `cargo xtask setup` has
+/// installed what the agent's build script needs (rust-src, bpf-linker), so
+/// it never depends on the agent crate (`.ci/run` checks this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachPoint {
+    /// The host end of each pod's veth.
+    Host,
+    /// Each pod's own interface, inside its namespace.
+    Pod,
+    /// The agent decides.
+    Auto,
+}
+
+impl std::fmt::Display for AttachPoint {
+    /// As the agent's `--attach-point` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Host => "host",
+            Self::Pod => "pod",
+            Self::Auto => "auto",
+        })
+    }
+}
 
 /// Whether the agent, asked for `point` (`None`: its default, `auto`),
 /// hooks the pods' own ends on this node. `auto` finds every host end a
