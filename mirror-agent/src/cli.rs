@@ -1,12 +1,19 @@
 //! Command-line surface. Flags are parsed into typed values here, at the
 //! edge, so the rest of the agent never sees a bare string or integer.
 
-use std::{fmt, num::NonZeroU32, path::PathBuf, str::FromStr};
+use std::{
+    num::{NonZeroU64, NonZeroUsize},
+    path::PathBuf,
+};
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use mirror_common::{DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, MAX_SNAPLEN};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use mirror_common::DEFAULT_RING_BYTES;
 
-use crate::output::Output;
+use crate::{
+    collect::{OutputDir, listen::Listen},
+    export::output::Output,
+    model::values::{AttachMode, DirectionArg, MarkArg, RingSize, SampleRate, Snaplen},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +39,7 @@ pub enum Command {
     /// Receive mirrored packets from agents (VXLAN, GENEVE, GRE, ERSPAN II/III, pcapng
     /// over TCP) and write rotating pcapng files, one interface per agent and pod.
     #[command(after_help = COLLECT_EXAMPLES)]
-    Collect(crate::collect::CollectArgs),
+    Collect(CollectArgs),
     /// The node agent under Kubernetes (a DaemonSet): mirror the pods of this node
     /// that MirrorPolicies and ClusterMirrorPolicies select, to their MirrorCollectors.
     #[command(after_help = RUN_EXAMPLES)]
@@ -43,7 +50,9 @@ pub enum Command {
 }
 
 /// `run`'s default ring buffer: 32 MiB.
-pub const RUN_RING_BYTES: u32 = 32 << 20;
+pub const RUN_RING: RingSize = RingSize::of(32 << 20);
+/// `attach`'s default ring: the size the eBPF object declares.
+pub const ATTACH_RING: RingSize = RingSize::of(DEFAULT_RING_BYTES);
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -52,7 +61,7 @@ pub struct RunArgs {
     pub node_name: String,
 
     /// Pin directory (on bpffs): hooks and the ring buffer outlive the agent there.
-    #[arg(long, value_name = "DIR", default_value = crate::pin::DEFAULT_PIN_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pin::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 
     /// On exit, remove every hook and pin (`false`, the default, keeps them
@@ -81,7 +90,7 @@ pub struct RunArgs {
         env = "ATTACH_POINT",
         default_value = "auto"
     )]
-    pub attach_point: crate::discovery::AttachPoint,
+    pub attach_point: crate::model::values::AttachPoint,
 
     /// The namespace whose Secrets hold TLS collectors' credentials (the agent's own).
     #[arg(
@@ -127,14 +136,14 @@ pub struct Tuning {
     /// Size of the BPF ring buffer in bytes (a pinned ring keeps its size). Smaller
     /// than `attach`'s default: the kernel maps the ring's pages twice, and all of
     /// them count in the agent's RSS from the start (32 MiB: about 64 MiB of RSS).
-    #[arg(long, value_name = "BYTES", default_value_t = RingSize(RUN_RING_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value_t = RUN_RING)]
     pub ring_size: RingSize,
 }
 
 #[derive(Debug, Args)]
 pub struct UninstallArgs {
     /// The pin directory the agent used.
-    #[arg(long, value_name = "DIR", default_value = crate::pin::DEFAULT_PIN_DIR)]
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pin::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
 
@@ -250,7 +259,7 @@ pub struct AttachArgs {
 
     /// Size of the BPF ring buffer in bytes: a power of two, at least one page.
     /// A ring adopted from --pin-dir keeps the size it was made with.
-    #[arg(long, value_name = "BYTES", default_value_t = RingSize(DEFAULT_RING_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value_t = ATTACH_RING)]
     pub ring_size: RingSize,
 
     /// Pin the hooks, maps and ring buffer under DIR, on a bpf filesystem (e.g.
@@ -270,203 +279,37 @@ pub struct AttachArgs {
     pub cleanup_on_exit: bool,
 }
 
-/// `--direction`, as a bit set of `mirror_common::DIR_*` for the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DirectionArg {
-    Ingress,
-    Egress,
-    Both,
-}
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Where to receive; repeat for more: `vxlan://ADDR[:PORT]` (UDP 4789),
+    /// `geneve://ADDR[:PORT]` (UDP 6081), `gre://ADDR` (GRE/TEB and ERSPAN II/III),
+    /// `tcp://ADDR:PORT` (pcapng streams from `--output tcp://`),
+    /// `tls://ADDR:PORT?ca=PATH&cert=PATH&key=PATH` (the same over mutual TLS: only
+    /// agents with a certificate signed by `ca` get in). ADDR is an address of this
+    /// host, or 0.0.0.0 / [::] for all.
+    #[arg(short, long = "listen", value_name = "URI", required = true)]
+    pub listen: Vec<Listen>,
 
-impl DirectionArg {
-    pub fn bits(self) -> u32 {
-        match self {
-            Self::Ingress => DIR_INGRESS,
-            Self::Egress => DIR_EGRESS,
-            Self::Both => DIR_INGRESS | DIR_EGRESS,
-        }
-    }
-}
+    /// The directory for the rotating pcapng files, as `pcapng:DIR`. It must exist.
+    #[arg(short, long, value_name = "pcapng:DIR")]
+    pub output: OutputDir,
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Tcx,
-    Netlink,
-}
+    /// Start a new file once the current one holds this many bytes.
+    #[arg(long, value_name = "BYTES", default_value = "104857600")]
+    pub rotate_size: NonZeroU64,
 
-/// Bytes kept per packet, 1..=262144.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Snaplen(NonZeroU32);
+    /// Start a new file once the current one is this many seconds old (and holds packets).
+    #[arg(long, value_name = "N")]
+    pub rotate_seconds: Option<NonZeroU64>,
 
-impl Snaplen {
-    pub const MAX: Self = Self(NonZeroU32::new(MAX_SNAPLEN).unwrap());
+    /// Keep at most N files in DIR (ours, earlier runs' included), deleting the oldest.
+    /// Default: keep them all.
+    #[arg(long, value_name = "N")]
+    pub max_files: Option<NonZeroUsize>,
 
-    pub fn get(self) -> u32 {
-        self.0.get()
-    }
-}
-
-impl FromStr for Snaplen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let n: u32 = s
-            .parse()
-            .map_err(|_| format!("'{s}' is not a whole number of bytes"))?;
-        match NonZeroU32::new(n) {
-            Some(n) if n.get() <= MAX_SNAPLEN => Ok(Self(n)),
-            _ => Err(format!("must be from 1 to {MAX_SNAPLEN} bytes, not {n}")),
-        }
-    }
-}
-
-impl fmt::Display for Snaplen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Mirror one packet in this many.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SampleRate(NonZeroU32);
-
-impl SampleRate {
-    pub const ALL: Self = Self(NonZeroU32::MIN);
-
-    pub fn get(self) -> u32 {
-        self.0.get()
-    }
-}
-
-impl FromStr for SampleRate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let n: u32 = s
-            .parse()
-            .map_err(|_| format!("'{s}' is not a whole number"))?;
-        NonZeroU32::new(n)
-            .map(Self)
-            .ok_or_else(|| "must be at least 1 (1 = every packet)".to_owned())
-    }
-}
-
-impl fmt::Display for SampleRate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Ring buffer size: the kernel wants a power of two and a multiple of the page size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingSize(u32);
-
-impl RingSize {
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl FromStr for RingSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let n: u32 = s
-            .parse()
-            .map_err(|_| format!("'{s}' is not a whole number of bytes (at most 2^31)"))?;
-        if n.is_power_of_two() && n >= 4096 {
-            Ok(Self(n))
-        } else {
-            Err(format!(
-                "must be a power of two of at least 4096 bytes, not {n}"
-            ))
-        }
-    }
-}
-
-impl fmt::Display for RingSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// `--socket-mark VALUE[/MASK]`, in hex (0x...) or decimal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MarkArg {
-    pub value: u32,
-    pub mask: u32,
-}
-
-impl FromStr for MarkArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let number = |t: &str| {
-            let t = t.trim();
-            let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-                Some(hex) => u32::from_str_radix(hex, 16),
-                None => t.parse(),
-            };
-            parsed.map_err(|_| format!("'{t}' is not a 32-bit number"))
-        };
-        let (value, mask) = match s.split_once('/') {
-            Some((v, m)) => (number(v)?, number(m)?),
-            None => (number(s)?, u32::MAX),
-        };
-        if value == 0 || mask == 0 || value & !mask != 0 {
-            return Err("needs a non-zero value inside a non-zero mask".into());
-        }
-        Ok(Self { value, mask })
-    }
-}
-
-impl fmt::Display for MarkArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}/{:#x}", self.value, self.mask)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snaplen_bounds() {
-        assert!("0".parse::<Snaplen>().is_err());
-        assert!("262145".parse::<Snaplen>().is_err());
-        assert!("x".parse::<Snaplen>().is_err());
-        assert_eq!("1".parse::<Snaplen>().map(Snaplen::get), Ok(1));
-        assert_eq!("262144".parse::<Snaplen>().map(Snaplen::get), Ok(262_144));
-    }
-
-    #[test]
-    fn sample_rate_rejects_zero() {
-        assert!("0".parse::<SampleRate>().is_err());
-        assert_eq!("7".parse::<SampleRate>().map(SampleRate::get), Ok(7));
-    }
-
-    #[test]
-    fn ring_size_is_power_of_two_pages() {
-        assert!("1000".parse::<RingSize>().is_err());
-        assert!("2048".parse::<RingSize>().is_err());
-        assert_eq!("8192".parse::<RingSize>().map(RingSize::get), Ok(8192));
-    }
-
-    #[test]
-    fn marks() {
-        assert_eq!(
-            "0x00dd0000/0x00ff0000".parse::<MarkArg>(),
-            Ok(MarkArg {
-                value: 0xdd0000,
-                mask: 0xff0000
-            })
-        );
-        assert_eq!(
-            "7".parse::<MarkArg>(),
-            Ok(MarkArg {
-                value: 7,
-                mask: u32::MAX
-            })
-        );
-        assert!("0x100/0xff".parse::<MarkArg>().is_err());
-        assert!("0".parse::<MarkArg>().is_err());
-        assert!("zz".parse::<MarkArg>().is_err());
-    }
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and the probes /healthz
+    /// (200 while the collector runs) and /readyz (200 once every listener is bound);
+    /// `off` for none.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics_addr: crate::metrics::MetricsAddr,
 }

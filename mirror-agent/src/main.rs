@@ -3,7 +3,10 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use mirror_agent::{attach, cli, collect, run, uninstall};
+use mirror_agent::{
+    cli,
+    cmd::{attach, collect, run, uninstall},
+};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 

@@ -411,9 +411,9 @@ fn send_garbage(node: &Netns) -> Result<Sent> {
 /// that cannot be, and a stream cut inside a block.
 fn send_bad_streams(node: &Netns) -> Result<()> {
     let mut shb = Vec::new();
-    mirror_agent::pcapng::section_header(&mut shb, "garbage test");
+    mirror_agent::export::pcapng::section_header(&mut shb, "garbage test");
     let mut cut = shb.clone();
-    mirror_agent::pcapng::interface_block(&mut cut, "eth0", 262_144);
+    mirror_agent::export::pcapng::interface_block(&mut cut, "eth0", 262_144);
     cut.extend_from_slice(&[6, 0, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0]);
     let streams = vec![
         b"GET / HTTP/1.0\r\n\r\n".to_vec(),

@@ -9,9 +9,13 @@ use std::{net::IpAddr, path::Path, thread, time::Duration};
 
 use anyhow::Result;
 use mirror_agent::{
-    discovery::{self, AttachPoint, DiscoveryError, End, LinkKind, PodNetwork, Reason, TcApi},
-    netns::Namespace,
-    record::IfIndex,
+    discovery::{self, DiscoveryError, LinkKind, PodNetwork, Reason},
+    kernel::{
+        netns::Namespace,
+        tc::{self, TcApi},
+    },
+    model::record::IfIndex,
+    model::values::{AttachPoint, End},
 };
 use testbed::{
     agent::{Agent, Exit},
@@ -248,7 +252,7 @@ fn discovery_reads_cls_bpf_filters_on_the_host_end() {
     assert!(
         foreign
             .iter()
-            .all(|p| p.api == TcApi::ClsBpf && p.hook == discovery::Hook::Ingress),
+            .all(|p| p.api == TcApi::ClsBpf && p.hook == tc::Hook::Ingress),
         "{foreign:?}"
     );
     assert_eq!(foreign.len(), 1, "{foreign:?}");
@@ -256,10 +260,10 @@ fn discovery_reads_cls_bpf_filters_on_the_host_end() {
     assert!(exit.status.success(), "{}", exit.stderr);
 }
 
-fn hook(h: discovery::Hook) -> Hook {
+fn hook(h: tc::Hook) -> Hook {
     match h {
-        discovery::Hook::Ingress => Hook::Ingress,
-        discovery::Hook::Egress => Hook::Egress,
+        tc::Hook::Ingress => Hook::Ingress,
+        tc::Hook::Egress => Hook::Egress,
     }
 }
 

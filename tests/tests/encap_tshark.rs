@@ -14,14 +14,14 @@ use std::{fs::File, time::Duration};
 
 use etherparse::{IpNumber, PacketBuilder, VlanId};
 use mirror_agent::{
-    encap::{
+    export::encap::{
         Encapsulator, MAX_HEADER_LEN, PacketMeta, Vni,
         erspan::{Erspan2, Erspan3, HwId, SessionId, TIMESTAMP_UNIT_NS},
         geneve::{self, Geneve},
         gre::{Gre, GreKey},
         vxlan::{self, Vxlan},
     },
-    record::{Direction, IfIndex},
+    model::record::{Direction, IfIndex},
 };
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use testbed::tshark::{Row, Severity, Tshark};

@@ -17,7 +17,7 @@ use std::{
 };
 
 use frames::{Frame, cut_inside_ip, frames};
-use mirror_agent::{pcapfilter::PcapFilter, policy::PolicyBody};
+use mirror_agent::policy::{PolicyBody, pcapfilter::PcapFilter};
 use pcap_file::{
     DataLink, Endianness,
     pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},

@@ -486,8 +486,8 @@ fn collector_metrics_match_its_summary() {
 #[test]
 fn dashboard_and_readme_name_exported_metrics() {
     let sources = [
-        include_str!("../../mirror-agent/src/metrics/agent.rs"),
-        include_str!("../../mirror-agent/src/metrics/collector.rs"),
+        include_str!("../../mirror-agent/src/datapath/metrics.rs"),
+        include_str!("../../mirror-agent/src/collect/metrics.rs"),
         include_str!("../../mirror-agent/src/metrics/http.rs"),
     ]
     .concat();

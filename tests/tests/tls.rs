@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use mirror_agent::tls;
+use mirror_agent::export::tls;
 use rustls::{
     ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},

@@ -5,6 +5,7 @@ mod build;
 mod crds;
 mod demo;
 mod fuzz;
+mod layers;
 mod manifests;
 mod paths;
 mod run;
@@ -58,6 +59,9 @@ enum Command {
         #[arg(long, default_value_t = bench::DEFAULT_SECONDS)]
         seconds: u64,
     },
+    /// Check that the agent's modules use only layers below their own
+    /// (xtask/src/layers.rs lists the ranks; part of `cargo xtask test`).
+    Layers,
     /// Write deploy/crds/ from the Rust types of mirror_agent::k8s.
     Crds {
         /// Write nothing; fail if deploy/crds/ differs from what would be written.
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Crds { check } => crds::run(check),
         Command::Manifests => manifests::run(),
+        Command::Layers => layers::run(),
         Command::Soak { minutes, rate } => soak::run(&soak::Options { minutes, rate }),
         Command::Scale {
             pods,

@@ -2,12 +2,14 @@
 
 use anyhow::{Context, Result};
 
-use crate::{bench, build, fuzz, manifests, run, setup};
+use crate::{bench, build, fuzz, layers, manifests, run, setup};
 
 pub fn run(extra: &[String]) -> Result<()> {
     // Before anything slow: the namespace and BPF tests fail without root,
     // and must never pass by skipping.
     run::require_root("cargo xtask test")?;
+    // Reads the sources only: a layering slip fails in a second, not after the build.
+    layers::run()?;
     setup::run()?;
     let agent = build::agent_at(build::Profile::Debug)?;
     // No -p/--workspace: the default members, which leave out the eBPF

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use libfuzzer_sys::fuzz_target;
 use mirror_agent::{
     collect::datagram::{self, Names, Tunnel},
-    encap::vxlan,
+    export::encap::vxlan,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,5 @@
 //! Tunnel datagrams to packets: decapsulation with the codecs of
-//! `crate::encap`, and the interface name each packet is filed under.
+//! `crate::export::encap`, and the interface name each packet is filed under.
 //! Pure (no sockets), so the fuzz targets and unit tests drive it directly.
 //!
 //! Names, so a person sees the node and the pod in Wireshark's interface list:
@@ -21,13 +21,13 @@ use std::{
 
 use super::stats::Reason;
 use crate::{
-    encap::{
+    export::encap::{
         erspan::{self, ErspanError, Kind as ErspanKind, PROTO_TYPE2, PROTO_TYPE3},
         geneve::{self, GeneveError},
         gre::{self, GreError},
         vxlan::{self, VxlanError},
     },
-    record::Direction,
+    model::record::Direction,
 };
 
 /// What a datagram listener receives.
@@ -300,14 +300,14 @@ pub fn inner_ip_len(frame: &[u8]) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::{
-        encap::{
+        export::encap::{
             Encapsulator, MAX_HEADER_LEN, PacketMeta, Vni,
             erspan::{Erspan2, Erspan3, HwId, SessionId},
             geneve::Geneve,
             gre::{Gre, GreKey},
             vxlan::Vxlan,
         },
-        record::IfIndex,
+        model::record::IfIndex,
     };
 
     const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 1, 1));

@@ -20,7 +20,7 @@ use std::{
 
 use url::Url;
 
-use crate::encap::{geneve, vxlan};
+use crate::export::encap::{geneve, vxlan};
 
 /// The collector's own certificate and key, and the CA that must have
 /// signed every agent's certificate.

@@ -11,7 +11,7 @@
 use std::io::{self, Read};
 
 use super::stats::Reason;
-use crate::record::Direction;
+use crate::model::record::Direction;
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 0x0000_0001;
@@ -386,7 +386,7 @@ fn parse_epb<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pcapng::{self, InterfaceId};
+    use crate::export::pcapng::{self, InterfaceId};
 
     fn agent_stream() -> Vec<u8> {
         let mut s = Vec::new();

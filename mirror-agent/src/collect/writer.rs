@@ -25,7 +25,7 @@ use std::{
 use mirror_common::MAX_SNAPLEN;
 use tracing::{info, warn};
 
-use crate::{pcapng, record::Direction};
+use crate::{export::pcapng, model::record::Direction};
 
 /// How often the writer flushes to disk and checks the age of its file.
 const TICK: Duration = Duration::from_secs(1);

@@ -4,7 +4,7 @@
 //! [`PodNetwork::decide`] where the hooks go ([`point::decide`] has the rule).
 //!
 //! Netlink runs on threads that entered the namespace concerned
-//! ([`crate::netns`]), never on the caller's thread, so this may be called
+//! ([`crate::kernel::netns`]), never on the caller's thread, so this may be called
 //! from a blocking task of an async runtime.
 //!
 //! The host end is found both ways round, because interface indexes are
@@ -16,9 +16,8 @@
 //!   own `IFLA_LINK` is the pod interface's index and whose
 //!   `IFLA_LINK_NETNSID` is the id the host gives the pod's namespace.
 
-pub mod netlink;
+pub mod podns;
 pub mod point;
-pub mod tc;
 
 use std::{
     fmt,
@@ -36,14 +35,12 @@ use netlink_packet_route::{
 use nix::libc;
 use tracing::debug;
 
-pub use self::{
-    netlink::NetlinkError,
-    point::{AttachPoint, Decision, End, NoHostEnd, Reason, decide},
-    tc::{Hook, TcApi, TcProgram, TcQueryError},
-};
+pub use self::point::{Decision, NoHostEnd, Reason, decide};
 use crate::{
-    netns::{Namespace, NetnsError},
-    record::IfIndex,
+    kernel::netlink::{self, NetlinkError},
+    kernel::netns::{Namespace, NetnsError},
+    kernel::tc::{self, TcProgram, TcQueryError},
+    model::{record::IfIndex, values::AttachPoint},
 };
 
 /// A link's kind, from `IFLA_INFO_KIND`.

@@ -1,58 +1,12 @@
 //! Where a pod's hooks go: the attach-point rule, pure logic over the facts
 //! discovery found.
 
-use std::{fmt, str::FromStr};
+use std::fmt;
 
-use super::{HostPeer, LinkKind, PodInterface, tc::TcProgram};
-use crate::record::IfIndex;
-
-/// Which end of a pod's link the hooks go on, as asked for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum AttachPoint {
-    /// The host end of the pod's veth, in the host's network namespace.
-    Host,
-    /// The pod's own interface, inside the pod's network namespace.
-    Pod,
-    /// The host end where the pod's traffic passes through it, else the pod
-    /// end; see [`decide`].
-    #[default]
-    Auto,
-}
-
-impl FromStr for AttachPoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "host" => Ok(Self::Host),
-            "pod" => Ok(Self::Pod),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "unknown attach point `{other}` (host, pod or auto)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for AttachPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Host => "host",
-            Self::Pod => "pod",
-            Self::Auto => "auto",
-        })
-    }
-}
-
-/// The end chosen, which also says in which namespace to attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum End {
-    /// In the host's namespace. This end transmits what the pod receives,
-    /// so a hook's ingress and egress swap relative to the pod's.
-    Host,
-    /// Inside the pod's namespace; directions are the pod's own.
-    Pod,
-}
+use super::{HostPeer, LinkKind, PodInterface};
+use crate::kernel::tc::TcProgram;
+use crate::model::record::IfIndex;
+use crate::model::values::{AttachPoint, End};
 
 /// Why [`decide`] chose its end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,7 +126,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::tc::{Hook, TcApi};
+    use crate::kernel::tc::{Hook, TcApi};
 
     fn pod(kind: LinkKind) -> PodInterface {
         PodInterface {

@@ -7,8 +7,12 @@
 //! block, then the bytes, copied once out of the ring buffer), and
 //! [`Exporter::flush`] after each drained batch, which hands the batch over.
 
+pub mod encap;
+pub mod output;
+pub mod pcapng;
 mod queue;
 mod stream;
+pub mod tls;
 mod tunnel;
 
 use std::{
@@ -24,9 +28,8 @@ use std::{
 use tracing::warn;
 
 use crate::{
-    output::Output,
-    pcapng::InterfaceId,
-    record::{IfaceId, Record},
+    export::{output::Output, pcapng::InterfaceId},
+    model::record::{IfaceId, Record},
 };
 
 pub use tunnel::flow_hash;
@@ -236,7 +239,7 @@ impl Exporter {
         for (id, name) in new {
             let next = InterfaceId(p.ids.len() as u32);
             p.ids.insert(*id, next);
-            crate::pcapng::interface_block(&mut p.unannounced, name, p.snaplen);
+            crate::export::pcapng::interface_block(&mut p.unannounced, name, p.snaplen);
         }
         true
     }
@@ -251,7 +254,7 @@ impl Exporter {
                     return;
                 };
                 let start = batch.buf.len();
-                crate::pcapng::packet_block(
+                crate::export::pcapng::packet_block(
                     &mut batch.buf,
                     id,
                     unix_ns,

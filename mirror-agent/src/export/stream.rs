@@ -18,7 +18,7 @@ use socket2::{Domain, Socket, Type};
 use tracing::{info, warn};
 
 use super::{Context, SocketMark, Stats, queue::Inbox};
-use crate::{
+use crate::export::{
     output::{Endpoint, Output},
     tls::{self, TlsError},
 };
@@ -107,12 +107,12 @@ pub struct Sink {
 
 pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
     let mut preamble = Vec::new();
-    crate::pcapng::section_header(
+    crate::export::pcapng::section_header(
         &mut preamble,
         concat!("mirror-agent ", env!("CARGO_PKG_VERSION")),
     );
     for (_, name) in ctx.interfaces {
-        crate::pcapng::interface_block(&mut preamble, name, ctx.snaplen);
+        crate::export::pcapng::interface_block(&mut preamble, name, ctx.snaplen);
     }
     let target = match output {
         // Reopened by a plan change: a new section after what is there

@@ -21,15 +21,17 @@ use super::{
     queue::{Batch, Inbox, Span},
 };
 use crate::{
-    encap::{
-        Encapsulator, PacketMeta,
-        erspan::{Erspan2, Erspan3},
-        geneve::Geneve,
-        gre::Gre,
-        vxlan::Vxlan,
+    export::{
+        encap::{
+            Encapsulator, PacketMeta,
+            erspan::{Erspan2, Erspan3},
+            geneve::Geneve,
+            gre::Gre,
+            vxlan::Vxlan,
+        },
+        output::{Endpoint, Tunnel},
     },
-    output::{Endpoint, Tunnel},
-    record::Record,
+    model::record::Record,
 };
 
 /// Source ports per UDP tunnel.

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::status::Condition;
-use crate::{
+use crate::export::{
     encap::{
         Vni,
         erspan::{HwId, SessionId},

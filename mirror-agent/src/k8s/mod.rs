@@ -7,7 +7,7 @@
 //! The policy body is [`crate::policy::spec::BodySpec`], the very type the
 //! policy file of `mirror-agent attach --policy` is read into, and it is
 //! validated by the same [`crate::policy::PolicyBody`]; a collector becomes
-//! the same [`crate::output::Output`] a `--output` URI does. The CRD YAML in
+//! the same [`crate::export::output::Output`] a `--output` URI does. The CRD YAML in
 //! `deploy/crds/` is generated from these types (`cargo xtask crds`).
 //!
 //! - [`policy`]: `MirrorPolicy`, `ClusterMirrorPolicy` and their specs.

@@ -7,7 +7,7 @@ use kube::{CustomResourceExt, Resource};
 use serde_json::Value;
 
 use super::*;
-use crate::{output::Output, policy::Action};
+use crate::{export::output::Output, policy::Action};
 
 const POLICY: &str = "\
 apiVersion: mirror.packets.dev/v1alpha1

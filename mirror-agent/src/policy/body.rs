@@ -10,8 +10,8 @@ use super::{
     yaml,
 };
 use crate::{
-    cli::{SampleRate, Snaplen},
-    rules::RuleSet,
+    model::values::{SampleRate, Snaplen},
+    policy::rules::RuleSet,
 };
 
 /// The body shared by `MirrorPolicy` and the policy file, validated.

@@ -2,7 +2,7 @@
 //! then the pcap-filter expression, as DESIGN.md orders them.
 
 use super::body::PolicyBody;
-use crate::{
+use crate::policy::{
     pcapfilter::{PcapFilter, PcapFilterError},
     rules::{Headers, RuleSet, RuleVerdict},
 };

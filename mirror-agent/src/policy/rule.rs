@@ -1,5 +1,5 @@
 //! One validated accept/reject rule. How rules match packets is in
-//! [`crate::rules`]; this module only decides which rules can exist.
+//! [`crate::policy::rules`]; this module only decides which rules can exist.
 
 use std::net::IpAddr;
 

@@ -7,7 +7,7 @@ use mirror_common::{DIR_EGRESS, DIR_INGRESS};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-use crate::pcapfilter::{PcapFilter, PcapFilterError};
+use crate::policy::pcapfilter::{PcapFilter, PcapFilterError};
 
 /// Which packets to mirror, from the pod's point of view: `Ingress` is what
 /// the pod receives. In the policy file there is no pod, and the named

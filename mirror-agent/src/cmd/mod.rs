@@ -1,0 +1,7 @@
+//! The subcommands: each wires the layers below together and handles
+//! signals; none holds logic of its own.
+
+pub mod attach;
+pub mod collect;
+pub mod run;
+pub mod uninstall;

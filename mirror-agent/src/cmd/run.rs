@@ -1,0 +1,262 @@
+//! `mirror-agent run`: the node agent under Kubernetes. It watches its
+//! node's pods and the mirror's policies and collectors, works out what to
+//! mirror ([`desired`]), and moves the running mirror there
+//! ([`crate::datapath::mirror::Mirror::apply`]) whenever anything changes, writing
+//! each policy's status on this node ([`status`]). Hooks are pinned and
+//! kept on SIGTERM, so a restarted agent adopts them with no gap.
+
+use std::{io, path::Path, time::Duration};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::{
+    cli::RunArgs,
+    controller::{
+        desired::{self, Locator, Outcome},
+        status::{self, StatusWriter},
+        watch::Cluster,
+    },
+    datapath::mirror::MirrorError,
+    datapath::{
+        mirror::{Mirror, Settings},
+        plan::Planned,
+    },
+    discovery::podns::NetnsIndex,
+    export::SocketMark,
+    kernel::pin::PinError,
+    kernel::privileges::{self, MissingPrivileges},
+    kernel::{
+        netns::{self, Namespace, NetnsError},
+        pin::PinDir,
+    },
+    metrics::{self, MetricsAddr, MetricsError, Requests},
+    model::record::{IfaceId, WallClock},
+};
+
+/// Changes arriving together are applied together: a reconcile waits this
+/// long after the first one (pods starting in a burst, a policy and its
+/// collector created together).
+const SETTLE: Duration = Duration::from_millis(50);
+/// How often statuses are looked at (each is written at most once per --status-interval).
+const STATUS_TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+    #[error(transparent)]
+    Privileges(#[from] MissingPrivileges),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: io::Error,
+    },
+    #[error("connecting to the Kubernetes API server: {0}")]
+    Client(#[from] kube::Error),
+    #[error("this agent's network namespace: {0}")]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("--node-name: must not be empty")]
+    NoNode,
+    #[error("$POD_IP: {0}")]
+    PodIp(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Mirror(e) => e.exit_code(),
+            Self::Pin(e) => e.exit_code(),
+            Self::Privileges(_) => 2,
+            Self::Io { .. } => 1,
+            Self::Metrics(e) => e.exit_code(),
+            Self::NoNode | Self::PodIp(_) => 2,
+            Self::Client(_) | Self::Netns(_) => 1,
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    if args.node_name.trim().is_empty() {
+        return Err(RunError::NoNode);
+    }
+    privileges::check(true)?;
+    let addr = match &args.metrics_addr {
+        Some(a) => *a,
+        None => default_metrics_addr()?,
+    };
+    let (endpoint, requests) = metrics::start(addr)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("starting the runtime"))?;
+    runtime.block_on(agent(args, endpoint.as_ref(), requests))
+}
+
+/// The pod IP from the downward API, else loopback; port 9464.
+fn default_metrics_addr() -> Result<MetricsAddr, RunError> {
+    let host = std::env::var("POD_IP").unwrap_or_else(|_| "127.0.0.1".into());
+    let text = if host.contains(':') {
+        format!("[{host}]:9464")
+    } else {
+        format!("{host}:9464")
+    };
+    text.parse().map_err(RunError::PodIp)
+}
+
+async fn agent(
+    args: RunArgs,
+    endpoint: Option<&metrics::Endpoint>,
+    mut scrapes: Requests,
+) -> Result<(), RunError> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
+    let node = args.node_name.clone();
+    let client = kube::Client::try_default().await?;
+    let cluster = Cluster::watch(&client, &node, &args.secrets_namespace);
+    let host = Namespace::current()?;
+    let mut locator = Locator::new(
+        NetnsIndex::new(args.netns_paths.clone(), Path::new("/proc/self/ns/net")),
+        args.attach_point,
+        host,
+        netns::current_cookie()?,
+    );
+    let mut writer = StatusWriter::new(&node, Duration::from_secs(args.status_interval.max(1)));
+
+    // Nothing is touched until the caches have their first full list: until
+    // then, pinned hooks from an earlier agent go on mirroring as they were.
+    info!(node = %node, "waiting for the first list of pods, policies and collectors");
+    tokio::select! {
+        () = cluster.ready() => {}
+        _ = sigint.recv() => return Ok(()),
+        _ = sigterm.recv() => return Ok(()),
+    }
+    let settings = Settings {
+        node: node.clone(),
+        mark: SocketMark {
+            value: args.tuning.socket_mark.value,
+            mask: args.tuning.socket_mark.mask,
+        },
+        queue_bytes: args.tuning.queue_bytes,
+        attach_mode: args.tuning.attach_mode,
+        clock: WallClock::now()
+            .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
+    };
+    let tls_dir = args.tls_dir.clone();
+    let (plan, mut outcomes) = desired::compute(&cluster, &mut locator, &tls_dir);
+    let pins = PinDir::open(&args.pin_dir)?;
+    let (mut mirror, adopted) = Mirror::start(
+        &plan,
+        settings,
+        args.tuning.ring_size.get(),
+        Some(pins),
+        !args.cleanup_on_exit,
+        false,
+    )?;
+    let mut applied = fingerprint(&plan);
+    let failed = mirror.take_left_out();
+    if !failed.is_empty() {
+        applied.clear();
+        locator.forget_interfaces(&failed);
+        mark_left_out(&mut outcomes, &plan, &failed);
+    }
+    let mut current = plan;
+    info!(
+        node = %node,
+        policies = outcomes.len(),
+        interfaces = mirror.interfaces(),
+        adopted = adopted.links,
+        removed = adopted.removed,
+        "mirroring started"
+    );
+    metrics::set_ready(endpoint, true);
+
+    let mut status_tick = tokio::time::interval(STATUS_TICK);
+    let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            drained = mirror.drain() => {
+                drained.map_err(io_err("polling the ring buffer"))?;
+                let failed = mirror.take_left_out();
+                if !failed.is_empty() {
+                    // Looked for again, and tried again on the next change.
+                    applied.clear();
+                    locator.forget_interfaces(&failed);
+                    mark_left_out(&mut outcomes, &current, &failed);
+                }
+            }
+            () = cluster.changed.notified() => {
+                tokio::time::sleep(SETTLE).await;
+                let (plan, now) = desired::compute(&cluster, &mut locator, &tls_dir);
+                outcomes = now;
+                let print = fingerprint(&plan);
+                if print != applied {
+                    match mirror.apply(&plan) {
+                        Ok(()) => {
+                            applied = print;
+                            info!(policies = plan.len(), interfaces = mirror.interfaces(), "applied");
+                            current = plan;
+                        }
+                        Err(error) => {
+                            warn!(%error, "applying the policies failed; trying again on the next change");
+                            mark_failed(&mut outcomes, &plan, &error);
+                        }
+                    }
+                }
+            }
+            _ = status_tick.tick() => {
+                if writing.as_ref().is_none_or(|w| w.is_finished()) {
+                    let due = writer.due(
+                        &outcomes,
+                        |name| mirror.policy_totals(name),
+                        |policy| cluster.reported(policy),
+                    );
+                    if !due.is_empty() {
+                        writing = Some(tokio::spawn(status::write(client.clone(), node.clone(), due)));
+                    }
+                }
+            }
+            reply = scrapes.next() => reply.send(mirror.families()),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    metrics::set_ready(endpoint, false);
+    mirror.stop();
+    Ok(())
+}
+
+/// What distinguishes one plan from another, for skipping applies that
+/// would change nothing (every pod event wakes the reconciler).
+fn fingerprint(plan: &[Planned]) -> String {
+    format!("{plan:?}")
+}
+
+fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfaceId]) {
+    for p in plan {
+        let Some(o) = outcomes.iter_mut().find(|o| o.policy.plan_name() == p.name) else {
+            continue;
+        };
+        for iface in p.interfaces.iter().filter(|i| failed.contains(&i.id())) {
+            o.problems.push(format!("attaching to {iface} failed"));
+            o.attached = o.attached.saturating_sub(1);
+        }
+    }
+}
+
+fn mark_failed(outcomes: &mut [Outcome], plan: &[Planned], error: &MirrorError) {
+    for o in outcomes.iter_mut() {
+        if plan.iter().any(|p| p.name == o.policy.plan_name()) {
+            o.problems.push(format!("applying failed: {error}"));
+            o.attached = 0;
+        }
+    }
+}
+
+fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { context, source }
+}

@@ -1,0 +1,94 @@
+//! The families of `collect`: every listener's atomics, read at scrape
+//! time from any thread, and the writer's counters as it last published
+//! them (once a second, on its flush tick).
+
+use std::sync::{Arc, Mutex};
+
+use crate::collect::{stats::ListenerStats, writer::WriterSummary};
+
+use crate::metrics::{Family, Kind};
+
+pub fn collect_families(
+    listeners: &[Arc<ListenerStats>],
+    writer: &Mutex<WriterSummary>,
+) -> Vec<Family> {
+    use Kind::Counter;
+    let mut received = Family::new(
+        "mirror_collect_received_packets",
+        "Datagrams, or stream packet blocks, that arrived at a listener.",
+        Counter,
+    );
+    let mut decoded = Family::new(
+        "mirror_collect_decoded_packets",
+        "Packets decoded and handed to the writer.",
+        Counter,
+    );
+    let mut truncated = Family::new(
+        "mirror_collect_truncated_packets",
+        "Decoded packets the sender marked as cut.",
+        Counter,
+    );
+    let mut connections = Family::new(
+        "mirror_collect_connections",
+        "Stream connections accepted.",
+        Counter,
+    );
+    let mut refused = Family::new(
+        "mirror_collect_refused_connections",
+        "Stream connections refused (failed TLS handshakes).",
+        Counter,
+    );
+    let mut errors = Family::new(
+        "mirror_collect_errors",
+        "Packets skipped, by reason: short, foreign, garbled.",
+        Counter,
+    );
+    for l in listeners {
+        let s = l.snapshot();
+        let label = [("listener", l.name.as_str())];
+        received.with(&label, s.received);
+        decoded.with(&label, s.decoded);
+        truncated.with(&label, s.truncated);
+        connections.with(&label, s.connections);
+        refused.with(&label, s.refused);
+        for (reason, value) in s.errors {
+            errors.with(&[label[0], ("reason", reason)], value);
+        }
+    }
+    // A poisoned lock still holds the last published numbers.
+    let w = *writer.lock().unwrap_or_else(|e| e.into_inner());
+    let writer_families = [
+        (
+            "mirror_collect_written_packets",
+            "Packets written to pcapng files.",
+            w.packets,
+        ),
+        (
+            "mirror_collect_written_bytes",
+            "Bytes written to pcapng files.",
+            w.bytes,
+        ),
+        (
+            "mirror_collect_files_written",
+            "pcapng files completed.",
+            w.files_written,
+        ),
+        (
+            "mirror_collect_files_deleted",
+            "Old pcapng files deleted by --max-files.",
+            w.files_deleted,
+        ),
+        (
+            "mirror_collect_write_errors",
+            "Packets lost because a file could not be created or written.",
+            w.write_errors,
+        ),
+    ];
+    let mut all = vec![received, decoded, truncated, connections, refused, errors];
+    for (name, help, value) in writer_families {
+        let mut f = Family::new(name, help, Counter);
+        f.with(&[], value);
+        all.push(f);
+    }
+    all
+}

@@ -1,0 +1,378 @@
+//! Each policy's status on this node, written by server-side apply under a
+//! field manager of this node's own (so nodes never overwrite each other's
+//! entries), at most once per interval per policy, and only when it says
+//! something new. Refusals and attach problems also become Events.
+//!
+//! The top level (`Ready`, `matchedPods`) speaks for every node, with no
+//! controller to add the nodes up: each agent sums the node entries it
+//! sees in its watch cache of the policy (the others' and its own fresh
+//! one), so all agents write the same values and the last writer changes
+//! nothing. A node's entry stays after the node is gone, until removed.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::{
+    controller::desired::{Outcome, PolicyRef},
+    datapath::mirror::PolicyTotals,
+    k8s::{
+        ClusterMirrorPolicy, GROUP, MirrorPolicy, NodeStatus, PolicyStatus, VERSION,
+        accepted_condition, conditions, reasons,
+        status::{condition, find, set_condition},
+    },
+};
+
+/// One status to write: the policy, and its status object.
+pub struct Pending {
+    policy: PolicyRef,
+    body: Value,
+    /// A problem to report as an Event, if new.
+    warning: Option<(String, String)>,
+}
+
+pub struct StatusWriter {
+    node: String,
+    interval: Duration,
+    /// What was last written per policy (without times), and when.
+    last: HashMap<PolicyRef, (Value, Instant)>,
+    warned: HashMap<PolicyRef, String>,
+}
+
+impl StatusWriter {
+    pub fn new(node: &str, interval: Duration) -> Self {
+        Self {
+            node: node.to_owned(),
+            interval,
+            last: HashMap::new(),
+            warned: HashMap::new(),
+        }
+    }
+
+    /// The statuses due now: changed since last written, and not written
+    /// within the interval. `reported`: a policy's status as the watch
+    /// cache has it (every node's entry).
+    pub fn due(
+        &mut self,
+        outcomes: &[Outcome],
+        totals: impl Fn(&str) -> PolicyTotals,
+        reported: impl Fn(&PolicyRef) -> PolicyStatus,
+    ) -> Vec<Pending> {
+        let now = Instant::now();
+        let stamp = Time(Timestamp::now());
+        let mut due = Vec::new();
+        for o in outcomes {
+            let t = totals(&o.policy.plan_name());
+            let mut own = NodeStatus {
+                node: self.node.clone(),
+                matched_pods: o.matched,
+                // Hooked by now, not only planned.
+                attached_pods: o.attached.saturating_sub(t.queued),
+                skipped_host_network_pods: o.skipped_host_network,
+                mirrored: t.mirrored,
+                truncated: t.truncated,
+                dropped: t.dropped.clone(),
+                problems: o
+                    .problems
+                    .iter()
+                    .take(MAX_PROBLEMS)
+                    .map(|p| p.chars().take(MAX_PROBLEM_CHARS).collect())
+                    .collect(),
+                last_update_time: None,
+            };
+            let mut cached = reported(&o.policy);
+            let mut nodes: Vec<&NodeStatus> = cached
+                .nodes
+                .iter()
+                .filter(|n| n.node != self.node)
+                .collect();
+            nodes.push(&own);
+            let summary = summarize(o.accepted.is_ok(), &nodes);
+            let content = json!({
+                "accepted": o.accepted.as_ref().err().map(|r| (r.reason, r.message.clone())),
+                "ready": (summary.ready, summary.reason, &summary.message),
+                "matched": summary.matched,
+                "own": &own,
+                "generation": o.generation,
+            });
+            if let Some((last, at)) = self.last.get(&o.policy)
+                && (*last == content || now.duration_since(*at) < self.interval)
+            {
+                continue;
+            }
+            own.last_update_time = Some(stamp.clone());
+            // Transition times move only when a condition's status does.
+            let list = &mut cached.conditions;
+            set_condition(
+                list,
+                accepted_condition(&o.accepted, o.generation, stamp.clone()),
+            );
+            set_condition(
+                list,
+                condition(
+                    conditions::READY,
+                    summary.ready,
+                    summary.reason,
+                    summary.message,
+                    o.generation,
+                    stamp.clone(),
+                ),
+            );
+            let written: Vec<_> = [conditions::ACCEPTED, conditions::READY]
+                .iter()
+                .filter_map(|t| find(list, t))
+                .collect();
+            let body = json!({
+                "apiVersion": format!("{GROUP}/{VERSION}"),
+                "kind": kind(&o.policy),
+                "status": {
+                    "conditions": written,
+                    "matchedPods": summary.matched,
+                    "nodes": [own],
+                },
+            });
+            let warning = match (&o.accepted, o.problems.is_empty()) {
+                (Err(r), _) => Some((r.reason.to_owned(), r.message.clone())),
+                (Ok(()), false) => Some((
+                    reasons::ATTACH_FAILED.to_owned(),
+                    format!("on node {}: {}", self.node, o.problems.join("; ")),
+                )),
+                _ => None,
+            }
+            .filter(|(_, m)| self.warned.get(&o.policy) != Some(m));
+            if let Some((_, m)) = &warning {
+                self.warned.insert(o.policy.clone(), m.clone());
+            }
+            self.last.insert(o.policy.clone(), (content, now));
+            due.push(Pending {
+                policy: o.policy.clone(),
+                body,
+                warning,
+            });
+        }
+        // Policies gone: forget them, so a new one of the same name starts afresh.
+        self.last
+            .retain(|p, _| outcomes.iter().any(|o| &o.policy == p));
+        due
+    }
+}
+
+/// Writes the statuses and events. Failures are logged: the next change
+/// (or the next interval) tries again, and mirroring never waits for it.
+pub async fn write(client: Client, node: String, pending: Vec<Pending>) {
+    let manager = format!("mirror-agent.{node}");
+    let params = PatchParams::apply(&manager).force();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "mirror-agent".into(),
+            instance: Some(node.clone()),
+        },
+    );
+    for p in pending {
+        let name = p.policy.name.as_str();
+        let result = if p.policy.cluster {
+            Api::<ClusterMirrorPolicy>::all(client.clone())
+                .patch_status(name, &params, &Patch::Apply(&p.body))
+                .await
+                .map(drop)
+        } else {
+            Api::<MirrorPolicy>::namespaced(client.clone(), &p.policy.namespace)
+                .patch_status(name, &params, &Patch::Apply(&p.body))
+                .await
+                .map(drop)
+        };
+        match result {
+            Ok(()) => debug!(policy = %p.policy.plan_name(), "status written"),
+            Err(error) => {
+                warn!(policy = %p.policy.plan_name(), %error, "writing the status failed")
+            }
+        }
+        if let Some((reason, note)) = p.warning {
+            let event = Event {
+                type_: EventType::Warning,
+                reason,
+                note: Some(note.chars().take(1000).collect()),
+                action: "Mirror".into(),
+                secondary: None,
+            };
+            let reference = ObjectReference {
+                api_version: Some(format!("{GROUP}/{VERSION}")),
+                kind: Some(kind(&p.policy).into()),
+                name: Some(p.policy.name.clone()),
+                namespace: (!p.policy.cluster).then(|| p.policy.namespace.clone()),
+                ..ObjectReference::default()
+            };
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                warn!(policy = %p.policy.plan_name(), %error, "publishing an event failed");
+            }
+        }
+    }
+}
+
+fn kind(p: &PolicyRef) -> &'static str {
+    if p.cluster {
+        "ClusterMirrorPolicy"
+    } else {
+        "MirrorPolicy"
+    }
+}
+
+/// A node entry lists at most this many problems, each cut to this length.
+const MAX_PROBLEMS: usize = 10;
+const MAX_PROBLEM_CHARS: usize = 200;
+
+/// The top level of a policy's status, from every node's entry.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    matched: u64,
+}
+
+fn summarize(accepted: bool, nodes: &[&NodeStatus]) -> Summary {
+    let sum = |f: fn(&NodeStatus) -> u64| nodes.iter().map(|n| f(n)).sum::<u64>();
+    let matched = sum(|n| n.matched_pods);
+    let attached = sum(|n| n.attached_pods);
+    let skipped = sum(|n| n.skipped_host_network_pods);
+    let (ready, reason, message) = if !accepted {
+        (
+            false,
+            reasons::NOT_ACCEPTED,
+            "the policy is not accepted".to_owned(),
+        )
+    } else {
+        // A node still hooking its pods (attached < matched, no problem)
+        // is on its way, not failing.
+        let mut failing: Vec<&&NodeStatus> =
+            nodes.iter().filter(|n| !n.problems.is_empty()).collect();
+        failing.sort_by(|a, b| a.node.cmp(&b.node));
+        if !failing.is_empty() {
+            let detail: Vec<String> = failing
+                .iter()
+                .map(|n| format!("on node {}: {}", n.node, n.problems.join("; ")))
+                .collect();
+            (
+                false,
+                reasons::ATTACH_FAILED,
+                format!(
+                    "{attached} of {matched} selected pods are mirrored; {}",
+                    detail.join("; ")
+                ),
+            )
+        } else if matched == 0 {
+            let hn = if skipped > 0 {
+                format!(
+                    " ({skipped} hostNetwork pods are selected but never mirrored: their interfaces are their nodes')"
+                )
+            } else {
+                String::new()
+            };
+            (
+                false,
+                reasons::NO_MATCHING_PODS,
+                format!("no selected pod runs on any node{hn}"),
+            )
+        } else {
+            let on = nodes.iter().filter(|n| n.attached_pods > 0).count();
+            (
+                true,
+                reasons::MIRRORING,
+                format!("mirroring {attached} pods on {on} nodes"),
+            )
+        }
+    };
+    Summary {
+        ready,
+        reason,
+        message,
+        matched,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, matched: u64, attached: u64, problems: &[&str]) -> NodeStatus {
+        NodeStatus {
+            node: name.into(),
+            matched_pods: matched,
+            attached_pods: attached,
+            problems: problems.iter().map(|p| (*p).to_owned()).collect(),
+            ..NodeStatus::default()
+        }
+    }
+
+    #[test]
+    fn every_node_counts_and_the_order_does_not_matter() {
+        let (a, b, c) = (
+            node("a", 2, 2, &[]),
+            node("b", 0, 0, &[]),
+            node("c", 3, 3, &[]),
+        );
+        let one = summarize(true, &[&a, &b, &c]);
+        assert_eq!(one, summarize(true, &[&c, &a, &b]));
+        assert_eq!(
+            (one.ready, one.reason, one.matched),
+            (true, reasons::MIRRORING, 5)
+        );
+        assert_eq!(one.message, "mirroring 5 pods on 2 nodes");
+    }
+
+    #[test]
+    fn a_node_that_fails_makes_it_not_ready_and_is_named_one_still_hooking_does_not() {
+        let a = node("a", 2, 2, &[]);
+        let b = node(
+            "b",
+            2,
+            1,
+            &["pod shop/web-9: no network namespace on this node holds 198.18.0.9"],
+        );
+        let s = summarize(true, &[&b, &a]);
+        assert_eq!(
+            (s.ready, s.reason, s.matched),
+            (false, reasons::ATTACH_FAILED, 4)
+        );
+        assert!(
+            s.message
+                .starts_with("3 of 4 selected pods are mirrored; on node b: pod shop/web-9"),
+            "{}",
+            s.message
+        );
+        let attaching = node("c", 3, 1, &[]);
+        let s = summarize(true, &[&a, &attaching]);
+        assert_eq!(
+            (s.ready, s.reason),
+            (true, reasons::MIRRORING),
+            "still hooking"
+        );
+    }
+
+    #[test]
+    fn no_pods_anywhere_and_not_accepted() {
+        let mut a = node("a", 0, 0, &[]);
+        a.skipped_host_network_pods = 1;
+        let s = summarize(true, &[&a, &node("b", 0, 0, &[])]);
+        assert_eq!(
+            (s.ready, s.reason, s.matched),
+            (false, reasons::NO_MATCHING_PODS, 0)
+        );
+        assert!(s.message.contains("1 hostNetwork pods"), "{}", s.message);
+        let s = summarize(false, &[&node("a", 2, 2, &[])]);
+        assert_eq!((s.ready, s.reason), (false, reasons::NOT_ACCEPTED));
+    }
+}

@@ -1,0 +1,147 @@
+//! What the agent watches: its node's Pods, Namespaces (for their labels),
+//! and the three kinds of the mirror. Each is a kube-runtime reflector: a
+//! local cache kept by list+watch, which relists on 410 Gone and retries
+//! with backoff while the API server is away, keeping the last known state
+//! meanwhile. Any change wakes the reconciler.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::{
+    controller::desired::PolicyRef,
+    k8s::{ClusterMirrorPolicy, MirrorCollector, MirrorPolicy, PolicyStatus},
+};
+
+pub struct Cluster {
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
+    pub policies: Store<MirrorPolicy>,
+    pub cluster_policies: Store<ClusterMirrorPolicy>,
+    pub collectors: Store<MirrorCollector>,
+    /// TLS collectors' Secrets: only those of the agent's own namespace.
+    pub secrets: Store<Secret>,
+    /// Woken on every change of any of them.
+    pub changed: Arc<Notify>,
+}
+
+impl Cluster {
+    /// Starts the watches on the current tokio runtime.
+    pub fn watch(client: &Client, node: &str, secrets_namespace: &str) -> Self {
+        let changed = Arc::new(Notify::new());
+        let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        Self {
+            pods: spawn(Api::all(client.clone()), on_node, &changed, "pods"),
+            namespaces: spawn(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+                "namespaces",
+            ),
+            policies: spawn(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+                "mirrorpolicies",
+            ),
+            cluster_policies: spawn(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+                "clustermirrorpolicies",
+            ),
+            collectors: spawn(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+                "mirrorcollectors",
+            ),
+            secrets: spawn(
+                Api::namespaced(client.clone(), secrets_namespace),
+                watcher::Config::default(),
+                &changed,
+                "secrets",
+            ),
+            changed,
+        }
+    }
+
+    /// Whether every cache has had its first full list.
+    pub async fn ready(&self) {
+        // An error here means the writer is gone: the watch task ended, and
+        // that task only ends with the runtime.
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.policies.wait_until_ready().await;
+        let _ = self.cluster_policies.wait_until_ready().await;
+        let _ = self.collectors.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
+    }
+
+    /// A policy's status as last seen: every node's entry.
+    pub fn reported(&self, policy: &PolicyRef) -> PolicyStatus {
+        let status = if policy.cluster {
+            self.cluster_policies
+                .get(&ObjectRef::new(&policy.name))
+                .and_then(|p| p.status.clone())
+        } else {
+            self.policies
+                .get(&ObjectRef::new(&policy.name).within(&policy.namespace))
+                .and_then(|p| p.status.clone())
+        };
+        status.unwrap_or_default()
+    }
+}
+
+fn spawn<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+    what: &'static str,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changed = changed.clone();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        // Log each distinct error once in a row, not every retry.
+        let mut last_error: Option<String> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    last_error = None;
+                    changed.notify_one();
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    if last_error.as_ref() != Some(&text) {
+                        warn!(watch = what, %error, "watch failed; retrying with backoff, mirroring on the last known state");
+                        last_error = Some(text);
+                    }
+                }
+            }
+        }
+    });
+    reader
+}

@@ -1,0 +1,30 @@
+//! What the datapath mirrors, worked out before anything touches the
+//! kernel: policies, each with its interfaces, kernel settings, userspace
+//! filters and outputs. `attach` makes a plan from its flags or a policy
+//! file, `run` from what the API server says; both run the same way.
+
+use crate::{
+    export::output::Output,
+    kernel::hooks::Interface,
+    model::{
+        record::PolicyId,
+        values::{SampleRate, Snaplen},
+    },
+    policy::PolicyBody,
+};
+
+/// One policy, resolved against the interfaces of this network namespace.
+#[derive(Debug)]
+pub struct Planned {
+    pub id: PolicyId,
+    pub name: String,
+    pub interfaces: Vec<Interface>,
+    /// Direction bits (`mirror_common::DIR_*`) as the pods see them; each
+    /// interface turns them into its hook's ([`Interface::hook_bits`]).
+    pub directions: u32,
+    pub snaplen: Snaplen,
+    pub sample: SampleRate,
+    /// Rules, pcap-filter and rate limit; the flags have none of them.
+    pub body: Option<PolicyBody>,
+    pub outputs: Vec<Output>,
+}

@@ -1,0 +1,295 @@
+//! Collector URIs (`--output`, a policy file's `collectors`), parsed once
+//! into typed specs. The forms are DESIGN.md's:
+//!
+//! | URI | sends |
+//! |---|---|
+//! | `pcapng:PATH`, `pcapng:-` | a pcapng file, or standard output |
+//! | `vxlan://HOST[:PORT]?vni=N` | VXLAN over UDP (port 4789) |
+//! | `geneve://HOST[:PORT]?vni=N` | GENEVE over UDP (port 6081), with metadata options |
+//! | `gre://HOST[?key=N][&seq=true]` | GRE, transparent Ethernet bridging |
+//! | `erspan2://HOST?session=N` | ERSPAN Type II over GRE |
+//! | `erspan3://HOST?session=N[&hwid=N]` | ERSPAN Type III over GRE |
+//! | `tcp://HOST:PORT` | a pcapng stream over TCP |
+//! | `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]` | the same over mutual TLS |
+//!
+//! Tunnels also take `mtu=BYTES` (default 1500): a copy whose encapsulated
+//! size would exceed it is cut to fit rather than IP-fragmented; vxlan and
+//! geneve take `gso=true` to send runs of copies as UDP GSO messages.
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+use url::Url;
+
+use crate::export::encap::{
+    Vni,
+    erspan::{HwId, SessionId},
+    gre::GreKey,
+};
+
+/// Path MTU assumed toward a collector unless `mtu=` says otherwise.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Smallest `mtu=` accepted: IPv4's minimum datagram size.
+pub const MIN_MTU: u16 = 576;
+
+/// A collector host: a name (resolved when connecting, and again on every
+/// reconnect) or an address literal, with its port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Files for mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) that signed the collector's certificate.
+    pub ca: PathBuf,
+    /// Our client certificate chain and its private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Name to verify in the collector's certificate; the host by default.
+    pub server_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    Vxlan { vni: Vni },
+    Geneve { vni: Vni },
+    Gre { key: Option<GreKey>, sequence: bool },
+    Erspan2 { session: SessionId },
+    Erspan3 { session: SessionId, hw_id: HwId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    PcapngFile(PathBuf),
+    PcapngStdout,
+    Tunnel {
+        tunnel: Tunnel,
+        to: Endpoint,
+        mtu: u16,
+        /// `gso=true` (vxlan and geneve): runs of equal-size copies leave as
+        /// one UDP GSO message. Only for collectors behind a real NIC or
+        /// reading with a socket: the kernel splits GSO messages there, but
+        /// a sniffer on a virtual link (a veth) sees them merged.
+        gso: bool,
+    },
+    Tcp(Endpoint),
+    Tls(Endpoint, TlsFiles),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OutputError {
+    #[error("'{0}' has no scheme; write pcapng:PATH, vxlan://HOST?vni=N, tcp://HOST:PORT, ...")]
+    NoScheme(String),
+    #[error("unknown scheme '{0}'; known: pcapng, vxlan, geneve, gre, erspan2, erspan3, tcp, tls")]
+    Scheme(String),
+    #[error("pcapng: needs a path, or - for standard output")]
+    NoPath,
+    #[error("not a valid URI: {0}")]
+    Syntax(String),
+    #[error("needs a host")]
+    NoHost,
+    #[error("needs a port")]
+    NoPort,
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    #[error("parameter {name}: {reason}")]
+    Param { name: String, reason: String },
+    #[error("unknown parameter '{0}'")]
+    UnknownParam(String),
+}
+
+fn param(name: &str, reason: impl fmt::Display) -> OutputError {
+    OutputError::Param {
+        name: name.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The query parameters of a URI, each taken at most once; whatever is left
+/// at the end is an unknown parameter.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn take(&mut self, name: &'static str) -> Option<String> {
+        let i = self.0.iter().position(|(k, _)| k == name)?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn number<T: FromStr>(&mut self, name: &'static str) -> Result<Option<T>, OutputError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.take(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| param(name, format!("'{v}': {e}")))
+            })
+            .transpose()
+    }
+
+    fn required<T: FromStr>(&mut self, name: &'static str) -> Result<T, OutputError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.number(name)?.ok_or(OutputError::Missing(name))
+    }
+
+    fn done(self) -> Result<(), OutputError> {
+        match self.0.into_iter().next() {
+            Some((k, _)) => Err(OutputError::UnknownParam(k)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn vni(params: &mut Params) -> Result<Vni, OutputError> {
+    Vni::new(params.required("vni")?).map_err(|e| param("vni", e))
+}
+
+impl FromStr for Output {
+    type Err = OutputError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| OutputError::NoScheme(s.to_owned()))?;
+        if scheme == "pcapng" {
+            return match rest {
+                "" => Err(OutputError::NoPath),
+                "-" => Ok(Self::PcapngStdout),
+                path => Ok(Self::PcapngFile(PathBuf::from(path))),
+            };
+        }
+        let default_port = match scheme {
+            "vxlan" => Some(crate::export::encap::vxlan::UDP_PORT),
+            "geneve" => Some(crate::export::encap::geneve::UDP_PORT),
+            // GRE has no ports; the raw socket ignores this one.
+            "gre" | "erspan2" | "erspan3" => Some(0),
+            "tcp" | "tls" => None,
+            other => return Err(OutputError::Scheme(other.to_owned())),
+        };
+        let url = Url::parse(s).map_err(|e| OutputError::Syntax(e.to_string()))?;
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(OutputError::NoHost),
+        };
+        if host.is_empty() {
+            return Err(OutputError::NoHost);
+        }
+        let port = url.port().or(default_port).ok_or(OutputError::NoPort)?;
+        let to = Endpoint { host, port };
+        let mut params = Params(url.query_pairs().into_owned().collect());
+        let out = match scheme {
+            "tcp" => Self::Tcp(to),
+            "tls" => {
+                let mut file = |name| {
+                    params
+                        .take(name)
+                        .map(PathBuf::from)
+                        .ok_or(OutputError::Missing(name))
+                };
+                let files = TlsFiles {
+                    ca: file("ca")?,
+                    cert: file("cert")?,
+                    key: file("key")?,
+                    server_name: params.take("name").unwrap_or_else(|| to.host.clone()),
+                };
+                Self::Tls(to, files)
+            }
+            _ => {
+                let mtu: u16 = params.number("mtu")?.unwrap_or(DEFAULT_MTU);
+                if mtu < MIN_MTU {
+                    return Err(param(
+                        "mtu",
+                        format!("must be at least {MIN_MTU}, not {mtu}"),
+                    ));
+                }
+                let tunnel = match scheme {
+                    "vxlan" => Tunnel::Vxlan {
+                        vni: vni(&mut params)?,
+                    },
+                    "geneve" => Tunnel::Geneve {
+                        vni: vni(&mut params)?,
+                    },
+                    "gre" => Tunnel::Gre {
+                        key: params.number::<u32>("key")?.map(GreKey),
+                        sequence: params.number::<bool>("seq")?.unwrap_or(false),
+                    },
+                    "erspan2" => Tunnel::Erspan2 {
+                        session: SessionId::new(params.required("session")?)
+                            .map_err(|e| param("session", e))?,
+                    },
+                    _ => Tunnel::Erspan3 {
+                        session: SessionId::new(params.required("session")?)
+                            .map_err(|e| param("session", e))?,
+                        hw_id: HwId::new(params.number("hwid")?.unwrap_or(0))
+                            .map_err(|e| param("hwid", e))?,
+                    },
+                };
+                let gso = params.number::<bool>("gso")?.unwrap_or(false);
+                if gso && !matches!(tunnel, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. }) {
+                    return Err(param("gso", "only vxlan and geneve go over UDP".to_owned()));
+                }
+                Self::Tunnel {
+                    tunnel,
+                    to,
+                    mtu,
+                    gso,
+                }
+            }
+        };
+        params.done()?;
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PcapngFile(path) => write!(f, "pcapng:{}", path.display()),
+            Self::PcapngStdout => f.write_str("pcapng:-"),
+            Self::Tunnel { tunnel, to, .. } => {
+                let scheme = match tunnel {
+                    Tunnel::Vxlan { .. } => "vxlan",
+                    Tunnel::Geneve { .. } => "geneve",
+                    Tunnel::Gre { .. } => "gre",
+                    Tunnel::Erspan2 { .. } => "erspan2",
+                    Tunnel::Erspan3 { .. } => "erspan3",
+                };
+                write!(f, "{scheme}://{to}")
+            }
+            Self::Tcp(to) => write!(f, "tcp://{to}"),
+            Self::Tls(to, _) => write!(f, "tls://{to}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_is_for_udp_tunnels_only() {
+        let o: Output = "vxlan://198.18.0.9?vni=42&gso=true"
+            .parse()
+            .expect("parses");
+        assert!(matches!(o, Output::Tunnel { gso: true, .. }));
+        let o: Output = "geneve://198.18.0.9?vni=42".parse().expect("parses");
+        assert!(matches!(o, Output::Tunnel { gso: false, .. }));
+        let e = "gre://198.18.0.9?gso=true".parse::<Output>().unwrap_err();
+        assert!(e.to_string().contains("gso"), "{e}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Value types at the bottom of the agent: identifiers, directions and the
+//! ring-buffer record view. Every other layer may use them; they use none.
+
+pub mod record;
+pub mod values;
