@@ -247,7 +247,7 @@ pub struct AttachArgs {
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and the probes /healthz
     /// (200 while the agent runs) and /readyz (200 once the hooks are attached, 503
-    /// before and while stopping); `off` for none. Metric names: see README.md.
+    /// before and while stopping); `off` for none. Metric names: see docs/metrics.md.
     #[arg(long, value_name = "ADDR:PORT", default_value = crate::metrics::DEFAULT_ADDR)]
     pub metrics_addr: crate::metrics::MetricsAddr,
 

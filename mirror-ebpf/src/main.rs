@@ -163,7 +163,7 @@ impl Out<'_> {
         let record = entry.as_mut_ptr();
         // Bound the length here, on the very register passed to the helper:
         // LLVM otherwise compares a zero-extended copy and the verifier loses
-        // the bound (see TOOLCHAIN.md). The volatile read keeps LLVM from
+        // the bound (see docs/toolchain.md). The volatile read keeps LLVM from
         // reusing what it knows from the class choice above.
         // SAFETY: reading a local.
         let cap = unsafe { core::ptr::read_volatile(&self.cap) };

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: everything a fresh Debian machine needs to build and
 //! test, each step skipped when its result is already there, so a second run
-//! takes seconds. See TOOLCHAIN.md (shared notes) for why each step is so.
+//! takes seconds. See docs/toolchain.md for why each step is so.
 
 use std::{
     fs,

@@ -1,5 +1,5 @@
 //! Collector URIs (`--output`, a policy file's `collectors`), parsed once
-//! into typed specs. The forms are DESIGN.md's:
+//! into typed specs. The forms are those of README.md's "Outputs":
 //!
 //! | URI | sends |
 //! |---|---|

@@ -2,10 +2,11 @@
 //! which pods, the policy body, and the collector the copies go to.
 //!
 //! The body is [`BodySpec`] flattened into the spec, so a policy reads as
-//! DESIGN.md writes it (`spec.direction`, `spec.rules`, ...) and moves
-//! between a policy file and a resource unchanged. serde cannot refuse
-//! unknown fields through `flatten`; the API server does, from the CRD
-//! schema (strict field validation refuses them, otherwise they are pruned).
+//! a policy file writes it (README.md, "Policy files": `spec.direction`,
+//! `spec.rules`, ...) and moves between a file and a resource unchanged.
+//! serde cannot refuse unknown fields through `flatten`; the API server
+//! does, from the CRD schema (strict field validation refuses them,
+//! otherwise they are pruned).
 
 use std::collections::BTreeMap;
 

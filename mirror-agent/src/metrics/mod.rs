@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::text::{Family, Kind, Sample, encode};
 
 /// The default `--metrics-addr` of `attach` and `collect`: loopback, so
-/// nothing is exposed unless asked. `run` (not built yet, issue #4) is to
-/// default to the pod IP instead, so the DaemonSet's probes reach it.
+/// nothing is exposed unless asked. `run` defaults to the pod IP instead
+/// (`$POD_IP`, see `cmd/run.rs`), so the DaemonSet's probes reach it.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 
 /// How long a scrape waits for the drain loop to answer.

@@ -1,5 +1,6 @@
 //! A policy's userspace filters, ready to run on records: the ordered rules,
-//! then the pcap-filter expression, as DESIGN.md orders them.
+//! then the pcap-filter expression, in the order README.md's "Policy
+//! files" gives them.
 
 use super::body::PolicyBody;
 use crate::policy::{

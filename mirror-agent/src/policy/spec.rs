@@ -1,5 +1,6 @@
-//! The policy as written: serde shapes with the field names of DESIGN.md,
-//! unknown fields refused, so a typo is an error and not a silent default.
+//! The policy as written: serde shapes with the field names of README.md's
+//! "Policy files" (and `deploy/examples/`), unknown fields refused, so a
+//! typo is an error and not a silent default.
 //!
 //! Numbers are read as `u64` and strings stay strings here; the validated
 //! types check ranges and formats with the field path in hand, which serde's

@@ -312,7 +312,7 @@ fn knee_text(k: Option<Knee>) -> String {
     )
 }
 
-/// The ratio table alone (the README's Performance section copies it).
+/// The ratio table alone (docs/performance.md copies it).
 pub fn ratio_table(s: &Summary) -> String {
     let mut t = String::new();
     t.push_str(

@@ -1,6 +1,6 @@
 //! Ordered accept/reject rules, evaluated on mirrored frames.
 //!
-//! Semantics (DESIGN.md, and the choices the design left open):
+//! Semantics (README.md, "Policy files", and the choices made here):
 //! - The first matching rule decides. No rules: everything is mirrored. Some
 //!   rules and none matches: not mirrored.
 //! - In one rule all conditions must hold; in one list (CIDRs, port ranges)
