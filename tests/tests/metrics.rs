@@ -481,7 +481,7 @@ fn collector_metrics_match_its_summary() {
     assert_eq!(listener["decoded"] as f64, sent, "{}", collected.stderr);
 }
 
-/// Every metric the Grafana dashboard and the README name is one the agent
+/// Every metric the Grafana dashboard and docs/metrics.md name is one the agent
 /// or the collector exports (names as in their sources, before `_total`).
 #[test]
 fn dashboard_and_readme_name_exported_metrics() {
@@ -491,13 +491,13 @@ fn dashboard_and_readme_name_exported_metrics() {
         include_str!("../../mirror-agent/src/metrics/http.rs"),
     ]
     .concat();
-    let readme = include_str!("../../README.md");
+    let doc = include_str!("../../docs/metrics.md");
     for (what, text) in [
         (
             "dashboard",
             include_str!("../../deploy/grafana/mirror-dashboard.json"),
         ),
-        ("README", readme),
+        ("docs/metrics.md", doc),
     ] {
         let mut names = 0;
         for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
