@@ -11,7 +11,6 @@ mod paths;
 mod run;
 mod scale;
 mod setup;
-mod soak;
 mod stop;
 mod test;
 
@@ -85,7 +84,7 @@ enum Command {
     /// root; not run in CI).
     Soak {
         /// Minutes of mirrored traffic.
-        #[arg(long, default_value_t = soak::DEFAULT_MINUTES, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = bench::soak::DEFAULT_MINUTES, value_parser = clap::value_parser!(u64).range(1..))]
         minutes: u64,
         /// Mirror this many 64-byte packets/s. Without it, a quick knee
         /// search first (the bench's sweep of configuration 3, 2 s per
@@ -136,7 +135,9 @@ fn main() -> ExitCode {
         Command::Crds { check } => crds::run(check),
         Command::Manifests => manifests::run(),
         Command::Layers => layers::run(),
-        Command::Soak { minutes, rate } => soak::run(&soak::Options { minutes, rate }),
+        Command::Soak { minutes, rate } => {
+            bench::soak::run(&bench::soak::Options { minutes, rate })
+        }
         Command::Scale {
             pods,
             ring_size,

@@ -14,6 +14,8 @@ mod chart;
 pub(crate) mod configs;
 pub(crate) mod measure;
 pub(crate) mod report;
+pub(crate) mod scrape;
+pub(crate) mod soak;
 pub(crate) mod topology;
 
 use std::{

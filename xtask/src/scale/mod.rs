@@ -7,17 +7,18 @@
 //! the node namespace, creates a Namespace, a MirrorCollector (VXLAN to a
 //! collector namespace; traffic is not the point) and a MirrorPolicy
 //! selecting every pod, and starts the release agent
-//! (`mirror-agent run`) in the node namespace. Then:
+//! (`mirror-agent run`) in the node namespace. Then (phases.rs):
 //!
 //! 1. baseline: the agent idle with no pods (its RSS);
 //! 2. attach: the N Pod objects are created at once (Running, podIP set);
 //!    the kernel is asked every 50 ms which pod ends carry our tcx programs
 //!    (BPF_PROG_QUERY, hooks.rs): the host veths in the node namespace, or
-//!    with `--attach-point pod` each pod's `eth0` inside its namespace; and
-//!    the policy's status is read for `attachedPods == N`;
+//!    with `--attach-point pod` each pod's `eth0` inside its namespace; the
+//!    agent's /metrics is read for `mirror_attached_interfaces == N`
+//!    (gauge.rs); and the policy's status for `attachedPods == N`;
 //! 3. idle: 10 s with N pods attached, then the agent's RSS and CPU;
 //! 4. detach: every Pod object is deleted; the kernel is asked until no
-//!    hook is left on those ends;
+//!    hook is left on those ends, and /metrics until the agent counts none;
 //! 5. the agent gets SIGTERM and `mirror-agent uninstall` removes its pins.
 //!
 //! The report (report.rs) goes to target/scale/report.md and stdout, the
@@ -25,33 +26,25 @@
 //! is missed. Every namespace, mount and process is owned by a guard, and
 //! Ctrl-C only raises a flag, so every way out cleans up.
 
+mod gauge;
 mod hooks;
+mod memory;
+mod phases;
 mod report;
 mod topology;
 
-use std::{
-    path::Path,
-    process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::{Duration, Instant, SystemTime},
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use anyhow::{Context, Result};
+use serde_json::json;
 use testbed::{agent::Agent, apiserver::ApiServer, bpffs::BpfFs, netns::join};
 
 use crate::{
-    bench::{measure, report::Machine},
+    bench::{report::Machine, scrape::METRICS_ADDR},
     build, paths, run, setup,
     stop::{Interrupted, StopFlag},
 };
-use hooks::Want;
-use report::{Figures, Memory};
-use topology::{End, ScaleNet};
+use topology::ScaleNet;
 
 pub const DEFAULT_PODS: usize = 250;
 /// The agent holds at most this many interfaces (`mirror_common::MAX_INTERFACES`).
@@ -60,7 +53,7 @@ pub const MAX_PODS: usize = 1024;
 pub const ATTACH_TARGET: Duration = Duration::from_secs(10);
 /// The idle agent's VmRSS stays under this.
 pub const RSS_TARGET_KIB: u64 = 100 * 1024;
-/// How often the kernel and the status are asked.
+/// How often the kernel, /metrics and the status are asked.
 const POLL: Duration = Duration::from_millis(50);
 /// A phase that has not finished by then is reported as not finished.
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -220,7 +213,8 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     let mut cmd = net.node.command(&agent_bin.to_string_lossy());
     cmd.env("KUBECONFIG", kubeconfig.path())
         .env("RUST_LOG", &log_level)
-        .args(["run", "--node-name", NODE, "--metrics-addr", "off"])
+        .args(["run", "--node-name", NODE])
+        .args(["--metrics-addr", &METRICS_ADDR.to_string()])
         .args(["--status-interval", &STATUS_INTERVAL.to_string()])
         .arg("--pin-dir")
         .arg(&pin_dir)
@@ -243,7 +237,7 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     } else {
         net.host_ends()
     };
-    let outcome = measure_phases(&net, &ends, &server, pid, stop);
+    let outcome = phases::measure_phases(&net, &ends, &server, pid, stop);
     // Stop the agent whatever happened, and keep its log.
     let stopped = agent.stop().context("stopping the agent (SIGTERM)");
     let log = out_dir.join("agent.log");
@@ -273,8 +267,6 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     fig.ring_size = options.ring_size;
     fig.attach_point = options.attach_point;
     fig.log_level = log_level;
-    fig.reconciles = report::reconciles(&exit.stderr, fig.pods_created_at);
-    fig.attached_logged = report::attached_lines(&exit.stderr, fig.pods_created_at);
 
     // The pins were kept on SIGTERM: remove them (the hooks went with the pods).
     let mut uninstall = net.node.command(&agent_bin.to_string_lossy());
@@ -300,199 +292,6 @@ fn scale(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
         log.display()
     );
     fig.check()
-}
-
-/// Baseline, attach, idle and detach, with the agent running; `ends[i]`
-/// is where pod i's hooks are expected.
-fn measure_phases(
-    net: &ScaleNet,
-    ends: &[End],
-    server: &ApiServer,
-    pid: u32,
-    stop: &StopFlag,
-) -> Result<Figures> {
-    let n = ends.len();
-    // The agent writes the policy's first status (no pods yet) within a
-    // second or so; then it idles past --status-interval, so the status
-    // after the pods arrive is not held back by that first write.
-    println!("scale: baseline: the agent idles with no pods");
-    let started = Instant::now();
-    loop {
-        if node_status(server).is_some() {
-            break;
-        }
-        ensure_running(pid, stop)?;
-        if started.elapsed() > Duration::from_secs(15) {
-            bail!("the agent wrote no status for policy {TENANT}/{POLICY} within 15 s");
-        }
-        thread::sleep(POLL);
-    }
-    idle(Duration::from_secs(STATUS_INTERVAL + 1), pid, stop)?;
-    let baseline = Memory::of(pid)?;
-    println!("scale: baseline RSS {}", report::mib(baseline.rss));
-
-    // Attach: every Pod object at once.
-    println!("scale: attach: creating {n} Pod objects");
-    let cpu0 = measure::process_cpu_ns(pid)?;
-    let pods_created_at = SystemTime::now();
-    let t0 = Instant::now();
-    for (i, ip) in net.ips.iter().enumerate() {
-        server
-            .create(pod(i, &ip.to_string()))
-            .map_err(|e| anyhow::anyhow!("creating pod {}: {e}", pod_name(i)))?;
-    }
-    let create_objects = t0.elapsed();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let watcher = hooks::watch(ends.to_vec(), Want::Attached, t0, pid, cancel.clone())?;
-    let mut status: Option<Duration> = None;
-    let mut last_seen = None;
-    loop {
-        if status.is_none() {
-            let counts = node_status(server).map(|s| counts(&s));
-            if let Some((_, attached)) = counts
-                && attached == n as u64
-            {
-                status = Some(t0.elapsed());
-            }
-            last_seen = counts.or(last_seen);
-        }
-        if (status.is_some() && watcher.is_finished()) || t0.elapsed() > GIVE_UP {
-            break;
-        }
-        if let Err(e) = ensure_running(pid, stop) {
-            cancel.store(true, Ordering::SeqCst);
-            let _ = join(watcher);
-            return Err(e);
-        }
-        thread::sleep(POLL);
-    }
-    cancel.store(true, Ordering::SeqCst);
-    let attach = join(watcher).context("watching the hooks being attached")?;
-    let attach_cpu_ns = attach.cpu_at_done.unwrap_or(measure::process_cpu_ns(pid)?) - cpu0;
-    println!(
-        "scale: attach: {} of {n} attached, the last after {}; status attachedPods={} after {}",
-        attach.count(),
-        report::secs(attach.last()),
-        last_seen.map_or_else(|| "?".to_owned(), |(_, a)| a.to_string()),
-        report::secs(status)
-    );
-
-    // Idle with every pod attached.
-    println!("scale: idle: {} s with the pods attached", IDLE.as_secs());
-    let idle_cpu0 = measure::process_cpu_ns(pid)?;
-    idle(IDLE, pid, stop)?;
-    let idle_cpu_ns = measure::process_cpu_ns(pid)? - idle_cpu0;
-    let idle_memory = Memory::of(pid)?;
-    println!("scale: idle RSS {}", report::mib(idle_memory.rss));
-
-    // Detach: every Pod object deleted.
-    println!("scale: detach: deleting {n} Pod objects");
-    let cpu1 = measure::process_cpu_ns(pid)?;
-    let t1 = Instant::now();
-    for i in 0..n {
-        server
-            .delete("v1", "Pod", Some(TENANT), &pod_name(i))
-            .map_err(|e| anyhow::anyhow!("deleting pod {}: {e}", pod_name(i)))?;
-    }
-    let cancel = Arc::new(AtomicBool::new(false));
-    let watcher = hooks::watch(ends.to_vec(), Want::Detached, t1, pid, cancel.clone())?;
-    while !watcher.is_finished() {
-        if let Err(e) = ensure_running(pid, stop) {
-            cancel.store(true, Ordering::SeqCst);
-            let _ = join(watcher);
-            return Err(e);
-        }
-        thread::sleep(POLL);
-    }
-    let detach = join(watcher).context("watching the hooks being detached")?;
-    let detach_cpu_ns = detach.cpu_at_done.unwrap_or(measure::process_cpu_ns(pid)?) - cpu1;
-    println!(
-        "scale: detach: {} of {n} detached, the last after {}",
-        detach.count(),
-        report::secs(detach.last())
-    );
-    Ok(Figures {
-        pods: n,
-        setup: Default::default(),
-        create_objects,
-        pods_created_at,
-        attach: attach.at,
-        attach_cpu_ns,
-        status,
-        status_seen: last_seen,
-        baseline,
-        idle: idle_memory,
-        idle_secs: IDLE.as_secs_f64(),
-        idle_cpu_ns,
-        detach: detach.at,
-        detach_cpu_ns,
-        total_cpu_ns: measure::process_cpu_ns(pid)?,
-        status_interval: STATUS_INTERVAL,
-        ring_size: None,
-        attach_point: None,
-        log_level: String::new(),
-        reconciles: Vec::new(),
-        attached_logged: Vec::new(),
-    })
-}
-
-/// A Running pod of the tenant on this node, selected by the policy.
-fn pod(i: usize, ip: &str) -> Value {
-    let name = pod_name(i);
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": TENANT, "uid": format!("uid-scale-{i}"),
-                        "labels": {"app": "scale"}},
-           "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "example"}]},
-           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
-}
-
-/// The policy's status entry of this node, if written.
-fn node_status(server: &ApiServer) -> Option<Value> {
-    let policy = server.get(MIRROR, "MirrorPolicy", Some(TENANT), POLICY)?;
-    policy["status"]["nodes"]
-        .as_array()?
-        .iter()
-        .find(|e| e["node"] == NODE)
-        .cloned()
-}
-
-/// `(matchedPods, attachedPods)` of a status entry.
-fn counts(entry: &Value) -> (u64, u64) {
-    (
-        entry["matchedPods"].as_u64().unwrap_or(0),
-        entry["attachedPods"].as_u64().unwrap_or(0),
-    )
-}
-
-/// Fails if Ctrl-C was pressed or the agent has exited.
-fn ensure_running(pid: u32, stop: &StopFlag) -> Result<()> {
-    stop.check()?;
-    if !alive(pid) {
-        // Its log says why: the caller stops it and keeps the log.
-        bail!("the agent (pid {pid}) exited during the measurement");
-    }
-    Ok(())
-}
-
-/// Whether `pid` still runs (an exited child is a zombie until reaped).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
-        })
-        .unwrap_or(false)
-}
-
-/// Waits `how_long`, watching for Ctrl-C and the agent's exit.
-fn idle(how_long: Duration, pid: u32, stop: &StopFlag) -> Result<()> {
-    let until = Instant::now() + how_long;
-    while Instant::now() < until {
-        ensure_running(pid, stop)?;
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,113 +1,20 @@
 //! The scale run's figures, its verdict against issue #4's targets, and
 //! `target/scale/report.md`.
 
-use std::{
-    fmt::Write as _,
-    net::Ipv4Addr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::{
     ATTACH_TARGET, AttachPoint, GIVE_UP, POLL, RSS_TARGET_KIB,
+    gauge::{ATTACHED, Gauge},
+    memory::Memory,
     topology::{POD_IF, SetupTimes},
 };
-use crate::bench::report::{Machine, median};
-
-/// The agent's memory, KiB, from /proc/PID/status.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Memory {
-    pub rss: u64,
-    pub hwm: u64,
-    /// Heap and stacks.
-    pub anon: u64,
-    /// File-backed pages, including the BPF maps the agent has mmapped
-    /// (the ring buffer's pages are inserted at mmap time).
-    pub file: u64,
-    pub shmem: u64,
-    /// Proportional set size (/proc/PID/smaps_rollup): a page mapped twice
-    /// by the agent counts once here, twice in VmRSS.
-    pub pss: Option<u64>,
-    /// Rss of the agent's mappings of BPF maps (`anon_inode:bpf-map` in
-    /// /proc/PID/smaps): the ring buffer, its data pages mapped twice.
-    pub bpf_maps: Option<u64>,
-}
-
-impl Memory {
-    pub fn of(pid: u32) -> Result<Self> {
-        let path = format!("/proc/{pid}/status");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .with_context(|| format!("no {key} in {path}"))
-        };
-        Ok(Self {
-            rss: get("VmRSS:")?,
-            hwm: get("VmHWM:")?,
-            anon: get("RssAnon:")?,
-            file: get("RssFile:")?,
-            shmem: get("RssShmem:")?,
-            pss: smaps_rollup_pss(pid),
-            bpf_maps: bpf_map_rss(pid),
-        })
-    }
-
-    fn breakdown(&self) -> String {
-        let mut t = format!(
-            "{} (RssAnon {}, RssFile {}, RssShmem {}",
-            mib(self.rss),
-            mib(self.anon),
-            mib(self.file),
-            mib(self.shmem)
-        );
-        if let Some(b) = self.bpf_maps {
-            let _ = write!(t, "; BPF map mappings {}", mib(b));
-        }
-        if let Some(p) = self.pss {
-            let _ = write!(t, "; Pss {}", mib(p));
-        }
-        t.push(')');
-        t
-    }
-}
-
-/// `Pss:` of /proc/PID/smaps_rollup, KiB.
-fn smaps_rollup_pss(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// The summed `Rss:` of the mappings named `anon_inode:bpf-map` in
-/// /proc/PID/smaps, KiB.
-fn bpf_map_rss(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut in_map = false;
-    let mut total = 0;
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or_default();
-        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            // A mapping's header: range, perms, offset, dev, inode, [name].
-            in_map = fields.nth(4) == Some("anon_inode:bpf-map");
-        } else if in_map && first == "Rss:" {
-            total += fields.next()?.parse::<u64>().ok()?;
-        }
-    }
-    Some(total)
-}
-
-/// One `applied` line of the agent's log: a reconcile that changes the hooks.
-#[derive(Clone, Debug)]
-pub struct Reconcile {
-    /// Seconds after the Pod objects were created (negative: before).
-    pub at: Option<f64>,
-    pub interfaces: Option<u64>,
-}
+use crate::bench::{
+    report::{Machine, median},
+    scrape::METRICS_ADDR,
+};
 
 /// Everything one run measured.
 pub struct Figures {
@@ -115,10 +22,11 @@ pub struct Figures {
     pub setup: SetupTimes,
     /// Creating the N Pod objects in the fake API server.
     pub create_objects: Duration,
-    pub pods_created_at: SystemTime,
     /// Per pod: since the Pod objects were created, when both hooks were
     /// seen on its end (see [`Figures::attach_point`]).
     pub attach: Vec<Option<Duration>>,
+    /// The agent's count on its /metrics, since the Pod objects were created.
+    pub counted: Gauge,
     pub attach_cpu_ns: f64,
     /// When the policy's status first said `attachedPods == N`.
     pub status: Option<Duration>,
@@ -130,6 +38,8 @@ pub struct Figures {
     pub idle_cpu_ns: f64,
     /// Per pod: since the Pod objects were deleted, when no hook was left.
     pub detach: Vec<Option<Duration>>,
+    /// The agent's count on its /metrics, since the Pod objects were deleted.
+    pub counted_detach: Gauge,
     pub detach_cpu_ns: f64,
     pub total_cpu_ns: f64,
     pub status_interval: u64,
@@ -137,9 +47,6 @@ pub struct Figures {
     /// `--attach-point` for the agent; `None`: its default (`auto`).
     pub attach_point: Option<AttachPoint>,
     pub log_level: String,
-    pub reconciles: Vec<Reconcile>,
-    /// The agent's `attached` lines, seconds after the Pod objects were created.
-    pub attached_logged: Vec<f64>,
 }
 
 impl Figures {
@@ -183,11 +90,26 @@ impl Figures {
                     .map_or_else(|| "none".to_owned(), |(_, a)| a.to_string())
             ));
         }
+        if self.counted.reached.is_none() {
+            why.push(format!(
+                "the agent's /metrics did not say {ATTACHED}={n} within {} s (last read: {})",
+                GIVE_UP.as_secs(),
+                last_read(&self.counted)
+            ));
+        }
         if all_done(&self.detach).is_none() {
             why.push(format!(
                 "only {} of {n} pods were detached {} s after their deletion",
                 self.detach.iter().flatten().count(),
                 GIVE_UP.as_secs()
+            ));
+        }
+        if self.counted_detach.reached.is_none() {
+            why.push(format!(
+                "the agent's /metrics did not say {ATTACHED}=0 within {} s of the deletions \
+                 (last read: {})",
+                GIVE_UP.as_secs(),
+                last_read(&self.counted_detach)
             ));
         }
         why
@@ -252,65 +174,6 @@ fn spread(times: &[Option<Duration>]) -> String {
     }
 }
 
-/// The reconciles that changed the hooks (`applied` lines), with their
-/// time relative to `origin` (the log's timestamps are UTC RFC 3339).
-pub fn reconciles(log: &str, origin: SystemTime) -> Vec<Reconcile> {
-    log.lines()
-        .filter(|l| l.contains(" applied policies="))
-        .map(|l| Reconcile {
-            at: since(l, origin),
-            interfaces: l
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("interfaces="))
-                .and_then(|v| v.parse().ok()),
-        })
-        .collect()
-}
-
-/// When the agent logged an interface hooked (its `attached` lines), in
-/// seconds after `origin`: the hooks of a plan go on after its `applied`
-/// line, a few at a time.
-pub fn attached_lines(log: &str, origin: SystemTime) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains(" mirror_agent::mirror: attached "))
-        .filter_map(|l| since(l, origin))
-        .collect()
-}
-
-/// A log line's timestamp, in seconds after `origin` (negative: before).
-fn since(line: &str, origin: SystemTime) -> Option<f64> {
-    let origin = origin
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    line.split_whitespace()
-        .next()
-        .and_then(unix_seconds)
-        .map(|t| t - origin)
-}
-
-/// `2025-06-01T11:45:47.123456Z` as seconds since the epoch.
-fn unix_seconds(stamp: &str) -> Option<f64> {
-    let stamp = stamp.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.splitn(3, ':');
-    let (h, min) = (
-        t.next()?.parse::<f64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
-    );
-    let s = t.next()?.parse::<f64>().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + s)
-}
-
 pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) -> String {
     let n = f.pods;
     let mut t = String::new();
@@ -337,12 +200,13 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
         t,
         "A node namespace with a bridge and {n} pod namespaces, each joined by a veth whose \
          host end is a bridge port. The release agent, `mirror-agent run --node-name … \
-         --netns-path DIR --pin-dir … --metrics-addr off --status-interval {}{point}` with \
-         {ring}, runs in the node namespace against the fake API server \
+         --netns-path DIR --pin-dir … --metrics-addr {METRICS_ADDR} --status-interval \
+         {}{point}` with {ring}, runs in the node namespace against the fake API server \
          (`testbed::apiserver`), with one MirrorPolicy selecting every pod (VXLAN to {}). \
-         The {n} Pod objects (Running, podIP set) are created at once; the kernel is asked \
-         every {} ms which {ends} carry both our tcx programs (BPF_PROG_QUERY), so times \
-         are as polled. Targets (issue #4): all attached within {} s, idle RSS under {}.\n",
+         The {n} Pod objects (Running, podIP set) are created at once; every {} ms the \
+         kernel is asked which {ends} carry both our tcx programs (BPF_PROG_QUERY), and \
+         the agent's /metrics for its `{ATTACHED}`, so times are as polled. Targets \
+         (issue #4): all attached within {} s, idle RSS under {}.\n",
         f.status_interval,
         collector,
         POLL.as_millis(),
@@ -371,7 +235,7 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
             "The attach phase gave up after {} s with pods still to attach, and the agent \
              may have gone on attaching them through the idle and detach phases: the figures \
              after it (idle RSS and CPU, detach times) are not those of an idle agent. See \
-             the `attached` lines of target/scale/agent.log for when it finished.\n",
+             the agent's count below, or target/scale/agent.log, for when it finished.\n",
             GIVE_UP.as_secs()
         );
     }
@@ -400,6 +264,11 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
         "| time to the policy's status saying attachedPods={n} | {} (written at most every {} s) |",
         secs(f.status),
         f.status_interval
+    );
+    let _ = writeln!(
+        t,
+        "| time to the agent's /metrics saying {ATTACHED}={n} | {} |",
+        secs(f.counted.reached)
     );
     let _ = writeln!(
         t,
@@ -432,6 +301,11 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
     );
     let _ = writeln!(
         t,
+        "| time to the agent's /metrics saying {ATTACHED}=0 after the deletions | {} |",
+        secs(f.counted_detach.reached)
+    );
+    let _ = writeln!(
+        t,
         "| agent CPU from the deletions to all detached | {} |",
         cpu(f.detach_cpu_ns)
     );
@@ -461,65 +335,155 @@ pub fn markdown(f: &Figures, m: &Machine, command: &str, collector: Ipv4Addr) ->
 
     let _ = writeln!(
         t,
-        "\n## Reconciles\n\nThe agent's `applied` log lines (a reconcile that changes the \
-         hooks), in seconds after the Pod objects were created; its log (RUST_LOG={}) is \
+        "\n## The agent's count\n\nEach value of `{ATTACHED}` read on the agent's /metrics \
+         (every {} ms) that differed from the one before: the agent's own view, beside the \
+         kernel's above, which times the hooks themselves. Its log (RUST_LOG={}) is \
          target/scale/agent.log.\n",
+        POLL.as_millis(),
         f.log_level
     );
-    let logged = &f.attached_logged;
-    let (first, last) = (
-        logged.iter().copied().reduce(f64::min),
-        logged.iter().copied().reduce(f64::max),
-    );
-    if let (Some(a), Some(z)) = (first, last) {
-        let _ = writeln!(
-            t,
-            "It logged {} `attached` lines (an interface hooked), the first {a:.2} s and the \
-             last {z:.2} s after the Pod objects were created: a plan's `applied` line comes \
-             before its interfaces are hooked, a few at a time.\n",
-            logged.len()
-        );
-    }
-    if f.reconciles.is_empty() {
-        t.push_str("None logged (RUST_LOG hides info?).\n");
-    } else {
-        t.push_str("| t s | interfaces |\n|---|---|\n");
-        for r in &f.reconciles {
-            let _ = writeln!(
-                t,
-                "| {} | {} |",
-                r.at.map_or_else(|| "?".to_owned(), |a| format!("{a:.2}")),
-                r.interfaces
-                    .map_or_else(|| "?".to_owned(), |i| i.to_string())
-            );
-        }
+    for (phase, since, g) in [
+        ("attach", "the Pod objects were created", &f.counted),
+        ("detach", "the Pod objects were deleted", &f.counted_detach),
+    ] {
+        let _ = writeln!(t, "{}\n", counted_text(phase, since, g));
     }
     t
+}
+
+/// One phase's count as a table, in seconds after `since`, and its failed scrapes.
+fn counted_text(phase: &str, since: &str, g: &Gauge) -> String {
+    let mut t = format!("{phase}, seconds after {since}:\n\n");
+    if g.changes.is_empty() {
+        t.push_str("No answer.\n");
+    } else {
+        let _ = writeln!(t, "| t s | {ATTACHED} |\n|---|---|");
+        for (at, v) in &g.changes {
+            let _ = writeln!(t, "| {:.2} | {v} |", at.as_secs_f64());
+        }
+    }
+    if g.failed > 0 {
+        let _ = write!(t, "\n{} scrapes got no figures", g.failed);
+        for (at, e) in &g.errors {
+            let _ = write!(t, "; at {:.2} s: {e}", at.as_secs_f64());
+        }
+        t.push_str(".\n");
+    }
+    t
+}
+
+/// The last value a phase read, or `none`.
+fn last_read(g: &Gauge) -> String {
+    g.changes
+        .last()
+        .map_or_else(|| "none".to_owned(), |(_, v)| v.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn rfc3339_stamps() {
-        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0.0));
-        assert_eq!(unix_seconds("2000-03-01T00:00:01.5Z"), Some(951_868_801.5));
-        assert_eq!(unix_seconds("nonsense"), None);
+    /// Three pods, all attached by the kernel's view after 1.5 s, the
+    /// agent's count as `counted` read it, and every detach done.
+    fn figures(counted: Gauge) -> Figures {
+        let ms = Duration::from_millis;
+        Figures {
+            pods: 3,
+            setup: SetupTimes::default(),
+            create_objects: ms(20),
+            attach: vec![Some(ms(900)), Some(ms(1500)), Some(ms(1200))],
+            counted,
+            attach_cpu_ns: 2e8,
+            status: Some(ms(1800)),
+            status_seen: Some((3, 3)),
+            baseline: Memory {
+                rss: 40 * 1024,
+                ..Memory::default()
+            },
+            idle: Memory {
+                rss: 50 * 1024,
+                ..Memory::default()
+            },
+            idle_secs: 10.0,
+            idle_cpu_ns: 1e7,
+            detach: vec![Some(ms(400)); 3],
+            counted_detach: Gauge {
+                changes: vec![(ms(50), 3), (ms(350), 0)],
+                reached: Some(ms(350)),
+                ..Gauge::default()
+            },
+            detach_cpu_ns: 1e8,
+            total_cpu_ns: 1e9,
+            status_interval: 10,
+            ring_size: None,
+            attach_point: None,
+            log_level: "info".to_owned(),
+        }
+    }
+
+    fn machine() -> Machine {
+        Machine {
+            cpus: 2,
+            kernel: "6.12".to_owned(),
+            cpu_model: "test".to_owned(),
+            memory: "4 GiB".to_owned(),
+            load_at_start: "0.00".to_owned(),
+        }
     }
 
     #[test]
-    fn reconcile_lines() {
-        let log = "1970-01-01T00:00:10.250000Z  INFO mirror_agent::run: applied policies=1 interfaces=250\n\
-                   1970-01-01T00:00:10.300000Z  INFO mirror_agent::mirror: attached interface=x\n\
-                   1970-01-01T00:00:12.000000Z  INFO mirror_agent::mirror: detached: no longer in the policy interface=x";
-        let r = reconciles(log, UNIX_EPOCH + Duration::from_secs(10));
-        assert_eq!(r.len(), 1);
-        assert!((r[0].at.unwrap() - 0.25).abs() < 1e-6);
-        assert_eq!(r[0].interfaces, Some(250));
-        let a = attached_lines(log, UNIX_EPOCH + Duration::from_secs(10));
-        assert_eq!(a.len(), 1);
-        assert!((a[0] - 0.3).abs() < 1e-6);
+    fn reports_the_agents_count_from_metrics() {
+        let ms = Duration::from_millis;
+        let counted = Gauge {
+            changes: vec![(ms(50), 0), (ms(700), 2), (ms(1100), 3)],
+            reached: Some(ms(1100)),
+            failed: 1,
+            errors: vec![(ms(0), "answered 503 Service Unavailable".to_owned())],
+        };
+        let f = figures(counted);
+        assert!(f.problems().is_empty(), "{:?}", f.problems());
+        let text = markdown(
+            &f,
+            &machine(),
+            "cargo xtask scale --pods 3",
+            Ipv4Addr::LOCALHOST,
+        );
+        assert!(text.contains("**PASS**"), "{text}");
+        for row in [
+            "| time to the agent's /metrics saying mirror_attached_interfaces=3 | 1.10 s |",
+            "| time to the agent's /metrics saying mirror_attached_interfaces=0 after the deletions | 0.35 s |",
+            "| t s | mirror_attached_interfaces |",
+            "| 0.70 | 2 |\n| 1.10 | 3 |\n",
+            "| 0.05 | 3 |\n| 0.35 | 0 |\n",
+            "1 scrapes got no figures; at 0.00 s: answered 503 Service Unavailable.",
+            "--metrics-addr 127.0.0.1:9464",
+        ] {
+            assert!(text.contains(row), "no {row:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_count_that_never_gets_there_fails_the_run() {
+        let ms = Duration::from_millis;
+        let f = figures(Gauge {
+            changes: vec![(ms(50), 0), (ms(700), 2)],
+            ..Gauge::default()
+        });
+        let why = f.problems();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("did not say mirror_attached_interfaces=3")
+                && why[0].contains("(last read: 2)"),
+            "{why:?}"
+        );
+        assert!(f.check().is_err());
+        let text = markdown(
+            &f,
+            &machine(),
+            "cargo xtask scale --pods 3",
+            Ipv4Addr::LOCALHOST,
+        );
+        assert!(text.contains("**FAIL**"), "{text}");
     }
 
     #[test]
