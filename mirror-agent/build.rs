@@ -1,5 +1,5 @@
 //! Builds the eBPF object with the nightly toolchain (aya-build) and leaves it
-//! in OUT_DIR, where `kernel/hooks/` embeds it.
+//! in OUT_DIR, where `src/kernel/hooks/objects.rs` embeds it.
 fn main() -> aya_build::Result<()> {
     let root = env!("CARGO_MANIFEST_DIR");
     // The eBPF crate reads the ABI from mirror-common; rebuild when it changes.
