@@ -16,6 +16,7 @@
 //!   own `IFLA_LINK` is the pod interface's index and whose
 //!   `IFLA_LINK_NETNSID` is the id the host gives the pod's namespace.
 
+pub mod locate;
 pub mod podns;
 pub mod point;
 
