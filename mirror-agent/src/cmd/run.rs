@@ -1,37 +1,36 @@
 //! `mirror-agent run`: the node agent under Kubernetes. It watches its
-//! node's pods and the mirror's policies and collectors, works out what to
-//! mirror ([`desired`]), and moves the running mirror there
-//! ([`crate::datapath::mirror::Mirror::apply`]) whenever anything changes, writing
-//! each policy's status on this node ([`status`]). Hooks are pinned and
-//! kept on SIGTERM, so a restarted agent adopts them with no gap.
+//! node's pods and the mirror's policies and collectors ([`watch`]), and on
+//! every change reconciles ([`Reconciler`]): works out what to mirror and
+//! moves the running mirror there ([`crate::datapath::mirror::Mirror::apply`]),
+//! writing each policy's status on this node ([`status`]). Hooks are pinned
+//! and kept on SIGTERM, so a restarted agent adopts them with no gap. This
+//! file wires those together and handles signals.
+//!
+//! [`watch`]: crate::controller::watch
 
 use std::{io, path::Path, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     cli::RunArgs,
     controller::{
-        desired::{self, Locator, Outcome},
+        desired::Node,
+        reconcile::Reconciler,
         status::{self, StatusWriter},
         watch::Cluster,
     },
-    datapath::mirror::MirrorError,
-    datapath::{
-        mirror::{Mirror, Settings},
-        plan::Planned,
-    },
-    discovery::podns::NetnsIndex,
+    datapath::mirror::{Mirror, MirrorError, Settings},
+    discovery::{locate::Locator, podns::NetnsIndex},
     export::SocketMark,
-    kernel::pin::PinError,
-    kernel::privileges::{self, MissingPrivileges},
     kernel::{
         netns::{self, Namespace, NetnsError},
-        pin::PinDir,
+        pin::{PinDir, PinError},
+        privileges::{self, MissingPrivileges},
     },
     metrics::{self, MetricsAddr, MetricsError, Requests},
-    model::record::{IfaceId, WallClock},
+    model::record::WallClock,
 };
 
 /// Changes arriving together are applied together: a reconcile waits this
@@ -118,12 +117,19 @@ async fn agent(
     let node = args.node_name.clone();
     let client = kube::Client::try_default().await?;
     let cluster = Cluster::watch(&client, &node, &args.secrets_namespace);
-    let host = Namespace::current()?;
-    let mut locator = Locator::new(
+    let host_cookie = netns::current_cookie()?;
+    let locator = Locator::new(
         NetnsIndex::new(args.netns_paths.clone(), Path::new("/proc/self/ns/net")),
-        args.attach_point,
-        host,
-        netns::current_cookie()?,
+        Namespace::current()?,
+        host_cookie,
+    );
+    let mut reconciler = Reconciler::new(
+        locator,
+        Node {
+            attach_point: args.attach_point,
+            host_cookie,
+            tls_dir: args.tls_dir.clone(),
+        },
     );
     let mut writer = StatusWriter::new(&node, Duration::from_secs(args.status_interval.max(1)));
 
@@ -146,8 +152,7 @@ async fn agent(
         clock: WallClock::now()
             .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
     };
-    let tls_dir = args.tls_dir.clone();
-    let (plan, mut outcomes) = desired::compute(&cluster, &mut locator, &tls_dir);
+    let plan = reconciler.desire(&cluster.snapshot());
     let pins = PinDir::open(&args.pin_dir)?;
     let (mut mirror, adopted) = Mirror::start(
         &plan,
@@ -157,17 +162,10 @@ async fn agent(
         !args.cleanup_on_exit,
         false,
     )?;
-    let mut applied = fingerprint(&plan);
-    let failed = mirror.take_left_out();
-    if !failed.is_empty() {
-        applied.clear();
-        locator.forget_interfaces(&failed);
-        mark_left_out(&mut outcomes, &plan, &failed);
-    }
-    let mut current = plan;
+    reconciler.started(plan, &mut mirror);
     info!(
         node = %node,
-        policies = outcomes.len(),
+        policies = reconciler.outcomes().len(),
         interfaces = mirror.interfaces(),
         adopted = adopted.links,
         removed = adopted.removed,
@@ -181,37 +179,16 @@ async fn agent(
         tokio::select! {
             drained = mirror.drain() => {
                 drained.map_err(io_err("polling the ring buffer"))?;
-                let failed = mirror.take_left_out();
-                if !failed.is_empty() {
-                    // Looked for again, and tried again on the next change.
-                    applied.clear();
-                    locator.forget_interfaces(&failed);
-                    mark_left_out(&mut outcomes, &current, &failed);
-                }
+                reconciler.left_out(&mut mirror);
             }
             () = cluster.changed.notified() => {
                 tokio::time::sleep(SETTLE).await;
-                let (plan, now) = desired::compute(&cluster, &mut locator, &tls_dir);
-                outcomes = now;
-                let print = fingerprint(&plan);
-                if print != applied {
-                    match mirror.apply(&plan) {
-                        Ok(()) => {
-                            applied = print;
-                            info!(policies = plan.len(), interfaces = mirror.interfaces(), "applied");
-                            current = plan;
-                        }
-                        Err(error) => {
-                            warn!(%error, "applying the policies failed; trying again on the next change");
-                            mark_failed(&mut outcomes, &plan, &error);
-                        }
-                    }
-                }
+                reconciler.reconcile(&cluster.snapshot(), &mut mirror);
             }
             _ = status_tick.tick() => {
                 if writing.as_ref().is_none_or(|w| w.is_finished()) {
                     let due = writer.due(
-                        &outcomes,
+                        reconciler.outcomes(),
                         |name| mirror.policy_totals(name),
                         |policy| cluster.reported(policy),
                     );
@@ -228,33 +205,6 @@ async fn agent(
     metrics::set_ready(endpoint, false);
     mirror.stop();
     Ok(())
-}
-
-/// What distinguishes one plan from another, for skipping applies that
-/// would change nothing (every pod event wakes the reconciler).
-fn fingerprint(plan: &[Planned]) -> String {
-    format!("{plan:?}")
-}
-
-fn mark_left_out(outcomes: &mut [Outcome], plan: &[Planned], failed: &[IfaceId]) {
-    for p in plan {
-        let Some(o) = outcomes.iter_mut().find(|o| o.policy.plan_name() == p.name) else {
-            continue;
-        };
-        for iface in p.interfaces.iter().filter(|i| failed.contains(&i.id())) {
-            o.problems.push(format!("attaching to {iface} failed"));
-            o.attached = o.attached.saturating_sub(1);
-        }
-    }
-}
-
-fn mark_failed(outcomes: &mut [Outcome], plan: &[Planned], error: &MirrorError) {
-    for o in outcomes.iter_mut() {
-        if plan.iter().any(|p| p.name == o.policy.plan_name()) {
-            o.problems.push(format!("applying failed: {error}"));
-            o.attached = 0;
-        }
-    }
 }
 
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> RunError {

@@ -1,13 +1,19 @@
-//! From what the API server says to what this node mirrors: each policy is
-//! checked (spec, collector, tenancy), its pods on this node are found, and
-//! each pod's interface is located from kernel facts. The result is a plan
-//! for [`crate::datapath::mirror::Mirror::apply`] and, per policy, what its status on
-//! this node says.
+//! From what the API server says to what this node mirrors, as a pure
+//! function of plain data: each policy is checked (spec, collector,
+//! tenancy, the collector's Secret), its pods on this node are found, and
+//! where each pod's hooks go is decided from what discovery found about
+//! it. The result is a plan for [`crate::datapath::mirror::Mirror::apply`],
+//! per policy what its status on this node says, and the TLS files the
+//! plan's outputs read.
+//!
+//! Nothing here touches the kernel, the disk or the API server: discovery
+//! locates the pods [`to_locate`] names (`crate::discovery::locate`), and
+//! [`super::reconcile`] writes the TLS files before applying the plan.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
-    path::Path,
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -15,38 +21,34 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::{
-    controller::{secrets, watch::Cluster},
+    controller::{
+        secrets::TlsMaterial,
+        snapshot::{PolicyRef, Snapshot},
+    },
     datapath::plan::Planned,
-    discovery::{self, podns::NetnsIndex},
+    discovery::locate::{Located, LocatedPod, PodAddr},
+    export::output::Output,
     k8s::{MirrorCollector, Refusal, ValidPolicy, accept_cluster_policy, accept_policy, reasons},
-    kernel::{hooks::Interface, netns::Namespace},
+    kernel::hooks::Interface,
     model::{
-        record::{IfaceId, NetnsCookie, PolicyId},
+        record::{NetnsCookie, PolicyId},
         values::{AttachPoint, End},
     },
 };
 
-/// Which policy, of which kind.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PolicyRef {
-    pub cluster: bool,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl PolicyRef {
-    /// The policy's name in the plan, the log and metrics.
-    pub fn plan_name(&self) -> String {
-        if self.cluster {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.namespace, self.name)
-        }
-    }
+/// What the desired state depends on besides the cluster: this node's own.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Where pods' hooks go (`--attach-point`).
+    pub attach_point: AttachPoint,
+    /// The agent's own network namespace, the host's: host ends live there.
+    pub host_cookie: NetnsCookie,
+    /// Where TLS collectors' files are written, a directory per collector.
+    pub tls_dir: PathBuf,
 }
 
 /// One policy's standing on this node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub policy: PolicyRef,
     pub generation: Option<i64>,
@@ -60,124 +62,25 @@ pub struct Outcome {
     pub problems: Vec<String>,
 }
 
-/// Where one pod's hooks go, worked out once per pod and IP.
-#[derive(Clone, Debug)]
-struct Located {
-    ips: Vec<IpAddr>,
-    at: Result<Interface, String>,
+/// What this node should mirror now.
+#[derive(Debug)]
+pub struct Desired {
+    pub plan: Vec<Planned>,
+    /// Every policy's standing, in the order of their ids.
+    pub outcomes: Vec<Outcome>,
+    /// The credentials the plan's TLS outputs read, one per collector, to
+    /// be written before the plan is applied.
+    pub tls: Vec<TlsMaterial>,
 }
 
-/// Remembers pods' interfaces between reconciles: discovery enters
-/// namespaces, which is too slow to redo for every pod every time.
-pub struct Locator {
-    index: NetnsIndex,
-    wanted: AttachPoint,
-    host: Namespace,
-    host_cookie: NetnsCookie,
-    cache: HashMap<String, Located>,
-}
-
-impl Locator {
-    pub fn new(
-        index: NetnsIndex,
-        wanted: AttachPoint,
-        host: Namespace,
-        host_cookie: NetnsCookie,
-    ) -> Self {
-        Self {
-            index,
-            wanted,
-            host,
-            host_cookie,
-            cache: HashMap::new(),
-        }
-    }
-
-    fn locate(&mut self, uid: &str, ips: &[IpAddr]) -> Result<Interface, String> {
-        if let Some(found) = self.cache.get(uid)
-            && found.ips == ips
-            && let Ok(iface) = &found.at
-            // Still there: a pod's sandbox can be replaced under the same pod.
-            && iface.exists()
-        {
-            return found.at.clone();
-        }
-        let at = self.discover(ips);
-        self.cache.insert(
-            uid.to_owned(),
-            Located {
-                ips: ips.to_vec(),
-                at: at.clone(),
-            },
-        );
-        at
-    }
-
-    fn discover(&mut self, ips: &[IpAddr]) -> Result<Interface, String> {
-        let list = |ips: &[IpAddr]| {
-            ips.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut found = self.index.find(ips);
-        if found.is_empty() {
-            // A namespace made since the last look.
-            self.index.refresh();
-            found = self.index.find(ips);
-        }
-        let path = match found.as_slice() {
-            [one] => one.to_path_buf(),
-            [] => {
-                return Err(format!(
-                    "no network namespace on this node holds {}",
-                    list(ips)
-                ));
-            }
-            many => {
-                return Err(format!(
-                    "{} network namespaces hold {}; cannot tell which is the pod's",
-                    many.len(),
-                    list(ips)
-                ));
-            }
-        };
-        let pod = Namespace::open(&path).map_err(|e| e.to_string())?;
-        let network = discovery::discover(&self.host, &pod, ips).map_err(|e| e.to_string())?;
-        let decision = network.decide(self.wanted).map_err(|e| e.to_string())?;
-        match decision.end {
-            End::Host => Ok(Interface::local(
-                decision.interface,
-                decision.index,
-                self.host_cookie,
-                End::Host,
-            )),
-            End::Pod => {
-                let netns = pod.cookie().map_err(|e| e.to_string())?;
-                tracing::debug!(interface = %decision.interface, reason = ?decision.reason, "pod end");
-                Ok(Interface {
-                    label: decision.interface.clone(),
-                    name: decision.interface,
-                    index: decision.index,
-                    netns,
-                    end: End::Pod,
-                    ns: Some(Arc::new(pod)),
-                })
-            }
-        }
-    }
-
-    /// Forgets where these interfaces' pods were found, so they are looked
-    /// for again (an attach to them failed: the pod's sandbox was replaced).
-    pub fn forget_interfaces(&mut self, interfaces: &[IfaceId]) {
-        self.cache
-            .retain(|_, l| !matches!(&l.at, Ok(i) if interfaces.contains(&i.id())));
-    }
-
-    /// Forgets pods no longer on the node.
-    fn retain(&mut self, uids: &[String]) {
-        self.cache.retain(|uid, _| uids.contains(uid));
-    }
+/// The pods discovery must locate for [`compute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToLocate {
+    /// Every pod worth mirroring on this node, by uid: what was found for
+    /// others may be forgotten.
+    pub on_node: HashSet<String>,
+    /// Those a usable policy selects, hostNetwork ones left out.
+    pub pods: Vec<PodAddr>,
 }
 
 /// A pod worth mirroring: scheduled here, running, with an IP.
@@ -226,111 +129,198 @@ fn live(pod: &Pod) -> Option<LivePod> {
     })
 }
 
-/// What this node should mirror now, and each policy's standing.
+/// A policy this node can act on: accepted, with its output.
+struct Usable {
+    valid: ValidPolicy,
+    output: Output,
+    tls: Option<TlsMaterial>,
+}
+
+/// One policy, checked.
+struct Checked {
+    policy: PolicyRef,
+    generation: Option<i64>,
+    decision: Result<Usable, Refusal>,
+}
+
+/// The snapshot, checked and indexed.
+struct View {
+    ns_labels: HashMap<String, BTreeMap<String, String>>,
+    no_labels: BTreeMap<String, String>,
+    /// Every policy, in a fixed order (policy ids follow it).
+    checked: Vec<Checked>,
+    pods: Vec<LivePod>,
+}
+
+impl View {
+    /// `unwritable`: collectors whose TLS files could not be written, and why.
+    fn new(snapshot: &Snapshot, node: &Node, unwritable: &BTreeMap<String, String>) -> Self {
+        let collectors: HashMap<String, Arc<MirrorCollector>> = snapshot
+            .collectors
+            .iter()
+            .map(|c| (c.name_any(), c.clone()))
+            .collect();
+        let mut view = Self {
+            ns_labels: snapshot
+                .namespaces
+                .iter()
+                .map(|n| (n.name_any(), n.labels().clone()))
+                .collect(),
+            no_labels: BTreeMap::new(),
+            checked: Vec::new(),
+            pods: snapshot.pods.iter().filter_map(|p| live(p)).collect(),
+        };
+        // The plan lists pods in one order, whatever order the caches keep.
+        view.pods
+            .sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
+        let mut checked = Vec::new();
+        for p in &snapshot.policies {
+            let namespace = p.namespace().unwrap_or_default();
+            let collector = collectors.get(&p.spec.collector_ref.name).map(Arc::as_ref);
+            let accepted = accept_policy(p, view.labels_of(&namespace), collector);
+            checked.push((
+                PolicyRef {
+                    cluster: false,
+                    namespace,
+                    name: p.name_any(),
+                },
+                p.metadata.generation,
+                accepted,
+            ));
+        }
+        for p in &snapshot.cluster_policies {
+            let collector = collectors.get(&p.spec.collector_ref.name).map(Arc::as_ref);
+            checked.push((
+                PolicyRef {
+                    cluster: true,
+                    namespace: String::new(),
+                    name: p.name_any(),
+                },
+                p.metadata.generation,
+                accept_cluster_policy(p, collector),
+            ));
+        }
+        checked.sort_by(|a, b| a.0.cmp(&b.0));
+        view.checked = checked
+            .into_iter()
+            .map(|(policy, generation, accepted)| Checked {
+                policy,
+                generation,
+                decision: accepted.and_then(|valid| {
+                    // Accepted means the collector exists; no panic if not.
+                    let collector = collectors.get(&valid.collector).ok_or_else(|| Refusal {
+                        reason: reasons::COLLECTOR_NOT_FOUND,
+                        message: format!("no MirrorCollector is named \"{}\"", valid.collector),
+                    })?;
+                    usable(snapshot, node, unwritable, collector, valid)
+                }),
+            })
+            .collect();
+        view
+    }
+
+    fn labels_of(&self, namespace: &str) -> &BTreeMap<String, String> {
+        self.ns_labels.get(namespace).unwrap_or(&self.no_labels)
+    }
+
+    fn selects(&self, policy: &ValidPolicy, pod: &LivePod) -> bool {
+        policy.selects(&pod.namespace, self.labels_of(&pod.namespace), &pod.labels)
+    }
+}
+
+/// An accepted policy's output, and its collector's TLS credentials.
+fn usable(
+    snapshot: &Snapshot,
+    node: &Node,
+    unwritable: &BTreeMap<String, String>,
+    collector: &MirrorCollector,
+    valid: ValidPolicy,
+) -> Result<Usable, Refusal> {
+    let refuse = |message: String| Refusal {
+        reason: reasons::INVALID_COLLECTOR,
+        message: format!("MirrorCollector \"{}\": {message}", valid.collector),
+    };
+    let tls = match &collector.spec.tls {
+        None => None,
+        Some(tls) => Some(
+            TlsMaterial::from_snapshot(snapshot, &valid.collector, &tls.secret_name, &node.tls_dir)
+                .map_err(refuse)?,
+        ),
+    };
+    if let Some(why) = unwritable.get(&valid.collector) {
+        return Err(refuse(why.clone()));
+    }
+    let dir = tls.as_ref().map_or(&node.tls_dir, |m| &m.dir);
+    let output = collector
+        .spec
+        .output(dir)
+        .map_err(|e| refuse(format!("spec.{e}")))?;
+    Ok(Usable { valid, output, tls })
+}
+
+/// The pods [`compute`] will need located: those a usable policy selects.
+pub fn to_locate(snapshot: &Snapshot, node: &Node) -> ToLocate {
+    let view = View::new(snapshot, node, &BTreeMap::new());
+    let usable: Vec<&ValidPolicy> = view
+        .checked
+        .iter()
+        .filter_map(|c| c.decision.as_ref().ok().map(|u| &u.valid))
+        .collect();
+    ToLocate {
+        on_node: view.pods.iter().map(|p| p.uid.clone()).collect(),
+        pods: view
+            .pods
+            .iter()
+            .filter(|p| !p.host_network && usable.iter().any(|v| view.selects(v, p)))
+            .map(|p| PodAddr {
+                uid: p.uid.clone(),
+                ips: p.ips.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// What this node should mirror now, and each policy's standing, given
+/// what discovery found for the pods [`to_locate`] named (by uid), and the
+/// collectors whose TLS files could not be written (`unwritable`, by name:
+/// their policies are refused).
 pub fn compute(
-    cluster: &Cluster,
-    locator: &mut Locator,
-    tls_dir: &Path,
-) -> (Vec<Planned>, Vec<Outcome>) {
-    let collectors: HashMap<String, Arc<MirrorCollector>> = cluster
-        .collectors
-        .state()
-        .into_iter()
-        .map(|c| (c.name_any(), c))
-        .collect();
-    let ns_labels: HashMap<String, BTreeMap<String, String>> = cluster
-        .namespaces
-        .state()
-        .iter()
-        .map(|n| (n.name_any(), n.labels().clone()))
-        .collect();
-    let no_labels = BTreeMap::new();
-    let labels_of = |ns: &str| ns_labels.get(ns).unwrap_or(&no_labels);
-
-    // Every policy, checked, in a fixed order (policy ids follow it).
-    let mut checked: Vec<(PolicyRef, Option<i64>, Result<ValidPolicy, Refusal>)> = Vec::new();
-    for p in cluster.policies.state() {
-        let namespace = p.namespace().unwrap_or_default();
-        let collector = collectors.get(&p.spec.collector_ref.name).map(Arc::as_ref);
-        checked.push((
-            PolicyRef {
-                cluster: false,
-                namespace: namespace.clone(),
-                name: p.name_any(),
-            },
-            p.metadata.generation,
-            accept_policy(&p, labels_of(&namespace), collector),
-        ));
-    }
-    for p in cluster.cluster_policies.state() {
-        let collector = collectors.get(&p.spec.collector_ref.name).map(Arc::as_ref);
-        checked.push((
-            PolicyRef {
-                cluster: true,
-                namespace: String::new(),
-                name: p.name_any(),
-            },
-            p.metadata.generation,
-            accept_cluster_policy(&p, collector),
-        ));
-    }
-    checked.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let pods: Vec<LivePod> = cluster
-        .pods
-        .state()
-        .iter()
-        .filter_map(|p| live(p))
-        .collect();
-    locator.retain(&pods.iter().map(|p| p.uid.clone()).collect::<Vec<_>>());
+    snapshot: &Snapshot,
+    located: &Located,
+    node: &Node,
+    unwritable: &BTreeMap<String, String>,
+) -> Desired {
+    let view = View::new(snapshot, node, unwritable);
     // A pod (its interface) is mirrored by one policy: the first that selects it.
-    let mut claimed: HashMap<String, String> = HashMap::new();
-    let mut plan = Vec::new();
-    let mut outcomes = Vec::new();
-    for (i, (policy, generation, decision)) in checked.into_iter().enumerate() {
+    let mut claimed: HashMap<&str, String> = HashMap::new();
+    let mut desired = Desired {
+        plan: Vec::new(),
+        outcomes: Vec::new(),
+        tls: Vec::new(),
+    };
+    for (i, checked) in view.checked.iter().enumerate() {
+        let policy = &checked.policy;
         let mut outcome = Outcome {
             policy: policy.clone(),
-            generation,
-            accepted: decision.as_ref().map(|_| ()).map_err(Clone::clone),
+            generation: checked.generation,
+            accepted: checked.decision.as_ref().map(drop).map_err(Clone::clone),
             matched: 0,
             attached: 0,
             skipped_host_network: 0,
             problems: Vec::new(),
         };
-        let Ok(valid) = decision else {
-            outcomes.push(outcome);
+        let Ok(usable) = &checked.decision else {
+            desired.outcomes.push(outcome);
             continue;
         };
-        let collector = &collectors[&valid.collector];
-        let material = match &collector.spec.tls {
-            None => Ok(tls_dir.to_owned()),
-            Some(tls) => secrets::materialize(cluster, &valid.collector, &tls.secret_name, tls_dir),
-        };
-        let material = match material {
-            Ok(dir) => dir,
-            Err(message) => {
-                outcome.accepted = Err(Refusal {
-                    reason: reasons::INVALID_COLLECTOR,
-                    message: format!("MirrorCollector \"{}\": {message}", valid.collector),
-                });
-                outcomes.push(outcome);
-                continue;
-            }
-        };
-        let output = match collector.spec.output(&material) {
-            Ok(o) => o,
-            Err(e) => {
-                outcome.accepted = Err(Refusal {
-                    reason: reasons::INVALID_COLLECTOR,
-                    message: format!("MirrorCollector \"{}\": spec.{e}", valid.collector),
-                });
-                outcomes.push(outcome);
-                continue;
-            }
-        };
+        if let Some(m) = &usable.tls
+            && !desired.tls.iter().any(|t| t.collector == m.collector)
+        {
+            desired.tls.push(m.clone());
+        }
         let mut interfaces = Vec::new();
-        for pod in &pods {
-            if !valid.selects(&pod.namespace, labels_of(&pod.namespace), &pod.labels) {
+        for pod in &view.pods {
+            if !view.selects(&usable.valid, pod) {
                 continue;
             }
             if pod.host_network {
@@ -339,26 +329,28 @@ pub fn compute(
             }
             outcome.matched += 1;
             let who = format!("{}/{}", pod.namespace, pod.name);
-            if let Some(other) = claimed.get(&pod.uid) {
+            if let Some(other) = claimed.get(pod.uid.as_str()) {
                 outcome
                     .problems
                     .push(format!("pod {who} is already mirrored by policy {other}"));
                 continue;
             }
-            match locator.locate(&pod.uid, &pod.ips) {
-                Ok(mut iface) => {
-                    claimed.insert(pod.uid.clone(), policy.plan_name());
+            let found = located
+                .get(&pod.uid)
+                .cloned()
+                .unwrap_or_else(|| Err("not looked for on this node".into()));
+            match found.and_then(|f| interface(&f, node, who.clone())) {
+                Ok(iface) => {
+                    claimed.insert(&pod.uid, policy.plan_name());
                     outcome.attached += 1;
-                    // Outputs and metrics name the pod, not its interface.
-                    iface.label = who;
                     interfaces.push(iface);
                 }
                 Err(why) => outcome.problems.push(format!("pod {who}: {why}")),
             }
         }
         if !interfaces.is_empty() {
-            let body = valid.body;
-            plan.push(Planned {
+            let body = usable.valid.body.clone();
+            desired.plan.push(Planned {
                 // Ids start at 1; 0 stays free to mean "none" in the kernel.
                 id: PolicyId(i as u32 + 1),
                 name: policy.plan_name(),
@@ -368,10 +360,42 @@ pub fn compute(
                 snaplen: body.snaplen,
                 sample: body.sampling,
                 body: Some(body),
-                outputs: vec![output],
+                outputs: vec![usable.output.clone()],
             });
         }
-        outcomes.push(outcome);
+        desired.outcomes.push(outcome);
     }
-    (plan, outcomes)
+    desired
 }
+
+/// The interface to hook for a located pod, by the attach-point rule
+/// ([`crate::discovery::decide`]). `label` names the pod: outputs and
+/// metrics name the pod, not its interface.
+fn interface(found: &LocatedPod, node: &Node, label: String) -> Result<Interface, String> {
+    let decision = found
+        .network
+        .decide(node.attach_point)
+        .map_err(|e| e.to_string())?;
+    Ok(match decision.end {
+        End::Host => Interface {
+            label,
+            ..Interface::local(
+                decision.interface,
+                decision.index,
+                node.host_cookie,
+                End::Host,
+            )
+        },
+        End::Pod => Interface {
+            label,
+            name: decision.interface,
+            index: decision.index,
+            netns: found.netns.clone()?,
+            end: End::Pod,
+            ns: Some(found.ns.clone()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::{
-    controller::desired::{Outcome, PolicyRef},
+    controller::{desired::Outcome, snapshot::PolicyRef},
     datapath::mirror::PolicyTotals,
     k8s::{
         ClusterMirrorPolicy, GROUP, MirrorPolicy, NodeStatus, PolicyStatus, VERSION,

@@ -2,7 +2,8 @@
 //! and the three kinds of the mirror. Each is a kube-runtime reflector: a
 //! local cache kept by list+watch, which relists on 410 Gone and retries
 //! with backoff while the API server is away, keeping the last known state
-//! meanwhile. Any change wakes the reconciler.
+//! meanwhile. Any change wakes the reconciler, which takes a [`Snapshot`]
+//! of the caches.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::{
-    controller::desired::PolicyRef,
+    controller::snapshot::{PolicyRef, Snapshot},
     k8s::{ClusterMirrorPolicy, MirrorCollector, MirrorPolicy, PolicyStatus},
 };
 
@@ -88,6 +89,18 @@ impl Cluster {
         let _ = self.cluster_policies.wait_until_ready().await;
         let _ = self.collectors.wait_until_ready().await;
         let _ = self.secrets.wait_until_ready().await;
+    }
+
+    /// What the caches hold now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            pods: self.pods.state(),
+            namespaces: self.namespaces.state(),
+            policies: self.policies.state(),
+            cluster_policies: self.cluster_policies.state(),
+            collectors: self.collectors.state(),
+            secrets: self.secrets.state(),
+        }
     }
 
     /// A policy's status as last seen: every node's entry.

@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// One policy, resolved against the interfaces of this network namespace.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Planned {
     pub id: PolicyId,
     pub name: String,

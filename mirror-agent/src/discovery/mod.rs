@@ -18,10 +18,12 @@
 //!
 //! The parts: `pod.rs` what the pod's namespace says, `host.rs` the check
 //! from the host's, `link.rs` the netlink attributes both read; `point.rs`
-//! where the hooks go, `podns.rs` finding pods' namespaces.
+//! where the hooks go, `podns.rs` finding pods' namespaces, `locate.rs`
+//! the cache `run` keeps of both per pod.
 
 mod host;
 mod link;
+pub mod locate;
 mod pod;
 pub mod podns;
 pub mod point;
