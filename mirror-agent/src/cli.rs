@@ -12,7 +12,10 @@ use mirror_common::DEFAULT_RING_BYTES;
 use crate::{
     collect::{OutputDir, listen::Listen},
     export::output::Output,
-    model::values::{AttachMode, DirectionArg, MarkArg, RingSize, SampleRate, Snaplen},
+    model::{
+        direction::Directions,
+        values::{AttachMode, MarkArg, RingSize, SampleRate, Snaplen},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -196,8 +199,8 @@ pub struct AttachArgs {
 
     /// Which packets to mirror, from the interface's own point of view (as `tcpdump -Q`):
     /// ingress = received by the interface, egress = sent by it.
-    #[arg(short, long, value_enum, default_value_t = DirectionArg::Both)]
-    pub direction: DirectionArg,
+    #[arg(short, long, value_enum, default_value_t = Directions::Both)]
+    pub direction: Directions,
 
     /// Bytes kept per packet (1 to 262144); longer packets are cut, and their original
     /// length is kept. Default: the whole packet, as tcpdump.

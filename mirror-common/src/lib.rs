@@ -105,6 +105,17 @@ pub const SIZE_CLASSES: [u32; 13] = [
     131_072,
     MAX_SNAPLEN,
 ];
+// The hook takes the first class that holds the capture, which is the
+// smallest only if they ascend, and always finds one only if the last holds
+// a whole snaplen.
+const _: () = {
+    let mut i = 1;
+    while i < SIZE_CLASSES.len() {
+        assert!(SIZE_CLASSES[i - 1] < SIZE_CLASSES[i]);
+        i += 1;
+    }
+    assert!(SIZE_CLASSES[SIZE_CLASSES.len() - 1] == MAX_SNAPLEN);
+};
 
 /// What names a hooked interface to the hook: its network namespace (the
 /// kernel's netns cookie: [`GLOBAL_NETNS_COOKIE`], or [`MAP_NS_SELF`] of the

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use mirror_common::{
     Counters, DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig, IfaceKey,
-    MAX_INTERFACES, RecordHeader,
+    MAX_INTERFACES, RecordHeader, SIZE_CLASSES,
 };
 
 #[map(name = "MIRROR_CONFIG")]
@@ -132,15 +132,29 @@ fn mirror(ctx: &TcContext, direction: u32) {
         len,
         cap,
     };
-    // The smallest class that holds `cap` bytes (classes as mirror_common::SIZE_CLASSES).
+    // The smallest class that holds `cap` bytes, one branch per class: a
+    // reservation's size is in its type (`Record<N>`, a constant for the
+    // verifier), so the classes are unrolled, not looped over.
     macro_rules! classes {
-        ($($n:literal),*) => {
-            $( if cap <= $n { return out.emit::<$n>(); } )*
+        ($($i:literal),*) => {
+            // Every class is listed, each once and in order.
+            const _: () = {
+                let listed = [$($i),*];
+                assert!(listed.len() == SIZE_CLASSES.len());
+                let mut i = 0;
+                while i < listed.len() {
+                    assert!(listed[i] == i);
+                    i += 1;
+                }
+            };
+            $(
+                if cap <= const { SIZE_CLASSES[$i] as u64 } {
+                    return out.emit::<{ SIZE_CLASSES[$i] as usize }>();
+                }
+            )*
         };
     }
-    classes!(
-        64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144
-    );
+    classes!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
 }
 
 struct Out<'a> {

@@ -21,7 +21,7 @@ use mirror_agent::{
         gre::{Gre, GreKey},
         vxlan::{self, Vxlan},
     },
-    model::record::{Direction, IfIndex},
+    model::{direction::Direction, record::IfIndex},
 };
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use testbed::tshark::{Row, Severity, Tshark};

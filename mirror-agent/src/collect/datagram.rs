@@ -27,7 +27,7 @@ use crate::{
         gre::{self, GreError},
         vxlan::{self, VxlanError},
     },
-    model::record::Direction,
+    model::direction::Direction,
 };
 
 /// What a datagram listener receives.

@@ -11,7 +11,7 @@
 use std::io::{self, Read};
 
 use super::stats::Reason;
-use crate::model::record::Direction;
+use crate::model::direction::Direction;
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 0x0000_0001;

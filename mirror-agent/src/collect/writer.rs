@@ -25,7 +25,7 @@ use std::{
 use mirror_common::MAX_SNAPLEN;
 use tracing::{info, warn};
 
-use crate::{export::pcapng, model::record::Direction};
+use crate::{export::pcapng, model::direction::Direction};
 
 /// How often the writer flushes to disk and checks the age of its file.
 const TICK: Duration = Duration::from_secs(1);

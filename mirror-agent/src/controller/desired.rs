@@ -356,7 +356,7 @@ pub fn compute(
                 name: policy.plan_name(),
                 interfaces,
                 // As the pod sees them; a host end swaps them.
-                directions: body.direction.pod_end_bits(),
+                directions: body.direction,
                 snaplen: body.snaplen,
                 sample: body.sampling,
                 body: Some(body),

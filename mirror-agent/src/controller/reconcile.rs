@@ -146,6 +146,7 @@ mod tests {
         export::output::Output,
         kernel::hooks::Interface,
         model::{
+            direction::Directions,
             record::{IfIndex, NetnsCookie, PolicyId},
             values::{End, SampleRate, Snaplen},
         },
@@ -183,7 +184,7 @@ mod tests {
                     )
                 })
                 .collect(),
-            directions: 3,
+            directions: Directions::Both,
             snaplen: Snaplen::MAX,
             sample: SampleRate::ALL,
             body: None,

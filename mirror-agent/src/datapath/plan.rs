@@ -7,6 +7,7 @@ use crate::{
     export::output::Output,
     kernel::hooks::Interface,
     model::{
+        direction::Directions,
         record::PolicyId,
         values::{SampleRate, Snaplen},
     },
@@ -19,9 +20,9 @@ pub struct Planned {
     pub id: PolicyId,
     pub name: String,
     pub interfaces: Vec<Interface>,
-    /// Direction bits (`mirror_common::DIR_*`) as the pods see them; each
-    /// interface turns them into its hook's ([`Interface::hook_bits`]).
-    pub directions: u32,
+    /// As the pods see them; each interface turns them into its hook's
+    /// ([`Interface::hook_bits`]).
+    pub directions: Directions,
     pub snaplen: Snaplen,
     pub sample: SampleRate,
     /// Rules, pcap-filter and rate limit; the flags have none of them.

@@ -40,7 +40,10 @@ fn policy_yaml_round_trip() {
     let valid = policy.validate().expect("valid");
     assert_eq!(valid.scope, policy::Scope::Namespace("shop".into()));
     assert_eq!(valid.body.snaplen.get(), 256);
-    assert_eq!(valid.body.direction, crate::policy::Direction::Ingress);
+    assert_eq!(
+        valid.body.direction,
+        crate::model::direction::Directions::Ingress
+    );
     assert_eq!(valid.body.rules.rules()[0].action(), Action::Reject);
     assert_eq!(
         valid.body.filter.as_ref().map(|f| f.as_str()),

@@ -1,7 +1,9 @@
-//! A minimal blocking rtnetlink exchange for discovery: one request, its
-//! replies parsed by netlink-packet-route. It runs in the calling thread's
-//! network namespace (the socket belongs to the namespace it is opened in),
-//! so callers for another namespace go through `crate::kernel::netns`.
+//! The agent's one rtnetlink exchange, minimal and blocking: one request,
+//! its replies parsed by netlink-packet-route, whole ([`dump`], [`get`]) or
+//! only as far as the caller needs ([`dump_with`]). It runs in the calling
+//! thread's network namespace (the socket belongs to the namespace it is
+//! opened in), so callers for another namespace go through
+//! `crate::kernel::netns`.
 
 use std::io;
 
@@ -14,8 +16,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::libc;
 
-/// Dump datagrams are at most 32 KiB; twice that leaves room, and
-/// `MSG_TRUNC` still catches a longer one (as in `crate::kernel::qdisc`).
+/// Dump datagrams are at most 32 KiB (the kernel's cap for netlink dumps);
+/// twice that leaves room, and `MSG_TRUNC` still catches a longer one.
 const RECV_BUFFER: usize = 64 * 1024;
 
 /// A dump that raced with changes elsewhere is retried this often.
@@ -51,8 +53,19 @@ impl NetlinkError {
 /// Every object of a kind (`NLM_F_DUMP`), retried when the kernel flags
 /// the dump as interrupted by concurrent changes.
 pub fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    dump_with(request, whole)
+}
+
+/// A dump that keeps what `pick` makes of each reply, from its message type
+/// and payload (`None`: skip it). For dumps of which only some replies
+/// matter: those the caller does not want are never parsed whole, so one
+/// whose attributes netlink-packet-route cannot read does no harm.
+pub fn dump_with<T>(
+    request: RouteNetlinkMessage,
+    mut pick: impl FnMut(u16, &[u8]) -> Result<Option<T>, DecodeError>,
+) -> Result<Vec<T>, NetlinkError> {
     for _ in 0..DUMP_TRIES {
-        let (replies, interrupted) = exchange(&request, NLM_F_DUMP)?;
+        let (replies, interrupted) = exchange(&request, NLM_F_DUMP, &mut pick)?;
         if !interrupted {
             return Ok(replies);
         }
@@ -64,20 +77,26 @@ pub fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, Ne
 /// `NLM_F_ACK` makes the kernel end the exchange with an acknowledgement,
 /// so the end is known without guessing how many replies come.
 pub fn get(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-    exchange(&request, NLM_F_ACK).map(|(replies, _)| replies)
+    exchange(&request, NLM_F_ACK, whole).map(|(replies, _)| replies)
 }
 
-fn exchange(
+/// Every reply, parsed whole.
+fn whole(kind: u16, payload: &[u8]) -> Result<Option<RouteNetlinkMessage>, DecodeError> {
+    RouteNetlinkMessage::parse_with_param(payload, kind).map(Some)
+}
+
+fn exchange<T>(
     request: &RouteNetlinkMessage,
     flags: u16,
-) -> Result<(Vec<RouteNetlinkMessage>, bool), NetlinkError> {
+    pick: impl FnMut(u16, &[u8]) -> Result<Option<T>, DecodeError>,
+) -> Result<(Vec<T>, bool), NetlinkError> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     // Connected to the kernel, so nothing but its replies arrives here.
     socket.connect(&SocketAddr::new(0, 0))?;
     socket.send(&encode(request.clone(), flags), 0)?;
 
-    let mut reader = Reader::default();
+    let mut reader = Reader::new(pick);
     let mut buf = vec![0u8; RECV_BUFFER];
     while !reader.done {
         // MSG_TRUNC returns the datagram's full length, so a cut one is
@@ -100,15 +119,24 @@ fn encode(message: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
     buf
 }
 
-/// Replies read datagram by datagram.
-#[derive(Debug, Default)]
-struct Reader {
-    replies: Vec<RouteNetlinkMessage>,
+/// Replies read datagram by datagram, each kept as `pick` makes it.
+struct Reader<T, P> {
+    pick: P,
+    replies: Vec<T>,
     interrupted: bool,
     done: bool,
 }
 
-impl Reader {
+impl<T, P: FnMut(u16, &[u8]) -> Result<Option<T>, DecodeError>> Reader<T, P> {
+    fn new(pick: P) -> Self {
+        Self {
+            pick,
+            replies: Vec::new(),
+            interrupted: false,
+            done: false,
+        }
+    }
+
     fn datagram(&mut self, mut rest: &[u8]) -> Result<(), NetlinkError> {
         while !rest.is_empty() && !self.done {
             let message = NetlinkBuffer::new_checked(rest)?;
@@ -132,8 +160,9 @@ impl Reader {
                     }
                 }
                 kind if message.sequence_number() == SEQ => {
-                    self.replies
-                        .push(RouteNetlinkMessage::parse_with_param(payload, kind)?);
+                    if let Some(reply) = (self.pick)(kind, payload)? {
+                        self.replies.push(reply);
+                    }
                 }
                 _ => {}
             }
@@ -152,7 +181,7 @@ fn kernel(code: i32) -> NetlinkError {
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::{DoneMessage, ErrorMessage};
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkMessage};
 
     use super::*;
 
@@ -178,6 +207,12 @@ mod tests {
         message(SEQ, 0, NetlinkPayload::Done(DoneMessage::default()))
     }
 
+    fn failed_done(code: i32) -> Vec<u8> {
+        let mut d = DoneMessage::default();
+        d.code = code;
+        message(SEQ, 0, NetlinkPayload::Done(d))
+    }
+
     fn error(code: i32) -> Vec<u8> {
         let mut e = ErrorMessage::default();
         e.code = std::num::NonZeroI32::new(code);
@@ -186,7 +221,7 @@ mod tests {
 
     #[test]
     fn replies_are_collected_across_datagrams_until_done() {
-        let mut r = Reader::default();
+        let mut r = Reader::new(whole);
         r.datagram(&link(SEQ, 3, "eth0")).expect("parses");
         assert!(!r.done);
         let mut second = link(SEQ, 4, "eth1");
@@ -200,7 +235,7 @@ mod tests {
     fn an_acknowledgement_ends_a_get() {
         let mut datagram = link(SEQ, 3, "eth0");
         datagram.extend(error(0));
-        let mut r = Reader::default();
+        let mut r = Reader::new(whole);
         r.datagram(&datagram).expect("parses");
         assert!(r.done);
         assert_eq!(r.replies.len(), 1);
@@ -208,10 +243,36 @@ mod tests {
 
     #[test]
     fn kernel_errors_keep_their_errno() {
-        let err = Reader::default()
+        let err = Reader::new(whole)
             .datagram(&error(-libc::ENODEV))
             .unwrap_err();
         assert_eq!(err.errno(), Some(libc::ENODEV));
+    }
+
+    #[test]
+    fn a_dump_that_ends_in_an_error_keeps_its_errno() {
+        let err = Reader::new(whole)
+            .datagram(&failed_done(-libc::EINVAL))
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn replies_can_be_picked_without_parsing_them_whole() {
+        let mut datagram = link(SEQ, 3, "eth0");
+        datagram.extend(link(SEQ, 4, "eth1"));
+        datagram.extend(done());
+        let mut kinds = Vec::new();
+        let mut r = Reader::new(|kind: u16, payload: &[u8]| {
+            kinds.push(kind);
+            // Only the fixed header, as `crate::kernel::qdisc` reads its dump.
+            Ok((LinkHeader::parse(payload)?.index == 4).then_some("eth1"))
+        });
+        r.datagram(&datagram).expect("parses");
+        assert!(r.done);
+        assert_eq!(r.replies, ["eth1"]);
+        drop(r);
+        assert_eq!(kinds, [libc::RTM_NEWLINK; 2]);
     }
 
     #[test]
@@ -223,7 +284,7 @@ mod tests {
             RouteNetlinkMessage::NewLink(LinkMessage::default()).into(),
         ));
         datagram.extend(done());
-        let mut r = Reader::default();
+        let mut r = Reader::new(whole);
         r.datagram(&datagram).expect("parses");
         assert_eq!(r.replies.len(), 1);
         assert!(r.interrupted);
@@ -233,7 +294,7 @@ mod tests {
     fn a_cut_message_is_an_error() {
         let datagram = link(SEQ, 3, "eth0");
         assert!(
-            Reader::default()
+            Reader::new(whole)
                 .datagram(&datagram[..datagram.len() - 4])
                 .is_err()
         );

@@ -7,26 +7,15 @@
 //! ffff:fff3, but files it in the `ingress` qdisc's only block, where it runs
 //! on *ingress* packets. So the slot is asked for before attaching.
 
-use std::io;
-
 use aya::programs::TcAttachType;
-use netlink_packet_core::{
-    DecodeError, DoneBuffer, ErrorBuffer, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE,
-    NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
-};
+use netlink_packet_core::{DecodeError, Parseable};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcAttribute, TcHandle, TcHeader, TcMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::libc;
 
-/// Dump datagrams are at most 32 KiB (the kernel's cap for netlink dumps);
-/// twice that leaves room, and `MSG_TRUNC` still catches a longer one.
-const RECV_BUFFER: usize = 64 * 1024;
-
-/// A dump that raced with qdisc changes elsewhere is retried this often.
-const DUMP_TRIES: usize = 3;
+use crate::kernel::netlink::{self, NetlinkError};
 
 /// What sits in an interface's ingress slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,13 +60,7 @@ pub enum QdiscError {
     #[error("it has no qdisc at its ingress slot even after adding `clsact` (removed meanwhile?)")]
     Vanished,
     #[error("asking the kernel for its qdiscs failed: {0}")]
-    Io(#[from] io::Error),
-    #[error("the kernel's qdisc dump is malformed: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("a qdisc dump datagram of {0} bytes exceeds the receive buffer")]
-    Truncated(usize),
-    #[error("the qdisc dump was interrupted by concurrent changes {DUMP_TRIES} times in a row")]
-    Interrupted,
+    Netlink(#[from] NetlinkError),
 }
 
 /// Whether a `hook` can go on the qdisc in `slot`: only `clsact` has both
@@ -97,106 +80,41 @@ pub fn decide(slot: &IngressSlot, hook: TcAttachType) -> Result<Action, QdiscErr
 /// Asks the kernel (one RTM_GETQDISC dump in the caller's network namespace)
 /// what sits in the ingress slot of interface `ifindex`.
 pub fn ingress_slot(ifindex: u32) -> Result<IngressSlot, QdiscError> {
-    for _ in 0..DUMP_TRIES {
-        if let Some(slot) = dump(ifindex)? {
-            return Ok(slot);
-        }
+    let request = RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default());
+    let found = netlink::dump_with(request, |kind, payload| {
+        ingress_qdisc(kind, payload, ifindex)
+    })?;
+    Ok(found.into_iter().last().unwrap_or(IngressSlot::Empty))
+}
+
+/// The qdisc one reply of the dump names, if it is the one in the ingress
+/// slot of `ifindex`. The dump covers every interface of the namespace (the
+/// request names none), so each qdisc's fixed header is read first and only
+/// the one wanted is parsed whole: a qdisc elsewhere whose options the crate
+/// cannot parse does not matter.
+fn ingress_qdisc(
+    kind: u16,
+    payload: &[u8],
+    ifindex: u32,
+) -> Result<Option<IngressSlot>, DecodeError> {
+    if kind != libc::RTM_NEWQDISC {
+        return Ok(None);
     }
-    Err(QdiscError::Interrupted)
-}
-
-/// One dump; `None` when the kernel flagged it as interrupted.
-fn dump(ifindex: u32) -> Result<Option<IngressSlot>, QdiscError> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    // Connected to the kernel, so nothing but its replies arrives here.
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&dump_request(), 0)?;
-
-    let mut scan = Scan::default();
-    let mut buf = vec![0u8; RECV_BUFFER];
-    while !scan.done {
-        // MSG_TRUNC makes recv return the datagram's full length, so a cut
-        // one is noticed rather than parsed as a short dump.
-        let len = socket.recv(&mut &mut buf[..], libc::MSG_TRUNC)?;
-        let datagram = buf.get(..len).ok_or(QdiscError::Truncated(len))?;
-        scan.datagram(datagram, ifindex)?;
+    let header = TcHeader::parse(payload)?;
+    if u32::try_from(header.index) != Ok(ifindex) || header.parent != TcHandle::INGRESS {
+        return Ok(None);
     }
-    Ok((!scan.interrupted).then(|| scan.slot.unwrap_or(IngressSlot::Empty)))
-}
-
-fn dump_request() -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let payload = RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default());
-    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(payload));
-    request.finalize();
-    let mut buf = vec![0u8; request.buffer_len()];
-    request.serialize(&mut buf);
-    buf
-}
-
-/// The state of a dump read datagram by datagram.
-#[derive(Debug, Default)]
-struct Scan {
-    slot: Option<IngressSlot>,
-    interrupted: bool,
-    done: bool,
-}
-
-impl Scan {
-    /// Reads one datagram's messages. The dump covers every interface of the
-    /// namespace (the request names none), so each qdisc's
-    /// fixed header is read first and only the one wanted is parsed whole: a
-    /// qdisc elsewhere whose options the crate cannot parse does not matter.
-    fn datagram(&mut self, mut rest: &[u8], ifindex: u32) -> Result<(), QdiscError> {
-        while !rest.is_empty() && !self.done {
-            let message = NetlinkBuffer::new_checked(rest)?;
-            if message.flags() & NLM_F_DUMP_INTR != 0 {
-                self.interrupted = true;
-            }
-            let payload = message.payload();
-            match message.message_type() {
-                NLMSG_DONE => {
-                    self.done = true;
-                    let code = DoneBuffer::new_checked(payload)?.code();
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(code.saturating_abs()).into());
-                    }
-                }
-                NLMSG_ERROR => {
-                    if let Some(code) = ErrorBuffer::new_checked(payload)?.code() {
-                        return Err(
-                            io::Error::from_raw_os_error(code.get().saturating_abs()).into()
-                        );
-                    }
-                }
-                libc::RTM_NEWQDISC => {
-                    let header = TcHeader::parse(payload)?;
-                    if u32::try_from(header.index) == Ok(ifindex)
-                        && header.parent == TcHandle::INGRESS
-                    {
-                        let qdisc = TcMessage::parse(payload)?;
-                        let kind = qdisc.attributes.iter().find_map(|a| match a {
-                            TcAttribute::Kind(kind) => Some(kind.as_str()),
-                            _ => None,
-                        });
-                        self.slot = Some(IngressSlot::from_kind(kind.unwrap_or("")));
-                    }
-                }
-                _ => {}
-            }
-            // Messages are 4-byte aligned within a datagram.
-            let next = (message.length() as usize).next_multiple_of(4);
-            rest = rest.get(next..).unwrap_or_default();
-        }
-        Ok(())
-    }
+    let qdisc = TcMessage::parse(payload)?;
+    let kind = qdisc.attributes.iter().find_map(|a| match a {
+        TcAttribute::Kind(kind) => Some(kind.as_str()),
+        _ => None,
+    });
+    Ok(Some(IngressSlot::from_kind(kind.unwrap_or(""))))
 }
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_core::{DoneMessage, ErrorMessage};
+    use netlink_packet_core::Emitable;
 
     use super::*;
 
@@ -242,86 +160,48 @@ mod tests {
         }
     }
 
-    fn message(flags: u16, payload: RouteNetlinkMessage) -> Vec<u8> {
-        encode(flags, NetlinkPayload::from(payload))
-    }
-
-    fn encode(flags: u16, payload: NetlinkPayload<RouteNetlinkMessage>) -> Vec<u8> {
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        let mut m = NetlinkMessage::new(header, payload);
-        m.finalize();
-        let mut buf = vec![0u8; m.buffer_len()];
-        m.serialize(&mut buf);
-        buf
-    }
-
+    /// One reply of the dump: a qdisc's payload, after the netlink header.
     fn qdisc(ifindex: i32, parent: TcHandle, kind: &str) -> Vec<u8> {
         let mut tc = TcMessage::with_index(ifindex);
         tc.header.parent = parent;
         tc.attributes.push(TcAttribute::Kind(kind.into()));
-        message(0, RouteNetlinkMessage::NewQueueDiscipline(tc))
+        let mut buf = vec![0u8; tc.buffer_len()];
+        tc.emit(&mut buf);
+        buf
     }
 
-    fn done(code: i32) -> Vec<u8> {
-        let mut d = DoneMessage::default();
-        d.code = code;
-        encode(0, NetlinkPayload::Done(d))
-    }
-
-    #[test]
-    fn scan_picks_the_ingress_slot_of_the_interface() {
-        let mut datagram = qdisc(7, TcHandle::INGRESS, "clsact");
-        datagram.extend(qdisc(3, TcHandle::ROOT, "noqueue"));
-        datagram.extend(qdisc(3, TcHandle::INGRESS, "ingress"));
-        datagram.extend(done(0));
-        let mut scan = Scan::default();
-        scan.datagram(&datagram, 3).expect("parses");
-        assert!(scan.done && !scan.interrupted);
-        assert_eq!(scan.slot, Some(IngressSlot::Ingress));
+    fn pick(payload: &[u8], ifindex: u32) -> Option<IngressSlot> {
+        ingress_qdisc(libc::RTM_NEWQDISC, payload, ifindex).expect("parses")
     }
 
     #[test]
-    fn scan_without_a_match_is_empty_and_spans_datagrams() {
-        let mut scan = Scan::default();
-        scan.datagram(&qdisc(3, TcHandle::ROOT, "fq_codel"), 3)
-            .expect("parses");
-        assert!(!scan.done);
-        scan.datagram(&done(0), 3).expect("parses");
-        assert!(scan.done);
-        assert_eq!(scan.slot, None);
-    }
-
-    #[test]
-    fn scan_notes_an_interrupted_dump() {
-        let mut scan = Scan::default();
-        let mut datagram = message(
-            NLM_F_DUMP_INTR,
-            RouteNetlinkMessage::NewQueueDiscipline(TcMessage::with_index(1)),
+    fn picks_the_ingress_slot_of_the_interface() {
+        assert_eq!(pick(&qdisc(7, TcHandle::INGRESS, "clsact"), 3), None);
+        assert_eq!(pick(&qdisc(3, TcHandle::ROOT, "noqueue"), 3), None);
+        assert_eq!(
+            pick(&qdisc(3, TcHandle::INGRESS, "ingress"), 3),
+            Some(IngressSlot::Ingress)
         );
-        datagram.extend(done(0));
-        scan.datagram(&datagram, 3).expect("parses");
-        assert!(scan.interrupted);
+        assert_eq!(
+            pick(&qdisc(7, TcHandle::INGRESS, "clsact"), 7),
+            Some(IngressSlot::Clsact)
+        );
     }
 
     #[test]
-    fn scan_reports_kernel_errors() {
-        let mut e = ErrorMessage::default();
-        e.code = std::num::NonZeroI32::new(-libc::EPERM);
-        let err = Scan::default()
-            .datagram(&encode(0, NetlinkPayload::Error(e)), 3)
-            .unwrap_err();
-        assert!(matches!(&err, QdiscError::Io(io) if io.raw_os_error() == Some(libc::EPERM)));
-        let err = Scan::default()
-            .datagram(&done(-libc::EINVAL), 3)
-            .unwrap_err();
-        assert!(matches!(&err, QdiscError::Io(io) if io.raw_os_error() == Some(libc::EINVAL)));
+    fn skips_other_messages() {
+        let payload = qdisc(3, TcHandle::INGRESS, "ingress");
+        assert_eq!(
+            ingress_qdisc(libc::RTM_NEWLINK, &payload, 3).expect("skipped"),
+            None
+        );
     }
 
     #[test]
-    fn scan_rejects_a_cut_message() {
-        let datagram = qdisc(3, TcHandle::INGRESS, "ingress");
-        let cut = &datagram[..datagram.len() - 4];
-        assert!(Scan::default().datagram(cut, 3).is_err());
+    fn rejects_a_cut_qdisc() {
+        let payload = qdisc(3, TcHandle::INGRESS, "ingress");
+        let cut = &payload[..payload.len() - 4];
+        assert!(ingress_qdisc(libc::RTM_NEWQDISC, cut, 3).is_err());
+        assert!(ingress_qdisc(libc::RTM_NEWQDISC, &payload[..8], 3).is_err());
     }
 }

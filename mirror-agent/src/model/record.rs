@@ -1,14 +1,9 @@
 //! Ring-buffer records, read in place: a typed view over the bytes the hook
 //! wrote, with the header checked once here.
 
-use mirror_common::{DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, RECORD_HEADER_LEN, RecordHeader};
+use mirror_common::{FLAG_TRUNCATED, RECORD_HEADER_LEN, RecordHeader};
 
-/// Which way a packet crossed the hooked interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
+use crate::model::direction::Direction;
 
 /// Kernel interface index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,11 +80,8 @@ impl<'a> Record<'a> {
             claimed: h.cap_len,
             held: rest.len(),
         })?;
-        let direction = match h.direction {
-            DIR_INGRESS => Direction::Ingress,
-            DIR_EGRESS => Direction::Egress,
-            other => return Err(RecordError::Direction(other)),
-        };
+        let direction =
+            Direction::from_bits(h.direction).ok_or(RecordError::Direction(h.direction))?;
         Ok(Self {
             boot_ns: h.timestamp_ns,
             iface: IfaceId {
@@ -134,6 +126,8 @@ impl WallClock {
 
 #[cfg(test)]
 mod tests {
+    use mirror_common::{DIR_EGRESS, DIR_INGRESS};
+
     use super::*;
 
     fn bytes(h: RecordHeader, data: &[u8]) -> Vec<u8> {

@@ -4,25 +4,7 @@
 use std::{fmt, num::NonZeroU32, str::FromStr};
 
 use clap::ValueEnum;
-use mirror_common::{DIR_EGRESS, DIR_INGRESS, MAX_SNAPLEN};
-
-/// `--direction`, as a bit set of `mirror_common::DIR_*` for the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DirectionArg {
-    Ingress,
-    Egress,
-    Both,
-}
-
-impl DirectionArg {
-    pub fn bits(self) -> u32 {
-        match self {
-            Self::Ingress => DIR_INGRESS,
-            Self::Egress => DIR_EGRESS,
-            Self::Both => DIR_INGRESS | DIR_EGRESS,
-        }
-    }
-}
+use mirror_common::MAX_SNAPLEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AttachMode {

@@ -6,11 +6,14 @@ use super::{
     error::{PolicyError, Problem, Where},
     rule::Rule,
     spec::BodySpec,
-    types::{Direction, FilterExpr, RateLimit},
+    types::{FilterExpr, RateLimit},
     yaml,
 };
 use crate::{
-    model::values::{SampleRate, Snaplen},
+    model::{
+        direction::Directions,
+        values::{SampleRate, Snaplen},
+    },
     policy::rules::RuleSet,
 };
 
@@ -22,7 +25,7 @@ use crate::{
 /// what the command line's default means too.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyBody {
-    pub direction: Direction,
+    pub direction: Directions,
     pub rules: RuleSet,
     /// Applied after the rules, in the agent.
     pub filter: Option<FilterExpr>,
@@ -35,7 +38,7 @@ impl Default for PolicyBody {
     /// Mirror everything, whole packets, in both directions.
     fn default() -> Self {
         Self {
-            direction: Direction::Both,
+            direction: Directions::Both,
             rules: RuleSet::default(),
             filter: None,
             snaplen: Snaplen::MAX,

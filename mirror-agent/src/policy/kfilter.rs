@@ -12,7 +12,7 @@ use crate::{
     model::record::PolicyId,
     policy::{
         Action, PortRange,
-        rules::{KernelPlan, RuleSet, Side},
+        rules::{PrefilterPlan, PrefilterRule, RuleSet, Side},
     },
 };
 
@@ -21,7 +21,7 @@ use crate::{
 pub fn compile(id: PolicyId, rules: Option<&RuleSet>) -> Compiled {
     let plan = match rules
         .filter(|r| !r.is_empty())
-        .and_then(RuleSet::kernel_plan)
+        .and_then(RuleSet::prefilter_plan)
     {
         Some(plan) => plan,
         None => return Compiled::default(),
@@ -52,7 +52,7 @@ pub fn compile(id: PolicyId, rules: Option<&RuleSet>) -> Compiled {
     }
 }
 
-fn lpm4(plan: &KernelPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm4, u64)> {
+fn lpm4(plan: &PrefilterPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm4, u64)> {
     let entry = |(net, bits): &(Ipv4Net, u64)| {
         let key = Lpm4 {
             policy,
@@ -63,7 +63,7 @@ fn lpm4(plan: &KernelPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm4, u64)>
     plan.lpm_v4(side).entries.iter().map(entry).collect()
 }
 
-fn lpm6(plan: &KernelPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm6, u64)> {
+fn lpm6(plan: &PrefilterPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm6, u64)> {
     let entry = |(net, bits): &(Ipv6Net, u64)| {
         let key = Lpm6 {
             policy,
@@ -74,7 +74,8 @@ fn lpm6(plan: &KernelPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm6, u64)>
     plan.lpm_v6(side).entries.iter().map(entry).collect()
 }
 
-fn kernel_rule(rule: &crate::policy::rules::KernelRule) -> KernelRule {
+/// The kernel's (ABI) form of one rule of the plan.
+fn kernel_rule(rule: &PrefilterRule) -> KernelRule {
     let (src_port_count, src_ports) = spans(&rule.source_ports);
     let (dst_port_count, dst_ports) = spans(&rule.destination_ports);
     KernelRule {

@@ -43,6 +43,5 @@ pub use file::{Policy, PolicyFile};
 pub use filters::{Filters, Verdict};
 pub use rule::Rule;
 pub use types::{
-    Action, Direction, FilterExpr, InterfacePattern, PortRange, Protocol, RateLimit, TcpFlag,
-    TcpFlags,
+    Action, FilterExpr, InterfacePattern, PortRange, Protocol, RateLimit, TcpFlag, TcpFlags,
 };

@@ -24,7 +24,8 @@ use mirror_common::MAX_SNAPLEN;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::types::{Action, Direction, Protocol, TcpFlag};
+use super::types::{Action, Protocol, TcpFlag};
+use crate::model::direction::Directions;
 
 /// A CIDR (`198.18.0.0/15`, `fd00:198:18::/48`) or a bare address, in the
 /// schema: IPv4 exactly, IPv6 by its alphabet and prefix length (a full IPv6
@@ -42,7 +43,7 @@ pub struct BodySpec {
     /// Which packets, from the pod's point of view: Ingress is what the pod
     /// receives.
     #[serde(default)]
-    pub direction: Direction,
+    pub direction: Directions,
     /// Ordered accept/reject rules; the first that matches decides. No rules
     /// mirror everything; with rules, a packet no rule matches is not mirrored.
     #[serde(default)]
@@ -66,7 +67,7 @@ pub struct BodySpec {
 impl Default for BodySpec {
     fn default() -> Self {
         Self {
-            direction: Direction::default(),
+            direction: Directions::default(),
             rules: Vec::new(),
             filter: None,
             snaplen: 0,
@@ -146,7 +147,7 @@ pub struct FilePolicySpec {
     pub interfaces: Vec<String>,
     pub collectors: Vec<String>,
     #[serde(default)]
-    pub direction: Direction,
+    pub direction: Directions,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

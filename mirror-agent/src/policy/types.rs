@@ -3,35 +3,10 @@
 
 use std::{fmt, num::NonZeroU64};
 
-use mirror_common::{DIR_EGRESS, DIR_INGRESS};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::policy::pcapfilter::{PcapFilter, PcapFilterError};
-
-/// Which packets to mirror, from the pod's point of view: `Ingress` is what
-/// the pod receives. In the policy file there is no pod, and the named
-/// interface stands in for the pod's own interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum Direction {
-    Ingress,
-    Egress,
-    #[default]
-    Both,
-}
-
-impl Direction {
-    /// Direction bits (`mirror_common::DIR_*`) as the pod sees traffic: on
-    /// its own `eth0`, or an interface named in a policy file. A host end
-    /// swaps them (`hooks::Interface::hook_bits`).
-    pub fn pod_end_bits(self) -> u32 {
-        match self {
-            Self::Ingress => DIR_INGRESS,
-            Self::Egress => DIR_EGRESS,
-            Self::Both => DIR_INGRESS | DIR_EGRESS,
-        }
-    }
-}
 
 /// What a matching rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

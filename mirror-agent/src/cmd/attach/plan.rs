@@ -67,7 +67,7 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
         id: PolicyId(1),
         name: "command-line".into(),
         interfaces,
-        directions: args.direction.bits(),
+        directions: args.direction,
         snaplen: args.snaplen,
         sample: args.sample,
         body: None,
@@ -133,7 +133,7 @@ pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
             name: policy.name.clone(),
             interfaces,
             // The named interface stands in for the pod's own.
-            directions: body.direction.pod_end_bits(),
+            directions: body.direction,
             snaplen: body.snaplen,
             sample: body.sampling,
             body: Some(body.clone()),

@@ -30,7 +30,7 @@ use super::{
     Cursor, EncapError, Encapsulator, PacketMeta, bounded, direction_bit, direction_from_bit,
     ethernet, take,
 };
-use crate::model::record::Direction;
+use crate::model::direction::Direction;
 
 pub const PROTO_TYPE2: u16 = 0x88BE;
 pub const PROTO_TYPE3: u16 = 0x22EB;

@@ -34,7 +34,7 @@ use super::{
     Cursor, EncapError, Encapsulator, PacketMeta, Vni, direction_bit, direction_from_bit, ethernet,
     gre::PROTO_TEB, take,
 };
-use crate::model::record::{Direction, IfIndex};
+use crate::model::{direction::Direction, record::IfIndex};
 
 /// The IANA port for GENEVE.
 pub const UDP_PORT: u16 = 6081;

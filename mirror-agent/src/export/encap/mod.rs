@@ -23,7 +23,7 @@ pub mod geneve;
 pub mod gre;
 pub mod vxlan;
 
-use crate::model::record::{Direction, IfIndex};
+use crate::model::{direction::Direction, record::IfIndex};
 
 /// Length of an Ethernet II header: every decoder requires at least this much
 /// inner frame, since the collector's output is Ethernet.

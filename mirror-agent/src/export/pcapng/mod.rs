@@ -6,7 +6,7 @@
 //! `epb_flags` for the direction), one allocation per packet. The format is
 //! fixed and small; tshark and tcpdump read our files in the tests.
 
-use crate::model::record::Direction;
+use crate::model::direction::Direction;
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 0x0000_0001;

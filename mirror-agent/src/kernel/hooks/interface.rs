@@ -2,11 +2,10 @@
 
 use std::{fmt, sync::Arc};
 
-use mirror_common::{DIR_EGRESS, DIR_INGRESS};
-
 use crate::{
     kernel::netns::{Namespace, NetnsError},
     model::{
+        direction::Directions,
         record::{IfIndex, IfaceId, NetnsCookie},
         values::End,
     },
@@ -53,14 +52,8 @@ impl Interface {
 
     /// The hook direction bits on this interface for a policy's directions
     /// as its pods see them.
-    pub fn hook_bits(&self, pod_bits: u32) -> u32 {
-        match self.end {
-            End::Pod => pod_bits,
-            End::Host => {
-                let swap = |from, to| if pod_bits & from != 0 { to } else { 0 };
-                swap(DIR_INGRESS, DIR_EGRESS) | swap(DIR_EGRESS, DIR_INGRESS)
-            }
-        }
+    pub fn hook_bits(&self, directions: Directions) -> u32 {
+        directions.hook_bits(self.end)
     }
 
     /// Runs `f` in the interface's namespace: here, or on a thread that
@@ -120,17 +113,19 @@ impl fmt::Debug for Interface {
 
 #[cfg(test)]
 mod tests {
+    use mirror_common::{DIR_EGRESS, DIR_INGRESS};
+
     use super::*;
 
     #[test]
     fn direction_bits_swap_at_the_host_end() {
         let at = |end| Interface::local("veth0".into(), IfIndex(3), NetnsCookie(1), end);
         for (pod, host) in [
-            (DIR_INGRESS, DIR_EGRESS),
-            (DIR_EGRESS, DIR_INGRESS),
-            (DIR_INGRESS | DIR_EGRESS, DIR_INGRESS | DIR_EGRESS),
+            (Directions::Ingress, DIR_EGRESS),
+            (Directions::Egress, DIR_INGRESS),
+            (Directions::Both, DIR_INGRESS | DIR_EGRESS),
         ] {
-            assert_eq!(at(End::Pod).hook_bits(pod), pod);
+            assert_eq!(at(End::Pod).hook_bits(pod), pod.pod_end_bits());
             assert_eq!(at(End::Host).hook_bits(pod), host);
         }
     }

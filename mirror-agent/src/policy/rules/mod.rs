@@ -31,7 +31,7 @@ mod packet;
 mod plan;
 
 pub use packet::{Fragment, Headers, IpFields};
-pub use plan::{KernelPlan, KernelRule, LpmTable, Prefixes, Side};
+pub use plan::{LpmTable, PrefilterPlan, PrefilterRule, Prefixes, Side};
 
 use crate::policy::{Action, Rule};
 
@@ -91,10 +91,10 @@ impl RuleSet {
         self.evaluate(&Headers::parse(frame))
     }
 
-    /// What the TC hook can check of these rules; see [`KernelPlan`].
-    /// `None` past [`KernelPlan::MAX_RULES`] rules.
-    pub fn kernel_plan(&self) -> Option<KernelPlan> {
-        KernelPlan::new(&self.rules)
+    /// What the TC hook can check of these rules; see [`PrefilterPlan`].
+    /// `None` past [`PrefilterPlan::MAX_RULES`] rules.
+    pub fn prefilter_plan(&self) -> Option<PrefilterPlan> {
+        PrefilterPlan::new(&self.rules)
     }
 }
 

@@ -2,11 +2,11 @@
 //! cost no ring-buffer record.
 //!
 //! Suggested compilation: one LPM trie per side and family (see
-//! [`KernelPlan::lpm_v4`]) maps an address to the bit set of rules whose CIDR
+//! [`PrefilterPlan::lpm_v4`]) maps an address to the bit set of rules whose CIDR
 //! list on that side covers it; the hook ANDs the source and destination
 //! sets, then walks the candidate bits in order, checking protocol, ports and
 //! flags from a per-rule array, and the first match decides.
-//! [`KernelPlan::evaluate`] is that algorithm in Rust, tested to agree with
+//! [`PrefilterPlan::evaluate`] is that algorithm in Rust, tested to agree with
 //! [`RuleSet::evaluate`](super::RuleSet::evaluate).
 //!
 //! The hook is only a prefilter: userspace re-checks every record with the
@@ -52,9 +52,11 @@ impl Prefixes {
     }
 }
 
-/// One rule, in the kernel's terms.
+/// One rule as the hook's prefilter sees it: its CIDRs split by family
+/// for the LPM tables, the rest as plain numbers. `policy::kfilter` turns it
+/// into the kernel's fixed layout, `mirror_common::KernelRule`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelRule {
+pub struct PrefilterRule {
     pub action: Action,
     /// No condition at all: matches every frame, IP or not. Any other rule
     /// matches IPv4 and IPv6 packets only.
@@ -82,11 +84,11 @@ pub struct LpmTable<N> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelPlan {
-    pub rules: Vec<KernelRule>,
+pub struct PrefilterPlan {
+    pub rules: Vec<PrefilterRule>,
 }
 
-impl KernelPlan {
+impl PrefilterPlan {
     /// Rules per bit set (`u64`). Longer rule sets get no plan: the hook
     /// passes everything up and the agent filters alone.
     pub const MAX_RULES: usize = 64;
@@ -95,7 +97,7 @@ impl KernelPlan {
         (rules.len() <= Self::MAX_RULES).then(|| Self {
             rules: rules
                 .iter()
-                .map(|r| KernelRule {
+                .map(|r| PrefilterRule {
                     action: r.action(),
                     unconditional: r.is_unconditional(),
                     protocol: r.protocol().map(|p| p.number()),
@@ -145,7 +147,7 @@ impl KernelPlan {
         LpmTable { entries, any }
     }
 
-    fn side<'a>(&self, rule: &'a KernelRule, side: Side) -> &'a Prefixes {
+    fn side<'a>(&self, rule: &'a PrefilterRule, side: Side) -> &'a Prefixes {
         match side {
             Side::Source => &rule.sources,
             Side::Destination => &rule.destinations,
@@ -194,7 +196,7 @@ impl KernelPlan {
     }
 
     /// Everything but the CIDRs, which the tables decided.
-    fn rest_matches(&self, rule: &KernelRule, headers: &Headers) -> bool {
+    fn rest_matches(&self, rule: &PrefilterRule, headers: &Headers) -> bool {
         if rule.unconditional {
             return true;
         }

@@ -102,7 +102,7 @@ fn vlan(frame: &[u8], id: u16) -> Vec<u8> {
 fn verdict(set: &RuleSet, frame: &[u8]) -> RuleVerdict {
     let v = set.evaluate_frame(frame);
     // The kernel plan must agree with the rules on every frame tested here.
-    let plan = set.kernel_plan().expect("few rules");
+    let plan = set.prefilter_plan().expect("few rules");
     assert_eq!(
         plan.evaluate(&Headers::parse(frame)),
         v,
@@ -175,7 +175,7 @@ fn nested_prefixes_in_the_lpm_tables() {
           - {action: Accept, sourceCIDRs: [198.18.0.0/15]}
           - {action: Accept, destinationCIDRs: [198.19.1.2]}",
     );
-    let plan = set.kernel_plan().expect("few rules");
+    let plan = set.prefilter_plan().expect("few rules");
     let table = plan.lpm_v4(Side::Source);
     let entries: Vec<(String, u64)> = table
         .entries
@@ -310,11 +310,11 @@ fn truncated_frames_meet_only_the_conditions_they_carry() {
 }
 
 #[test]
-fn long_rule_sets_get_no_kernel_plan() {
-    let many: String = (0..=KernelPlan::MAX_RULES)
+fn long_rule_sets_get_no_prefilter_plan() {
+    let many: String = (0..=PrefilterPlan::MAX_RULES)
         .map(|i| format!("  - {{action: Accept, destinationPorts: [{{from: {i}}}]}}\n"))
         .collect();
     let set = rules(&format!("rules:\n{many}"));
-    assert!(set.kernel_plan().is_none());
+    assert!(set.prefilter_plan().is_none());
     assert!(set.evaluate_frame(&tcp4(64, false, false)).mirrors());
 }

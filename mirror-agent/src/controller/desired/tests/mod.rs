@@ -13,7 +13,7 @@ use k8s_openapi::{
     ByteString,
     api::core::v1::{Namespace as K8sNamespace, Pod, Secret},
 };
-use mirror_common::{DIR_EGRESS, DIR_INGRESS};
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -24,7 +24,7 @@ use crate::{
         netns::Namespace,
         tc::{Hook, TcApi, TcProgram},
     },
-    model::record::IfIndex,
+    model::{direction::Directions, record::IfIndex},
 };
 
 const HOST: NetnsCookie = NetnsCookie(1);

@@ -39,7 +39,7 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
     };
     assert_eq!((p.id, p.name.as_str()), (PolicyId(1), "shop/web"));
     assert_eq!(p.interfaces, vec![host_end(1, "shop/web-1")]);
-    assert_eq!(p.directions, DIR_INGRESS | DIR_EGRESS);
+    assert_eq!(p.directions, Directions::Both);
     assert_eq!(p.snaplen.get(), 128);
     assert_eq!(p.outputs, vec![VXLAN.parse::<Output>().expect("uri")]);
     assert_eq!(
