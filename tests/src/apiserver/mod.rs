@@ -2,9 +2,11 @@
 //! (and the real agent, through a kubeconfig file): no real API server can be
 //! installed on these machines.
 //!
-//! It speaks plain HTTP/1.1 on 127.0.0.1 (by default) from a thread of its
-//! own, and keeps objects as JSON, so any kind in [`RESOURCES`] works. What
-//! it gives, as the real one does:
+//! It speaks plain HTTP/1.1 on 127.0.0.1 from a thread of its own, and
+//! keeps objects as JSON. It serves what the agent's client (kube-runtime
+//! watchers, status by server-side apply, the event recorder) and the
+//! tests ask for, as the real one does:
+//! - the kinds of [`RESOURCES`], with discovery;
 //! - one resourceVersion counter for all objects; lists carry it, and page
 //!   with `limit`/`continue`;
 //! - watches from a resourceVersion (or from now, with the current objects
@@ -12,20 +14,23 @@
 //!   whose resourceVersion has left the bounded history gets an ERROR event
 //!   with a 410 `Expired` Status, as do open watches after
 //!   [`ApiServer::compact`], so kube-runtime's watcher relists;
-//! - create, replace with optimistic concurrency (409), delete (finalizers
-//!   delay it; a namespace takes its objects with it), merge and JSON
+//! - get, create, replace with optimistic concurrency (409), delete, merge
 //!   patch, server-side apply with field managers, conflicts and `force`,
-//!   the `/status` subresource (writes to the object leave status alone),
-//!   `metadata.generation` counting spec changes only, and no-op writes
-//!   that change nothing (no new resourceVersion, no event);
+//!   lists merged by the keys their schemas give (schema.rs: the project's
+//!   CRDs, and a table for built-in kinds), the `/status` subresource
+//!   (writes to the object leave status alone), `metadata.generation`
+//!   counting spec changes only, and no-op writes that change nothing (no
+//!   new resourceVersion, no event);
 //! - label selectors (equality and set-based) and field selectors on any
 //!   field (`spec.nodeName=NODE`); errors as `Status` objects.
 //!
-//! Approximated: server-side apply guesses list semantics without schemas
-//! (see ownership.rs); strategic merge patch is a merge patch; no schema
-//! validation, admission, RBAC or namespace existence checks; status given
-//! to a create over HTTP is dropped (tests set it through [`ApiServer`]);
-//! lists read the latest state whatever `resourceVersion` they ask for.
+//! Left out, as nothing here uses them: strategic merge and JSON patches
+//! (415), deletecollection, dry runs, finalizers, `generateName`, delete
+//! preconditions, streaming lists. Approximated: apply owns a list-map's
+//! items whole (see ownership.rs); no schema validation, admission, RBAC or
+//! namespace existence checks; status given to a create over HTTP is
+//! dropped (tests set it through [`ApiServer`]); lists read the latest
+//! state whatever `resourceVersion` they ask for.
 //!
 //! Tests drive it through [`ApiServer`]: objects read and written directly,
 //! every request recorded, history compacted, the server restarted.
@@ -33,14 +38,13 @@
 mod error;
 mod http;
 mod ownership;
-mod patch;
 pub mod resources;
+mod schema;
 mod select;
 mod store;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -56,29 +60,26 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use error::{ApiError, Details};
 pub use resources::{MIRROR_GROUP, RESOURCES, Resource};
 
-use store::{Key, PatchBody, Preconditions, Store, Target};
+use schema::Schemas;
+use store::{Key, PatchBody, Store, Target};
 
 /// The manager name of writes made through the test controls.
 pub const TEST_MANAGER: &str = "testbed";
 
+/// Events kept for watches; a watch from further back gets 410 Gone.
+const HISTORY: usize = 1000;
+
 /// Tuning of one server.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Events kept for watches; a watch from further back gets 410 Gone.
-    pub history: usize,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
-    /// The address to listen on (the port is chosen by the kernel):
-    /// loopback, or a test host's address for an agent in another namespace.
-    pub listen: IpAddr,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            history: 1000,
             bookmark_interval: Duration::from_secs(1),
-            listen: IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -86,26 +87,15 @@ impl Default for Options {
 /// One request as the server saw it, for tests to count.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    /// The raw query string.
-    pub query: String,
-    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
-    /// `deletecollection` (`get` for discovery, `unsupported` for a method
-    /// the URL does not take).
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` (`get`
+    /// for discovery, `unsupported` for a method the URL does not take).
     pub verb: &'static str,
-    /// API group of the resource (empty for core); `None` for discovery.
-    pub group: Option<String>,
     /// Plural resource name, such as `pods` or `mirrorpolicies`.
     pub resource: Option<String>,
     /// `status` for the status subresource.
     pub subresource: Option<String>,
-    pub namespace: Option<String>,
     pub name: Option<String>,
-    pub content_type: Option<String>,
     pub field_manager: Option<String>,
-    /// The HTTP status answered (a watch is 200 even when it then says 410).
-    pub code: u16,
 }
 
 impl RequestRecord {
@@ -157,13 +147,9 @@ impl Shared {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs a change and wakes the watches; a dry run works on a copy.
-    fn mutate<T>(&self, dry_run: bool, f: impl FnOnce(&mut Store) -> T) -> T {
+    /// Runs a change and wakes the watches.
+    fn mutate<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
         let mut store = self.lock();
-        if dry_run {
-            let mut scratch = store.clone();
-            return f(&mut scratch);
-        }
         let before = store.resource_version();
         let out = f(&mut store);
         let after = store.resource_version();
@@ -201,16 +187,18 @@ impl ApiServer {
     }
 
     pub fn start_with(options: Options) -> Result<Self> {
+        let schemas = Schemas::load().context("fake API server schemas")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("fake API server runtime")?;
         let listener = {
             let _in_runtime = runtime.enter();
-            http::bind(SocketAddr::new(options.listen, 0)).context("fake API server bind")?
+            let loopback = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0);
+            http::bind(loopback).context("fake API server bind")?
         };
         let addr = listener.local_addr()?;
-        let store = Store::new(options.history);
+        let store = Store::new(HISTORY, schemas);
         let (changed, _) = watch::channel(store.resource_version());
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -243,8 +231,8 @@ impl ApiServer {
     }
 
     /// A kubeconfig whose current context points at this server, with
-    /// `namespace` as the default namespace.
-    pub fn kubeconfig(&self, namespace: &str) -> String {
+    /// `default` as the default namespace.
+    fn kubeconfig(&self) -> String {
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
@@ -260,28 +248,22 @@ impl ApiServer {
                context:\n    \
                  cluster: fake\n    \
                  user: fake\n    \
-                 namespace: {namespace}\n\
+                 namespace: default\n\
              current-context: fake\n\
              preferences: {{}}\n",
             url = self.url(),
         )
     }
 
-    /// Writes [`Self::kubeconfig`] (namespace `default`) to `path`, for a
-    /// process given `KUBECONFIG=path`.
-    pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.kubeconfig("default"))
-            .with_context(|| format!("write {}", path.display()))
-    }
-
-    /// [`Self::write_kubeconfig`] into a temporary file that lives as long
-    /// as the returned guard.
+    /// A kubeconfig for this server in a temporary file that lives as long
+    /// as the returned guard, for a process given `KUBECONFIG=path`.
     pub fn kubeconfig_file(&self) -> Result<tempfile::NamedTempFile> {
         let file = tempfile::Builder::new()
             .prefix("kubeconfig-")
             .suffix(".yaml")
             .tempfile()?;
-        self.write_kubeconfig(file.path())?;
+        std::fs::write(file.path(), self.kubeconfig())
+            .with_context(|| format!("write {}", file.path().display()))?;
         Ok(file)
     }
 
@@ -318,18 +300,8 @@ impl ApiServer {
         let ns = RESOURCES[key.res]
             .namespaced
             .then_some(key.namespace.as_str());
-        self.shared.mutate(false, |s| {
-            s.create(key.res, ns, obj, Target::Raw, TEST_MANAGER, None)
-        })
-    }
-
-    /// Replaces an object, status included. A `metadata.resourceVersion`
-    /// in `obj` must be the stored one (else 409); without one the write
-    /// is unconditional.
-    pub fn update(&self, obj: Value) -> Result<Value, ApiError> {
-        let key = Self::key_of(&obj)?;
         self.shared
-            .mutate(false, |s| s.replace(&key, obj, Target::Raw, TEST_MANAGER))
+            .mutate(|s| s.create(key.res, ns, obj, Target::Raw, TEST_MANAGER, None))
     }
 
     /// Applies a JSON merge patch to an object, status included.
@@ -342,13 +314,13 @@ impl ApiServer {
         patch: Value,
     ) -> Result<Value, ApiError> {
         let key = Key::new(Self::resource(api_version, kind)?, namespace, name);
-        self.shared.mutate(false, |s| {
+        self.shared.mutate(|s| {
             s.patch(&key, Target::Raw, PatchBody::Merge(patch), TEST_MANAGER)
                 .map(|(obj, _)| obj)
         })
     }
 
-    /// Deletes an object (or marks it, while it has finalizers).
+    /// Deletes an object.
     pub fn delete(
         &self,
         api_version: &str,
@@ -357,8 +329,7 @@ impl ApiServer {
         name: &str,
     ) -> Result<Value, ApiError> {
         let key = Key::new(Self::resource(api_version, kind)?, namespace, name);
-        self.shared
-            .mutate(false, |s| s.delete(&key, &Preconditions::default()))
+        self.shared.mutate(|s| s.delete(&key))
     }
 
     /// The stored object, if any.
@@ -418,15 +389,6 @@ impl ApiServer {
         self.shared.lock().resource_version()
     }
 
-    /// Every request so far, in order of their answers.
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        self.shared
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// How many requests so far satisfy `pred`.
     pub fn count(&self, pred: impl Fn(&RequestRecord) -> bool) -> usize {
         self.shared
@@ -438,14 +400,6 @@ impl ApiServer {
             .count()
     }
 
-    pub fn clear_requests(&self) {
-        self.shared
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
     /// How many watches were told 410 Gone (an ERROR event) so far.
     pub fn expired_watches(&self) -> u64 {
         self.shared.expired.load(Ordering::Relaxed)
@@ -455,7 +409,7 @@ impl ApiServer {
     /// compaction: open watches get a 410 ERROR event and end, and so does
     /// any watch from an older resourceVersion; clients must relist.
     pub fn compact(&self) {
-        self.shared.mutate(false, Store::compact);
+        self.shared.mutate(Store::compact);
     }
 
     /// Restarts the server: drops the listener and every connection

@@ -2,19 +2,20 @@
 //! conflicts between managers, and the removal of fields a manager stops
 //! applying.
 //!
-//! The real server takes list semantics from the schema
-//! (`x-kubernetes-list-type`). With no schemas here, a list whose items all
-//! carry one of [`LIST_KEYS`] is taken as a map keyed by it (each item owned
-//! whole), and any other list as atomic.
+//! Lists follow the schema (schema.rs), as on the real server: a list-map
+//! merges item by item, matched on its keys, and any other list is one
+//! field, replaced whole. Unlike the real server, a list-map's item is owned
+//! whole rather than field by field: two managers that set different fields
+//! of one item conflict on the item.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use super::resources::Resource;
-
-/// Item keys that make a list associative, in order of preference.
-const LIST_KEYS: [&str; 4] = ["name", "type", "nodeName", "node"];
+use super::{
+    resources::Resource,
+    schema::{List, Shape},
+};
 
 /// Metadata that managers own; the rest is the server's.
 const META_OWNED: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
@@ -22,8 +23,9 @@ const META_OWNED: [&str; 4] = ["labels", "annotations", "finalizers", "ownerRefe
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Seg {
     Field(String),
-    /// An item of an associative list: key field and the JSON of its value.
-    Key(String, String),
+    /// An item of a list-map: its key fields, sorted, each with the JSON of
+    /// its value.
+    Key(Vec<(String, String)>),
 }
 
 pub type Path = Vec<Seg>;
@@ -56,30 +58,42 @@ pub struct Manager {
     pub fields: FieldSet,
 }
 
-fn list_key(items: &[Value]) -> Option<&'static str> {
-    if items.is_empty() {
-        return None;
-    }
-    LIST_KEYS.into_iter().find(|k| {
-        items
-            .iter()
-            .all(|item| item.get(k).is_some_and(|v| v.is_string() || v.is_number()))
-    })
+/// The key of a list-map's item, if it has every key field as a scalar.
+fn item_key(item: &Value, keys: &[String]) -> Option<Seg> {
+    key_pairs(item, keys.iter()).map(Seg::Key)
 }
 
-fn key_of(item: &Value, key: &str) -> Option<String> {
-    item.get(key).map(Value::to_string)
+/// The item's values of `keys`, each as JSON, sorted by field.
+fn key_pairs<'a>(
+    item: &Value,
+    keys: impl Iterator<Item = &'a String>,
+) -> Option<Vec<(String, String)>> {
+    let mut pairs = keys
+        .map(|k| match item.get(k)? {
+            v @ (Value::String(_) | Value::Number(_) | Value::Bool(_)) => {
+                Some((k.clone(), v.to_string()))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    pairs.sort();
+    Some(pairs)
+}
+
+fn has_key(item: &Value, pairs: &[(String, String)]) -> bool {
+    key_pairs(item, pairs.iter().map(|(k, _)| k)).as_deref() == Some(pairs)
 }
 
 /// The owned leaves of a value: scalars, atomic lists, empty objects and the
-/// items of associative lists. `null` marks a removal and owns nothing.
-pub fn leaves(v: &Value) -> FieldSet {
+/// items of list-maps (an item without its keys owns nothing). `null` marks
+/// a removal and owns nothing.
+pub fn leaves(v: &Value, shape: &Shape) -> FieldSet {
     let mut out = FieldSet::new();
-    collect(v, &mut Vec::new(), &mut out);
+    collect(v, shape, &mut Vec::new(), &mut out);
     out
 }
 
-fn collect(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
+fn collect(v: &Value, shape: &Shape, prefix: &mut Path, out: &mut FieldSet) {
     match v {
         Value::Object(map) if !map.is_empty() => {
             for (k, child) in map {
@@ -87,21 +101,19 @@ fn collect(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
                     continue;
                 }
                 prefix.push(Seg::Field(k.clone()));
-                collect(child, prefix, out);
+                collect(child, shape.field(k), prefix, out);
                 prefix.pop();
             }
         }
-        Value::Array(items) => match list_key(items) {
-            Some(key) => {
-                for item in items {
-                    if let Some(value) = key_of(item, key) {
-                        let mut path = prefix.clone();
-                        path.push(Seg::Key(key.to_string(), value));
-                        out.insert(path);
-                    }
+        Value::Array(items) => match shape.list() {
+            List::Map(keys) => {
+                for key in items.iter().filter_map(|item| item_key(item, keys)) {
+                    let mut path = prefix.clone();
+                    path.push(key);
+                    out.insert(path);
                 }
             }
-            None => {
+            List::Atomic => {
                 out.insert(prefix.clone());
             }
         },
@@ -113,23 +125,53 @@ fn collect(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
     }
 }
 
+/// An applied configuration's list-maps must give every item its keys, once:
+/// the real server refuses it otherwise.
+fn check_keys(v: &Value, shape: &Shape, at: &mut Path) -> Result<(), String> {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                at.push(Seg::Field(k.clone()));
+                check_keys(child, shape.field(k), at)?;
+                at.pop();
+            }
+        }
+        Value::Array(items) => {
+            if let List::Map(keys) = shape.list() {
+                let mut seen = BTreeSet::new();
+                for item in items {
+                    let key = item_key(item, keys).ok_or_else(|| {
+                        format!(
+                            "{}: an item of a list keyed by {keys:?} lacks a key: {item}",
+                            describe(at)
+                        )
+                    })?;
+                    if !seen.insert(key.clone()) {
+                        at.push(key);
+                        return Err(format!("{}: duplicate entries", describe(at)));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn child<'a>(v: &'a Value, seg: &Seg) -> Option<&'a Value> {
     match seg {
         Seg::Field(f) => v.as_object()?.get(f),
-        Seg::Key(k, value) => v
-            .as_array()?
-            .iter()
-            .find(|item| key_of(item, k).as_deref() == Some(value)),
+        Seg::Key(pairs) => v.as_array()?.iter().find(|item| has_key(item, pairs)),
     }
 }
 
 fn child_mut<'a>(v: &'a mut Value, seg: &Seg) -> Option<&'a mut Value> {
     match seg {
         Seg::Field(f) => v.as_object_mut()?.get_mut(f),
-        Seg::Key(k, value) => v
+        Seg::Key(pairs) => v
             .as_array_mut()?
             .iter_mut()
-            .find(|item| key_of(item, k).as_deref() == Some(value)),
+            .find(|item| has_key(item, pairs)),
     }
 }
 
@@ -142,8 +184,8 @@ fn remove_child(v: &mut Value, seg: &Seg) {
         (Value::Object(map), Seg::Field(f)) => {
             map.remove(f);
         }
-        (Value::Array(items), Seg::Key(k, value)) => {
-            items.retain(|item| key_of(item, k).as_deref() != Some(value));
+        (Value::Array(items), Seg::Key(pairs)) => {
+            items.retain(|item| !has_key(item, pairs));
         }
         _ => {}
     }
@@ -171,31 +213,33 @@ fn remove(v: &mut Value, path: &[Seg]) {
 }
 
 /// Merges an applied configuration into the live one: objects field by
-/// field, associative lists item by item, anything else replaced.
-fn merge_applied(live: &mut Value, applied: &Value) {
-    match (live, applied) {
-        (Value::Object(l), Value::Object(a)) => {
+/// field, list-maps item by item, anything else replaced.
+fn merge_applied(live: &mut Value, applied: &Value, shape: &Shape) {
+    match (live, applied, shape.list()) {
+        (Value::Object(l), Value::Object(a), _) => {
             for (k, av) in a {
                 if av.is_null() {
                     l.remove(k);
                 } else if let Some(lv) = l.get_mut(k) {
-                    merge_applied(lv, av);
+                    merge_applied(lv, av, shape.field(k));
                 } else {
                     l.insert(k.clone(), av.clone());
                 }
             }
         }
-        (Value::Array(l), Value::Array(a)) if list_key(a).is_some() => {
-            let key = list_key(a).unwrap_or_default();
+        (Value::Array(l), Value::Array(a), List::Map(keys)) => {
             for item in a {
-                let k = key_of(item, key);
-                match l.iter_mut().find(|i| key_of(i, key) == k) {
+                let found = item_key(item, keys).and_then(|key| match &key {
+                    Seg::Key(pairs) => l.iter_mut().find(|i| has_key(i, pairs)),
+                    Seg::Field(_) => None,
+                });
+                match found {
                     Some(existing) => *existing = item.clone(),
                     None => l.push(item.clone()),
                 }
             }
         }
-        (live, applied) => *live = applied.clone(),
+        (live, applied, _) => *live = applied.clone(),
     }
 }
 
@@ -305,12 +349,18 @@ fn entry<'a>(managers: &'a mut Vec<Manager>, w: &Writer, apply: bool) -> &'a mut
 
 /// A plain write (create, update, patch): the writer takes the fields it
 /// changed from their former owners, and removed fields are owned by none.
-pub fn record_update(managers: &mut Vec<Manager>, old: &Value, new: &Value, w: &Writer) {
-    let changed: FieldSet = leaves(new)
+pub fn record_update(
+    managers: &mut Vec<Manager>,
+    old: &Value,
+    new: &Value,
+    shape: &Shape,
+    w: &Writer,
+) {
+    let changed: FieldSet = leaves(new, shape)
         .into_iter()
         .filter(|p| get(old, p) != get(new, p))
         .collect();
-    let gone: FieldSet = leaves(old)
+    let gone: FieldSet = leaves(old, shape)
         .into_iter()
         .filter(|p| get(new, p).is_none())
         .collect();
@@ -330,18 +380,29 @@ pub fn record_update(managers: &mut Vec<Manager>, old: &Value, new: &Value, w: &
 /// Conflicts of an apply: manager and field.
 pub type Conflicts = Vec<(String, Path)>;
 
-/// Server-side apply of `applied` onto `live` (both views of one part).
-/// Returns the new view, or the conflicts when not forced.
+/// Why an apply is refused.
+#[derive(Debug, PartialEq)]
+pub enum ApplyError {
+    /// Fields other managers own with other values (unless forced).
+    Conflicts(Conflicts),
+    /// A list-map item without its keys, or twice.
+    Invalid(String),
+}
+
+/// Server-side apply of `applied` onto `live` (both views of one part, of
+/// the given shape). Returns the new view.
 pub fn apply(
     managers: &mut Vec<Manager>,
     live: &Value,
     applied: &Value,
+    shape: &Shape,
     force: bool,
     w: &Writer,
-) -> Result<Value, Conflicts> {
+) -> Result<Value, ApplyError> {
+    check_keys(applied, shape, &mut Vec::new()).map_err(ApplyError::Invalid)?;
     let sub = w.part.subresource();
     let is_me = |m: &Manager| m.name == w.manager && m.apply && m.subresource == sub;
-    let new_set = leaves(applied);
+    let new_set = leaves(applied, shape);
     let mut conflicts = Conflicts::new();
     for m in managers.iter().filter(|m| !is_me(m)) {
         for p in m.fields.intersection(&new_set) {
@@ -352,7 +413,7 @@ pub fn apply(
     }
     if !conflicts.is_empty() {
         if !force {
-            return Err(conflicts);
+            return Err(ApplyError::Conflicts(conflicts));
         }
         // Forced: the applier takes the conflicting fields; fields applied
         // with the value they already have stay shared.
@@ -362,7 +423,7 @@ pub fn apply(
         }
     }
     let mut merged = live.clone();
-    merge_applied(&mut merged, applied);
+    merge_applied(&mut merged, applied, shape);
     let before = managers
         .iter()
         .find(|m| is_me(m))
@@ -384,12 +445,15 @@ pub fn apply(
     Ok(merged)
 }
 
-/// `.spec.rules[name="a"]`, as conflict messages name fields.
+/// `.status.nodes[node="a"]`, as conflict messages name fields.
 pub fn describe(path: &[Seg]) -> String {
     path.iter()
         .map(|seg| match seg {
             Seg::Field(f) => format!(".{f}"),
-            Seg::Key(k, v) => format!("[{k}={v}]"),
+            Seg::Key(pairs) => {
+                let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("[{}]", pairs.join(","))
+            }
         })
         .collect()
 }
@@ -405,7 +469,13 @@ pub fn render(managers: &[Manager]) -> Value {
                 for seg in path {
                     let name = match seg {
                         Seg::Field(f) => format!("f:{f}"),
-                        Seg::Key(k, v) => format!("k:{{\"{k}\":{v}}}"),
+                        Seg::Key(pairs) => {
+                            let pairs: Vec<String> = pairs
+                                .iter()
+                                .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+                                .collect();
+                            format!("k:{{{}}}", pairs.join(","))
+                        }
                     };
                     let next = node
                         .entry(name)
@@ -435,71 +505,4 @@ pub fn render(managers: &[Manager]) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn w<'a>(manager: &'a str) -> Writer<'a> {
-        Writer {
-            manager,
-            part: Part::Status,
-            api_version: "v1",
-            now: "t",
-        }
-    }
-
-    #[test]
-    fn apply_owns_conflicts_and_removes() {
-        let mut managers = Vec::new();
-        let live = json!({});
-        let a1 = json!({"status": {"nodes": [{"node": "n1", "n": 1}], "x": 1, "y": 2}});
-        let v1 = apply(&mut managers, &live, &a1, false, &w("n1")).unwrap();
-        assert_eq!(v1, a1);
-        // Another node adds its own item: shared list, no conflict.
-        let a2 = json!({"status": {"nodes": [{"node": "n2", "n": 5}]}});
-        let v2 = apply(&mut managers, &v1, &a2, false, &w("n2")).unwrap();
-        assert_eq!(v2["status"]["nodes"].as_array().unwrap().len(), 2);
-        // n2 sets x to another value: conflict unless forced.
-        let a3 = json!({"status": {"nodes": [{"node": "n2", "n": 6}], "x": 7}});
-        let conflicts = apply(&mut managers, &v2, &a3, false, &w("n2")).unwrap_err();
-        assert_eq!(describe(&conflicts[0].1), ".status.x");
-        let v3 = apply(&mut managers, &v2, &a3, true, &w("n2")).unwrap();
-        assert_eq!(v3["status"]["x"], 7);
-        // n1 stops applying y and its item: both go; x is n2's now.
-        let a4 = json!({});
-        let v4 = apply(&mut managers, &v3, &a4, false, &w("n1")).unwrap();
-        assert_eq!(
-            v4,
-            json!({"status": {"nodes": [{"node": "n2", "n": 6}], "x": 7}})
-        );
-        let fields = render(&managers);
-        assert_eq!(fields.as_array().unwrap().len(), 1, "{fields}");
-        assert!(fields[0]["fieldsV1"]["f:status"]["f:nodes"]["k:{\"node\":\"n2\"}"].is_object());
-    }
-
-    #[test]
-    fn update_takes_ownership() {
-        let mut managers = Vec::new();
-        let v1 = apply(
-            &mut managers,
-            &json!({}),
-            &json!({"status": {"x": 1}}),
-            false,
-            &w("a"),
-        )
-        .unwrap();
-        let v2 = json!({"status": {"x": 2}});
-        record_update(&mut managers, &v1, &v2, &w("b"));
-        assert_eq!(managers.len(), 1);
-        assert_eq!(managers[0].name, "b");
-        // a no longer owns x, so applying without it leaves it.
-        let v3 = apply(
-            &mut managers,
-            &v2,
-            &json!({"status": {"z": 1}}),
-            false,
-            &w("a"),
-        )
-        .unwrap();
-        assert_eq!(v3, json!({"status": {"x": 2, "z": 1}}));
-    }
-}
+mod tests;

@@ -1,5 +1,5 @@
 //! The kinds the fake server serves, one line each, and the discovery
-//! documents made from them.
+//! documents made from them: the kinds the agent watches or writes, no more.
 
 use serde_json::{Value, json};
 
@@ -8,8 +8,6 @@ pub const NAMESPACED: u8 = 1;
 /// Has a `/status` subresource: writes to the object leave `.status` alone
 /// and writes to `/status` touch nothing else.
 pub const STATUS: u8 = 2;
-/// A custom resource: strategic merge patch is refused (415), as for CRDs.
-pub const CUSTOM: u8 = 4;
 
 /// One kind of object at one group/version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +19,6 @@ pub struct Resource {
     pub plural: &'static str,
     pub namespaced: bool,
     pub status: bool,
-    pub custom: bool,
 }
 
 impl Resource {
@@ -39,7 +36,6 @@ impl Resource {
             plural,
             namespaced: flags & NAMESPACED != 0,
             status: flags & STATUS != 0,
-            custom: flags & CUSTOM != 0,
         }
     }
 
@@ -65,18 +61,19 @@ impl Resource {
 /// The group of the project's own kinds.
 pub const MIRROR_GROUP: &str = "mirror.packets.dev";
 
-/// Everything served. Adding a kind is adding a line.
+/// Everything served. Adding a kind is adding a line (and, for the project's
+/// own kinds, a CRD in deploy/crds/, which schema.rs checks this against).
+/// The agent watches the first three and the last three, and its event
+/// recorder writes events.k8s.io Events.
 #[rustfmt::skip]
 pub const RESOURCES: &[Resource] = &[
     Resource::new("", "v1", "Pod", "pods", NAMESPACED | STATUS),
     Resource::new("", "v1", "Namespace", "namespaces", STATUS),
-    Resource::new("", "v1", "Node", "nodes", STATUS),
     Resource::new("", "v1", "Secret", "secrets", NAMESPACED),
-    Resource::new("", "v1", "Event", "events", NAMESPACED),
     Resource::new("events.k8s.io", "v1", "Event", "events", NAMESPACED),
-    Resource::new(MIRROR_GROUP, "v1alpha1", "MirrorPolicy", "mirrorpolicies", NAMESPACED | STATUS | CUSTOM),
-    Resource::new(MIRROR_GROUP, "v1alpha1", "ClusterMirrorPolicy", "clustermirrorpolicies", STATUS | CUSTOM),
-    Resource::new(MIRROR_GROUP, "v1alpha1", "MirrorCollector", "mirrorcollectors", STATUS | CUSTOM),
+    Resource::new(MIRROR_GROUP, "v1alpha1", "MirrorPolicy", "mirrorpolicies", NAMESPACED | STATUS),
+    Resource::new(MIRROR_GROUP, "v1alpha1", "ClusterMirrorPolicy", "clustermirrorpolicies", STATUS),
+    Resource::new(MIRROR_GROUP, "v1alpha1", "MirrorCollector", "mirrorcollectors", STATUS),
 ];
 
 /// The index in [`RESOURCES`] of `plural` at `group/version`.
@@ -140,14 +137,7 @@ pub fn groups() -> Value {
 /// `GET /api/v1` or `/apis/GROUP/VERSION`, or `None` if nothing is served there.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let verbs = [
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
+        "create", "delete", "get", "list", "patch", "update", "watch",
     ];
     let mut resources = Vec::new();
     for r in RESOURCES
@@ -167,7 +157,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": r.kind,
-                "verbs": ["get", "patch", "update"],
+                "verbs": ["patch"],
             }));
         }
     }
@@ -185,19 +175,4 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         "groupVersion": group_version,
         "resources": resources,
     }))
-}
-
-/// `GET /version`.
-pub fn version() -> Value {
-    json!({
-        "major": "1",
-        "minor": "34",
-        "gitVersion": "v1.34.0-fake",
-        "gitCommit": "0000000000000000000000000000000000000000",
-        "gitTreeState": "clean",
-        "buildDate": "2025-01-01T00:00:00Z",
-        "goVersion": "go1.24",
-        "compiler": "gc",
-        "platform": "linux/amd64",
-    })
 }

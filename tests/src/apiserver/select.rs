@@ -46,16 +46,6 @@ impl Selector {
         Ok(selector)
     }
 
-    /// Adds `metadata.name=NAME`, as a watch on one object's path means.
-    pub fn with_name(mut self, name: &str) -> Self {
-        self.fields.push(Field {
-            path: "metadata.name".into(),
-            value: name.into(),
-            equal: true,
-        });
-        self
-    }
-
     pub fn matches(&self, object: &Value) -> bool {
         let labels = object.pointer("/metadata/labels");
         let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);

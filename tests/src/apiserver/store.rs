@@ -2,21 +2,26 @@
 //! history of changes for watches: the part of the API server that is etcd
 //! plus the registry's create/update/patch/delete rules.
 
+mod meta;
+
 use std::{
     collections::{BTreeMap, VecDeque},
     ops::Bound,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::{Map, Value, json};
 
 use super::{
     error::ApiError,
-    ownership::{self, Manager, Part, Writer},
-    patch,
+    ownership::{self, ApplyError, Manager, Part, Writer},
     resources::{RESOURCES, Resource},
+    schema::Schemas,
     select::Selector,
+};
+use meta::{
+    Ids, check_fresh, check_name, check_type, conflict_error, now, set_managed_fields, set_type,
+    spec_of,
 };
 
 /// An object's place: index in [`RESOURCES`], namespace (empty for
@@ -72,7 +77,7 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Entry {
     object: Value,
     managers: Vec<Manager>,
@@ -102,22 +107,13 @@ impl Target {
 /// A patch body, by its content type.
 #[derive(Debug, Clone)]
 pub enum PatchBody {
-    /// `application/merge-patch+json` (and strategic merge patch, approximated).
+    /// `application/merge-patch+json`.
     Merge(Value),
-    /// `application/json-patch+json`.
-    Json(Value),
     /// `application/apply-patch+yaml`: server-side apply.
     Apply { object: Value, force: bool },
 }
 
-/// Preconditions of a delete (`DeleteOptions.preconditions`).
-#[derive(Debug, Clone, Default)]
-pub struct Preconditions {
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Store {
     rv: u64,
     /// Watches and continue tokens from before this are answered 410 Gone:
@@ -127,10 +123,12 @@ pub struct Store {
     history: VecDeque<Event>,
     objects: BTreeMap<Key, Entry>,
     ids: Ids,
+    /// How apply merges each kind's lists.
+    schemas: Schemas,
 }
 
 impl Store {
-    pub fn new(history_limit: usize) -> Self {
+    pub fn new(history_limit: usize, schemas: Schemas) -> Self {
         Self {
             rv: 1,
             floor: 1,
@@ -138,6 +136,7 @@ impl Store {
             history: VecDeque::new(),
             objects: BTreeMap::new(),
             ids: Ids::new(),
+            schemas,
         }
     }
 
@@ -255,16 +254,13 @@ impl Store {
         };
         let name = match meta.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => n.to_string(),
-            _ => match meta.get("generateName").and_then(Value::as_str) {
-                Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", self.ids.suffix()),
-                _ => {
-                    return Err(ApiError::invalid(
-                        res,
-                        "",
-                        "metadata.name: Required value: name or generateName is required",
-                    ));
-                }
-            },
+            _ => {
+                return Err(ApiError::invalid(
+                    res,
+                    "",
+                    "metadata.name: Required value: name is required",
+                ));
+            }
         };
         check_name(res, &name)?;
         if res.namespaced {
@@ -321,7 +317,8 @@ impl Store {
                         now: &time,
                     };
                     let view = ownership::view(&obj, part, res);
-                    ownership::record_update(&mut m, &json!({}), &view, &w);
+                    let shape = self.schemas.of(res_index);
+                    ownership::record_update(&mut m, &json!({}), &view, shape, &w);
                 }
                 m
             }
@@ -346,14 +343,8 @@ impl Store {
         Ok(obj)
     }
 
-    /// PUT: replaces the object (or its status), if `body` is not stale.
-    pub fn replace(
-        &mut self,
-        key: &Key,
-        body: Value,
-        target: Target,
-        manager: &str,
-    ) -> Result<Value, ApiError> {
+    /// PUT: replaces the object (its status stays), if `body` is not stale.
+    pub fn replace(&mut self, key: &Key, body: Value, manager: &str) -> Result<Value, ApiError> {
         let res = key.resource();
         check_type(res, &body)?;
         if !body.is_object() {
@@ -380,11 +371,11 @@ impl Store {
             .get(key)
             .ok_or_else(|| ApiError::not_found(res, &key.name))?;
         check_fresh(res, key, old, &body)?;
-        self.write(key, body, target, Ownership::Update(manager))
+        self.write(key, body, Target::Main, Ownership::Update(manager))
     }
 
-    /// PATCH, by merge patch, JSON patch or server-side apply. Apply to an
-    /// object that does not exist creates it.
+    /// PATCH, by merge patch or server-side apply. Apply to an object that
+    /// does not exist creates it.
     pub fn patch(
         &mut self,
         key: &Key,
@@ -399,20 +390,7 @@ impl Store {
                     .get(key)
                     .ok_or_else(|| ApiError::not_found(res, &key.name))?;
                 let mut new = old.clone();
-                patch::merge(&mut new, &p);
-                check_fresh(res, key, old, &new)?;
-                return Ok((
-                    self.write(key, new, target, Ownership::Update(manager))?,
-                    false,
-                ));
-            }
-            PatchBody::Json(ops) => {
-                let old = self
-                    .get(key)
-                    .ok_or_else(|| ApiError::not_found(res, &key.name))?;
-                let mut new = old.clone();
-                patch::json_patch(&mut new, &ops)
-                    .map_err(|e| ApiError::invalid(res, &key.name, e))?;
+                json_patch::merge(&mut new, &p);
                 check_fresh(res, key, old, &new)?;
                 return Ok((
                     self.write(key, new, target, Ownership::Update(manager))?,
@@ -469,13 +447,19 @@ impl Store {
             now: &time,
         };
         let applied_view = ownership::view(&applied, part, res);
+        let shape = self.schemas.of(key.res);
+        let refused = |e| match e {
+            ApplyError::Conflicts(c) => conflict_error(res, &key.name, &c),
+            ApplyError::Invalid(why) => ApiError::invalid(res, &key.name, why),
+        };
         let Some(entry) = self.objects.get(key) else {
             if part == Part::Status {
                 return Err(ApiError::not_found(res, &key.name));
             }
             let mut managers = Vec::new();
-            let merged = ownership::apply(&mut managers, &json!({}), &applied_view, force, &w)
-                .map_err(|c| conflict_error(res, &key.name, &c))?;
+            let merged =
+                ownership::apply(&mut managers, &json!({}), &applied_view, shape, force, &w)
+                    .map_err(refused)?;
             let mut obj = json!({ "metadata": { "name": key.name } });
             ownership::unview(&mut obj, &merged, part, res);
             let ns = res.namespaced.then_some(key.namespace.as_str());
@@ -485,8 +469,8 @@ impl Store {
         check_fresh(res, key, &entry.object, &applied)?;
         let mut managers = entry.managers.clone();
         let live = ownership::view(&entry.object, part, res);
-        let merged = ownership::apply(&mut managers, &live, &applied_view, force, &w)
-            .map_err(|c| conflict_error(res, &key.name, &c))?;
+        let merged = ownership::apply(&mut managers, &live, &applied_view, shape, force, &w)
+            .map_err(refused)?;
         let mut new = entry.object.clone();
         ownership::unview(&mut new, &merged, part, res);
         let t = if part == Part::Status {
@@ -590,7 +574,8 @@ impl Store {
                         ownership::view(old, part, res),
                         ownership::view(&new, part, res),
                     );
-                    ownership::record_update(&mut managers, &before, &after, &w);
+                    let shape = self.schemas.of(key.res);
+                    ownership::record_update(&mut managers, &before, &after, shape, &w);
                 }
             }
             Ownership::Set(m) => managers = m,
@@ -603,15 +588,7 @@ impl Store {
                 .unwrap_or(0);
             new["metadata"]["generation"] = json!(generation + 1);
         }
-        let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-            && new
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_none_or(Vec::is_empty);
         set_managed_fields(&mut new, &managers);
-        if finalized {
-            return Ok(self.remove(key, new));
-        }
         // A write that changes nothing is no write: no new resourceVersion, no event.
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         if new == *old {
@@ -637,80 +614,14 @@ impl Store {
         Ok(new)
     }
 
-    /// DELETE: gone at once, or marked for deletion while finalizers remain.
-    pub fn delete(&mut self, key: &Key, pre: &Preconditions) -> Result<Value, ApiError> {
+    /// DELETE: gone at once (no finalizers here: nothing sets them).
+    pub fn delete(&mut self, key: &Key) -> Result<Value, ApiError> {
         let res = key.resource();
         let Some(entry) = self.objects.get(key) else {
             return Err(ApiError::not_found(res, &key.name));
         };
-        let old = entry.object.clone();
-        let failed = |what: &str, wanted: &str, have: Option<&str>| {
-            ApiError::conflict(
-                res,
-                &key.name,
-                &format!(
-                    "Precondition failed: {what} in precondition: {wanted}, {what} in object meta: {}",
-                    have.unwrap_or_default()
-                ),
-            )
-        };
-        let have_uid = old.pointer("/metadata/uid").and_then(Value::as_str);
-        if let Some(uid) = &pre.uid
-            && Some(uid.as_str()) != have_uid
-        {
-            return Err(failed("UID", uid, have_uid));
-        }
-        let have_rv = old
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str);
-        if let Some(rv) = &pre.resource_version
-            && Some(rv.as_str()) != have_rv
-        {
-            return Err(failed("ResourceVersion", rv, have_rv));
-        }
-        let finalizers = old
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        if !finalizers {
-            if res.group.is_empty() && res.kind == "Namespace" {
-                self.empty_namespace(&key.name);
-            }
-            return Ok(self.remove(key, old));
-        }
-        if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(old);
-        }
-        let mut new = old.clone();
-        new["metadata"]["deletionTimestamp"] = json!(now());
-        new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        let rv = self.next_rv();
-        new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if let Some(e) = self.objects.get_mut(key) {
-            e.object = new.clone();
-        }
-        self.push(Event {
-            rv,
-            key: key.clone(),
-            kind: EventType::Modified,
-            object: Arc::new(new.clone()),
-            prev: Some(Arc::new(old)),
-        });
-        Ok(new)
-    }
-
-    /// Deletes everything in a namespace that goes, as the namespace
-    /// controller does (at once here, not while the namespace terminates).
-    fn empty_namespace(&mut self, namespace: &str) {
-        let inside: Vec<(Key, Value)> = self
-            .objects
-            .iter()
-            .filter(|(k, _)| RESOURCES[k.res].namespaced && k.namespace == namespace)
-            .map(|(k, e)| (k.clone(), e.object.clone()))
-            .collect();
-        for (key, last) in inside {
-            self.remove(&key, last);
-        }
+        let last = entry.object.clone();
+        Ok(self.remove(key, last))
     }
 
     /// Removes the object; `last` is its final state, as the DELETED event shows it.
@@ -736,297 +647,5 @@ enum Ownership<'a> {
     Set(Vec<Manager>),
 }
 
-fn conflict_error(res: &Resource, name: &str, conflicts: &ownership::Conflicts) -> ApiError {
-    let lines: Vec<String> = conflicts
-        .iter()
-        .map(|(m, p)| format!("conflict with \"{m}\": {}", ownership::describe(p)))
-        .collect();
-    let plural = if conflicts.len() == 1 { "" } else { "s" };
-    let mut e = ApiError::new(
-        409,
-        "Conflict",
-        format!(
-            "Apply failed with {} conflict{plural}: {}",
-            conflicts.len(),
-            lines.join("\n")
-        ),
-    )
-    .about(res, name);
-    if let Some(details) = &mut e.details {
-        details.causes = conflicts
-            .iter()
-            .map(|(m, p)| {
-                json!({
-                    "type": "FieldManagerConflict",
-                    "message": format!("conflict with \"{m}\""),
-                    "field": ownership::describe(p),
-                })
-            })
-            .collect();
-    }
-    e
-}
-
-/// Optimistic concurrency: a resourceVersion in the body must be the stored one.
-fn check_fresh(res: &Resource, key: &Key, old: &Value, body: &Value) -> Result<(), ApiError> {
-    let wanted = body
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let have = old
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if wanted.is_empty() || wanted == have {
-        Ok(())
-    } else {
-        Err(ApiError::stale(res, &key.name))
-    }
-}
-
-/// A body's `apiVersion` and `kind`, where given, must be the URL's.
-fn check_type(res: &Resource, obj: &Value) -> Result<(), ApiError> {
-    let expected = res.api_version();
-    if let Some(v) = obj.get("apiVersion").and_then(Value::as_str)
-        && v != expected
-    {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({v}) does not match the expected API version ({expected})"
-        )));
-    }
-    if let Some(k) = obj.get("kind").and_then(Value::as_str)
-        && k != res.kind
-    {
-        return Err(ApiError::bad_request(format!(
-            "the kind in the data ({k}) does not match the expected kind ({})",
-            res.kind
-        )));
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain, as object names and namespaces must be.
-fn check_name(res: &Resource, name: &str) -> Result<(), ApiError> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| ok_char(c) || c == '-' || c == '.')
-        && name.starts_with(ok_char)
-        && name.ends_with(ok_char);
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            res,
-            name,
-            format!(
-                "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of \
-                 lower case alphanumeric characters, '-' or '.', and must start and end with an \
-                 alphanumeric character"
-            ),
-        ))
-    }
-}
-
-fn set_type(res: &Resource, obj: &mut Value) {
-    obj["apiVersion"] = json!(res.api_version());
-    obj["kind"] = json!(res.kind);
-}
-
-fn set_managed_fields(obj: &mut Value, managers: &[Manager]) {
-    if managers.is_empty() {
-        if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-            meta.remove("managedFields");
-        }
-    } else {
-        obj["metadata"]["managedFields"] = ownership::render(managers);
-    }
-}
-
-/// Everything but metadata and status: what `metadata.generation` counts.
-fn spec_of(obj: &Value) -> Value {
-    let mut spec = obj.clone();
-    if let Value::Object(o) = &mut spec {
-        for k in ["metadata", "status", "apiVersion", "kind"] {
-            o.remove(k);
-        }
-    }
-    spec
-}
-
-/// Now, as RFC 3339 in UTC to the second, as Kubernetes writes timestamps.
-pub fn now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days to civil date (Howard Hinnant's algorithm), for dates after 1970.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// UIDs and generated name suffixes: unique, not secret (splitmix64).
-#[derive(Debug, Clone)]
-struct Ids {
-    state: u64,
-}
-
-impl Ids {
-    fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        Self {
-            state: nanos ^ (u64::from(std::process::id()) << 32),
-        }
-    }
-
-    fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A version 4 UUID.
-    fn uid(&mut self) -> String {
-        let (a, b) = (self.next(), self.next());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            0x8000 | ((b >> 48) & 0x3fff),
-            b & 0xffff_ffff_ffff
-        )
-    }
-
-    /// Five characters for `generateName`.
-    fn suffix(&mut self) -> String {
-        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let mut n = self.next();
-        (0..5)
-            .map(|_| {
-                let c = ALPHABET[(n % ALPHABET.len() as u64) as usize];
-                n /= ALPHABET.len() as u64;
-                char::from(c)
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(name: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "n"},
-               "spec": {"nodeName": "a"}, "status": {"phase": "Running"}})
-    }
-
-    #[test]
-    fn history_window_and_compaction() {
-        let mut s = Store::new(2);
-        for i in 0..4 {
-            s.create(0, Some("n"), pod(&format!("p{i}")), Target::Raw, "t", None)
-                .unwrap();
-        }
-        // rv 2..=5 were the creates; only the last two are kept.
-        assert!(s.since(2).is_err());
-        assert_eq!(s.since(3).unwrap().count(), 2);
-        s.compact();
-        assert_eq!(s.since(5).err().map(|e| e.code), Some(410));
-        assert_eq!(s.since(s.resource_version()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn generation_status_and_noop() {
-        let mut s = Store::new(10);
-        let key = Key::new(0, Some("n"), "p");
-        let created = s
-            .create(0, Some("n"), pod("p"), Target::Main, "t", None)
-            .unwrap();
-        assert!(
-            created.get("status").is_none(),
-            "create does not set status"
-        );
-        let patched = s
-            .patch(
-                &key,
-                Target::Status,
-                PatchBody::Merge(json!({"status": {"phase": "Running"}})),
-                "k",
-            )
-            .unwrap()
-            .0;
-        assert_eq!(patched["metadata"]["generation"], 1);
-        let rv = s.resource_version();
-        s.patch(
-            &key,
-            Target::Status,
-            PatchBody::Merge(json!({"status": {"phase": "Running"}})),
-            "k",
-        )
-        .unwrap();
-        assert_eq!(s.resource_version(), rv, "a no-op write is no write");
-        let spec = s
-            .patch(
-                &key,
-                Target::Main,
-                PatchBody::Merge(json!({"spec": {"nodeName": "b"}, "status": null})),
-                "k",
-            )
-            .unwrap()
-            .0;
-        assert_eq!(spec["metadata"]["generation"], 2);
-        assert_eq!(
-            spec["status"]["phase"], "Running",
-            "status kept by a write to the object"
-        );
-    }
-
-    #[test]
-    fn namespace_deletion_empties_it() {
-        let mut s = Store::new(10);
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}});
-        s.create(1, None, ns, Target::Raw, "t", None).unwrap();
-        s.create(0, Some("n"), pod("p"), Target::Raw, "t", None)
-            .unwrap();
-        s.delete(&Key::new(1, None, "n"), &Preconditions::default())
-            .unwrap();
-        assert!(s.get(&Key::new(0, Some("n"), "p")).is_none());
-        let kinds: Vec<EventType> = s.since(1).unwrap().map(|e| e.kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                EventType::Added,
-                EventType::Added,
-                EventType::Deleted,
-                EventType::Deleted
-            ]
-        );
-    }
-
-    #[test]
-    fn timestamp() {
-        let t = now();
-        assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z'));
-    }
-}
+mod tests;
