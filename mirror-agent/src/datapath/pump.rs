@@ -324,6 +324,7 @@ mod tests {
         assert!(!r.release(&space, &fanout));
         assert_eq!(space.released.get(), 1000);
         stuck.read_until(|| finished(&fanout, PIPE) == 2);
+        eventually("the file output has sent", || finished(&fanout, FILE) == 2);
         assert!(r.release(&space, &fanout));
         assert_eq!(space.released.get(), 2500);
         drop(stuck);
