@@ -10,7 +10,7 @@
 //! nothing. A node's entry stays after the node is gone, until removed.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::{
     controller::{desired::Outcome, snapshot::PolicyRef},
-    datapath::mirror::PolicyTotals,
+    datapath::mirror::{Loss, PolicyTotals},
     k8s::{
         ClusterMirrorPolicy, GROUP, MirrorPolicy, NodeStatus, PolicyStatus, VERSION,
         accepted_condition, conditions, reasons,
@@ -83,7 +83,7 @@ impl StatusWriter {
                 skipped_host_network_pods: o.skipped_host_network,
                 mirrored: t.mirrored,
                 truncated: t.truncated,
-                dropped: t.dropped.clone(),
+                dropped: dropped(&t.lost),
                 problems: o
                     .problems
                     .iter()
@@ -219,6 +219,24 @@ pub async fn write(client: Client, node: String, pending: Vec<Pending>) {
                 warn!(policy = %p.policy.plan_name(), %error, "publishing an event failed");
             }
         }
+    }
+}
+
+/// A node entry's `dropped`: the datapath's losses under the status's
+/// names for them (those its CRD documents).
+fn dropped(lost: &BTreeMap<Loss, u64>) -> BTreeMap<String, u64> {
+    lost.iter()
+        .map(|(loss, n)| (loss_reason(*loss).to_owned(), *n))
+        .collect()
+}
+
+fn loss_reason(loss: Loss) -> &'static str {
+    match loss {
+        Loss::RingFull => "ringFull",
+        Loss::CopyFailed => "copyFailed",
+        Loss::RateLimited => "rateLimited",
+        Loss::QueueFull => "queueFull",
+        Loss::SendError => "sendError",
     }
 }
 
@@ -374,5 +392,44 @@ mod tests {
         assert!(s.message.contains("1 hostNetwork pods"), "{}", s.message);
         let s = summarize(false, &[&node("a", 2, 2, &[])]);
         assert_eq!((s.ready, s.reason), (false, reasons::NOT_ACCEPTED));
+    }
+
+    #[test]
+    fn losses_are_written_under_the_names_the_crd_documents() {
+        let outcome = Outcome {
+            policy: PolicyRef {
+                cluster: true,
+                namespace: String::new(),
+                name: "web".into(),
+            },
+            generation: Some(1),
+            accepted: Ok(()),
+            matched: 1,
+            attached: 1,
+            skipped_host_network: 0,
+            problems: Vec::new(),
+        };
+        let totals = |_: &str| PolicyTotals {
+            mirrored: 5,
+            lost: BTreeMap::from([
+                (Loss::RingFull, 3),
+                (Loss::CopyFailed, 1),
+                (Loss::RateLimited, 4),
+                (Loss::QueueFull, 6),
+                (Loss::SendError, 2),
+            ]),
+            ..PolicyTotals::default()
+        };
+        let mut writer = StatusWriter::new("node-a", Duration::ZERO);
+        let due = writer.due(&[outcome], totals, |_| PolicyStatus::default());
+        let [pending] = due.as_slice() else {
+            panic!("one status");
+        };
+        let node = &pending.body["status"]["nodes"][0];
+        assert_eq!(node["mirrored"], 5);
+        assert_eq!(
+            node["dropped"],
+            json!({"ringFull": 3, "copyFailed": 1, "rateLimited": 4, "queueFull": 6, "sendError": 2})
+        );
     }
 }

@@ -3,12 +3,12 @@
 //! to each of the policy's exporters. Runs on the drain thread, per record,
 //! with no allocation.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tracing::warn;
 
 use crate::{
-    export::Exporter,
+    export::{Exporter, output::Output},
     model::record::{IfaceId, Record, WallClock},
     policy::{Filters, Verdict, ratelimit::RateLimiter},
 };
@@ -31,14 +31,60 @@ pub struct PolicyStats {
 
 /// One policy at run time: its filters, rate limit and outputs.
 pub struct Running {
-    pub name: String,
-    pub filters: Option<Filters>,
-    pub limiter: Option<RateLimiter>,
-    pub exporters: Vec<Exporter>,
-    pub stats: PolicyStats,
+    name: String,
+    filters: Option<Filters>,
+    limiter: Option<RateLimiter>,
+    exporters: Vec<Exporter>,
+    stats: PolicyStats,
 }
 
 impl Running {
+    /// `stats`: the counters so far (those of the policy it replaces, or
+    /// none).
+    pub fn new(
+        name: String,
+        filters: Option<Filters>,
+        limiter: Option<RateLimiter>,
+        exporters: Vec<Exporter>,
+        stats: PolicyStats,
+    ) -> Self {
+        Self {
+            name,
+            filters,
+            limiter,
+            exporters,
+            stats,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> &PolicyStats {
+        &self.stats
+    }
+
+    pub fn exporters(&self) -> &[Exporter] {
+        &self.exporters
+    }
+
+    /// Whether one of its outputs was opened for `output`.
+    pub fn sends_to(&self, output: &Output) -> bool {
+        self.exporters.iter().any(|e| e.output() == output)
+    }
+
+    /// Takes its output opened for `output` out of it, still running.
+    pub fn take_exporter(&mut self, output: &Output) -> Option<Exporter> {
+        let at = self.exporters.iter().position(|e| e.output() == output)?;
+        Some(self.exporters.swap_remove(at))
+    }
+
+    /// Takes its counters, for the policy that replaces it.
+    pub fn take_stats(&mut self) -> PolicyStats {
+        std::mem::take(&mut self.stats)
+    }
+
     fn record(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) -> bool {
         if let Some(filters) = &self.filters {
             match filters.verdict(record.data, record.orig_len) {
@@ -68,11 +114,11 @@ impl Running {
 
 /// Hands each record to its policy, and from there to the policy's outputs.
 pub struct Fanout {
-    pub policies: Vec<Running>,
+    policies: Vec<Running>,
     /// Interface name and index into `policies`, by interface.
     routes: HashMap<IfaceId, (String, usize)>,
     clock: WallClock,
-    pub stats: AgentStats,
+    stats: AgentStats,
 }
 
 impl Fanout {
@@ -110,14 +156,212 @@ impl Fanout {
         }
     }
 
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+
+    /// The policies, in plan order.
+    pub fn policies(&self) -> &[Running] {
+        &self.policies
+    }
+
+    /// The policy named `name`, to take outputs and counters from.
+    pub fn policy_mut(&mut self, name: &str) -> Option<&mut Running> {
+        self.policies.iter_mut().find(|p| p.name == name)
+    }
+
     /// Every policy's outputs, in a fixed order.
     pub fn exporters(&self) -> impl Iterator<Item = &Exporter> {
         self.policies.iter().flat_map(|p| &p.exporters)
     }
 
+    fn exporters_mut(&mut self) -> impl Iterator<Item = &mut Exporter> {
+        self.policies.iter_mut().flat_map(|p| &mut p.exporters)
+    }
+
     pub fn flush(&mut self) {
-        for exporter in self.policies.iter_mut().flat_map(|p| &mut p.exporters) {
-            exporter.flush();
+        self.exporters_mut().for_each(Exporter::flush);
+    }
+
+    /// Every output sends what it holds and stops, each waiting at most
+    /// `timeout` ([`Exporter::close`]).
+    pub fn close(&mut self, timeout: Duration) {
+        for exporter in self.exporters_mut() {
+            exporter.close(timeout);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mirror_common::{DIR_EGRESS, DIR_INGRESS};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::{
+        datapath::testing::{Written, frame, iface, pcapng_output, record, written},
+        export::Stats,
+        policy::PolicyBody,
+    };
+
+    /// One policy, on the interfaces given, with the body written in YAML.
+    fn policy(name: &str, body: &str, exporters: Vec<Exporter>) -> Running {
+        let body = PolicyBody::from_yaml(name, body).expect("a valid body");
+        Running::new(
+            name.into(),
+            Some(body.filters().expect("filters compile")),
+            RateLimiter::new(&body.rate_limit),
+            exporters,
+            PolicyStats::default(),
+        )
+    }
+
+    fn clock() -> WallClock {
+        WallClock::now().expect("the clocks")
+    }
+
+    fn sent(e: &Exporter) -> u64 {
+        Stats::get(&e.stats().sent_packets)
+    }
+
+    #[test]
+    fn rejected_by_rules_is_counted_and_never_reaches_an_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let progress = Arc::new(Notify::new());
+        let a = iface(7);
+        let listed = [(a, "veth-a".to_owned())];
+        let (one, two) = (dir.path().join("one.pcapng"), dir.path().join("two.pcapng"));
+        let outputs = vec![
+            pcapng_output(&one, &listed, &progress),
+            pcapng_output(&two, &listed, &progress),
+        ];
+        let rules = "rules: [{action: Reject, protocol: UDP}, {action: Accept, protocol: TCP}]";
+        let routes = HashMap::from([(a, ("veth-a".to_owned(), 0))]);
+        let mut fanout = Fanout::new(vec![policy("web", rules, outputs)], routes, clock());
+
+        let (udp, tcp) = (frame(true, 30), frame(false, 100));
+        fanout.record(&record(a, 1_000, DIR_INGRESS, &udp));
+        fanout.record(&record(a, 2_000, DIR_EGRESS, &tcp));
+        fanout.close(Duration::from_secs(5));
+
+        let web = &fanout.policies()[0];
+        assert_eq!(web.stats().rejected_by_rules, 1);
+        assert_eq!(web.stats().rejected_by_filter, 0);
+        assert_eq!(fanout.stats().delivered, 1);
+        let only_tcp = vec![Written {
+            interface: "veth-a".into(),
+            original_len: tcp.len() as u32,
+            data: tcp,
+        }];
+        // Every output of the policy gets the copy, and only that one.
+        assert_eq!(written(&one), only_tcp);
+        assert_eq!(written(&two), only_tcp);
+        assert!(fanout.exporters().all(|e| sent(e) == 1));
+    }
+
+    #[test]
+    fn each_record_goes_to_its_interfaces_policy_through_its_filter_and_rate_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let progress = Arc::new(Notify::new());
+        let (a, b) = (iface(7), iface(8));
+        let (file_a, file_b) = (dir.path().join("a.pcapng"), dir.path().join("b.pcapng"));
+        let out_a = pcapng_output(&file_a, &[(a, "veth-a".into())], &progress);
+        let out_b = pcapng_output(&file_b, &[(b, "veth-b".into())], &progress);
+        let routes = HashMap::from([(a, ("veth-a".into(), 0)), (b, ("veth-b".into(), 1))]);
+        let policies = vec![
+            policy("dns", "filter: 'udp'", vec![out_a]),
+            policy("web", "rateLimit: {packetsPerSecond: 1}", vec![out_b]),
+        ];
+        let mut fanout = Fanout::new(policies, routes, clock());
+
+        let (udp, tcp) = (frame(true, 10), frame(false, 20));
+        let second = 1_000_000_000;
+        fanout.record(&record(a, second, DIR_INGRESS, &udp));
+        fanout.record(&record(a, second, DIR_INGRESS, &tcp));
+        fanout.record(&record(b, second, DIR_INGRESS, &tcp));
+        // Within the same second: over one packet per second.
+        fanout.record(&record(b, second + 1, DIR_INGRESS, &udp));
+        fanout.record(&record(b, 3 * second, DIR_INGRESS, &udp));
+        fanout.close(Duration::from_secs(5));
+
+        let [dns, web] = fanout.policies() else {
+            panic!("two policies");
+        };
+        assert_eq!(
+            (dns.stats().rejected_by_filter, dns.stats().rate_limited),
+            (1, 0)
+        );
+        assert_eq!(
+            (web.stats().rejected_by_filter, web.stats().rate_limited),
+            (0, 1)
+        );
+        assert_eq!(fanout.stats().delivered, 3);
+        let data = |w: Vec<Written>| -> Vec<(String, Vec<u8>)> {
+            w.into_iter().map(|w| (w.interface, w.data)).collect()
+        };
+        assert_eq!(data(written(&file_a)), [("veth-a".into(), udp.clone())]);
+        assert_eq!(
+            data(written(&file_b)),
+            [("veth-b".into(), tcp), ("veth-b".into(), udp)]
+        );
+    }
+
+    #[test]
+    fn malformed_records_and_unknown_interfaces_are_counted_not_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let progress = Arc::new(Notify::new());
+        let a = iface(7);
+        let file = dir.path().join("a.pcapng");
+        let out = pcapng_output(&file, &[(a, "veth-a".into())], &progress);
+        let routes = HashMap::from([(a, ("veth-a".into(), 0))]);
+        let mut fanout = Fanout::new(vec![policy("all", "{}", vec![out])], routes, clock());
+
+        let f = frame(true, 10);
+        let good = record(a, 1, DIR_INGRESS, &f);
+        // Shorter than the header; a direction no hook writes; more
+        // captured bytes claimed than the record holds.
+        fanout.record(&good[..20]);
+        fanout.record(&record(a, 1, 7, &f));
+        let mut long = good.clone();
+        long[32..36].copy_from_slice(&10_000u32.to_ne_bytes());
+        fanout.record(&long);
+        // An interface no policy asked for.
+        fanout.record(&record(iface(9), 1, DIR_INGRESS, &f));
+        fanout.close(Duration::from_secs(5));
+
+        let s = fanout.stats();
+        assert_eq!((s.malformed, s.unknown_interface, s.delivered), (3, 1, 0));
+        assert_eq!(written(&file), []);
+        assert_eq!(sent(fanout.exporters().next().expect("one output")), 0);
+    }
+
+    #[test]
+    fn outputs_and_counters_can_be_taken_for_the_next_plan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let progress = Arc::new(Notify::new());
+        let a = iface(7);
+        let path = dir.path().join("a.pcapng");
+        let out = pcapng_output(&path, &[(a, "veth-a".into())], &progress);
+        let routes = HashMap::from([(a, ("veth-a".into(), 0))]);
+        let limited = "rateLimit: {packetsPerSecond: 1}";
+        let mut fanout = Fanout::new(vec![policy("web", limited, vec![out])], routes, clock());
+        let f = frame(true, 10);
+        fanout.record(&record(a, 5, DIR_INGRESS, &f));
+        fanout.record(&record(a, 6, DIR_INGRESS, &f));
+
+        assert!(fanout.policy_mut("dns").is_none());
+        let web = fanout.policy_mut("web").expect("web runs");
+        let output = Output::PcapngFile(path.clone());
+        assert!(web.sends_to(&output));
+        assert!(!web.sends_to(&Output::PcapngFile(dir.path().join("other"))));
+        let mut taken = web.take_exporter(&output).expect("its output");
+        assert_eq!(web.take_stats().rate_limited, 1);
+        assert!(!web.sends_to(&output));
+        assert_eq!(web.stats().rate_limited, 0);
+        // The output taken still holds, and sends, what it was handed.
+        taken.close(Duration::from_secs(5));
+        assert_eq!(written(&path).len(), 1);
     }
 }

@@ -140,4 +140,15 @@ mod tests {
         h.mark(100, t, &[2]);
         assert_eq!(h.len(), 1);
     }
+
+    #[test]
+    fn marks_made_before_the_outputs_changed_go_with_the_next() {
+        let t = Instant::now();
+        let mut h = Holds::default();
+        h.mark(100, t, &[1, 1]);
+        h.mark(200, t, &[3]);
+        assert_eq!(h.len(), 1, "the two-output mark cannot be compared");
+        assert_eq!(h.release(t, 200, LIMITS, &[2]), None);
+        assert_eq!(h.release(t, 200, LIMITS, &[3]), Some(200));
+    }
 }

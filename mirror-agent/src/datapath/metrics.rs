@@ -78,12 +78,13 @@ impl AgentMetrics {
                 c.filtered,
             );
         }
-        for p in &fanout.policies {
-            let policy = p.name.as_str();
+        for p in fanout.policies() {
+            let policy = p.name();
+            let stats = p.stats();
             for (reason, stage, value) in [
-                ("filter", Some("rules"), p.stats.rejected_by_rules),
-                ("filter", Some("pcap_filter"), p.stats.rejected_by_filter),
-                ("rate_limit", None, p.stats.rate_limited),
+                ("filter", Some("rules"), stats.rejected_by_rules),
+                ("filter", Some("pcap_filter"), stats.rejected_by_filter),
+                ("rate_limit", None, stats.rate_limited),
             ] {
                 match stage {
                     Some(stage) => f.dropped.with(
@@ -95,7 +96,7 @@ impl AgentMetrics {
                         .with(&[("policy", policy), ("reason", reason)], value),
                 };
             }
-            for e in &p.exporters {
+            for e in p.exporters() {
                 let s = e.stats();
                 let l = [("output", e.name()), ("policy", policy)];
                 f.sent_packets.with(&l, Stats::get(&s.sent_packets));
@@ -111,8 +112,8 @@ impl AgentMetrics {
             }
         }
         f.dropped
-            .with(&[("reason", "malformed")], fanout.stats.malformed);
-        f.delivered.with(&[], fanout.stats.delivered);
+            .with(&[("reason", "malformed")], fanout.stats().malformed);
+        f.delivered.with(&[], fanout.stats().delivered);
         f.attached.with(&[], attached as u64);
         f.ring_size.with(&[], ring.size());
         f.ring_pending.with(&[], ring.pending());

@@ -9,3 +9,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod plan;
 pub mod pump;
+
+#[cfg(test)]
+mod testing;

@@ -27,11 +27,7 @@ const HOLD_SHARE: u64 = 4;
 
 pub struct Pump {
     drain: Drain,
-    holds: Holds,
-    limits: Limits,
-    /// Per output: batches handed over, and finished; reused every round.
-    handed: Vec<u64>,
-    done: Vec<u64>,
+    releaser: Releaser,
 }
 
 impl Pump {
@@ -42,10 +38,7 @@ impl Pump {
         };
         Ok(Self {
             drain: Drain::new(ring)?,
-            holds: Holds::default(),
-            limits,
-            handed: Vec::new(),
-            done: Vec::new(),
+            releaser: Releaser::new(limits),
         })
     }
 
@@ -56,14 +49,14 @@ impl Pump {
     /// Waits for records, then moves all that are ready.
     pub async fn wait(&mut self, fanout: &mut Fanout) -> io::Result<()> {
         self.drain.next_batch(|r| fanout.record(r)).await?;
-        self.handed_over(fanout);
+        self.releaser.handed_over(self.drain.ring(), fanout);
         Ok(())
     }
 
     /// Moves whatever records are ready now, without waiting.
     pub fn poll(&mut self, fanout: &mut Fanout) {
         self.drain.drain_now(|r| fanout.record(r));
-        self.handed_over(fanout);
+        self.releaser.handed_over(self.drain.ring(), fanout);
     }
 
     /// An output finished a batch (or a timer fired): release what has been
@@ -71,7 +64,7 @@ impl Pump {
     /// released position had caught up with them, so after a release, read
     /// again for those written while space was held.
     pub fn progress(&mut self, fanout: &mut Fanout) {
-        self.release(fanout);
+        self.releaser.release(self.drain.ring(), fanout);
         self.poll(fanout);
     }
 
@@ -85,34 +78,302 @@ impl Pump {
     /// The outputs were replaced: what was read so far belongs to the old
     /// ones, which finish sending it on their own; stop holding it.
     pub fn forget_holds(&mut self) {
-        self.holds = Holds::default();
-        let ring = self.drain.ring();
-        ring.release(ring.position());
+        self.releaser.forget(self.drain.ring());
+    }
+}
+
+/// The ring's space as the pump gives it back: kept apart from reading
+/// records, so that when space is released can be tested without a BPF
+/// ring buffer (making one takes privileges).
+trait Space {
+    /// Where reading has got to.
+    fn position(&self) -> u64;
+    /// Bytes read but not yet released.
+    fn held(&self) -> u64;
+    /// Gives back the space of every record before `position`.
+    fn release(&self, position: u64);
+}
+
+impl Space for Ring {
+    fn position(&self) -> u64 {
+        Ring::position(self)
     }
 
-    fn handed_over(&mut self, fanout: &mut Fanout) {
+    fn held(&self) -> u64 {
+        Ring::held(self)
+    }
+
+    fn release(&self, position: u64) {
+        Ring::release(self, position);
+    }
+}
+
+/// Marks what each drain round handed to the outputs, and releases ring
+/// space as they send it.
+struct Releaser {
+    holds: Holds,
+    limits: Limits,
+    /// Per output: batches handed over, and finished; reused every round.
+    handed: Vec<u64>,
+    done: Vec<u64>,
+}
+
+impl Releaser {
+    fn new(limits: Limits) -> Self {
+        Self {
+            holds: Holds::default(),
+            limits,
+            handed: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// A drain round has handed records up to the space's position to the
+    /// fanout: send them on, mark the round, and release what can be.
+    fn handed_over(&mut self, space: &impl Space, fanout: &mut Fanout) {
         fanout.flush();
         self.handed.clear();
         self.handed
             .extend(fanout.exporters().map(|e| e.progress().0));
-        let position = self.drain.ring().position();
-        self.holds.mark(position, Instant::now(), &self.handed);
-        self.release(fanout);
+        self.holds
+            .mark(space.position(), Instant::now(), &self.handed);
+        self.release(space, fanout);
     }
 
-    fn release(&mut self, fanout: &Fanout) -> bool {
+    fn release(&mut self, space: &impl Space, fanout: &Fanout) -> bool {
         self.done.clear();
         self.done.extend(fanout.exporters().map(|e| e.progress().1));
-        let ring = self.drain.ring();
         match self
             .holds
-            .release(Instant::now(), ring.held(), self.limits, &self.done)
+            .release(Instant::now(), space.held(), self.limits, &self.done)
         {
             Some(position) => {
-                ring.release(position);
+                space.release(position);
                 true
             }
             None => false,
         }
+    }
+
+    fn forget(&mut self, space: &impl Space) {
+        self.holds = Holds::default();
+        space.release(space.position());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::Cell,
+        collections::HashMap,
+        fs::{File, OpenOptions},
+        io::Read,
+        os::unix::fs::OpenOptionsExt,
+        path::Path,
+        sync::Arc,
+        time::Duration,
+    };
+
+    use mirror_common::DIR_INGRESS;
+    use nix::{
+        fcntl::{FcntlArg, fcntl},
+        libc,
+        sys::stat::Mode,
+    };
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::{
+        datapath::{
+            fanout::{PolicyStats, Running},
+            testing::{eventually, frame, iface, pcapng_output, record},
+        },
+        model::record::{IfaceId, WallClock},
+    };
+
+    /// The ring's space as the test moves it: what the drain has read up
+    /// to, and what has been given back.
+    #[derive(Default)]
+    struct Fake {
+        read: Cell<u64>,
+        released: Cell<u64>,
+    }
+
+    impl Space for Fake {
+        fn position(&self) -> u64 {
+            self.read.get()
+        }
+
+        fn held(&self) -> u64 {
+            self.read.get() - self.released.get()
+        }
+
+        fn release(&self, position: u64) {
+            self.released.set(position);
+        }
+    }
+
+    /// Holding bounded neither by time nor by bytes (within a test).
+    const PATIENT: Limits = Limits {
+        age: Duration::from_secs(3600),
+        bytes: u64::MAX,
+    };
+
+    /// A pcapng output into a pipe the test reads, or does not: its sender
+    /// finishes a batch only once the pipe has taken all of it, and the
+    /// pipe is made as small as it can be.
+    struct Stuck {
+        pipe: File,
+        capacity: usize,
+    }
+
+    impl Stuck {
+        fn open(path: &Path) -> Self {
+            nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR).expect("mkfifo");
+            // Opened for reading first, without waiting for a writer, so
+            // that the output's own open does not wait either.
+            let pipe = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .expect("the pipe's read end");
+            fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(4096)).expect("shrinking the pipe");
+            let capacity = fcntl(&pipe, FcntlArg::F_GETPIPE_SZ).expect("the pipe's size");
+            Self {
+                pipe,
+                capacity: capacity as usize,
+            }
+        }
+
+        /// Reads what the sender writes until `done`.
+        fn read_until(&mut self, mut done: impl FnMut() -> bool) {
+            let mut buf = vec![0; 1 << 16];
+            eventually("the stuck output has sent", || {
+                while let Ok(n) = self.pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                done()
+            });
+        }
+    }
+
+    /// A fanout with one policy on interface `a`, sending to a pcapng file
+    /// and to the stuck output at `pipe`.
+    fn fanout(dir: &Path, a: IfaceId) -> (Fanout, Stuck) {
+        let progress = Arc::new(Notify::new());
+        let listed = [(a, "veth-a".to_owned())];
+        let stuck = Stuck::open(&dir.join("pipe"));
+        let outputs = vec![
+            pcapng_output(&dir.join("file.pcapng"), &listed, &progress),
+            pcapng_output(&dir.join("pipe"), &listed, &progress),
+        ];
+        let policy = Running::new("web".into(), None, None, outputs, PolicyStats::default());
+        let routes = HashMap::from([(a, ("veth-a".to_owned(), 0))]);
+        let clock = WallClock::now().expect("the clocks");
+        (Fanout::new(vec![policy], routes, clock), stuck)
+    }
+
+    /// The outputs of [`fanout`], in order.
+    const FILE: usize = 0;
+    const PIPE: usize = 1;
+
+    /// Batches output `i` has finished.
+    fn finished(fanout: &Fanout, i: usize) -> u64 {
+        fanout.exporters().nth(i).expect("two outputs").progress().1
+    }
+
+    /// Hands the fanout records from `a` that take more than `bytes` in a
+    /// pcapng stream, as a drain round that read up to `position` would.
+    fn drain_round(
+        r: &mut Releaser,
+        space: &Fake,
+        fanout: &mut Fanout,
+        a: IfaceId,
+        bytes: usize,
+        position: u64,
+    ) {
+        let f = frame(true, 1400);
+        for _ in 0..=bytes / f.len() {
+            fanout.record(&record(a, 1, DIR_INGRESS, &f));
+        }
+        space.read.set(position);
+        r.handed_over(space, fanout);
+    }
+
+    #[test]
+    fn ring_space_is_released_only_once_every_output_has_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = iface(7);
+        let (mut fanout, mut stuck) = fanout(dir.path(), a);
+        let (space, mut r) = (Fake::default(), Releaser::new(PATIENT));
+
+        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 1000);
+        eventually("the file output has sent", || finished(&fanout, FILE) == 1);
+        assert_eq!(finished(&fanout, PIPE), 0, "the pipe cannot hold the batch");
+        assert!(!r.release(&space, &fanout));
+        assert_eq!(space.released.get(), 0);
+
+        stuck.read_until(|| finished(&fanout, PIPE) == 1);
+        assert!(r.release(&space, &fanout));
+        assert_eq!(space.released.get(), 1000);
+
+        // A second round is held on its own: the first stays released.
+        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 2500);
+        assert!(!r.release(&space, &fanout));
+        assert_eq!(space.released.get(), 1000);
+        stuck.read_until(|| finished(&fanout, PIPE) == 2);
+        eventually("the file output has sent", || finished(&fanout, FILE) == 2);
+        assert!(r.release(&space, &fanout));
+        assert_eq!(space.released.get(), 2500);
+        drop(stuck);
+    }
+
+    #[test]
+    fn a_round_with_nothing_for_the_outputs_is_released_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = iface(7);
+        let (mut fanout, stuck) = fanout(dir.path(), a);
+        let (space, mut r) = (Fake::default(), Releaser::new(PATIENT));
+        // Records of an interface no policy asked for: nothing handed over.
+        drain_round(&mut r, &space, &mut fanout, iface(9), 3000, 700);
+        assert_eq!(space.released.get(), 700);
+        assert!(fanout.exporters().all(|e| e.progress() == (0, 0)));
+        drop(stuck);
+    }
+
+    #[test]
+    fn a_stuck_output_holds_no_more_than_the_byte_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = iface(7);
+        let (mut fanout, mut stuck) = fanout(dir.path(), a);
+        let space = Fake::default();
+        let limits = Limits {
+            age: Duration::from_secs(3600),
+            bytes: 1500,
+        };
+        let mut r = Releaser::new(limits);
+        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 1000);
+        assert_eq!(finished(&fanout, PIPE), 0);
+        assert_eq!(space.released.get(), 0, "1000 bytes held: within the limit");
+        drain_round(&mut r, &space, &mut fanout, a, 10, 2000);
+        assert_eq!(finished(&fanout, PIPE), 0);
+        assert_eq!(space.released.get(), 2000, "2000 bytes held: past it");
+        stuck.read_until(|| finished(&fanout, PIPE) == 2);
+    }
+
+    #[test]
+    fn forgetting_releases_all_that_was_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = iface(7);
+        let (mut fanout, stuck) = fanout(dir.path(), a);
+        let (space, mut r) = (Fake::default(), Releaser::new(PATIENT));
+        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 1000);
+        assert_eq!(space.released.get(), 0);
+        space.read.set(1200);
+        r.forget(&space);
+        assert_eq!(space.released.get(), 1200);
+        drop(stuck);
     }
 }

@@ -211,3 +211,137 @@ impl Inbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// Fills the drain side's current batch with `packets` packets of
+    /// `len` bytes each (in buffers no larger than that: the bound counts
+    /// what they take).
+    fn fill(out: &mut Outbox, packets: usize, len: usize) {
+        out.current.buf.reserve_exact(packets * len);
+        out.current.packets.reserve_exact(packets);
+        for _ in 0..packets {
+            let start = out.current.buf.len();
+            out.current.buf.extend(std::iter::repeat_n(0xab, len));
+            out.current.packets.push(Span {
+                start,
+                len,
+                lane: 0,
+            });
+        }
+    }
+
+    fn queue_full(stats: &Stats) -> u64 {
+        Stats::get(&stats.queue_full)
+    }
+
+    #[test]
+    fn a_batch_past_the_byte_bound_is_refused_and_counted_until_the_sender_catches_up() {
+        let (mut out, inbox) = channel(100_000, Arc::new(Notify::new()));
+        let stats = Stats::default();
+        fill(&mut out, 10, 4_000);
+        assert!(out.submit(&stats));
+        fill(&mut out, 10, 4_000);
+        assert!(out.submit(&stats));
+        let two = out.queued();
+        assert!((80_000..100_000).contains(&two), "{two}");
+        assert_eq!(out.queued_packets(), 20);
+
+        // A third would take it past the bound: dropped whole, counted.
+        fill(&mut out, 10, 4_000);
+        assert!(!out.submit(&stats));
+        assert_eq!(queue_full(&stats), 10);
+        assert_eq!(
+            (out.handed(), out.queued(), out.queued_packets()),
+            (2, two, 20)
+        );
+        assert!(out.current.is_empty(), "what was refused is gone");
+
+        // The sender finishes one: room again.
+        let first = inbox.recv().expect("a batch");
+        assert_eq!((first.packets.len(), first.buf.len()), (10, 40_000));
+        inbox.done(first);
+        assert!(out.queued() < two);
+        assert_eq!(out.finished(), 1);
+        fill(&mut out, 10, 4_000);
+        assert!(out.submit(&stats));
+        assert_eq!((out.handed(), queue_full(&stats)), (3, 10));
+    }
+
+    #[test]
+    fn a_big_reused_buffer_is_cut_down_before_it_counts() {
+        let (mut out, inbox) = channel(1 << 20, Arc::new(Notify::new()));
+        let stats = Stats::default();
+        // As after a round that held the whole ring.
+        out.current.buf = Vec::with_capacity(8 << 20);
+        fill(&mut out, 1, 100);
+        assert!(out.submit(&stats));
+        assert!(out.queued() <= 100 + SLACK + SLACK, "{}", out.queued());
+        assert_eq!(
+            inbox.recv().expect("a batch").bytes(Span {
+                start: 0,
+                len: 100,
+                lane: 0
+            }),
+            [0xab; 100]
+        );
+        assert_eq!(queue_full(&stats), 0);
+    }
+
+    #[test]
+    fn the_drain_is_woken_once_the_sender_has_caught_up() {
+        let progress = Arc::new(Notify::new());
+        let (mut out, inbox) = channel(1 << 20, progress.clone());
+        let stats = Stats::default();
+        for _ in 0..2 {
+            fill(&mut out, 3, 100);
+            assert!(out.submit(&stats));
+        }
+        inbox.done(inbox.recv().expect("the first batch"));
+        assert_eq!(out.finished(), 1);
+        assert!(
+            progress.notified().now_or_never().is_none(),
+            "one batch still waits: no wakeup"
+        );
+        inbox.done(inbox.recv().expect("the second batch"));
+        assert_eq!(
+            (out.finished(), out.queued(), out.queued_packets()),
+            (2, 0, 0)
+        );
+        assert!(progress.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn closed_the_sender_gets_what_was_queued_and_later_batches_are_counted() {
+        let (mut out, inbox) = channel(1 << 20, Arc::new(Notify::new()));
+        let stats = Stats::default();
+        assert!(!out.submit(&stats), "an empty batch is not handed over");
+        assert_eq!(out.handed(), 0);
+        fill(&mut out, 2, 10);
+        assert!(out.submit(&stats));
+        out.close();
+        fill(&mut out, 5, 10);
+        assert!(!out.submit(&stats));
+        assert_eq!(queue_full(&stats), 5);
+        assert_eq!(inbox.recv().map(|b| b.packets.len()), Some(2));
+        assert!(inbox.recv().is_none());
+    }
+
+    #[test]
+    fn emptied_batches_come_back_for_reuse() {
+        let (mut out, inbox) = channel(1 << 20, Arc::new(Notify::new()));
+        let stats = Stats::default();
+        fill(&mut out, 1, 5_000);
+        assert!(out.submit(&stats));
+        inbox.done(inbox.recv().expect("a batch"));
+        fill(&mut out, 1, 10);
+        assert!(out.submit(&stats));
+        // The next batch to fill is the first one's buffer, emptied.
+        assert!(out.current.is_empty());
+        assert!(out.current.buf.capacity() >= 5_000);
+    }
+}

@@ -1,0 +1,64 @@
+//! The kernel's side of a plan: each policy's prefilter and each
+//! interface's config, written before any hook of theirs runs.
+
+use std::collections::HashMap;
+
+use mirror_common::IfaceConfig;
+
+use super::MirrorError;
+use crate::{
+    datapath::plan::Planned,
+    export::SocketMark,
+    kernel::hooks::{Hooks, Interface, Slot},
+    policy::kfilter,
+};
+
+/// Writes each policy's kernel prefilter and each interface's config, and
+/// returns each interface's counter slot, in plan order.
+pub(super) fn configure(
+    hooks: &mut Hooks,
+    plan: &[Planned],
+    mark: SocketMark,
+) -> Result<Vec<(Interface, Slot)>, MirrorError> {
+    let mut slots = Vec::new();
+    for p in plan {
+        let rules = p.body.as_ref().map(|b| &b.rules);
+        hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
+        for iface in &p.interfaces {
+            let slot = hooks.configure(
+                iface,
+                IfaceConfig {
+                    policy_id: p.id.0,
+                    directions: iface.hook_bits(p.directions),
+                    snaplen: p.snaplen.get(),
+                    sample_every: p.sample.get(),
+                    counter_slot: 0,
+                    skip_mark: mark.value,
+                    skip_mask: mark.mask,
+                    _pad: 0,
+                },
+            )?;
+            slots.push((iface.clone(), slot));
+        }
+    }
+    Ok(slots)
+}
+
+/// Each policy's counter slots, by name.
+pub(super) fn policy_slots(
+    plan: &[Planned],
+    slots: &[(Interface, Slot)],
+) -> HashMap<String, Vec<Slot>> {
+    let mut by = HashMap::new();
+    // configure() makes the slots in plan order, interface by interface.
+    let mut slots = slots.iter();
+    for p in plan {
+        let mine: Vec<Slot> = slots
+            .by_ref()
+            .take(p.interfaces.len())
+            .map(|(_, s)| *s)
+            .collect();
+        by.insert(p.name.clone(), mine);
+    }
+    by
+}
