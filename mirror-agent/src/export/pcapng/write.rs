@@ -14,6 +14,14 @@ fn option_len(value_len: usize) -> usize {
     4 + value_len + pad4(value_len)
 }
 
+/// Text for an option: at most `u16::MAX` bytes, all its length field can
+/// say, cut at a character boundary. Longer would corrupt the block, and
+/// the collector names interfaces after what remote streams send.
+fn option_text(text: &str) -> &str {
+    text.get(..text.floor_char_boundary(usize::from(u16::MAX)))
+        .unwrap_or_default()
+}
+
 fn push_option(out: &mut Vec<u8>, code: u16, value: &[u8]) {
     out.extend_from_slice(&code.to_le_bytes());
     out.extend_from_slice(&(value.len() as u16).to_le_bytes());
@@ -23,6 +31,7 @@ fn push_option(out: &mut Vec<u8>, code: u16, value: &[u8]) {
 
 /// Appends a section header block; `application` goes in `shb_userappl`.
 pub fn section_header(out: &mut Vec<u8>, application: &str) {
+    let application = option_text(application);
     let total = 28 + option_len(application.len()) + 4;
     out.extend_from_slice(&SHB.to_le_bytes());
     out.extend_from_slice(&(total as u32).to_le_bytes());
@@ -38,6 +47,7 @@ pub fn section_header(out: &mut Vec<u8>, application: &str) {
 /// Appends an Ethernet interface description block with nanosecond stamps.
 /// Blocks are numbered in the order they are written, from 0.
 pub fn interface_block(out: &mut Vec<u8>, name: &str, snaplen: u32) {
+    let name = option_text(name);
     let total = 20 + option_len(name.len()) + option_len(1) + 4;
     out.extend_from_slice(&IDB.to_le_bytes());
     out.extend_from_slice(&(total as u32).to_le_bytes());
@@ -240,6 +250,36 @@ mod tests {
             [("veth-a".into(), 262_144), ("veth-bb".into(), 128)]
         );
         assert_eq!(seen, packets());
+    }
+
+    /// Text longer than an option can hold is cut, at a character
+    /// boundary, and the blocks stay readable.
+    #[test]
+    fn overlong_text_is_cut() {
+        let long = format!("{}é{}", "a".repeat(65_534), "b".repeat(10_000));
+        let mut bytes = Vec::new();
+        section_header(&mut bytes, &long);
+        interface_block(&mut bytes, &long, 1);
+        interface_block(&mut bytes, "next", 2);
+        let mut reader = PcapNgReader::new(&bytes[..]).expect("section header");
+        let cut = "a".repeat(65_534);
+        assert_eq!(
+            reader.section().options,
+            [SectionHeaderOption::UserApplication(cut.as_str().into())]
+        );
+        let mut names = Vec::new();
+        while let Some(block) = reader.next_block() {
+            if let Block::InterfaceDescription(idb) = block.expect("valid block") {
+                names.push((idb.options[0].clone().into_owned(), idb.snaplen));
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                (InterfaceDescriptionOption::IfName(cut.into()), 1),
+                (InterfaceDescriptionOption::IfName("next".into()), 2)
+            ]
+        );
     }
 
     /// The same section through pcap-file's writer gives the same bytes.
