@@ -25,7 +25,10 @@ use std::{
 use mirror_common::MAX_SNAPLEN;
 use tracing::{info, warn};
 
-use crate::{export::pcapng, model::direction::Direction};
+use crate::{
+    export::pcapng::{self, InterfaceId},
+    model::direction::Direction,
+};
 
 /// How often the writer flushes to disk and checks the age of its file.
 const TICK: Duration = Duration::from_secs(1);
@@ -79,7 +82,7 @@ struct Current {
     bytes: u64,
     packets: u64,
     opened: Instant,
-    ids: HashMap<Arc<str>, u32>,
+    ids: HashMap<Arc<str>, InterfaceId>,
 }
 
 pub struct Writer {
@@ -173,13 +176,22 @@ impl Writer {
         let id = match file.ids.get(&p.interface) {
             Some(&id) => id,
             None => {
-                let id = u32::try_from(file.ids.len()).unwrap_or(u32::MAX);
+                let id = InterfaceId(u32::try_from(file.ids.len()).unwrap_or(u32::MAX));
                 pcapng::interface_block(&mut self.block, &p.interface, MAX_SNAPLEN);
                 file.ids.insert(p.interface.clone(), id);
                 id
             }
         };
-        packet_block(&mut self.block, id, p);
+        // At most MAX_SNAPLEN bytes, and never an original length below them.
+        let data = p.data.get(..MAX_SNAPLEN as usize).unwrap_or(&p.data);
+        pcapng::packet_block(
+            &mut self.block,
+            id,
+            p.unix_ns,
+            p.orig_len.max(data.len() as u32),
+            p.direction,
+            data,
+        );
         match file.out.write_all(&self.block) {
             Ok(()) => {
                 let n = self.block.len() as u64;
@@ -338,43 +350,6 @@ fn is_ours(name: &str) -> bool {
     name.len() >= PREFIX.len() + 16 + 1 + 6 + SUFFIX.len()
         && name.starts_with(PREFIX)
         && name.ends_with(SUFFIX)
-}
-
-/// An enhanced packet block. Unlike `pcapng::packet_block`, the direction
-/// is optional: most tunnels do not carry it, and an `epb_flags` saying
-/// "inbound" for a packet of unknown direction would be a lie.
-fn packet_block(out: &mut Vec<u8>, interface: u32, p: &Packet) {
-    let data = p.data.get(..MAX_SNAPLEN as usize).unwrap_or(&p.data);
-    let pad = (4 - data.len() % 4) % 4;
-    let options = if p.direction.is_some() { 12 } else { 0 };
-    // At most MAX_SNAPLEN bytes of data: the total fits in u32.
-    let total = (32 + data.len() + pad + options) as u32;
-    let caplen = data.len() as u32;
-    let words = [
-        6, // EPB
-        total,
-        interface,
-        (p.unix_ns >> 32) as u32,
-        p.unix_ns as u32,
-        caplen,
-        p.orig_len.max(caplen),
-    ];
-    for w in words {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
-    out.extend_from_slice(data);
-    out.extend_from_slice(&[0u8; 3][..pad]);
-    if let Some(direction) = p.direction {
-        // epb_flags (code 2, 4 bytes): inbound 01, outbound 10; then opt_endofopt.
-        let flags: u32 = match direction {
-            Direction::Ingress => 1,
-            Direction::Egress => 2,
-        };
-        out.extend_from_slice(&[2, 0, 4, 0]);
-        out.extend_from_slice(&flags.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-    }
-    out.extend_from_slice(&total.to_le_bytes());
 }
 
 /// `YYYYMMDDTHHMMSSZ` for a time, in UTC (civil-from-days, after

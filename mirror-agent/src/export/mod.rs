@@ -259,7 +259,7 @@ impl Exporter {
                     id,
                     unix_ns,
                     record.orig_len,
-                    record.direction,
+                    Some(record.direction),
                     record.data,
                 );
                 let len = batch.buf.len() - start;

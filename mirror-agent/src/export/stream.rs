@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::{Context, SocketMark, Stats, queue::Inbox};
 use crate::export::{
     output::{Endpoint, Output},
+    pcapng,
     tls::{self, TlsError},
 };
 
@@ -107,12 +108,12 @@ pub struct Sink {
 
 pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
     let mut preamble = Vec::new();
-    crate::export::pcapng::section_header(
+    pcapng::section_header(
         &mut preamble,
         concat!("mirror-agent ", env!("CARGO_PKG_VERSION")),
     );
     for (_, name) in ctx.interfaces {
-        crate::export::pcapng::interface_block(&mut preamble, name, ctx.snaplen);
+        pcapng::interface_block(&mut preamble, name, ctx.snaplen);
     }
     let target = match output {
         // Reopened by a plan change: a new section after what is there
