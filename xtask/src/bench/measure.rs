@@ -298,15 +298,21 @@ pub fn softirq_ns() -> Result<f64> {
 
 /// `(VmRSS, VmHWM)` of `pid` in KiB.
 pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let get = status_kib(pid)?;
+    Ok((get("VmRSS:")?, get("VmHWM:")?))
+}
+
+/// A reader of `pid`'s /proc/PID/status as it is now: each call gives one
+/// field's value in KiB (`VmRSS:`, `RssAnon:`...).
+pub fn status_kib(pid: u32) -> Result<impl Fn(&str) -> Result<u64>> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let get = |key: &str| {
+    Ok(move |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .with_context(|| format!("no {key} in {path}"))
-    };
-    Ok((get("VmRSS:")?, get("VmHWM:")?))
+    })
 }
 
 /// Waits until `pid` has used no CPU for a while (the copier has drained

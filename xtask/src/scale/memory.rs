@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::report::mib;
 
@@ -28,14 +28,7 @@ pub struct Memory {
 
 impl Memory {
     pub fn of(pid: u32) -> Result<Self> {
-        let path = format!("/proc/{pid}/status");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .with_context(|| format!("no {key} in {path}"))
-        };
+        let get = crate::bench::measure::status_kib(pid)?;
         Ok(Self {
             rss: get("VmRSS:")?,
             hwm: get("VmHWM:")?,
