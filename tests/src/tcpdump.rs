@@ -25,8 +25,12 @@ impl Tcpdump {
     pub fn start(ns: &Netns, interface: &str, path: PathBuf, extra: &[&str]) -> Result<Self> {
         let mut cmd = ns.command("tcpdump");
         cmd.args(["-i", interface, "-n", "-s", "0", "-U", "--immediate-mode"])
-            // A 128 MiB buffer: with the default 2 MiB, tcpdump drops GSO bursts.
-            .args(["-B", "131072"])
+            // A 512 MiB buffer. In immediate mode libpcap uses TPACKET_V2,
+            // whose ring has fixed slots sized for the largest frame (64 KiB
+            // with GSO), so 128 MiB held only about 2,000 packets, and a
+            // 20,000-packet flood overran it now and then (about one run in
+            // three on 2 cores); with the default 2 MiB it drops GSO bursts.
+            .args(["-B", "524288"])
             .args(["--time-stamp-precision=nano", "-Z", "root", "-w"])
             .arg(&path)
             .args(extra)
