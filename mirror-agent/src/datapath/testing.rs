@@ -8,7 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror_common::{RECORD_HEADER_LEN, RecordHeader};
+use etherparse::PacketBuilder;
+use mirror_common::RecordHeader;
 use pcap_file::pcapng::{
     Block, PcapNgReader, blocks::interface_description::InterfaceDescriptionOption,
 };
@@ -16,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::{
     export::{self, DEFAULT_QUEUE_BYTES, Exporter, SocketMark, output::Output},
-    model::record::{IfIndex, IfaceId, NetnsCookie},
+    model::record::{IfIndex, IfaceId, NetnsCookie, record_bytes},
 };
 
 pub fn iface(index: u32) -> IfaceId {
@@ -39,38 +40,27 @@ pub fn record(iface: IfaceId, boot_ns: u64, direction: u32, frame: &[u8]) -> Vec
         cap_len: frame.len() as u32,
         flags: 0,
     };
-    // SAFETY: RecordHeader is plain `#[repr(C)]` data of exactly this size,
-    // without padding.
-    let head: [u8; RECORD_HEADER_LEN] = unsafe { std::mem::transmute(header) };
-    let mut bytes = head.to_vec();
-    bytes.extend_from_slice(frame);
+    let mut bytes = record_bytes(header, frame);
     bytes.resize(bytes.len().next_multiple_of(64), 0xee);
     bytes
 }
 
 /// An Ethernet frame: IPv4 from 198.18.0.1 to 198.18.0.2, then a UDP
-/// header (ports 1000 to 53) or a TCP one (ports 1000 to 443), then
-/// `payload` bytes.
+/// header (ports 1000 to 53) or a TCP one (ports 1000 to 443, PSH ACK),
+/// then `payload` bytes; built by etherparse, not by hand.
 pub fn frame(udp: bool, payload: usize) -> Vec<u8> {
-    let l4 = if udp { 8 } else { 20 };
-    let total = (20 + l4 + payload) as u16;
-    let mut f = vec![0u8; 12];
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&[0x45, 0]);
-    f.extend_from_slice(&total.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0x40, 0, 64, if udp { 17 } else { 6 }, 0, 0]);
-    f.extend_from_slice(&[198, 18, 0, 1, 198, 18, 0, 2]);
-    if udp {
-        f.extend_from_slice(&1000u16.to_be_bytes());
-        f.extend_from_slice(&53u16.to_be_bytes());
-        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
+    let ip = PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64);
+    let data: Vec<u8> = (0..payload).map(|i| i as u8).collect();
+    let mut f = Vec::new();
+    let written = if udp {
+        ip.udp(1000, 53).write(&mut f, &data)
     } else {
-        f.extend_from_slice(&1000u16.to_be_bytes());
-        f.extend_from_slice(&443u16.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
-    }
-    f.extend((0..payload).map(|i| i as u8));
+        ip.tcp(1000, 443, 1, 0xffff)
+            .psh()
+            .ack(0)
+            .write(&mut f, &data)
+    };
+    written.expect("a frame within IPv4's size");
     f
 }
 

@@ -124,6 +124,18 @@ impl WallClock {
     }
 }
 
+/// A record's bytes as the hook writes them: the header, then `data`. For
+/// the tests of every layer that reads records.
+#[cfg(test)]
+pub(crate) fn record_bytes(h: RecordHeader, data: &[u8]) -> Vec<u8> {
+    // SAFETY: RecordHeader is plain `#[repr(C)]` data of exactly this size,
+    // without padding (mirror-common asserts its size).
+    let head: [u8; RECORD_HEADER_LEN] = unsafe { core::mem::transmute(h) };
+    let mut v = head.to_vec();
+    v.extend_from_slice(data);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use mirror_common::{DIR_EGRESS, DIR_INGRESS};
@@ -131,11 +143,7 @@ mod tests {
     use super::*;
 
     fn bytes(h: RecordHeader, data: &[u8]) -> Vec<u8> {
-        // SAFETY: RecordHeader is plain data.
-        let head: [u8; RECORD_HEADER_LEN] = unsafe { core::mem::transmute(h) };
-        let mut v = head.to_vec();
-        v.extend_from_slice(data);
-        v
+        record_bytes(h, data)
     }
 
     fn header(cap_len: u32, direction: u32) -> RecordHeader {
