@@ -10,7 +10,7 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
@@ -292,9 +292,16 @@ pub struct RecordHeader {
     pub cap_len: u32,
     /// Bit set of `FLAG_*`.
     pub flags: u32,
+    /// `skb->gso_size`: the payload bytes of each wire segment of a GSO or
+    /// GRO super-packet (the MSS for TCP); 0 for a packet the kernel sends
+    /// as it is. The agent cuts super-packets into wire-size segments by it.
+    pub gso_size: u32,
+    /// `skb->gso_segs`: how many segments the kernel would make (0 or 1
+    /// for a plain packet).
+    pub gso_segs: u32,
 }
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
-const _: () = assert!(RECORD_HEADER_LEN == 40);
+const _: () = assert!(RECORD_HEADER_LEN == 48);
 
 #[cfg(feature = "user")]
 mod user {

@@ -206,6 +206,9 @@ impl Out<'_> {
         } else {
             0
         };
+        // SAFETY: the context pointer is valid for the whole program run.
+        let (gso_size, gso_segs) =
+            unsafe { ((*self.ctx.skb.skb).gso_size, (*self.ctx.skb.skb).gso_segs) };
         // SAFETY: the reservation is large enough for the header.
         unsafe {
             core::ptr::addr_of_mut!((*record).header).write(RecordHeader {
@@ -217,6 +220,8 @@ impl Out<'_> {
                 orig_len: self.len,
                 cap_len: cap as u32,
                 flags: truncated,
+                gso_size,
+                gso_segs,
             });
         }
         self.counters.mirrored_packets += 1;

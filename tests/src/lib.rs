@@ -22,6 +22,7 @@ pub mod tcpdump;
 pub mod topology;
 pub mod traffic;
 pub mod tshark;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

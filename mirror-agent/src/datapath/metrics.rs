@@ -102,6 +102,10 @@ impl AgentMetrics {
                 f.sent_packets.with(&l, Stats::get(&s.sent_packets));
                 f.sent_bytes.with(&l, Stats::get(&s.sent_bytes));
                 f.mtu_truncated.with(&l, Stats::get(&s.mtu_truncated));
+                f.super_packets.with(&l, Stats::get(&s.super_packets));
+                f.segments.with(&l, Stats::get(&s.segments));
+                f.checksums_finished
+                    .with(&l, Stats::get(&s.checksums_finished));
                 f.queue_bytes.with(&l, e.queued_bytes() as u64);
                 for (reason, value) in [
                     ("queue_full", Stats::get(&s.queue_full)),
@@ -133,6 +137,9 @@ struct Families {
     sent_packets: Family,
     sent_bytes: Family,
     mtu_truncated: Family,
+    super_packets: Family,
+    segments: Family,
+    checksums_finished: Family,
     queue_bytes: Family,
     attached: Family,
     ring_size: Family,
@@ -201,6 +208,21 @@ impl Families {
                 "Copies a tunnel output cut to fit its MTU: sent, not dropped.",
                 Counter,
             ),
+            super_packets: Family::new(
+                "mirror_output_super_packets",
+                "GSO/GRO super-packets an output cut into wire-size segments.",
+                Counter,
+            ),
+            segments: Family::new(
+                "mirror_output_segments",
+                "Wire-size segments an output made of super-packets, each sent as its own copy.",
+                Counter,
+            ),
+            checksums_finished: Family::new(
+                "mirror_output_checksums_finished",
+                "Partial (offloaded) checksums an output finished in its copies.",
+                Counter,
+            ),
             queue_bytes: Family::new(
                 "mirror_output_queue_bytes",
                 "Bytes waiting in an output's queue.",
@@ -238,6 +260,9 @@ impl Families {
             self.sent_packets,
             self.sent_bytes,
             self.mtu_truncated,
+            self.super_packets,
+            self.segments,
+            self.checksums_finished,
             self.queue_bytes,
             self.attached,
             self.ring_size,

@@ -39,6 +39,8 @@ pub fn record(iface: IfaceId, boot_ns: u64, direction: u32, frame: &[u8]) -> Vec
         orig_len: frame.len() as u32,
         cap_len: frame.len() as u32,
         flags: 0,
+        gso_size: 0,
+        gso_segs: 0,
     };
     let mut bytes = record_bytes(header, frame);
     bytes.resize(bytes.len().next_multiple_of(64), 0xee);

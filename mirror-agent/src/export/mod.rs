@@ -14,6 +14,7 @@ mod queue;
 mod stream;
 pub mod tls;
 mod tunnel;
+pub mod wire;
 
 use std::{
     collections::HashMap,
@@ -65,6 +66,12 @@ pub struct Stats {
     pub send_errors: AtomicU64,
     /// Sent, but cut to fit the path MTU.
     pub mtu_truncated: AtomicU64,
+    /// GSO/GRO super-packets cut into wire-size segments, and the segments
+    /// made of them (see [`wire`]).
+    pub super_packets: AtomicU64,
+    pub segments: AtomicU64,
+    /// Partial checksums finished.
+    pub checksums_finished: AtomicU64,
 }
 
 impl Stats {
@@ -141,6 +148,7 @@ pub struct Exporter {
     name: String,
     output: Output,
     encoder: Encoder,
+    shaper: wire::Shaper,
     outbox: queue::Outbox,
     stats: Arc<Stats>,
     thread: Option<JoinHandle<()>>,
@@ -190,6 +198,7 @@ impl Exporter {
             name: output.to_string(),
             output: output.clone(),
             encoder,
+            shaper: wire::Shaper::new(output.wire(), ctx.snaplen),
             outbox,
             stats,
             thread: Some(thread),
@@ -244,32 +253,50 @@ impl Exporter {
         true
     }
 
-    /// Encodes one mirrored packet into the current batch.
+    /// Encodes one mirrored packet into the current batch: one copy, or
+    /// one per wire segment of a super-packet, checksums finished (as the
+    /// output's [`wire::Wire`] says).
     pub fn push(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) {
         let batch = &mut self.outbox.current;
-        match &mut self.encoder {
-            Encoder::Pcapng(p) => {
-                // Records only come from interfaces we configured.
-                let Some(&id) = p.ids.get(&record.iface) else {
-                    return;
-                };
-                let start = batch.buf.len();
-                crate::export::pcapng::packet_block(
-                    &mut batch.buf,
-                    id,
-                    unix_ns,
-                    record.orig_len,
-                    Some(record.direction),
-                    record.data,
-                );
-                let len = batch.buf.len() - start;
-                batch.packets.push(queue::Span {
-                    start,
-                    len,
-                    lane: 0,
-                });
-            }
-            Encoder::Tunnel(encode) => encode.push(batch, record, unix_ns, interface, &self.stats),
+        let encoder = &mut self.encoder;
+        let stats = &self.stats;
+        let shaped = self.shaper.shape(
+            record.data,
+            record.orig_len,
+            record.gso_size,
+            |data, orig_len| match encoder {
+                Encoder::Pcapng(p) => {
+                    // Records only come from interfaces we configured.
+                    let Some(&id) = p.ids.get(&record.iface) else {
+                        return;
+                    };
+                    let start = batch.buf.len();
+                    crate::export::pcapng::packet_block(
+                        &mut batch.buf,
+                        id,
+                        unix_ns,
+                        orig_len,
+                        Some(record.direction),
+                        data,
+                    );
+                    let len = batch.buf.len() - start;
+                    batch.packets.push(queue::Span {
+                        start,
+                        len,
+                        lane: 0,
+                    });
+                }
+                Encoder::Tunnel(encode) => {
+                    encode.push(batch, record, data, orig_len, unix_ns, interface, stats)
+                }
+            },
+        );
+        if shaped.segments > 0 {
+            Stats::add(&stats.super_packets, 1);
+            Stats::add(&stats.segments, shaped.segments);
+        }
+        if shaped.finished > 0 {
+            Stats::add(&stats.checksums_finished, shaped.finished);
         }
         if self.outbox.current.buf.len() >= self.max_batch {
             self.flush();

@@ -20,10 +20,13 @@ use std::{fmt, path::PathBuf, str::FromStr};
 
 use url::Url;
 
-use crate::export::encap::{
-    Vni,
-    erspan::{HwId, SessionId},
-    gre::GreKey,
+use crate::export::{
+    encap::{
+        Vni,
+        erspan::{HwId, SessionId},
+        gre::GreKey,
+    },
+    wire::Wire,
 };
 
 /// Path MTU assumed toward a collector unless `mtu=` says otherwise.
@@ -253,6 +256,21 @@ impl FromStr for Output {
         };
         params.done()?;
         Ok(out)
+    }
+}
+
+impl Output {
+    /// What this output does to the bytes the hook saw: tunnels and streams
+    /// send what a wire would carry; files finish checksums but keep
+    /// super-packets whole, as tcpdump writes them.
+    pub fn wire(&self) -> Wire {
+        match self {
+            Self::PcapngFile(_) => Wire {
+                finish_checksums: true,
+                segment: false,
+            },
+            _ => Wire::WIRE,
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //! a raw `IPPROTO_GRE` socket, sent in batches with `sendmmsg`.
 //!
 //! UDP tunnels use a small pool of sockets, each on its own source port, and
-//! pick one by a hash of the inner flow: RFC 7348's source-port entropy for
-//! ECMP, without crafting UDP headers ourselves, and one flow always takes
-//! one port, so it is never reordered.
+//! pick one by a symmetric hash of the inner host pair ([`flow_hash`]):
+//! RFC 7348's source-port entropy for ECMP, without crafting UDP headers
+//! ourselves. Both directions of a connection take one port and each port
+//! sends in capture order, so a connection is never reordered.
 
 use std::{
     io,
@@ -144,10 +145,15 @@ fn tunnel_socket(to: SocketAddr, udp: bool, mark: u32) -> io::Result<Socket> {
 }
 
 impl Encode {
+    /// Encodes one copy (`data`, of a packet of `orig_len` bytes) of
+    /// `record`'s packet into the batch.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         batch: &mut Batch,
         record: &Record<'_>,
+        data: &[u8],
+        orig_len: u32,
         unix_ns: u64,
         interface: &str,
         stats: &Stats,
@@ -156,13 +162,13 @@ impl Encode {
             unix_ns,
             ifindex: record.iface.index,
             direction: record.direction,
-            orig_len: record.orig_len,
+            orig_len,
             pod: interface,
         };
         let header = self.encoder.header_len(&meta);
         let room = self.max_payload.saturating_sub(header);
-        let inner = &record.data[..record.data.len().min(room)];
-        if inner.len() < record.data.len() {
+        let inner = &data[..data.len().min(room)];
+        if inner.len() < data.len() {
             stats
                 .mtu_truncated
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -402,16 +408,14 @@ fn send_messages(
     }
 }
 
-/// A hash of the inner frame's flow (addresses, protocol and, when present,
-/// ports), so one flow always leaves by one source port. FNV-1a over the
-/// fields; fragments and non-IP frames hash by what they have.
+/// A symmetric hash of the inner frame's host pair: both addresses, taken
+/// in sorted order, so both directions of a connection, its IP fragments
+/// and the ICMP errors about it take one lane, and one lane keeps their
+/// order (an IDS misreads a SYN-ACK that overtakes its SYN). Ports are left
+/// out on purpose: with them, non-first fragments would hash apart. Copies
+/// of different host pairs may overtake each other across lanes. FNV-1a
+/// over the fields; non-IP frames hash by their sorted MAC pair.
 pub fn flow_hash(frame: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let mut mix = |bytes: &[u8]| {
-        for b in bytes {
-            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-        }
-    };
     let mut at = 12;
     let mut ethertype = frame
         .get(12..14)
@@ -423,25 +427,19 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
             .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
     }
     let l3 = at + 2;
-    let ports = |start: usize| frame.get(start..start + 4).unwrap_or(&[]);
-    match ethertype {
-        0x0800 => {
-            let ihl = frame.get(l3).map_or(20, |b| usize::from(b & 0x0f) * 4);
-            let fragment = frame
-                .get(l3 + 6..l3 + 8)
-                .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x1fff != 0);
-            mix(frame.get(l3 + 9..l3 + 10).unwrap_or(&[]));
-            mix(frame.get(l3 + 12..l3 + 20).unwrap_or(&[]));
-            if !fragment {
-                mix(ports(l3 + ihl));
-            }
-        }
-        0x86dd => {
-            mix(frame.get(l3 + 6..l3 + 7).unwrap_or(&[]));
-            mix(frame.get(l3 + 8..l3 + 40).unwrap_or(&[]));
-            mix(ports(l3 + 40));
-        }
-        _ => mix(frame.get(..12).unwrap_or(frame)),
+    let pair = |a: usize, b: usize, n: usize| -> (&[u8], &[u8]) {
+        let x = frame.get(a..a + n).unwrap_or(&[]);
+        let y = frame.get(b..b + n).unwrap_or(&[]);
+        if x <= y { (x, y) } else { (y, x) }
+    };
+    let (low, high) = match ethertype {
+        0x0800 => pair(l3 + 12, l3 + 16, 4),
+        0x86dd => pair(l3 + 8, l3 + 24, 16),
+        _ => pair(0, 6, 6),
+    };
+    let mut h: u32 = 0x811c_9dc5;
+    for b in low.iter().chain(high) {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
     h
 }
@@ -504,10 +502,18 @@ mod tests {
     }
 
     #[test]
-    fn same_flow_same_hash_other_flow_other_hash() {
-        // The IP id changes per packet; the flow's hash must not.
-        assert_eq!(flow_hash(&udp4(1000, 1)), flow_hash(&udp4(1000, 2)));
-        assert_ne!(flow_hash(&udp4(1000, 1)), flow_hash(&udp4(1001, 1)));
+    fn both_directions_and_fragments_share_a_hash() {
+        let forward = udp4(1000, 1);
+        let mut back = forward.clone();
+        back[26..30].copy_from_slice(&forward[30..34]);
+        back[30..34].copy_from_slice(&forward[26..30]);
+        back[34..36].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(flow_hash(&forward), flow_hash(&back));
+        // The IP id changes per packet, ports per connection; the lane must not.
+        assert_eq!(flow_hash(&forward), flow_hash(&udp4(1001, 2)));
+        let mut other = forward.clone();
+        other[33] = 3;
+        assert_ne!(flow_hash(&forward), flow_hash(&other));
         assert_eq!(flow_hash(&[]), flow_hash(&[]));
     }
 }

@@ -1,6 +1,8 @@
 //! Ring-buffer records, read in place: a typed view over the bytes the hook
 //! wrote, with the header checked once here.
 
+use std::num::NonZeroU16;
+
 use mirror_common::{FLAG_TRUNCATED, RECORD_HEADER_LEN, RecordHeader};
 
 use crate::model::direction::Direction;
@@ -64,6 +66,9 @@ pub struct Record<'a> {
     pub policy: PolicyId,
     pub orig_len: u32,
     pub truncated: bool,
+    /// Payload bytes per wire segment of a GSO/GRO super-packet (`skb->gso_size`,
+    /// the MSS for TCP); `None` for a packet that goes on the wire as it is.
+    pub gso_size: Option<NonZeroU16>,
     pub data: &'a [u8],
 }
 
@@ -92,6 +97,8 @@ impl<'a> Record<'a> {
             policy: PolicyId(h.policy_id),
             orig_len: h.orig_len,
             truncated: h.flags & FLAG_TRUNCATED != 0,
+            // The kernel's gso_size is 16 bits wide; a wider value is not one.
+            gso_size: u16::try_from(h.gso_size).ok().and_then(NonZeroU16::new),
             data,
         })
     }
@@ -156,6 +163,8 @@ mod tests {
             orig_len: 100,
             cap_len,
             flags: FLAG_TRUNCATED,
+            gso_size: 1448,
+            gso_segs: 2,
         }
     }
 
@@ -177,6 +186,7 @@ mod tests {
             )
         );
         assert!(r.truncated);
+        assert_eq!(r.gso_size.map(NonZeroU16::get), Some(1448));
     }
 
     #[test]

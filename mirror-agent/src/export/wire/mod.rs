@@ -1,0 +1,250 @@
+//! Copies as a wire would carry them, for receivers that validate what
+//! they get (an IDS drops a packet whose checksum is wrong, and reads a
+//! 64 KiB super-packet cut to the tunnel MTU as a reassembly gap).
+//!
+//! The hook sees packets before the NIC (or the kernel, for a virtual
+//! link) finishes them: locally sent TCP and UDP carry a partial checksum
+//! (`CHECKSUM_PARTIAL`: the field holds only the pseudo-header's sum), and
+//! GSO/GRO super-packets are not cut into segments yet. Here, in the agent
+//! and off the production path, [`Shaper`] finishes checksums
+//! ([`finish`]) and cuts super-packets into the segments the kernel would
+//! make ([`segment`]).
+//!
+//! A TC program cannot read `skb->ip_summed` (`__sk_buff` does not have
+//! it, and `bpf_csum_level` answers only for `CHECKSUM_UNNECESSARY`), so a
+//! partial checksum is recognised by its value: the field equals the folded
+//! pseudo-header sum and the whole sum does not verify. Only such fields
+//! are rewritten: a packet whose checksum verifies, or is wrong in any
+//! other way, is passed on as it was seen.
+
+mod segment;
+
+use std::num::NonZeroU16;
+
+use etherparse::{LaxNetSlice, LaxSlicedPacket, checksum::u64_16bit_word as sum};
+
+pub use segment::segment;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
+
+/// What an output does to the bytes the hook saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wire {
+    /// Finish partial checksums (the default; `checksums=keep` turns it off).
+    pub finish_checksums: bool,
+    /// Cut GSO/GRO super-packets into wire-size segments (the default for
+    /// tunnels and streams; files only with `--segment`).
+    pub segment: bool,
+}
+
+impl Wire {
+    /// As a wire would carry them: the default of tunnels and streams.
+    pub const WIRE: Self = Self {
+        finish_checksums: true,
+        segment: true,
+    };
+    /// Exactly as the hook saw them (`checksums=keep`).
+    pub const KEEP: Self = Self {
+        finish_checksums: false,
+        segment: false,
+    };
+}
+
+/// Where a frame's layers start, found by etherparse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Offset of the IP header.
+    pub l3: usize,
+    pub ipv6: bool,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// Length of the transport header and payload, as the IP header says
+    /// (the captured bytes may hold fewer).
+    pub l4_len: usize,
+    pub protocol: u8,
+}
+
+impl Layout {
+    /// The layers of an Ethernet frame carrying an unfragmented IP packet.
+    pub fn of(frame: &[u8]) -> Option<Self> {
+        let packet = LaxSlicedPacket::from_ethernet(frame).ok()?;
+        let at = |s: &[u8]| (s.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
+        let (l3, ipv6, end, payload) = match packet.net.as_ref()? {
+            LaxNetSlice::Ipv4(v4) => {
+                let h = v4.header();
+                let l3 = at(h.slice())?;
+                (l3, false, l3 + usize::from(h.total_len()), v4.payload())
+            }
+            LaxNetSlice::Ipv6(v6) => {
+                let h = v6.header();
+                let l3 = at(h.slice())?;
+                (
+                    l3,
+                    true,
+                    l3 + 40 + usize::from(h.payload_length()),
+                    v6.payload(),
+                )
+            }
+            LaxNetSlice::Arp(_) => return None,
+        };
+        if payload.fragmented {
+            return None;
+        }
+        let l4 = at(payload.payload)?;
+        Some(Self {
+            l3,
+            ipv6,
+            l4,
+            l4_len: end.checked_sub(l4)?,
+            protocol: payload.ip_number.0,
+        })
+    }
+
+    /// Offset of the transport checksum within the transport header.
+    fn checksum_at(&self) -> Option<usize> {
+        match self.protocol {
+            TCP => Some(16),
+            UDP => Some(6),
+            ICMPV6 if self.ipv6 => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The pseudo-header's sum (RFC 793, RFC 768, RFC 8200 section 8.1).
+    fn pseudo_sum(&self, frame: &[u8]) -> u64 {
+        let (addrs, n) = if self.ipv6 {
+            (self.l3 + 8, 32)
+        } else {
+            (self.l3 + 12, 8)
+        };
+        let s = sum::add_slice(0, &frame[addrs..addrs + n]);
+        let s = sum::add_4bytes(s, (self.l4_len as u32).to_be_bytes());
+        sum::add_2bytes(s, [0, self.protocol])
+    }
+}
+
+/// Writes the transport checksum of a whole captured segment.
+fn write_checksum(frame: &mut [u8], layout: &Layout, at: usize) {
+    frame[at..at + 2].fill(0);
+    let s = sum::add_slice(
+        layout.pseudo_sum(frame),
+        &frame[layout.l4..layout.l4 + layout.l4_len],
+    );
+    let value = if layout.protocol == UDP {
+        sum::ones_complement_with_no_zero(s)
+    } else {
+        sum::ones_complement(s)
+    };
+    frame[at..at + 2].copy_from_slice(&value.to_ne_bytes());
+}
+
+/// Where a partial transport checksum is to be finished, if the frame has
+/// one: its layout and the checksum's offset. A frame not captured whole
+/// (snaplen) cannot be finished.
+fn partial(frame: &[u8]) -> Option<(Layout, usize)> {
+    let layout = Layout::of(frame)?;
+    let at = layout.l4 + layout.checksum_at()?;
+    if layout.l4 + layout.l4_len > frame.len() || at + 2 > frame.len() {
+        return None;
+    }
+    let pseudo = layout.pseudo_sum(frame);
+    // CHECKSUM_PARTIAL leaves ~csum_tcpudp_magic(): the folded pseudo sum.
+    if u16::from_ne_bytes([frame[at], frame[at + 1]]) != !sum::ones_complement(pseudo) {
+        return None;
+    }
+    let whole = sum::add_slice(pseudo, &frame[layout.l4..layout.l4 + layout.l4_len]);
+    (sum::ones_complement(whole) != 0).then_some((layout, at))
+}
+
+/// Finishes a partial transport checksum in place; true when it did.
+pub fn finish(frame: &mut [u8]) -> bool {
+    match partial(frame) {
+        Some((layout, at)) => {
+            write_checksum(frame, &layout, at);
+            true
+        }
+        None => false,
+    }
+}
+
+/// What shaping did to one record, for the output's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shaped {
+    /// Copies handed on: 1, or the number of segments.
+    pub copies: usize,
+    /// Segments made of a super-packet (0 when it was not cut).
+    pub segments: usize,
+    /// Checksums finished.
+    pub finished: usize,
+}
+
+/// Shapes records into copies, reusing one buffer.
+#[derive(Debug)]
+pub struct Shaper {
+    wire: Wire,
+    snaplen: usize,
+    scratch: Vec<u8>,
+}
+
+impl Shaper {
+    pub fn new(wire: Wire, snaplen: u32) -> Self {
+        Self {
+            wire,
+            snaplen: snaplen as usize,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Calls `each` with every copy of one captured frame (`data`, of a
+    /// packet of `orig_len` bytes): its bytes and its own original length.
+    pub fn shape(
+        &mut self,
+        data: &[u8],
+        orig_len: u32,
+        gso_size: Option<NonZeroU16>,
+        mut each: impl FnMut(&[u8], u32),
+    ) -> Shaped {
+        if self.wire.segment
+            && let Some(mss) = gso_size
+        {
+            let made = segment(
+                data,
+                orig_len,
+                mss,
+                self.snaplen,
+                self.wire.finish_checksums,
+                &mut self.scratch,
+                &mut each,
+            );
+            if let Some(made) = made {
+                return made;
+            }
+        }
+        let todo = if self.wire.finish_checksums {
+            partial(data)
+        } else {
+            None
+        };
+        let Some((layout, at)) = todo else {
+            each(data, orig_len);
+            return Shaped {
+                copies: 1,
+                ..Shaped::default()
+            };
+        };
+        self.scratch.clear();
+        self.scratch.extend_from_slice(data);
+        write_checksum(&mut self.scratch, &layout, at);
+        each(&self.scratch, orig_len);
+        Shaped {
+            copies: 1,
+            segments: 0,
+            finished: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
