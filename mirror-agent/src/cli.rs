@@ -310,6 +310,33 @@ pub struct CollectArgs {
     #[arg(long, value_name = "N")]
     pub max_files: Option<NonZeroUsize>,
 
+    /// Stream connections (tcp:// and tls://) open at once, per listener; past it a
+    /// connection is closed at once and counted (`refused_connections{reason="limit"}`).
+    /// The collector keeps file descriptors beyond it for its files and /metrics.
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN))]
+    pub max_connections: NonZeroUsize,
+
+    /// Stream connections open at once from one source address, per listener
+    /// (`reason="source_limit"` past it).
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN))]
+    pub max_connections_per_source: NonZeroUsize,
+
+    /// Close a stream connection that sends nothing between blocks for this many
+    /// seconds (`reason="idle_timeout"`); agents reconnect when they have packets.
+    #[arg(long, value_name = "SECONDS", default_value_t = NonZeroU64::new(300).unwrap_or(NonZeroU64::MIN))]
+    pub idle_timeout: NonZeroU64,
+
+    /// Close a stream connection whose block (at most about 320 KiB) takes longer than
+    /// this many seconds to arrive from its first byte (`reason="read_timeout"`), so a
+    /// peer cannot hold memory by trickling.
+    #[arg(long, value_name = "SECONDS", default_value_t = NonZeroU64::new(30).unwrap_or(NonZeroU64::MIN))]
+    pub read_timeout: NonZeroU64,
+
+    /// Bound, in bytes, of the queue between the receivers and the file writer; when it
+    /// is full, UDP receivers wait (the kernel drops and counts) and TCP pushes back.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::collect::queue::DEFAULT_QUEUE_BYTES)]
+    pub queue_bytes: usize,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and the probes /healthz
     /// (200 while the collector runs) and /readyz (200 once every listener is bound);
     /// `off` for none.

@@ -48,6 +48,11 @@ impl Collector {
         self.dir.path()
     }
 
+    /// The collector's process id (for /proc/PID/status).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Waits for a line of its log containing `needle` (such as `stream connected`).
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         self.process.wait_for_line(needle, timeout)

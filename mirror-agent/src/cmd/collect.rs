@@ -3,7 +3,7 @@
 
 use std::{
     num::{NonZeroU64, NonZeroUsize},
-    sync::{Arc, atomic::AtomicBool, atomic::Ordering, mpsc},
+    sync::{Arc, atomic::AtomicBool, atomic::Ordering},
     thread::JoinHandle,
     time::Duration,
 };
@@ -14,8 +14,10 @@ use tracing::{info, warn};
 use crate::{
     cli::CollectArgs,
     collect::{
-        Bound, OutputDir, QUEUE_PACKETS, bind,
+        Bound, OutputDir, bind,
+        limits::StreamLimits,
         listen::Listen,
+        queue,
         stats::ListenerStats,
         tcp,
         writer::{Rotation, Writer, WriterError, WriterSummary},
@@ -97,8 +99,18 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
 
     let written = Arc::new(std::sync::Mutex::new(WriterSummary::default()));
     writer.publish_to(written.clone());
-    let (tx, rx) = mpsc::sync_channel(QUEUE_PACKETS);
+    let (tx, rx) = queue::queue(args.queue_bytes);
     let writer_thread = spawn("collect-writer", move || writer.run(&rx))?;
+    let streams = bound
+        .iter()
+        .filter(|(_, b)| matches!(b, Bound::Stream(..)))
+        .count();
+    let limits = StreamLimits {
+        max_connections: descriptor_headroom(args.max_connections.get(), streams),
+        max_per_source: args.max_connections_per_source.get(),
+        idle: Duration::from_secs(args.idle_timeout.get()),
+        block: Duration::from_secs(args.read_timeout.get()),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut listeners: Vec<Arc<ListenerStats>> = Vec::new();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -107,9 +119,15 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         let (s, tx, stop) = (stats.clone(), tx.clone(), stop.clone());
         let thread = match bound {
             Bound::Datagram(socket) => spawn("collect-recv", move || socket.run(&s, &tx, &stop))?,
-            Bound::Stream(listener, wrap) => spawn("collect-accept", move || {
-                tcp::run(&listener, &wrap, &s, &tx, &stop)
-            })?,
+            Bound::Stream(listener, wrap) => {
+                let shared = tcp::Shared {
+                    wrap,
+                    limits,
+                    stats: s,
+                    packets: tx,
+                };
+                spawn("collect-stream", move || tcp::run(listener, shared, &stop))?
+            }
         };
         listeners.push(stats);
         threads.push(thread);
@@ -134,6 +152,8 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         rotate_size = args.rotate_size.get(),
         rotate_seconds = args.rotate_seconds.map_or(0, NonZeroU64::get),
         max_files = args.max_files.map_or(0, NonZeroUsize::get),
+        max_connections = limits.max_connections,
+        max_connections_per_source = limits.max_per_source,
         "collector started"
     );
 
@@ -154,6 +174,46 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
     });
     summarize(&listeners, &summary);
     Ok(())
+}
+
+/// File descriptors kept beyond the stream connections: files, /metrics
+/// scrapes and probes, the datagram sockets.
+const RESERVED_FDS: u64 = 128;
+
+/// The connection limit per stream listener that leaves [`RESERVED_FDS`]
+/// descriptors free: raises the soft RLIMIT_NOFILE toward the hard one, and
+/// lowers the limit (with a warning) if even that is not enough, so a flood
+/// of connections can never starve /metrics, the probes or the files.
+fn descriptor_headroom(max_connections: usize, streams: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if streams == 0 {
+        return max_connections;
+    }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return max_connections;
+    };
+    let want = (max_connections as u64)
+        .saturating_mul(streams as u64)
+        .saturating_add(RESERVED_FDS);
+    let soft = if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard).is_ok() {
+        want.min(hard)
+    } else {
+        soft
+    };
+    if want <= soft {
+        return max_connections;
+    }
+    let fit = usize::try_from(soft.saturating_sub(RESERVED_FDS) / streams as u64)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    warn!(
+        requested = max_connections,
+        limit = fit,
+        nofile = soft,
+        "--max-connections lowered so that files, /metrics and the probes keep file descriptors \
+         (raise the open-files limit to allow more)"
+    );
+    fit
 }
 
 fn spawn<T: Send + 'static>(

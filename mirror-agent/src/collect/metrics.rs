@@ -35,7 +35,8 @@ pub fn collect_families(
     );
     let mut refused = Family::new(
         "mirror_collect_refused_connections",
-        "Stream connections refused (failed TLS handshakes).",
+        "Stream connections refused or cut, by reason: limit, source_limit, handshake, \
+         idle_timeout, read_timeout.",
         Counter,
     );
     let mut errors = Family::new(
@@ -50,7 +51,9 @@ pub fn collect_families(
         decoded.with(&label, s.decoded);
         truncated.with(&label, s.truncated);
         connections.with(&label, s.connections);
-        refused.with(&label, s.refused);
+        for (reason, value) in s.refused {
+            refused.with(&[label[0], ("reason", reason)], value);
+        }
         for (reason, value) in s.errors {
             errors.with(&[label[0], ("reason", reason)], value);
         }

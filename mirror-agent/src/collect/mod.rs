@@ -3,32 +3,33 @@
 //! decapsulate them and write rotating pcapng files, one interface block per
 //! (agent, interface), named so a person sees the node and the pod.
 //!
-//! Threads, all blocking: one per listener (and per stream connection)
-//! decodes, one writer owns the files, and the main thread waits for
-//! SIGINT or SIGTERM. Receivers hand packets to the writer over a bounded
-//! channel: when the disk is slower than the network, UDP receivers wait and
-//! the kernel's socket buffers absorb (then drop) the excess, and TCP pushes
-//! back on the agents, whose queues count what they drop.
+//! Threads: one per listener decodes (a stream listener runs its
+//! connections as tasks on its own single-threaded runtime, see `tcp.rs`),
+//! one writer owns the files, and the main thread waits for SIGINT or
+//! SIGTERM. Receivers hand packets to the writer over a queue bounded in
+//! bytes (`queue.rs`): when the disk is slower than the network, UDP
+//! receivers wait and the kernel's socket buffers absorb (then drop) the
+//! excess, and TCP pushes back on the agents, whose queues count what they
+//! drop.
 //!
 //! Foreign, short or garbled input is counted per listener and reason, the
 //! first of each logged, and skipped; the decoders never panic (each has a
 //! `cargo fuzz` target in `mirror-agent/fuzz`).
 
 pub mod datagram;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod queue;
 pub mod receive;
 pub mod stats;
 pub mod stream;
 pub mod tcp;
 pub mod writer;
 
-use std::{fmt, net::TcpListener, path::PathBuf, str::FromStr, sync::Arc};
+use std::{fmt, net::TcpListener, path::PathBuf, str::FromStr};
 
 use self::{datagram::Tunnel, listen::Listen, receive::DatagramSocket};
-
-/// Packets in flight between the receivers and the writer.
-pub const QUEUE_PACKETS: usize = 16_384;
 
 /// `--output pcapng:DIR`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,16 +66,12 @@ pub fn bind(listen: &Listen) -> std::io::Result<Bound> {
         Listen::Vxlan(a) => Bound::Datagram(receive::bind_udp(*a, Tunnel::Vxlan)?),
         Listen::Geneve(a) => Bound::Datagram(receive::bind_udp(*a, Tunnel::Geneve)?),
         Listen::Gre(a) => Bound::Datagram(receive::bind_gre(*a)?),
-        Listen::Tcp(a) => Bound::Stream(tcp::bind(*a)?, tcp::plain()),
+        Listen::Tcp(a) => Bound::Stream(tcp::bind(*a)?, tcp::Wrap::Plain),
         Listen::Tls(a, files) => {
             // Files first: a bad certificate is refused before anything listens.
             let config = crate::export::tls::server_config(&files.ca, &files.cert, &files.key)
                 .map_err(std::io::Error::other)?;
-            let wrap: tcp::Wrap = Arc::new(move |stream| {
-                crate::export::tls::accept(&config, stream)
-                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)
-                    .map_err(std::io::Error::other)
-            });
+            let wrap = tcp::Wrap::Tls(tokio_rustls::TlsAcceptor::from(config));
             Bound::Stream(tcp::bind(*a)?, wrap)
         }
     })

@@ -6,10 +6,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::AsRawFd,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc::SyncSender,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -19,6 +16,7 @@ use tracing::warn;
 
 use super::{
     datagram::{self, Names, Tunnel},
+    queue::QueueTx,
     stats::ListenerStats,
     writer::Packet,
 };
@@ -88,7 +86,7 @@ pub fn now_ns() -> u64 {
 
 impl DatagramSocket {
     /// Receives until `stop` is set or the writer is gone.
-    pub fn run(self, stats: &ListenerStats, packets: &SyncSender<Packet>, stop: &AtomicBool) {
+    pub fn run(self, stats: &ListenerStats, packets: &QueueTx, stop: &AtomicBool) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut names = Names::default();
         let mut logged = false;
@@ -130,7 +128,7 @@ impl DatagramSocket {
                         direction: d.direction,
                         data: d.frame.to_vec(),
                     };
-                    if packets.send(packet).is_err() {
+                    if packets.send_blocking(packet).is_err() {
                         return;
                     }
                     stats.decoded(truncated);

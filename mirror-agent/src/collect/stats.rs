@@ -11,6 +11,10 @@ use std::{
 
 use tracing::{info, warn};
 
+use super::limits::{RateLog, Refusal};
+
+const LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a packet (or a stream) was skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -49,7 +53,8 @@ pub struct ListenerSnapshot {
     pub decoded: u64,
     pub truncated: u64,
     pub connections: u64,
-    pub refused: u64,
+    /// Connections refused or cut per reason name.
+    pub refused: [(&'static str, u64); Refusal::ALL.len()],
     /// Skipped packets per reason name.
     pub errors: [(&'static str, u64); 3],
 }
@@ -67,10 +72,14 @@ pub struct ListenerStats {
     truncated: AtomicU64,
     /// Stream connections accepted.
     connections: AtomicU64,
-    /// Stream connections refused (a failed TLS handshake: no certificate,
-    /// or one the CA did not sign).
-    refused: AtomicU64,
+    /// Stream connections refused or cut, per [`Refusal`].
+    refused: [AtomicU64; Refusal::ALL.len()],
     errors: [AtomicU64; Reason::ALL.len()],
+    /// Logs about connections (refused, connected, closed), which any peer
+    /// can cause at will: each at most once per 10 s.
+    pub conn_log: RateLog,
+    pub open_log: RateLog,
+    pub close_log: RateLog,
 }
 
 impl ListenerStats {
@@ -81,8 +90,11 @@ impl ListenerStats {
             decoded: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             connections: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            refused: Default::default(),
             errors: Default::default(),
+            conn_log: RateLog::new(LOG_PERIOD),
+            open_log: RateLog::new(LOG_PERIOD),
+            close_log: RateLog::new(LOG_PERIOD),
         }
     }
 
@@ -101,8 +113,16 @@ impl ListenerStats {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+    pub fn refused(&self, why: Refusal) {
+        if let Some(c) = self.refused.get(why as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn refused_count(&self, why: Refusal) -> u64 {
+        self.refused
+            .get(why as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts a skipped packet; logs it if it is the first of its reason.
@@ -135,7 +155,7 @@ impl ListenerStats {
             decoded: get(&self.decoded),
             truncated: get(&self.truncated),
             connections: get(&self.connections),
-            refused: get(&self.refused),
+            refused: Refusal::ALL.map(|r| (r.as_str(), self.refused_count(r))),
             errors: Reason::ALL.map(|r| (r.as_str(), self.errors(r))),
         }
     }
@@ -154,7 +174,11 @@ impl ListenerStats {
             decoded = get(&self.decoded),
             truncated = get(&self.truncated),
             connections = get(&self.connections),
-            refused = get(&self.refused),
+            refused_limit = self.refused_count(Refusal::Limit),
+            refused_source_limit = self.refused_count(Refusal::SourceLimit),
+            refused_handshake = self.refused_count(Refusal::Handshake),
+            idle_timeouts = self.refused_count(Refusal::Idle),
+            read_timeouts = self.refused_count(Refusal::Slow),
             errors,
             short = self.errors(Reason::Short),
             foreign = self.errors(Reason::Foreign),

@@ -1,215 +1,428 @@
-//! Stream listeners: agents connect (`--output tcp://...`) and send one
-//! pcapng stream each. One thread accepts; each connection gets its own.
+//! Stream listeners: agents connect (`--output tcp://...` or `tls://...`)
+//! and send one pcapng stream each. All connections of a listener share one
+//! thread, running a single-threaded tokio runtime: a connection costs a
+//! task, a socket and its buffer, never a thread.
 //!
-//! The seam for TLS: an accepted `TcpStream` goes through a [`Wrap`], which
-//! for `tcp://` hands it back as it is and for `tls://` runs the
-//! server side of the handshake and returns the decrypted stream. Everything
-//! after it only needs `Read`. Shutdown closes the TCP sockets underneath,
-//! which ends every read, wrapped or not.
+//! What a peer may hold is bounded (see [`StreamLimits`]): connections in
+//! all and per source address (past them, a connection is accepted and
+//! closed at once, so the backlog never fills), silence between blocks
+//! (`idle`), the time one block takes to arrive (`block`; a peer that
+//! trickles a large block a byte at a time is cut), and bytes: a connection
+//! buffers at most one block plus one read. Each refusal or cut is counted
+//! by reason; logs about them are rate-limited, since a peer can cause them
+//! at will.
+//!
+//! The pcapng decoder ([`StreamReader`]) reads blocking from any `Read`; here
+//! it reads from memory, and only once a whole block has arrived, so it
+//! never waits.
 
 use std::{
-    collections::HashMap,
-    io::{self, BufReader, Read},
-    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    future::poll_fn,
+    io::{self, Read},
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::SyncSender,
     },
-    thread::JoinHandle,
+    task::Poll,
 };
 
-use socket2::{Domain, Socket, Type};
-use tracing::{info, warn};
+use tokio::{
+    io::{AsyncRead, ReadBuf},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+    time::{Instant, timeout, timeout_at},
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
 
 use super::{
+    limits::{Admission, Refusal, StreamLimits, Ticket},
+    queue::QueueTx,
     receive::POLL,
-    stats::ListenerStats,
-    stream::{Event, StreamReader},
+    stats::{ListenerStats, Reason},
+    stream::{Event, ReadError, StreamReader},
     writer::Packet,
 };
+use crate::export::{pcapng::read::MAX_BLOCK, tls::HANDSHAKE_TIMEOUT};
 
-/// Turns an accepted connection into the byte stream to decode.
-pub type Wrap = Arc<dyn Fn(TcpStream) -> io::Result<Box<dyn Read + Send>> + Send + Sync>;
-
-/// For `tcp://`: the connection itself.
-pub fn plain() -> Wrap {
-    Arc::new(|stream| Ok(Box::new(stream)))
+/// What an accepted connection goes through before its stream is read.
+#[derive(Clone)]
+pub enum Wrap {
+    /// `tcp://`: the connection itself.
+    Plain,
+    /// `tls://`: the server side of a mutual-TLS handshake.
+    Tls(TlsAcceptor),
 }
 
-/// Read buffer per connection: batches from an agent arrive in large writes.
-const READ_BUFFER: usize = 256 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Binds and listens now, so a bad address is refused before anything runs.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     // A restarted collector can listen again at once, despite TIME_WAIT.
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    // Non-blocking accept, polled, so the thread notices shutdown.
+    socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
-/// Accepts until `stop`, then closes every connection and waits for their threads.
-pub fn run(
-    listener: &TcpListener,
-    wrap: &Wrap,
-    stats: &Arc<ListenerStats>,
-    packets: &SyncSender<Packet>,
-    stop: &AtomicBool,
-) {
-    let open: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id = 0u64;
-    let mut logged = false;
-    while !stop.load(Ordering::Relaxed) {
-        let (conn, peer) = match listener.accept() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                threads.retain(|t| !t.is_finished());
-                std::thread::sleep(POLL / 2);
-                continue;
-            }
-            Err(error) => {
-                // Out of descriptors, say: wait and go on.
-                if !logged {
-                    warn!(listener = %stats.name, %error, "accepting failed; later failures are only counted");
-                    logged = true;
-                }
-                std::thread::sleep(POLL);
-                continue;
-            }
-        };
-        stats.connection();
-        let id = next_id;
-        next_id += 1;
-        match conn.try_clone() {
-            Ok(handle) => {
-                lock(&open).insert(id, handle);
-            }
-            Err(error) => warn!(%peer, %error, "cannot keep a handle to close the connection"),
-        }
-        let (wrap, stats, packets, open) =
-            (wrap.clone(), stats.clone(), packets.clone(), open.clone());
-        let spawned = std::thread::Builder::new()
-            .name("collect-conn".into())
-            .spawn(move || {
-                connection(conn, peer, &wrap, &stats, &packets);
-                lock(&open).remove(&id);
-            });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(error) => warn!(%peer, %error, "cannot start a thread for the connection"),
-        }
-    }
-    for conn in lock(&open).values() {
-        let _ = conn.shutdown(Shutdown::Both);
-    }
-    for t in threads {
-        let _ = t.join();
-    }
+/// Everything a connection task shares with its listener.
+#[derive(Clone)]
+pub struct Shared {
+    pub wrap: Wrap,
+    pub limits: StreamLimits,
+    pub stats: Arc<ListenerStats>,
+    pub packets: QueueTx,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A connection thread that panicked left the map consistent.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn connection(
-    conn: TcpStream,
-    peer: SocketAddr,
-    wrap: &Wrap,
-    stats: &ListenerStats,
-    packets: &SyncSender<Packet>,
-) {
-    // The listener is non-blocking; the connection must not be.
-    if let Err(error) = conn.set_nonblocking(false) {
-        warn!(%peer, %error, "cannot set up the connection");
-        return;
-    }
-    let stream = match wrap(conn) {
-        Ok(s) => s,
+/// Accepts until `stop`, then closes every connection.
+pub fn run(listener: std::net::TcpListener, shared: Shared, stop: &AtomicBool) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(r) => r,
         Err(error) => {
-            stats.refused();
-            warn!(listener = %stats.name, %peer, %error, "connection refused");
+            warn!(listener = %shared.stats.name, %error, "cannot start the listener's runtime");
             return;
         }
     };
-    info!(listener = %stats.name, %peer, "stream connected");
-    let got = serve(
-        BufReader::with_capacity(READ_BUFFER, stream),
-        peer.ip(),
-        stats,
-        packets,
-    );
-    info!(listener = %stats.name, %peer, packets = got, "stream closed");
+    runtime.block_on(accept(listener, shared, stop));
 }
 
-/// Decodes one pcapng stream from `peer` until it ends or breaks; returns
-/// how many packets it delivered. Each interface the stream describes is
-/// filed as `PEER-IP/NAME` (`PEER-IP/if-N` when the block has no name).
-pub fn serve(
-    reader: impl Read,
-    peer: IpAddr,
-    stats: &ListenerStats,
-    packets: &SyncSender<Packet>,
-) -> u64 {
-    let mut stream = StreamReader::new(reader);
-    let mut names: Vec<Arc<str>> = Vec::new();
-    let mut delivered = 0;
-    loop {
-        let event = match stream.next_event() {
-            Ok(Some(e)) => e,
-            Ok(None) => break,
-            Err(e) => {
-                stats.skip(e.reason(), peer, &e);
-                break;
+async fn accept(listener: std::net::TcpListener, shared: Shared, stop: &AtomicBool) {
+    let stats = shared.stats.clone();
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            warn!(listener = %stats.name, %error, "cannot listen");
+            return;
+        }
+    };
+    let admission = Arc::new(Admission::default());
+    let mut tasks = JoinSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        while tasks.try_join_next().is_some() {}
+        let (tcp, peer) = match timeout(POLL, listener.accept()).await {
+            Err(_) => continue,
+            Ok(Ok(c)) => c,
+            Ok(Err(error)) => {
+                // Out of descriptors, say: wait and go on.
+                if let Some(left_out) = stats.conn_log.allow() {
+                    warn!(listener = %stats.name, %error, left_out, "accepting failed");
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
             }
         };
-        match event {
-            Event::Section => names.clear(),
-            Event::Interface => {
-                let id = names.len();
-                let name = match stream.interfaces().last().and_then(|i| i.name.as_deref()) {
-                    Some(n) if !n.is_empty() => {
-                        format!("{peer}/{}", n.replace(char::is_control, "?"))
-                    }
-                    _ => format!("{peer}/if-{id}"),
-                };
-                names.push(name.into());
+        match admission.admit(peer.ip(), &shared.limits) {
+            Ok(ticket) => {
+                stats.connection();
+                tasks.spawn(connection(tcp, peer, ticket, shared.clone()));
             }
-            Event::Packet(p) => {
-                stats.received();
-                // The reader only returns packets of described interfaces.
-                let Some(name) = names.get(p.interface as usize) else {
-                    continue;
-                };
-                let data = p
-                    .data
-                    .get(..mirror_common::MAX_SNAPLEN as usize)
-                    .unwrap_or(p.data);
-                let truncated = u64::from(p.orig_len) > data.len() as u64;
-                let packet = Packet {
-                    interface: name.clone(),
-                    unix_ns: p.unix_ns,
-                    orig_len: p.orig_len,
-                    direction: p.direction,
-                    data: data.to_vec(),
-                };
-                if packets.send(packet).is_err() {
-                    break;
-                }
-                stats.decoded(truncated);
-                delivered += 1;
+            Err(why) => {
+                refuse(&stats, why, peer, &"too many connections");
+                drop(tcp);
             }
-            Event::Skipped(e) => {
-                stats.received();
-                stats.skip(e.reason(), peer, &e);
-            }
-            Event::Other => {}
         }
     }
-    delivered
+    tasks.shutdown().await;
 }
+
+/// Counts a refusal, and logs it unless one was logged lately.
+fn refuse(stats: &ListenerStats, why: Refusal, peer: SocketAddr, detail: &dyn std::fmt::Display) {
+    stats.refused(why);
+    if let Some(left_out) = stats.conn_log.allow() {
+        warn!(
+            listener = %stats.name,
+            %peer,
+            reason = why.as_str(),
+            %detail,
+            left_out,
+            "connection refused or cut (further ones are counted; one line per 10s)"
+        );
+    }
+}
+
+async fn connection(tcp: TcpStream, peer: SocketAddr, _ticket: Ticket, shared: Shared) {
+    let stats = &shared.stats;
+    match stats.open_log.allow() {
+        Some(left_out) => info!(listener = %stats.name, %peer, left_out, "stream connected"),
+        None => debug!(listener = %stats.name, %peer, "stream connected"),
+    }
+    let served = match &shared.wrap {
+        Wrap::Plain => serve(tcp, peer, &shared).await,
+        Wrap::Tls(acceptor) => match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => serve(stream, peer, &shared).await,
+            Ok(Err(error)) => return refuse(stats, Refusal::Handshake, peer, &error),
+            Err(_) => {
+                let why = format!("no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs());
+                return refuse(stats, Refusal::Handshake, peer, &why);
+            }
+        },
+    };
+    match stats.close_log.allow() {
+        Some(left_out) => {
+            info!(listener = %stats.name, %peer, packets = served, left_out, "stream closed");
+        }
+        None => debug!(listener = %stats.name, %peer, packets = served, "stream closed"),
+    }
+}
+
+/// Decodes one pcapng stream from `peer` until it ends, breaks or times
+/// out; returns how many packets it delivered. Each interface the stream
+/// describes is filed as `PEER-IP/NAME` (`PEER-IP/if-N` when the block has
+/// no name).
+pub async fn serve<S: AsyncRead + Unpin>(mut io: S, peer: SocketAddr, shared: &Shared) -> u64 {
+    let (stats, limits) = (&shared.stats, &shared.limits);
+    let mut conn = Conn::new(peer.ip());
+    let mut out = Vec::new();
+    let mut delivered = 0;
+    // When the first byte of the block being received came.
+    let mut block_started: Option<Instant> = None;
+    loop {
+        let decoded = conn.decode(stats, &mut out);
+        let consumed = !out.is_empty() || conn.consumed;
+        for p in out.drain(..) {
+            let truncated = u64::from(p.orig_len) > p.data.len() as u64;
+            if shared.packets.send(p).await.is_err() {
+                return delivered;
+            }
+            stats.decoded(truncated);
+            delivered += 1;
+        }
+        if let Err(e) = decoded {
+            stats.skip(e.reason(), peer.ip(), &e);
+            return delivered;
+        }
+        let pending = conn.pending();
+        block_started = match (pending, block_started) {
+            (0, _) => None,
+            (_, Some(t)) if !consumed => Some(t),
+            _ => Some(Instant::now()),
+        };
+        let (deadline, why) = match block_started {
+            None => (Instant::now() + limits.idle, Refusal::Idle),
+            Some(t) => (t + limits.block, Refusal::Slow),
+        };
+        match timeout_at(deadline, read_some(&mut io, conn.buffer())).await {
+            Err(_) => {
+                let detail = match why {
+                    Refusal::Idle => format!("silent for {}s", limits.idle.as_secs()),
+                    _ => format!("a block took over {}s", limits.block.as_secs()),
+                };
+                refuse(stats, why, peer, &detail);
+                return delivered;
+            }
+            Ok(Ok(n)) if n > 0 => {
+                if block_started.is_none() {
+                    block_started = Some(Instant::now());
+                }
+            }
+            // A clean end: between blocks. A TLS peer that exits without
+            // close_notify (an agent stopped by SIGTERM) ends here too.
+            Ok(Ok(_)) if pending == 0 => return delivered,
+            Ok(Err(e))
+                if pending == 0
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                return delivered;
+            }
+            Ok(Ok(_)) => {
+                stats.skip(Reason::Short, peer.ip(), &ReadError::Truncated);
+                return delivered;
+            }
+            Ok(Err(e)) => {
+                let e = ReadError::Io(e);
+                stats.skip(e.reason(), peer.ip(), &e);
+                return delivered;
+            }
+        }
+    }
+}
+
+/// Reads what the socket has (at most [`READ_CHUNK`]) onto the end of `buf`.
+async fn read_some<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let old = buf.len();
+    buf.resize(old + READ_CHUNK, 0);
+    let result = poll_fn(|cx| {
+        let mut rb = ReadBuf::new(buf.get_mut(old..).unwrap_or_default());
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    buf.truncate(old + result.as_ref().map_or(0, |n| *n));
+    result
+}
+
+/// The bytes received and not yet decoded, as the decoder reads them.
+#[derive(Default)]
+struct Feed {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Feed {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let left = self.buf.get(self.pos..).unwrap_or_default();
+        let n = left.len().min(out.len());
+        if let (Some(to), Some(from)) = (out.get_mut(..n), left.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// One connection's decoding state.
+struct Conn {
+    peer: IpAddr,
+    reader: StreamReader<Feed>,
+    /// The byte order of the current section, once its header has come.
+    big_endian: Option<bool>,
+    names: Vec<Arc<str>>,
+    /// The last [`Conn::decode`] used up at least one block.
+    consumed: bool,
+}
+
+const SHB: u32 = 0x0A0D_0D0A;
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+
+impl Conn {
+    fn new(peer: IpAddr) -> Self {
+        Self {
+            peer,
+            reader: StreamReader::new(Feed::default()),
+            big_endian: None,
+            names: Vec::new(),
+            consumed: false,
+        }
+    }
+
+    fn pending(&mut self) -> usize {
+        let feed = self.reader.get_mut();
+        feed.buf.len() - feed.pos
+    }
+
+    /// The receive buffer, with what was decoded dropped from its front.
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        let feed = self.reader.get_mut();
+        feed.buf.drain(..feed.pos);
+        feed.pos = 0;
+        &mut feed.buf
+    }
+
+    /// Whether the buffer holds a whole block, or enough for the decoder to
+    /// refuse it (a bad length or magic). Only the framing is looked at.
+    fn block_ready(&mut self) -> bool {
+        let feed = self.reader.get_mut();
+        let p = feed.buf.get(feed.pos..).unwrap_or_default();
+        let word = |at: usize| -> Option<[u8; 4]> { p.get(at..at + 4)?.try_into().ok() };
+        let (Some(kind), Some(len)) = (word(0), word(4)) else {
+            return false;
+        };
+        let big = if u32::from_le_bytes(kind) == SHB {
+            let Some(magic) = word(8) else {
+                return false;
+            };
+            match u32::from_le_bytes(magic) {
+                BYTE_ORDER_MAGIC => false,
+                m if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
+                _ => return true,
+            }
+        } else {
+            match self.big_endian {
+                Some(b) => b,
+                None => return true,
+            }
+        };
+        let len = if big {
+            u32::from_be_bytes(len)
+        } else {
+            u32::from_le_bytes(len)
+        } as usize;
+        if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK {
+            return true;
+        }
+        if p.len() < len {
+            return false;
+        }
+        if u32::from_le_bytes(kind) == SHB {
+            self.big_endian = Some(big);
+        }
+        true
+    }
+
+    /// Decodes every whole block buffered, its packets onto `out`. An error
+    /// ends the stream (the framing is lost).
+    fn decode(&mut self, stats: &ListenerStats, out: &mut Vec<Packet>) -> Result<(), ReadError> {
+        self.consumed = false;
+        while self.block_ready() {
+            self.consumed = true;
+            let Some(event) = self.reader.next_event()? else {
+                return Ok(());
+            };
+            match event {
+                Event::Section => self.names.clear(),
+                Event::Interface => {
+                    let id = self.names.len();
+                    let peer = self.peer;
+                    let name = match self
+                        .reader
+                        .interfaces()
+                        .last()
+                        .and_then(|i| i.name.as_deref())
+                    {
+                        Some(n) if !n.is_empty() => {
+                            format!("{peer}/{}", n.replace(char::is_control, "?"))
+                        }
+                        _ => format!("{peer}/if-{id}"),
+                    };
+                    self.names.push(name.into());
+                }
+                Event::Packet(p) => {
+                    stats.received();
+                    // The reader only returns packets of described interfaces.
+                    let Some(name) = self.names.get(p.interface as usize) else {
+                        continue;
+                    };
+                    let data = p
+                        .data
+                        .get(..mirror_common::MAX_SNAPLEN as usize)
+                        .unwrap_or(p.data);
+                    out.push(Packet {
+                        interface: name.clone(),
+                        unix_ns: p.unix_ns,
+                        orig_len: p.orig_len,
+                        direction: p.direction,
+                        data: data.to_vec(),
+                    });
+                }
+                Event::Skipped(e) => {
+                    stats.received();
+                    stats.skip(e.reason(), self.peer, &e);
+                }
+                Event::Other => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -17,14 +17,16 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
     num::{NonZeroU64, NonZeroUsize},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc::Receiver, mpsc::RecvTimeoutError},
+    sync::{Arc, Mutex, mpsc::RecvTimeoutError},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use mirror_common::MAX_SNAPLEN;
 use tracing::{info, warn};
 
+use super::queue::QueueRx;
 use crate::{
     export::pcapng::{self, InterfaceId},
     model::direction::Direction,
@@ -142,7 +144,7 @@ impl Writer {
     }
 
     /// Takes packets until every receiver has hung up, then closes the file.
-    pub fn run(mut self, packets: &Receiver<Packet>) -> WriterSummary {
+    pub fn run(mut self, packets: &QueueRx) -> WriterSummary {
         let mut last_tick = Instant::now();
         loop {
             match packets.recv_timeout(TICK) {
@@ -286,7 +288,13 @@ impl Writer {
                 .dir
                 .join(format!("{PREFIX}{stamp}-{:06}{SUFFIX}", self.seq));
             // create_new: a file of an earlier run in the same second stays.
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            // 0600: captures hold whole payloads.
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(file) => break (path, file),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => return Err(WriterError::Io { path, source }),

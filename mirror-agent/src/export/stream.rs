@@ -35,6 +35,13 @@ pub enum StreamError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("is a symbolic link; outputs never follow one (give the real path)")]
+    Symlink,
+    #[error(
+        "already exists; outputs never overwrite a file they did not create \
+         (remove it or choose another name)"
+    )]
+    Exists,
 }
 
 /// What a TLS output adds to TCP, loaded once at startup so bad files are
@@ -118,13 +125,7 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
     let target = match output {
         // Reopened by a plan change: a new section after what is there
         // (pcapng files may hold several), never over it.
-        Output::PcapngFile(path) if ctx.append => Target::File(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)?,
-        ),
-        Output::PcapngFile(path) => Target::File(File::create(path)?),
+        Output::PcapngFile(path) => Target::File(open_file(path, ctx.append)?),
         Output::PcapngStdout => Target::Stdout,
         Output::Tcp(to) => Target::Tcp {
             to: to.clone(),
@@ -151,6 +152,46 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
         target,
         preamble,
     })
+}
+
+/// Opens a `pcapng:PATH` output, as root, in a directory others may write
+/// to: never through a symbolic link (`O_NOFOLLOW`), never truncating a
+/// regular file that is there already, and creating it 0600 (copies hold
+/// whole payloads). Devices and pipes (`/dev/null`, a FIFO) are written as
+/// they are. `append` (the same output reopened for a new plan): a new
+/// section after what this agent wrote.
+fn open_file(path: &std::path::Path, append: bool) -> Result<File, StreamError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let symlink = |e: io::Error| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            StreamError::Symlink
+        } else {
+            StreamError::Io(e)
+        }
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW);
+    if append {
+        return options
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(symlink);
+    }
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let file = options.open(path).map_err(symlink)?;
+            if file.metadata()?.file_type().is_file() {
+                return Err(StreamError::Exists);
+            }
+            Ok(file)
+        }
+        Err(e) => Err(symlink(e)),
+    }
 }
 
 impl Sink {
@@ -297,4 +338,36 @@ fn connect_one(addr: SocketAddr, mark: SocketMark) -> io::Result<TcpStream> {
     socket.set_tcp_nodelay(true)?;
     socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn files_are_new_0600_never_through_a_link_never_over_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.pcapng");
+        let file = open_file(&path, false).unwrap();
+        assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        drop(file);
+        std::fs::write(&path, b"someone's data").unwrap();
+        assert!(matches!(open_file(&path, false), Err(StreamError::Exists)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone's data");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let link = dir.path().join("link.pcapng");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        for append in [false, true] {
+            assert!(matches!(
+                open_file(&link, append),
+                Err(StreamError::Symlink)
+            ));
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        // Devices are written as they are.
+        open_file(std::path::Path::new("/dev/null"), false).unwrap();
+    }
 }

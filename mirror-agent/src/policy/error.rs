@@ -42,6 +42,11 @@ pub enum PolicyError {
         location: Option<(usize, usize)>,
     },
 
+    /// A file refused before parsing: too large, nested too deep, or with
+    /// YAML aliases (which can expand a small file into gigabytes).
+    #[error("refused before parsing: {0}")]
+    Refused(String),
+
     /// A well-formed value that breaks a rule of the policy.
     #[error("{at}{field}: {problem}")]
     Invalid {
@@ -89,6 +94,16 @@ impl fmt::Display for Location {
 pub enum Problem {
     #[error("the file lists no policies")]
     NoPolicies,
+    #[error(
+        "{entries} distinct prefixes here bring the kernel's {map} table to {total}, past its \
+         {max} entries (shared by every policy): list fewer or wider CIDRs"
+    )]
+    PrefixTableFull {
+        map: &'static str,
+        entries: usize,
+        total: usize,
+        max: u32,
+    },
     #[error(
         "\"{0}\" is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 bytes (as Kubernetes object names)"
     )]

@@ -11,9 +11,90 @@ use serde_path_to_error::Segment;
 
 use super::error::{PolicyError, Where};
 
+/// The largest policy file read, in bytes: room for tens of thousands of
+/// rules and CIDRs (more than the kernel's maps hold), far from what could
+/// exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// The deepest nesting accepted, in brackets or indentation columns. Real
+/// policies nest about 5 levels; deep nesting costs the parser quadratic time.
+pub const MAX_DEPTH: usize = 64;
+
+/// Refuses what YAML could turn against the agent before the parser sees
+/// it: more than [`MAX_FILE_BYTES`], nesting past [`MAX_DEPTH`], and aliases
+/// (`*name`), whose expansion is exponential in the text (a "billion
+/// laughs"). Policies never need aliases. A lexical scan, not a parser: it
+/// skips comments and quoted strings, and it may refuse a `*` that starts a
+/// line of a block scalar, with a message saying where.
+pub(super) fn guard(text: &str) -> Result<(), PolicyError> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(PolicyError::Refused(format!(
+            "{} bytes, more than the {MAX_FILE_BYTES} a policy file may have",
+            text.len()
+        )));
+    }
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    for (n, line) in text.lines().enumerate() {
+        let at = n + 1;
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        if quote.is_none() && flow == 0 && indent > MAX_DEPTH * 2 {
+            return Err(PolicyError::Refused(format!(
+                "line {at} is indented {indent} columns, nesting deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mut prev = ' ';
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some('\'') if c == '\'' => {
+                    if chars.peek() == Some(&'\'') {
+                        chars.next();
+                    } else {
+                        quote = None;
+                    }
+                }
+                Some('"') if c == '\\' => {
+                    chars.next();
+                }
+                Some('"') if c == '"' => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev.is_whitespace() => break,
+                    '\'' | '"' if starts_node(prev) => quote = Some(c),
+                    '[' | '{' if starts_node(prev) => {
+                        flow += 1;
+                        if flow > MAX_DEPTH {
+                            return Err(PolicyError::Refused(format!(
+                                "line {at} nests brackets deeper than {MAX_DEPTH} levels"
+                            )));
+                        }
+                    }
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    '*' if starts_node(prev) => {
+                        return Err(PolicyError::Refused(format!(
+                            "line {at} has a YAML alias (*name); policy files may not use \
+                             aliases (write the value out, or quote a leading *)"
+                        )));
+                    }
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a node may start after `prev`: at the start of a line, after
+/// blanks, or after a flow or block indicator.
+fn starts_node(prev: char) -> bool {
+    prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':' | '-' | '?')
+}
+
 /// Parses a policy file's text (`policies: [...]`): errors under
 /// `policies[i]` name policy i when its name can be read.
 pub(super) fn parse_file<T: DeserializeOwned>(text: &str) -> Result<T, PolicyError> {
+    guard(text)?;
     parse(text).map_err(|(segments, message, location)| {
         let (at, rest) = match segments.as_slice() {
             [Segment::Map { key }, Segment::Seq { index }, rest @ ..] if key == "policies" => {
@@ -38,6 +119,7 @@ pub(super) fn parse_file<T: DeserializeOwned>(text: &str) -> Result<T, PolicyErr
 
 /// Parses one policy body (the `MirrorPolicy` spec form) for policy `name`.
 pub(super) fn parse_body<T: DeserializeOwned>(name: &str, text: &str) -> Result<T, PolicyError> {
+    guard(text)?;
     parse(text).map_err(|(segments, message, location)| PolicyError::Yaml {
         at: Where::Policy(name.to_owned()),
         field: path_text(&segments),
@@ -103,6 +185,34 @@ fn policy_name(text: &str, index: usize) -> Option<String> {
 mod tests {
     use super::*;
     use crate::policy::spec::FileSpec;
+
+    fn refused(text: &str) -> String {
+        match guard(text) {
+            Err(PolicyError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bombs_are_refused_before_parsing() {
+        let laughs = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n";
+        assert!(refused(laughs).contains("line 2 has a YAML alias"));
+        let deep = format!("policies: {}{}", "[".repeat(100), "]".repeat(100));
+        assert!(refused(&deep).contains("deeper than 64"));
+        let mut indented = String::new();
+        for i in 0..80 {
+            indented.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
+        }
+        assert!(refused(&indented).contains("indented"));
+        let big = "#".repeat(MAX_FILE_BYTES as usize + 1);
+        assert!(refused(&big).contains("more than"));
+        // Globs, quoted stars, comments and pcap filters pass.
+        guard(
+            "policies:\n- name: \"*web\" # *not an alias\n  interfaces: [veth*, '*']\n  \
+             filter: tcp[13] & 2 != 0\n  rules: [{action: Accept, sourceCIDRs: [\"198.18.0.0/24\"]}]\n",
+        )
+        .unwrap();
+    }
 
     fn err(text: &str) -> String {
         match parse_file::<FileSpec>(text) {

@@ -142,6 +142,12 @@ impl<R: Read> StreamReader<R> {
         }
     }
 
+    /// The source, for a caller that fills it between blocks (the
+    /// collector's stream tasks feed whole blocks from memory).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     pub fn interfaces(&self) -> &[Interface] {
         &self.interfaces
     }
