@@ -98,6 +98,23 @@ impl Agent {
         let (status, stderr) = self.process.stop(sig, Duration::from_secs(20))?;
         Ok(Exit { status, stderr })
     }
+
+    /// Waits for an agent already signalled (with `kill`) to exit.
+    pub fn wait(self, timeout: Duration) -> Result<Exit> {
+        let (status, stderr) = self.process.wait(timeout)?;
+        Ok(Exit { status, stderr })
+    }
+
+    /// True while the process runs (neither exited nor a zombie), from
+    /// `/proc/PID/stat`: a check made now happened before its exit.
+    pub fn alive(&self) -> bool {
+        self.process.pid().is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(") ")?.1.chars().next()? != 'Z'))
+                .unwrap_or(false)
+        })
+    }
 }
 
 /// Runs the agent to completion (for arguments it must refuse).

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod rawbpf;
+pub mod scapy;
 pub mod scenario;
 pub mod tcpdump;
 pub mod topology;

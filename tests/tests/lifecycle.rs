@@ -55,6 +55,14 @@ fn stops_cleanly(mode: &str, sig: Signal) {
         "no summary:\n{}",
         exit.stderr
     );
+    // The event whose absence the bad-input test asserts.
+    assert!(
+        exit.stderr
+            .lines()
+            .any(|l| l.contains("attached") && l.contains(&format!("mode=\"{mode}\""))),
+        "no attached event:\n{}",
+        exit.stderr
+    );
     let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
     assert!(left.is_empty(), "left attached after {sig}: {left:?}");
 }
@@ -157,8 +165,11 @@ fn bad_input_is_refused_with_exit_code_2() {
         (&["-i", h, "--output", &unwritable], "--output"),
         (&["-i", h], "--output"),
     ];
-    for (args, needle) in cases {
-        let mut argv = vec!["attach"];
+    // Also with netlink attachment, whose qdisc and cls_bpf filters outlive
+    // the process: what a refused start had attached would still be there
+    // after exit, so "nothing left" cannot be explained by the exit alone.
+    for ((args, needle), mode) in cases.iter().flat_map(|c| [(c, "tcx"), (c, "netlink")]) {
+        let mut argv = vec!["attach", "--attach-mode", mode];
         argv.extend_from_slice(args);
         let exit = agent::run(&pair.node, &argv).expect("agent runs");
         assert_eq!(exit.status.code(), Some(2), "{argv:?}\n{}", exit.stderr);
@@ -167,8 +178,24 @@ fn bad_input_is_refused_with_exit_code_2() {
             "{argv:?}: error does not name {needle}:\n{}",
             exit.stderr
         );
+        assert!(
+            !exit
+                .stderr
+                .lines()
+                .any(|l| l.contains("attached") && l.contains("mode=")),
+            "{argv:?}: an attached event on bad input:\n{}",
+            exit.stderr
+        );
         let left = hooks::attached(&pair.node, h).expect("query hooks");
         assert!(left.is_empty(), "{argv:?} left hooks: {left:?}");
+        let qdiscs = pair
+            .node
+            .exec(&["tc", "qdisc", "show", "dev", h])
+            .expect("tc qdisc show");
+        assert!(
+            !qdiscs.contains("clsact"),
+            "{argv:?} left a clsact qdisc: {qdiscs}"
+        );
     }
 }
 
@@ -229,4 +256,93 @@ fn gre_output_without_cap_net_raw_is_refused() {
     assert!(stderr.contains("CAP_NET_RAW"), "{stderr}");
     let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A TCP sink in `ns` on 127.0.0.1 that takes one connection and never
+/// reads from it (a tiny receive buffer), so a sender to it stays blocked
+/// until `release` is sent. Returns its port.
+fn stuck_sink(
+    ns: &testbed::netns::Netns,
+) -> (
+    u16,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<anyhow::Result<()>>,
+) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let sink = ns.spawn(move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        setsockopt(&listener, RcvBuf, &4096)?;
+        port_tx.send(listener.local_addr()?.port())?;
+        let (conn, _) = listener.accept()?;
+        let _ = released.recv();
+        drop(conn);
+        Ok(())
+    });
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the sink listens");
+    (port, release, sink)
+}
+
+/// The tcx hooks are gone while the agent still runs. With tcx, a hook the
+/// agent forgot would vanish anyway when its process exits, so the check
+/// after exit (above) cannot tell a detach from an exit. Here the agent's
+/// only output is a TCP peer that never reads: on SIGTERM it detaches, then
+/// waits (up to its close timeout) for the output, and the kernel is asked
+/// during that wait, and the process is seen alive after the answer.
+#[test]
+fn tcx_hooks_are_gone_before_the_agent_exits() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let (port, release, sink) = stuck_sink(&pair.node);
+    let out = format!("tcp://127.0.0.1:{port}");
+    let mut agent = Agent::start(
+        &pair.node,
+        &[
+            "attach",
+            "-i",
+            &pair.host_if,
+            "--attach-mode",
+            "tcx",
+            "--output",
+            &out,
+        ],
+    )
+    .expect("agent starts");
+    assert!(
+        !hooks::attached(&pair.node, &pair.host_if)
+            .expect("query hooks")
+            .is_empty(),
+        "nothing attached while running"
+    );
+    // Far more than the socket buffers hold: the output's sender blocks.
+    let dst = std::net::SocketAddr::from((pair.node_v4, 9));
+    testbed::traffic::udp_flood(&pair.pod, dst, 20_000, 1400).expect("flood");
+    let pid = agent.process().pid().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM)
+        .expect("SIGTERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let left = loop {
+        let left = hooks::attached(&pair.node, &pair.host_if).expect("query hooks");
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let alive = agent.alive();
+    release.send(()).ok();
+    let exit = agent.wait(Duration::from_secs(20)).expect("agent exits");
+    testbed::netns::join(sink).expect("sink");
+    assert!(
+        left.is_empty(),
+        "still attached 4 s after SIGTERM: {left:?}"
+    );
+    assert!(
+        alive,
+        "the agent had exited before the kernel was asked, so the check proves nothing:\n{}",
+        exit.stderr
+    );
+    assert!(exit.status.success(), "{}", exit.stderr);
 }

@@ -98,24 +98,27 @@ policies:
 /// hold only ~500 frames; 256 bytes keeps these frames whole.
 const FLOOD_TCPDUMP: [&str; 4] = ["-Q", "in", "-s", "256"];
 
-/// 100 packets per second: a flood of 5000 passes about one second's burst
-/// plus the rate for the time it took, and the rest is counted.
-#[test]
-fn rate_limit_bounds_what_is_sent() {
+/// A flood of 5000 frames of 106 bytes into a policy limited by `limit`
+/// (YAML), which lets `per_sec` such frames a second through. The limiter
+/// is clocked by the packets' own capture times and holds one second's
+/// worth, so it may keep at most `per_sec` plus `per_sec` for every second
+/// the flood lasted as tcpdump timed it (a few milliseconds): a limiter
+/// letting 2x through fails. What it kept must be frames tcpdump saw, all
+/// the others counted as rate-limited.
+fn rate_limit_keeps_one_seconds_worth(limit: &str, per_sec: f64) {
     let pair = PodPair::new(false).expect("topology");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("mirror.pcapng");
     let file = policy_file(
         &dir,
         &format!(
-            "policies:\n  - name: limited\n    interfaces: [\"{}\"]\n    collectors: [\"pcapng:{}\"]\n    direction: Ingress\n    rateLimit: {{packetsPerSecond: 100, bytesPerSecond: 0}}\n",
+            "policies:\n  - name: limited\n    interfaces: [\"{}\"]\n    collectors: [\"pcapng:{}\"]\n    direction: Ingress\n    rateLimit: {limit}\n",
             pair.host_if,
             out.display()
         ),
     );
     // In a policy file the named interface stands in for the pod's own, so
     // Ingress is what it receives: the flood.
-    let start = std::time::Instant::now();
     let c = scenario::run_with(
         &pair,
         &["attach", "--policy", &file],
@@ -127,20 +130,57 @@ fn rate_limit_bounds_what_is_sent() {
         },
     )
     .expect("mirror run");
-    let secs = start.elapsed().as_secs_f64();
+    let flood: Vec<_> = c
+        .oracle
+        .iter()
+        .filter(|f| f.udp_dst_port() == Some(9))
+        .collect();
+    assert_eq!(
+        flood.len(),
+        5000,
+        "tcpdump saw {} of the flood",
+        flood.len()
+    );
+    assert!(flood.iter().all(|f| f.orig_len == 106));
+    let first = flood.iter().map(|f| f.ts_ns).min().expect("a flood");
+    let last = flood.iter().map(|f| f.ts_ns).max().expect("a flood");
+    let secs = (last - first) as f64 / 1e9;
     let s = c.exit.summary().expect("summary");
     let policy = c.exit.fields_of("policy summary").expect("policy summary");
-    let sent = c.mirror.len() as f64;
-    assert!(sent >= 100.0, "fewer than the burst passed: {sent}");
+    let kept = c.mirror.len() as f64;
+    // The bucket starts full: the first second's worth passes at once.
+    assert!(kept >= per_sec, "fewer than the burst passed: {kept}");
     assert!(
-        sent <= 100.0 + 100.0 * secs + 1.0,
-        "{sent} passed in {secs:.2} s"
+        kept <= per_sec + per_sec * secs + 1.0,
+        "{kept} passed for a flood of {secs:.3} s at {per_sec}/s"
     );
+    // Every frame kept is one tcpdump saw (cut to its 256 bytes, as the flood is).
+    let seen: Vec<_> = c.oracle.to_vec();
+    let missing = testbed::capture::difference(&c.mirror, &seen).missing;
+    assert!(
+        missing.is_empty(),
+        "kept frames tcpdump never saw: {}",
+        missing.len()
+    );
+    assert_eq!(s["mirrored"], c.oracle.len() as u64, "{}", c.exit.stderr);
     assert_eq!(
         policy["rate_limited"] + c.mirror.len() as u64,
         s["mirrored"]
     );
     assert_eq!(s["written"], c.mirror.len() as u64);
+    eprintln!("rate limit {limit}: kept {kept} of 5000 over {secs:.3} s");
+}
+
+/// 100 packets per second.
+#[test]
+fn rate_limit_bounds_what_is_sent() {
+    rate_limit_keeps_one_seconds_worth("{packetsPerSecond: 100, bytesPerSecond: 0}", 100.0);
+}
+
+/// 10600 bytes per second, of the frames' original length: 100 frames of 106.
+#[test]
+fn byte_rate_limit_bounds_what_is_sent() {
+    rate_limit_keeps_one_seconds_worth("{packetsPerSecond: 0, bytesPerSecond: 10600}", 100.0);
 }
 
 #[test]

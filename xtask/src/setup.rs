@@ -33,12 +33,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
-/// The manifest checkers `cargo xtask test` runs on deploy/, from PyPI,
-/// pinned: kubernetes-validate for the plain manifests, check-jsonschema for
-/// the examples against the CRDs' schemas.
+/// The Python tools the tests run, from PyPI, pinned: kubernetes-validate
+/// for the plain manifests, check-jsonschema for the examples against the
+/// CRDs' schemas, and scapy, an independent packet builder that sends the
+/// collector GENEVE, GRE and ERSPAN packets our own encoders did not make.
 pub const PYTHON_TOOLS: &[(&str, &str)] = &[
     ("kubernetes-validate", "1.37.0"),
     ("check-jsonschema", "0.39.0"),
+    ("scapy", "2.8.0"),
 ];
 
 pub fn run() -> Result<()> {

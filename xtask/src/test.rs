@@ -19,6 +19,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     cmd.args(["test", "--no-fail-fast"])
         .args(extra)
         .env("MIRROR_AGENT_BIN", &agent)
+        // The venv's Python, with scapy: the collector's independent sender.
+        .env("MIRROR_TEST_PYTHON", setup::python_tool("python3"))
         .env("RUST_BACKTRACE", "1");
     println!(
         "test: MIRROR_AGENT_BIN={} {}",

@@ -205,6 +205,9 @@ fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
             options.reps, options.seconds
         )
     };
+    if options.smoke {
+        ensure_copies_arrived(&samples)?;
+    }
     let summary = report::Summary::new(&samples);
     let md = out_dir.join("report.md");
     let png = out_dir.join("chart.png");
@@ -221,6 +224,37 @@ fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
         png.display(),
         csv.display()
     );
+    Ok(())
+}
+
+/// The smoke run's one check of its numbers: every configuration that
+/// mirrors delivered copies in some run (a completeness above zero), and
+/// no run of it that saw frames at the hook delivered none. A harness that
+/// measures nothing, or a mirror that sends nothing, fails here.
+fn ensure_copies_arrived(samples: &[Sample]) -> Result<()> {
+    let mut configs: Vec<Config> = samples
+        .iter()
+        .map(|s| s.config)
+        .filter(|c| c.mirrors())
+        .collect();
+    configs.sort();
+    configs.dedup();
+    anyhow::ensure!(
+        !configs.is_empty(),
+        "the bench smoke ran no configuration that mirrors"
+    );
+    for config in configs {
+        let of: Vec<Option<f64>> = samples
+            .iter()
+            .filter(|s| s.config == config)
+            .map(Sample::completeness)
+            .collect();
+        anyhow::ensure!(
+            of.iter().any(|c| c.is_some_and(|c| c > 0.0)) && of.iter().flatten().all(|c| *c > 0.0),
+            "bench smoke: {} delivered no copies (completeness per run: {of:?})",
+            config.key()
+        );
+    }
     Ok(())
 }
 
