@@ -17,9 +17,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
     let result = match cli.command {
         cli::Command::Attach(args) => attach::run(args).map_err(|e| (e.to_string(), e.exit_code())),
@@ -37,5 +35,17 @@ fn main() -> ExitCode {
             error!("{message}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// `$RUST_LOG`, else `info`. kube-runtime's watcher warns of a 403 on every
+/// retry; `run`'s watches say it once (controller/retry.rs), so its lines
+/// are left out unless `$RUST_LOG` names kube_runtime.
+fn log_filter() -> EnvFilter {
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    if wanted.contains("kube_runtime") {
+        EnvFilter::new(wanted)
+    } else {
+        EnvFilter::new(format!("{wanted},kube_runtime::watcher=error"))
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! 1. deploy/crds/ matches the Rust types (`crds::check`).
 //! 2. Every manifest kustomization.yaml applies passes `kubernetes-validate
-//!    --strict`, for the Kubernetes version of the workspace's k8s-openapi.
+//!    --strict`, for the Kubernetes version of the workspace's k8s-openapi,
+//!    and states the fields the API server would default (`defaults.rs`),
+//!    so a server-side apply after a client-side one does not conflict.
 //! 3. Every custom resource in deploy/examples/ passes `check-jsonschema`
 //!    against its CRD's `openAPIV3Schema`; and resources that break the
 //!    schema's bounds (made up here) are refused, so the check is known to
@@ -27,6 +29,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{crds, paths, run, setup};
+
+mod defaults;
 
 /// A Kubernetes object name (an RFC 1123 subdomain).
 const SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
@@ -100,7 +104,9 @@ fn plain_manifests(deploy: &Path, version: &str) -> Result<()> {
             file.display()
         );
     }
-    kubernetes_validate(&files, version)
+    let defaulted = defaults::check(&files);
+    kubernetes_validate(&files, version)?;
+    defaulted
 }
 
 fn kubernetes_validate(files: &[PathBuf], version: &str) -> Result<()> {

@@ -58,6 +58,9 @@ pub struct Outcome {
     /// Of those, the pods whose hooks are planned.
     pub attached: u64,
     pub skipped_host_network: u64,
+    /// Of the matched pods, those being deleted (Terminating): mirrored
+    /// until their network namespace is gone.
+    pub terminating: u64,
     /// Why selected pods are not mirrored, one line each.
     pub problems: Vec<String>,
 }
@@ -83,7 +86,9 @@ pub struct ToLocate {
     pub pods: Vec<PodAddr>,
 }
 
-/// A pod worth mirroring: scheduled here, running, with an IP.
+/// A pod worth mirroring: scheduled here, running, with an IP. A pod being
+/// deleted is still one: its containers go on talking for their grace
+/// period, and what a pod says last matters to whoever investigates it.
 struct LivePod {
     uid: String,
     namespace: String,
@@ -91,12 +96,11 @@ struct LivePod {
     labels: BTreeMap<String, String>,
     ips: Vec<IpAddr>,
     host_network: bool,
+    /// Being deleted: mirrored while its network namespace is there.
+    terminating: bool,
 }
 
 fn live(pod: &Pod) -> Option<LivePod> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
         return None;
@@ -126,6 +130,7 @@ fn live(pod: &Pod) -> Option<LivePod> {
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
     })
 }
 
@@ -307,6 +312,7 @@ pub fn compute(
             matched: 0,
             attached: 0,
             skipped_host_network: 0,
+            terminating: 0,
             problems: Vec::new(),
         };
         let Ok(usable) = &checked.decision else {
@@ -327,6 +333,17 @@ pub fn compute(
                 outcome.skipped_host_network += 1;
                 continue;
             }
+            let found = located
+                .get(&pod.uid)
+                .cloned()
+                .unwrap_or_else(|| Err("not looked for on this node".into()));
+            if pod.terminating {
+                // Gone from the node already: finished, not failing.
+                if found.is_err() {
+                    continue;
+                }
+                outcome.terminating += 1;
+            }
             outcome.matched += 1;
             let who = format!("{}/{}", pod.namespace, pod.name);
             if let Some(other) = claimed.get(pod.uid.as_str()) {
@@ -335,10 +352,6 @@ pub fn compute(
                     .push(format!("pod {who} is already mirrored by policy {other}"));
                 continue;
             }
-            let found = located
-                .get(&pod.uid)
-                .cloned()
-                .unwrap_or_else(|| Err("not looked for on this node".into()));
             match found.and_then(|f| interface(&f, node, who.clone())) {
                 Ok(iface) => {
                     claimed.insert(&pod.uid, policy.plan_name());

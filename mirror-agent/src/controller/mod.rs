@@ -1,5 +1,5 @@
 //! The Kubernetes control path of `mirror-agent run`: what the agent watches
-//! ([`watch`]), seen at one moment ([`snapshot`]); what this node should
+//! ([`watch`], retrying as [`retry`] says), seen at one moment ([`snapshot`]); what this node should
 //! mirror given it, a pure function ([`desired`]); the credentials of TLS
 //! collectors ([`secrets`]); one reconcile, which locates pods, writes the
 //! credentials and moves the mirror ([`reconcile`]); and each policy's
@@ -12,6 +12,7 @@
 
 pub mod desired;
 pub mod reconcile;
+pub mod retry;
 pub mod secrets;
 pub mod snapshot;
 pub mod status;

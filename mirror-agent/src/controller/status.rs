@@ -81,6 +81,7 @@ impl StatusWriter {
                 // Hooked by now, not only planned.
                 attached_pods: o.attached.saturating_sub(t.queued),
                 skipped_host_network_pods: o.skipped_host_network,
+                terminating_pods: o.terminating,
                 mirrored: t.mirrored,
                 truncated: t.truncated,
                 dropped: dropped(&t.lost),
@@ -407,6 +408,7 @@ mod tests {
             matched: 1,
             attached: 1,
             skipped_host_network: 0,
+            terminating: 0,
             problems: Vec::new(),
         };
         let totals = |_: &str| PolicyTotals {

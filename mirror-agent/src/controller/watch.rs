@@ -1,28 +1,32 @@
 //! What the agent watches: its node's Pods, Namespaces (for their labels),
 //! and the three kinds of the mirror. Each is a kube-runtime reflector: a
-//! local cache kept by list+watch, which relists on 410 Gone and retries
-//! with backoff while the API server is away, keeping the last known state
+//! local cache kept by list+watch, which relists at once on 410 Gone and
+//! retries with a short backoff while the API server is away or refuses
+//! (saying so once, see [`super::retry`]), keeping the last known state
 //! meanwhile. Any change wakes the reconciler, which takes a [`Snapshot`]
 //! of the caches.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{
     Api, Client, Resource,
     runtime::{
-        WatchStreamExt,
         reflector::{self, ObjectRef, Store},
+        utils::Backoff,
         watcher,
     },
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::{
-    controller::snapshot::{PolicyRef, Snapshot},
+    controller::{
+        retry::{self, Failure, Health, Say},
+        snapshot::{PolicyRef, Snapshot},
+    },
     k8s::{ClusterMirrorPolicy, MirrorCollector, MirrorPolicy, PolicyStatus},
 };
 
@@ -135,26 +139,56 @@ where
 {
     let (reader, writer) = reflector::store();
     let changed = changed.clone();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    // No backoff on the stream itself: this loop waits after a failure,
+    // so that a 410 relists at once and a relist's `Init` resets nothing.
+    let stream = reflector::reflector(writer, watcher(api, config));
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        // Log each distinct error once in a row, not every retry.
-        let mut last_error: Option<String> = None;
+        let mut backoff = retry::backoff();
+        let mut health = Health::default();
         while let Some(event) = stream.next().await {
             match event {
+                // A relist starts: neither a success nor news.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(_) => {
-                    last_error = None;
+                    backoff.reset();
+                    say(what, health.ok(Instant::now()));
                     changed.notify_one();
                 }
-                Err(error) => {
-                    let text = error.to_string();
-                    if last_error.as_ref() != Some(&text) {
-                        warn!(watch = what, %error, "watch failed; retrying with backoff, mirroring on the last known state");
-                        last_error = Some(text);
+                Err(error) => match retry::classify(&error, what) {
+                    Failure::Expired => {
+                        debug!(watch = what, "watch expired (410 Gone); relisting now");
                     }
-                }
+                    Failure::Retry(text) => {
+                        say(what, health.failed(text, Instant::now()));
+                        // `backoff()` never gives up; MAX_DELAY is a floor if it did.
+                        let delay = backoff.next().unwrap_or(retry::MAX_DELAY);
+                        tokio::time::sleep(delay).await;
+                    }
+                },
             }
         }
     });
     reader
+}
+
+fn say(what: &str, said: Say) {
+    let keeping = |known: bool| {
+        if known {
+            "mirroring on the last known state"
+        } else {
+            "nothing is known of them yet: pinned hooks of an earlier agent go on as they were, \
+             and nothing new is mirrored until the first list"
+        }
+    };
+    match said {
+        Say::Nothing => {}
+        Say::Failing { text, known } => {
+            warn!(watch = what, error = %text, "watch failed; retrying every {:?} at most, {}", 2 * retry::MAX_DELAY, keeping(known));
+        }
+        Say::Still { text, known, since } => {
+            warn!(watch = what, error = %text, failing_for = ?since, "watch still failing; {}", keeping(known));
+        }
+        Say::Recovered(after) => info!(watch = what, failed_for = ?after, "watch works again"),
+    }
 }

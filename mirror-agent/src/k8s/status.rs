@@ -78,6 +78,10 @@ pub struct NodeStatus {
     /// their interfaces are the node's own.
     #[serde(default)]
     pub skipped_host_network_pods: u64,
+    /// Of the selected pods, those being deleted (Terminating): mirrored
+    /// until their network namespace is gone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub terminating_pods: u64,
     /// Packets copied to the collector.
     #[serde(default)]
     pub mirrored: u64,
@@ -148,6 +152,10 @@ pub fn set_condition(list: &mut Vec<Condition>, new: Condition) -> bool {
     old.message = new.message;
     old.observed_generation = new.observed_generation;
     changed
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -73,7 +73,8 @@ async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Accepts connections until stopped. A restart drops the listener and
-/// every connection (cutting watches mid-stream), waits, and binds again.
+/// every connection (cutting watches mid-stream), waits, forgets the watch
+/// history, and binds again.
 pub(super) async fn serve(
     mut listener: TcpListener,
     addr: SocketAddr,
@@ -103,6 +104,10 @@ pub(super) async fn serve(
                     conns.abort_all();
                     while conns.join_next().await.is_some() {}
                     tokio::time::sleep(downtime).await;
+                    // A restarted server's watch cache starts at the
+                    // current resourceVersion: a watch resumed from an
+                    // older one gets 410 Expired, and the client relists.
+                    shared.mutate(super::store::Store::compact);
                     match rebind(addr).await {
                         Ok(l) => {
                             listener = l;

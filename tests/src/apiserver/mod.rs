@@ -332,6 +332,42 @@ impl ApiServer {
         self.shared.mutate(|s| s.delete(&key))
     }
 
+    /// Deletes a pod as the API server and the kubelet do: at once it is
+    /// Terminating (`deletionTimestamp` set, `grace` recorded), and it is
+    /// removed `grace` later, unless the test removes it first with
+    /// [`Self::delete`]. A real kubelet removes it once its containers have
+    /// stopped, at most `grace` later.
+    pub fn delete_gracefully(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace: Duration,
+    ) -> Result<Value, ApiError> {
+        let key = Key::new(Self::resource("v1", "Pod")?, Some(namespace), name);
+        let marked = self
+            .shared
+            .mutate(|s| s.start_deletion(&key, grace.as_secs()))?;
+        let shared = Arc::downgrade(&self.shared);
+        let uid = marked.pointer("/metadata/uid").cloned();
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            // The server may be gone, or the pod removed (or made anew) meanwhile.
+            if let Some(shared) = shared.upgrade() {
+                shared.mutate(|s| {
+                    let same = s
+                        .get(&key)
+                        .and_then(|o| o.pointer("/metadata/uid"))
+                        .cloned()
+                        == uid;
+                    if same {
+                        let _ = s.delete(&key);
+                    }
+                });
+            }
+        });
+        Ok(marked)
+    }
+
     /// The stored object, if any.
     pub fn get(
         &self,
@@ -414,7 +450,9 @@ impl ApiServer {
 
     /// Restarts the server: drops the listener and every connection
     /// (watches are cut mid-stream), refuses connections for `downtime`,
-    /// then listens again on the same port with the same objects. Returns
+    /// then listens again on the same port with the same objects and, as a
+    /// real server's new watch cache, no history: a watch resumed from
+    /// before the restart gets a 410 Expired ERROR event. Returns
     /// once it listens again. Blocks the calling thread: from async code,
     /// use [`Self::restart_async`].
     pub fn restart(&self, downtime: Duration) -> Result<()> {

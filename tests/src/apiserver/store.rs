@@ -614,6 +614,40 @@ impl Store {
         Ok(new)
     }
 
+    /// The start of a graceful deletion, as the API server does for a pod:
+    /// `deletionTimestamp` and `deletionGracePeriodSeconds` set (a MODIFIED
+    /// event), the object kept until it is deleted for good. A second call
+    /// changes nothing.
+    pub fn start_deletion(&mut self, key: &Key, grace_seconds: u64) -> Result<Value, ApiError> {
+        let res = key.resource();
+        let Some(entry) = self.objects.get_mut(key) else {
+            return Err(ApiError::not_found(res, &key.name));
+        };
+        if entry
+            .object
+            .pointer("/metadata/deletionTimestamp")
+            .is_some()
+        {
+            return Ok(entry.object.clone());
+        }
+        let prev = Arc::new(entry.object.clone());
+        self.rv += 1;
+        let rv = self.rv;
+        let m = &mut entry.object["metadata"];
+        m["deletionTimestamp"] = json!(meta::now());
+        m["deletionGracePeriodSeconds"] = json!(grace_seconds);
+        m["resourceVersion"] = json!(rv.to_string());
+        let new = entry.object.clone();
+        self.push(Event {
+            rv,
+            key: key.clone(),
+            kind: EventType::Modified,
+            object: Arc::new(new.clone()),
+            prev: Some(prev),
+        });
+        Ok(new)
+    }
+
     /// DELETE: gone at once (no finalizers here: nothing sets them).
     pub fn delete(&mut self, key: &Key) -> Result<Value, ApiError> {
         let res = key.resource();

@@ -10,13 +10,10 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
     not_running["status"]["phase"] = json!("Pending");
     let mut host_network = pod("shop", "web-4", 4, json!({"app": "web"}));
     host_network["spec"]["hostNetwork"] = json!(true);
-    let mut deleting = pod("shop", "web-6", 6, json!({"app": "web"}));
-    deleting["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
     snapshot.pods.extend(pods(vec![
         not_running,
         host_network,
         pod("other", "web-5", 5, json!({"app": "web"})),
-        deleting,
     ]));
     let node = node(AttachPoint::Auto);
 
@@ -55,10 +52,43 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
             matched: 1,
             attached: 1,
             skipped_host_network: 1,
+            terminating: 0,
             problems: Vec::new(),
         }]
     );
     assert!(d.tls.is_empty());
+}
+
+#[test]
+fn a_terminating_pod_is_mirrored_until_its_namespace_is_gone() {
+    let mut snapshot = shop();
+    let mut deleting = pod("shop", "web-6", 6, json!({"app": "web"}));
+    deleting["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+    snapshot.pods.extend(pods(vec![deleting]));
+    let node = node(AttachPoint::Auto);
+    let wanted = to_locate(&snapshot, &node);
+    let wanted: Vec<&str> = wanted.pods.iter().map(|p| p.uid.as_str()).collect();
+    assert_eq!(wanted, ["uid-1", "uid-6"], "still looked for");
+
+    let d = desired(&snapshot, &veths(), &node);
+    let [p] = d.plan.as_slice() else {
+        panic!("one policy planned: {:?}", d.plan)
+    };
+    assert_eq!(
+        p.interfaces,
+        vec![host_end(1, "shop/web-1"), host_end(6, "shop/web-6")]
+    );
+    let o = &d.outcomes[0];
+    assert_eq!((o.matched, o.attached, o.terminating), (2, 2, 1));
+
+    // Its namespace gone: finished, neither mirrored nor a problem.
+    let mut facts = veths();
+    facts.insert("uid-6".into(), Err("no network namespace holds it".into()));
+    let d = desired(&snapshot, &facts, &node);
+    assert_eq!(d.plan[0].interfaces, vec![host_end(1, "shop/web-1")]);
+    let o = &d.outcomes[0];
+    assert_eq!((o.matched, o.attached, o.terminating), (1, 1, 0));
+    assert!(o.problems.is_empty(), "{:?}", o.problems);
 }
 
 #[test]
