@@ -217,8 +217,11 @@ pub struct AttachArgs {
     /// `erspan2://HOST?session=N`, `erspan3://HOST?session=N[&hwid=N]`,
     /// `tcp://HOST:PORT` (a pcapng stream), `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]`
     /// (the same over mutual TLS: the collector's CA, our client certificate and key,
-    /// PEM files). Tunnels take `&mtu=BYTES` (default 1500):
-    /// longer copies are cut to fit, keeping their original length where the tunnel can;
+    /// PEM files). Tunnels take `&mtu=BYTES` (default: the path MTU of the route to the
+    /// collector): longer copies are cut to fit, keeping their original length where the
+    /// tunnel can; tunnels and streams take `&checksums=keep` to send the bytes exactly as
+    /// the hook saw them (by default checksums are finished and super-packets cut into wire
+    /// segments);
     /// vxlan and geneve take `&gso=true` to send runs of copies as UDP GSO messages (for
     /// collectors behind a real NIC or reading with a socket, not sniffing a veth).
     #[arg(

@@ -129,10 +129,18 @@ impl Difference {
     }
 }
 
+/// Compares a mirror's copies (`actual`) against tcpdump's frames
+/// (`expected`) as a NIC would have sent them: the agent finishes offloaded
+/// checksums by default, so tcpdump's are finished first
+/// ([`crate::wire::finished`]). See [`difference_exact`].
+pub fn difference(expected: &[Frame], actual: &[Frame]) -> Difference {
+    difference_exact(&crate::wire::finished(expected), actual)
+}
+
 /// Compares `actual` against `expected` by (bytes, original length), ignoring
 /// order and timestamps: the hook and the packet socket see a packet at
 /// slightly different moments, and ingress and egress can interleave.
-pub fn difference(expected: &[Frame], actual: &[Frame]) -> Difference {
+pub fn difference_exact(expected: &[Frame], actual: &[Frame]) -> Difference {
     let mut counts: BTreeMap<(&[u8], u32), i64> = BTreeMap::new();
     for f in expected {
         *counts.entry((&f.data, f.orig_len)).or_default() += 1;

@@ -1,4 +1,4 @@
-//! Copies an IDS accepts as if it sat on the pod's wire (issue 13), checked
+//! Copies an IDS accepts as if it sat on the pod's wire, checked
 //! by tools we did not write: the kernel's VXLAN device decapsulates, and
 //! tshark, with checksum validation on, reads what arrived and what tcpdump
 //! saw on the pod's veth (TSO/GSO on, the default: the hook sees 64 KiB
@@ -119,7 +119,12 @@ fn assert_flow_order(oracle: &[Seen], arrived: &[Seen]) -> usize {
                         s.seq == o.seq
                     }
             })
-            .unwrap_or_else(|| panic!("copy {n} ({s:?}) matches no packet tcpdump saw"));
+            .unwrap_or_else(|| {
+                let same: Vec<&Seen> = oracle.iter().filter(|o| o.conn == s.conn).collect();
+                panic!(
+                    "copy {n} ({s:?}) matches no packet tcpdump saw; of its connection: {same:?}"
+                )
+            });
         let prev = last.entry(&s.conn).or_insert(0);
         assert!(
             at >= *prev,
@@ -141,7 +146,8 @@ fn count(file: &Path, filter: &str) -> usize {
 
 /// VXLAN with its defaults, to the kernel's own VXLAN device: every
 /// connection in order, no bad checksum, super-packets as wire segments
-/// (whole: tshark finds no lost segment and every byte of the bulk).
+/// (whole: tshark finds no lost segment and every byte of the bulk), and
+/// the MTU of the route towards the collector (9000 here) taken.
 #[test]
 fn vxlan_copies_keep_flow_order_finished_checksums_and_wire_segments() {
     testbed::require_root();
@@ -156,7 +162,8 @@ fn vxlan_copies_keep_flow_order_finished_checksums_and_wire_segments() {
         .expect("tcpdump on the pod veth");
     let at_sensor = Tcpdump::start(&link.ns, &vxlan_dev, dir.path().join("vx.pcap"), &[])
         .expect("tcpdump on the kernel vxlan device");
-    let output = format!("vxlan://{}?vni={VNI}&mtu=9000", link.collector_v4);
+    // No mtu=: the tunnel takes the 9000 bytes of its route's device.
+    let output = format!("vxlan://{}?vni={VNI}", link.collector_v4);
     let agent = Agent::start(
         &pair.node,
         &["attach", "--output", &output, "-i", &pair.host_if],
@@ -216,10 +223,62 @@ fn vxlan_copies_keep_flow_order_finished_checksums_and_wire_segments() {
         .map(|r| num(r, "tcp.len"))
         .sum();
     assert_eq!(payload, 2 * BULK as u64, "TCP payload at the sensor");
+    assert_eq!(
+        out["mtu_truncated"], 0,
+        "the route's 9000-byte MTU was not taken"
+    );
     let segments = out.get("segments").copied().unwrap_or(0);
     assert!(
         segments > big as u64,
         "segments made: {segments}, super-packets: {big}"
     );
     eprintln!("{big} super-packets cut into {segments} segments");
+}
+
+/// `checksums=keep`: the copies are exactly tcpdump's bytes, partial
+/// checksums and all (the kernel's VXLAN device decapsulates them).
+#[test]
+fn checksums_keep_sends_the_bytes_as_the_hook_saw_them() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
+        ns.ip(&["link", "set", dev, "mtu", "9000"]).expect("mtu");
+    }
+    let vxlan_dev = link.kernel_vxlan(VNI).expect("kernel vxlan device");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at_pod = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
+        .expect("tcpdump on the pod veth");
+    let at_sensor = Tcpdump::start(&link.ns, &vxlan_dev, dir.path().join("vx.pcap"), &[])
+        .expect("tcpdump on the kernel vxlan device");
+    let output = format!(
+        "vxlan://{}?vni={VNI}&mtu=9000&checksums=keep",
+        link.collector_v4
+    );
+    let agent = Agent::start(
+        &pair.node,
+        &["attach", "--output", &output, "-i", &pair.host_if],
+    )
+    .expect("agent starts");
+    let node = IpAddr::V4(pair.node_v4);
+    pair.flush_neighbours().expect("flush");
+    traffic::ping(&pair.pod, node, 2).expect("ping");
+    traffic::udp(&pair.pod, &pair.node, node, 5021, &[20, 300, 1000, 4000]).expect("udp");
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = agent.stop().expect("agent stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let pod = at_pod.stop().expect("tcpdump pod");
+    let vx = at_sensor.stop().expect("tcpdump vxlan");
+    let oracle = testbed::capture::read(&pod).expect("read");
+    let arrived = testbed::capture::read(&vx).expect("read");
+    let diff = testbed::capture::difference_exact(&oracle, &arrived);
+    assert!(diff.is_empty(), "keep changed bytes: {diff:?}");
+    let bad = "ip.checksum.status == 0 || tcp.checksum.status == 0 || udp.checksum.status == 0";
+    let partial = count(&vx, bad);
+    assert!(partial > 0, "no partial checksum was kept");
+    assert_eq!(partial, count(&pod, bad));
+    eprintln!(
+        "{} frames exactly tcpdump's, {partial} partial checksums kept",
+        arrived.len()
+    );
 }

@@ -163,7 +163,7 @@ impl Exporter {
     pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Self, ExportError> {
         let (outbox, inbox) = queue::channel(ctx.queue_bytes, ctx.progress.clone());
         let stats = Arc::new(Stats::default());
-        let (encoder, thread) = match output {
+        let (encoder, thread) = match output.base() {
             Output::Tunnel {
                 tunnel,
                 to,
@@ -258,6 +258,7 @@ impl Exporter {
     /// output's [`wire::Wire`] says).
     pub fn push(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) {
         let batch = &mut self.outbox.current;
+        let start = batch.buf.len();
         let encoder = &mut self.encoder;
         let stats = &self.stats;
         let shaped = self.shaper.shape(
@@ -270,7 +271,6 @@ impl Exporter {
                     let Some(&id) = p.ids.get(&record.iface) else {
                         return;
                     };
-                    let start = batch.buf.len();
                     crate::export::pcapng::packet_block(
                         &mut batch.buf,
                         id,
@@ -279,18 +279,23 @@ impl Exporter {
                         Some(record.direction),
                         data,
                     );
-                    let len = batch.buf.len() - start;
-                    batch.packets.push(queue::Span {
-                        start,
-                        len,
-                        lane: 0,
-                    });
                 }
                 Encoder::Tunnel(encode) => {
                     encode.push(batch, record, data, orig_len, unix_ns, interface, stats)
                 }
             },
         );
+        // A stream's copies of one record are one span (its segments' blocks
+        // back to back): sent or lost together, counted as the record.
+        if let Encoder::Pcapng(_) = self.encoder
+            && batch.buf.len() > start
+        {
+            batch.packets.push(queue::Span {
+                start,
+                len: batch.buf.len() - start,
+                lane: 0,
+            });
+        }
         if shaped.segments > 0 {
             Stats::add(&stats.super_packets, 1);
             Stats::add(&stats.segments, shaped.segments);

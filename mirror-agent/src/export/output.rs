@@ -12,7 +12,9 @@
 //! | `tcp://HOST:PORT` | a pcapng stream over TCP |
 //! | `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]` | the same over mutual TLS |
 //!
-//! Tunnels also take `mtu=BYTES` (default 1500): a copy whose encapsulated
+//! Tunnels and streams take `checksums=keep`: the bytes exactly as the hook
+//! saw them, not as a wire carries them (see `export/wire`).
+//! Tunnels also take `mtu=BYTES` (default: the route's path MTU): a copy whose encapsulated
 //! size would exceed it is cut to fit rather than IP-fragmented; vxlan and
 //! geneve take `gso=true` to send runs of copies as UDP GSO messages.
 
@@ -29,8 +31,14 @@ use crate::export::{
     wire::Wire,
 };
 
-/// Path MTU assumed toward a collector unless `mtu=` says otherwise.
-pub const DEFAULT_MTU: u16 = 1500;
+/// `mtu=` left out: the tunnel takes the path MTU the kernel's route
+/// towards the collector reports when it opens (1500 if it cannot tell).
+pub const DEFAULT_MTU: u16 = ROUTE_MTU;
+/// The value of [`DEFAULT_MTU`]: not an MTU but "ask the route" (an
+/// explicit `mtu=` is at least [`MIN_MTU`]).
+pub const ROUTE_MTU: u16 = 0;
+/// Assumed when the route cannot tell.
+pub const FALLBACK_MTU: u16 = 1500;
 /// Smallest `mtu=` accepted: IPv4's minimum datagram size.
 pub const MIN_MTU: u16 = 576;
 
@@ -89,6 +97,10 @@ pub enum Output {
     },
     Tcp(Endpoint),
     Tls(Endpoint, TlsFiles),
+    /// `checksums=keep` on a tunnel or stream URI: the output sends the
+    /// bytes exactly as the hook saw them (partial checksums and whole
+    /// super-packets). A wrapper, so the plain outputs stay as they are.
+    Keep(Box<Output>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -213,13 +225,16 @@ impl FromStr for Output {
                 Self::Tls(to, files)
             }
             _ => {
-                let mtu: u16 = params.number("mtu")?.unwrap_or(DEFAULT_MTU);
-                if mtu < MIN_MTU {
-                    return Err(param(
-                        "mtu",
-                        format!("must be at least {MIN_MTU}, not {mtu}"),
-                    ));
-                }
+                let mtu: u16 = match params.number("mtu")? {
+                    None => DEFAULT_MTU,
+                    Some(mtu) if mtu < MIN_MTU => {
+                        return Err(param(
+                            "mtu",
+                            format!("must be at least {MIN_MTU}, not {mtu}"),
+                        ));
+                    }
+                    Some(mtu) => mtu,
+                };
                 let tunnel = match scheme {
                     "vxlan" => Tunnel::Vxlan {
                         vni: vni(&mut params)?,
@@ -254,6 +269,16 @@ impl FromStr for Output {
                 }
             }
         };
+        let out = match params.take("checksums").as_deref() {
+            None | Some("finish") => out,
+            Some("keep") => Self::Keep(Box::new(out)),
+            Some(other) => {
+                return Err(param(
+                    "checksums",
+                    format!("'{other}': write keep (bytes as the hook saw them) or finish"),
+                ));
+            }
+        };
         params.done()?;
         Ok(out)
     }
@@ -269,7 +294,16 @@ impl Output {
                 finish_checksums: true,
                 segment: false,
             },
+            Self::Keep(_) => Wire::KEEP,
             _ => Wire::WIRE,
+        }
+    }
+
+    /// The output itself, whatever `checksums=` says.
+    pub fn base(&self) -> &Output {
+        match self {
+            Self::Keep(inner) => inner.base(),
+            other => other,
         }
     }
 }
@@ -291,6 +325,7 @@ impl fmt::Display for Output {
             }
             Self::Tcp(to) => write!(f, "tcp://{to}"),
             Self::Tls(to, _) => write!(f, "tls://{to}"),
+            Self::Keep(inner) => write!(f, "{inner}?checksums=keep"),
         }
     }
 }
@@ -309,5 +344,24 @@ mod tests {
         assert!(matches!(o, Output::Tunnel { gso: false, .. }));
         let e = "gre://198.18.0.9?gso=true".parse::<Output>().unwrap_err();
         assert!(e.to_string().contains("gso"), "{e}");
+    }
+
+    #[test]
+    fn checksums_keep_wraps_the_output() {
+        let o: Output = "vxlan://198.18.0.9?vni=42&checksums=keep"
+            .parse()
+            .expect("parses");
+        assert_eq!(o.wire(), Wire::KEEP);
+        assert!(matches!(o.base(), Output::Tunnel { .. }));
+        let o: Output = "tcp://198.18.0.9:9000?checksums=finish"
+            .parse()
+            .expect("parses");
+        assert_eq!(o.wire(), Wire::WIRE);
+        let e = "tcp://198.18.0.9:9000?checksums=no"
+            .parse::<Output>()
+            .unwrap_err();
+        assert!(e.to_string().contains("checksums"), "{e}");
+        let file: Output = "pcapng:/tmp/x".parse().expect("parses");
+        assert!(file.wire().finish_checksums && !file.wire().segment);
     }
 }

@@ -122,7 +122,7 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
     for (_, name) in ctx.interfaces {
         pcapng::interface_block(&mut preamble, name, ctx.snaplen);
     }
-    let target = match output {
+    let target = match output.base() {
         // Reopened by a plan change: a new section after what is there
         // (pcapng files may hold several), never over it.
         Output::PcapngFile(path) => Target::File(open_file(path, ctx.append)?),

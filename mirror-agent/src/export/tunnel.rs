@@ -30,8 +30,9 @@ use crate::{
             gre::Gre,
             vxlan::Vxlan,
         },
-        output::{Endpoint, Tunnel},
+        output::{Endpoint, FALLBACK_MTU, ROUTE_MTU, Tunnel},
     },
+    kernel::route,
     model::record::Record,
 };
 
@@ -53,6 +54,10 @@ pub struct Encode {
     /// Bytes of tunnel header plus inner frame that fit the path MTU.
     max_payload: usize,
     lanes: u32,
+    /// For the one warning when copies are first cut.
+    name: String,
+    mtu: u16,
+    cut_logged: bool,
 }
 
 /// The sender thread's half: owns the sockets.
@@ -83,6 +88,17 @@ pub fn open(
             )
         })?;
     let ip_header = if addr.is_ipv4() { 20 } else { 40 };
+    let mtu = if mtu == ROUTE_MTU {
+        match route::path_mtu(addr.ip()) {
+            Ok(path) => u16::try_from(path).unwrap_or(u16::MAX),
+            Err(error) => {
+                warn!(%error, mtu = FALLBACK_MTU, "no path MTU towards the collector; assuming one");
+                FALLBACK_MTU
+            }
+        }
+    } else {
+        mtu
+    };
     let (encoder, udp): (Box<dyn Encapsulator + Send>, bool) = match tunnel {
         Tunnel::Vxlan { vni } => (Box::new(Vxlan::new(*vni)), true),
         Tunnel::Geneve { vni } => (Box::new(Geneve::new(*vni, ctx.node)), true),
@@ -109,6 +125,9 @@ pub fn open(
             encoder,
             max_payload,
             lanes,
+            name: format!("{tunnel:?} to {to}"),
+            mtu,
+            cut_logged: false,
         },
         Sender {
             name: format!("{tunnel:?} to {to}"),
@@ -169,6 +188,17 @@ impl Encode {
         let room = self.max_payload.saturating_sub(header);
         let inner = &data[..data.len().min(room)];
         if inner.len() < data.len() {
+            if !self.cut_logged {
+                self.cut_logged = true;
+                warn!(
+                    output = %self.name,
+                    mtu = self.mtu,
+                    frame = data.len(),
+                    room = inner.len(),
+                    "copies are cut to fit the tunnel's MTU (counted as mtu_truncated); \
+                     raise the MTU of the path to the collector and set mtu= to match"
+                );
+            }
             stats
                 .mtu_truncated
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -10,4 +10,5 @@ pub mod prefilter;
 pub mod privileges;
 pub mod qdisc;
 pub mod ring;
+pub mod route;
 pub mod tc;

@@ -76,7 +76,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
     // GRE and ERSPAN go out through raw sockets.
     let raw = plan.iter().flat_map(|p| &p.outputs).any(|o| {
         matches!(
-            o,
+            o.base(),
             Output::Tunnel {
                 tunnel: Tunnel::Gre { .. } | Tunnel::Erspan2 { .. } | Tunnel::Erspan3 { .. },
                 ..

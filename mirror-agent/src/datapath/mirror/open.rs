@@ -76,7 +76,7 @@ pub(super) fn open_fanout(
         let mut plans = Vec::with_capacity(p.outputs.len());
         for o in &p.outputs {
             let running_one = old.as_ref().is_some_and(|r| r.sends_to(o));
-            let reuse = running_one && (matches!(o, Output::Tunnel { .. }) || same_streams);
+            let reuse = running_one && (matches!(o.base(), Output::Tunnel { .. }) || same_streams);
             plans.push(if reuse {
                 Opened::Reuse
             } else if running_one && matches!(o, Output::PcapngFile(_)) {
