@@ -174,6 +174,7 @@ impl ListenerStats {
             decoded = get(&self.decoded),
             truncated = get(&self.truncated),
             connections = get(&self.connections),
+            refused = Refusal::ALL.iter().map(|&r| self.refused_count(r)).sum::<u64>(),
             refused_limit = self.refused_count(Refusal::Limit),
             refused_source_limit = self.refused_count(Refusal::SourceLimit),
             refused_handshake = self.refused_count(Refusal::Handshake),
