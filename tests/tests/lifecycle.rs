@@ -292,6 +292,7 @@ fn stuck_sink(
 /// only output is a TCP peer that never reads: on SIGTERM it detaches, then
 /// waits (up to its close timeout) for the output, and the kernel is asked
 /// during that wait, and the process is seen alive after the answer.
+/// /readyz answers 503 in that window (and 200 before it).
 #[test]
 fn tcx_hooks_are_gone_before_the_agent_exits() {
     testbed::require_root();
@@ -317,6 +318,7 @@ fn tcx_hooks_are_gone_before_the_agent_exits() {
             .is_empty(),
         "nothing attached while running"
     );
+    let ready = readyz(&pair.node);
     // Far more than the socket buffers hold: the output's sender blocks.
     let dst = std::net::SocketAddr::from((pair.node_v4, 9));
     testbed::traffic::udp_flood(&pair.pod, dst, 20_000, 1400).expect("flood");
@@ -331,6 +333,8 @@ fn tcx_hooks_are_gone_before_the_agent_exits() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Stopping, not ready: /readyz says 503 while the agent still runs.
+    let stopping = readyz(&pair.node);
     let alive = agent.alive();
     release.send(()).ok();
     let exit = agent.wait(Duration::from_secs(20)).expect("agent exits");
@@ -345,4 +349,25 @@ fn tcx_hooks_are_gone_before_the_agent_exits() {
         exit.stderr
     );
     assert!(exit.status.success(), "{}", exit.stderr);
+    assert_eq!(ready, 200, "not ready while mirroring");
+    assert_eq!(stopping, 503, "ready while stopping");
+}
+
+/// The HTTP status of `GET /readyz` on the default metrics address in `ns`.
+fn readyz(ns: &testbed::netns::Netns) -> u16 {
+    use std::io::{Read, Write};
+    testbed::netns::join(ns.spawn(|| {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9464")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no status in {text:?}"))?;
+        Ok(code)
+    }))
+    .expect("GET /readyz")
 }

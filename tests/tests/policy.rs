@@ -295,3 +295,61 @@ policies:
         c.exit.stderr
     );
 }
+
+/// A policy's own `direction` and `sampling` (not the command line's):
+/// `direction: Egress` keeps only what the interface sends (tcpdump `-Q
+/// out`), and `sampling: 10` one in ten of those, within 5σ, every kept
+/// frame one tcpdump saw leave.
+#[test]
+fn policy_direction_and_sampling_keep_one_in_ten_of_one_way() {
+    let pair = PodPair::new(false).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("mirror.pcapng");
+    let file = policy_file(
+        &dir,
+        &format!(
+            "policies:\n  - name: sampled\n    interfaces: [\"{}\"]\n    collectors: [\"pcapng:{}\"]\n    direction: Egress\n    sampling: 10\n",
+            pair.host_if,
+            out.display()
+        ),
+    );
+    let c = scenario::run_with(
+        &pair,
+        &["attach", "--policy", &file],
+        &out,
+        &["-Q", "out"],
+        |p| {
+            // Both ways: pings from the pod, a flood from the node.
+            traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 3)?;
+            traffic::udp_flood(
+                &p.node,
+                SocketAddr::new(IpAddr::V4(p.pod_v4), 9),
+                20_000,
+                64,
+            )
+            .map(drop)
+        },
+    )
+    .expect("mirror run");
+    let s = c.exit.summary().expect("summary");
+    let sent_out = c.oracle.len() as f64;
+    assert!(sent_out >= 20_000.0, "tcpdump saw {sent_out} leave");
+    let mirrored = c.mirror.len() as f64;
+    assert_eq!(s["mirrored"] as f64, mirrored, "{}", c.exit.stderr);
+    assert_eq!(
+        (s["sampled_out"] + s["mirrored"]) as f64,
+        sent_out,
+        "sampling did not see exactly the frames that left:\n{}",
+        c.exit.stderr
+    );
+    let mean = sent_out / 10.0;
+    let sigma = (sent_out * 0.1 * 0.9).sqrt();
+    assert!(
+        (mirrored - mean).abs() <= 5.0 * sigma,
+        "mirrored {mirrored} of {sent_out}: outside {mean:.0} ± {:.0}",
+        5.0 * sigma
+    );
+    // Nothing that came in: every kept frame is one tcpdump saw leave.
+    let extra = testbed::capture::difference(&c.oracle, &c.mirror).extra;
+    assert!(extra.is_empty(), "{} kept frames never left", extra.len());
+}

@@ -132,6 +132,59 @@ fn sighup_applies_a_new_policy_and_refuses_a_bad_one() {
     );
 }
 
+/// A SIGHUP to a valid file whose output cannot be opened (its directory
+/// does not exist): refused, the log naming the output, and the policy in
+/// force goes on whole (same file, same snaplen) for what follows.
+#[test]
+fn sighup_with_an_output_that_cannot_be_opened_keeps_the_policy() {
+    testbed::require_root();
+    let pair = PodPair::new(false).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = dir.path().join("first.pcapng");
+    let unopenable = dir.path().join("no/such/dir/second.pcapng");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy(&pair.host_if, &first, 100, 7001)).expect("write");
+    let tcpdump = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("veth.pcap"), &[])
+        .expect("tcpdump");
+    let file_arg = file.display().to_string();
+    let mut agent = Agent::start(
+        &pair.node,
+        &["attach", "--policy", &file_arg, "--metrics-addr", "off"],
+    )
+    .expect("agent starts");
+    let send = || {
+        traffic::udp(
+            &pair.pod,
+            &pair.node,
+            IpAddr::V4(pair.node_v4),
+            7001,
+            &[SIZE; 10],
+        )
+        .expect("udp")
+    };
+    send();
+    std::fs::write(&file, policy(&pair.host_if, &unopenable, 200, 7001)).expect("write");
+    let refused = hup(&mut agent, "SIGHUP:");
+    assert!(
+        refused.contains("no/such/dir") && refused.contains("keeping"),
+        "the refusal does not name the output: {refused}"
+    );
+    send();
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let veth = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
+    let kept = capture::read(&first).expect("first capture");
+    assert_eq!(with_port(&veth, 7001).len(), 20);
+    let kept = with_port(&kept, 7001);
+    assert_eq!(kept.len(), 20, "the policy in force stopped writing");
+    assert!(
+        kept.iter().all(|f| f.data.len() == 100),
+        "the refused policy's snaplen applied"
+    );
+    assert!(!unopenable.exists());
+}
+
 /// A SIGHUP that adds an interface to a policy writing a pcapng file: the
 /// file keeps its one section, with an interface block for the new veth
 /// before its first packet. tshark reads every frame in section 1, on the

@@ -9,7 +9,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -35,6 +35,8 @@ const EVERY: Duration = Duration::from_millis(2);
 /// Numbered datagrams from the pod to the node, sent steadily until stopped.
 struct Stream {
     stop: Arc<AtomicBool>,
+    /// Datagrams sent so far.
+    count: Arc<AtomicU32>,
     sender: JoinHandle<anyhow::Result<u32>>,
     _receiver: UdpSocket,
 }
@@ -47,20 +49,39 @@ impl Stream {
             .expect("receiver");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let count = Arc::new(AtomicU32::new(0));
+        let counter = count.clone();
         let sender = pair.pod.spawn(move || {
             let sock = UdpSocket::bind(("0.0.0.0", 0))?;
             let mut n = 0u32;
             while !flag.load(Ordering::Relaxed) {
                 sock.send_to(&n.to_be_bytes(), to)?;
                 n += 1;
+                counter.store(n, Ordering::Relaxed);
                 thread::sleep(EVERY);
             }
             Ok(n)
         });
         Self {
             stop,
+            count,
             sender,
             _receiver: receiver,
+        }
+    }
+
+    /// Waits until `more` datagrams have been sent from now on (a phase
+    /// of the test lasts a number of packets, not a time a slow machine
+    /// might fill with fewer).
+    fn wait_for(&self, more: u32) {
+        let target = self.count.load(Ordering::Relaxed) + more;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.count.load(Ordering::Relaxed) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stream did not send {more} datagrams within 30 s"
+            );
+            thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -190,12 +211,14 @@ fn kill_9_and_restart_loses_no_sequence_number() {
     let collector = bed.collector(dir.path());
     let first = bed.agent(&["--cleanup-on-exit=false"]);
     let stream = Stream::start(&bed.pair);
-    thread::sleep(Duration::from_millis(1500));
+    // Each phase lasts 500 datagrams (about a second): with the first
+    // agent, with none, with the second.
+    stream.wait_for(500);
     let killed = first.signal(Signal::SIGKILL).expect("kill -9");
     assert!(!killed.status.success());
-    thread::sleep(Duration::from_millis(1000));
+    stream.wait_for(500);
     let second = bed.agent(&[]);
-    thread::sleep(Duration::from_millis(1500));
+    stream.wait_for(500);
     let sent = stream.finish();
     thread::sleep(Duration::from_millis(300));
     let exit = second.stop().expect("second agent stops");
@@ -218,7 +241,6 @@ fn kill_9_and_restart_loses_no_sequence_number() {
         "sent {sent}, received {} distinct, {twice} twice",
         seen.len()
     );
-    assert!(sent >= 1500, "the stream was too short: {sent}");
     assert!(
         lost.is_empty(),
         "{} of {sent} lost: {:?}",

@@ -10,7 +10,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -45,6 +45,8 @@ type Received = Result<Vec<u8>, (String, usize)>;
 /// stopped, one connection at a time, reading each to its end.
 struct TlsServer {
     stop: Arc<AtomicBool>,
+    /// Connections served to their end so far.
+    served: Arc<AtomicUsize>,
     thread: JoinHandle<Result<Vec<Received>>>,
 }
 
@@ -54,6 +56,8 @@ impl TlsServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let addr = SocketAddr::new(IpAddr::V4(link.collector_v4), PORT);
         let flag = stop.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
         let thread = link.ns.spawn(move || {
             let listener = TcpListener::bind(addr).context("binding the TLS server")?;
             // Polled, so the stop flag is seen between connections.
@@ -65,6 +69,7 @@ impl TlsServer {
                     Ok((tcp, _)) => {
                         tcp.set_nonblocking(false)?;
                         received.push(serve(&config, tcp));
+                        count.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -77,7 +82,20 @@ impl TlsServer {
         ready_rx
             .recv_timeout(Duration::from_secs(3))
             .context("the TLS server did not start")?;
-        Ok(Self { stop, thread })
+        Ok(Self {
+            stop,
+            served,
+            thread,
+        })
+    }
+
+    /// Waits until `n` connections have been served, for at most 10 s.
+    fn wait_served(&self, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.served.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.served.load(Ordering::Relaxed)
     }
 
     fn stop(self) -> Result<Vec<Received>> {
@@ -219,7 +237,9 @@ fn refused_run(config: Arc<ServerConfig>, output: &str) -> (Exit, Vec<Received>)
     .expect("agent starts");
     mixed_traffic(&pair).expect("traffic");
     // Past the first backoff steps: the agent keeps retrying, quietly.
-    std::thread::sleep(Duration::from_millis(800));
+    // Waited for, not slept: two refused handshakes, whenever they come.
+    let served = server.wait_served(2);
+    assert!(served >= 2, "the agent did not retry within 10 s: {served}");
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let received = server.stop().expect("TLS server");
