@@ -720,6 +720,21 @@ fn run_hooks_bridged_pods_inside_them_when_asked() {
     run_hooks_inside_pods(Shape::Bridge, &["--attach-point", "pod"]);
 }
 
+/// Namespace shop, a VXLAN collector `lab` open to all, policy shop/web, and
+/// its running pod web-1 at `ip`.
+fn one_mirrored_pod(server: &ApiServer, link: &CollectorLink, ip: std::net::Ipv4Addr) {
+    for obj in [
+        namespace("shop", "shop"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
+                        "allowedNamespaces": {}}}),
+        policy("shop", "web", 0),
+        pod("shop", "web-1", "web", Some(&ip.to_string()), false),
+    ] {
+        server.create(obj).expect("create");
+    }
+}
+
 /// A long API server outage (its restart, whose new watch cache answers a
 /// resumed watch with 410): the agent keeps mirroring what it knew, says so
 /// once per watch, and attaches a pod made after the server is back within
@@ -730,16 +745,7 @@ fn run_recovers_within_seconds_of_a_long_api_server_outage() {
     let bed = Bed::new(2);
     let (node, link, server) = (&bed.node, &bed.link, &bed.server);
     let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
-    for obj in [
-        namespace("shop", "shop"),
-        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
-               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
-                        "allowedNamespaces": {}}}),
-        policy("shop", "web", 0),
-        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
-    ] {
-        server.create(obj).expect("create");
-    }
+    one_mirrored_pod(server, link, pod1.v4);
     let agent = bed.agent(&[]);
     wait_attached(node, &pod1.host_if, true);
     let expired_before = server.expired_watches();
@@ -827,16 +833,7 @@ fn run_mirrors_a_terminating_pod_until_its_namespace_is_gone() {
     let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
     let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
     let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
-    for obj in [
-        namespace("shop", "shop"),
-        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
-               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
-                        "allowedNamespaces": {}}}),
-        policy("shop", "web", 0),
-        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
-    ] {
-        server.create(obj).expect("create");
-    }
+    one_mirrored_pod(server, link, pod1.v4);
     let collector_pcap = dir.path().join("vx.pcap");
     let at_collector =
         Tcpdump::start(&link.ns, &vxlan, collector_pcap.clone(), &[]).expect("tcpdump");
