@@ -163,8 +163,8 @@ const COLLECT_EXAMPLES: &str = "Examples:\n  \
 const RUN_EXAMPLES: &str = "Examples:\n  \
     mirror-agent run --node-name \"$NODE_NAME\" --metrics-addr \"$POD_IP:9464\"\n  \
     KUBECONFIG=~/.kube/config mirror-agent run --node-name worker-1 --metrics-addr off\n\n\
-    The API server is found as kubectl finds it: in-cluster service account, else $KUBECONFIG \
-    or ~/.kube/config. Hooks go on the host end of each selected pod's interface. They are \
+    The API server is found as kube-rs finds it: $KUBECONFIG or ~/.kube/config if there is \
+    one, else the in-cluster service account (the DaemonSet's case). Hooks go on the host end of each selected pod's interface. They are \
     pinned under --pin-dir and kept on SIGTERM (a DaemonSet restart is not an uninstall): \
     the next agent adopts them. `mirror-agent uninstall` removes them.";
 

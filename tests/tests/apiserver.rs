@@ -213,6 +213,7 @@ async fn list_and_watch_see_changes_in_order() {
 async fn bookmarks_arrive() {
     let server = ApiServer::start_with(Options {
         bookmark_interval: Duration::from_millis(100),
+        ..Options::default()
     })
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client(&server), "ns1");

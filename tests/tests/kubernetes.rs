@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use testbed::{
     agent::{self, Agent},
-    apiserver::ApiServer,
+    apiserver::{ApiServer, Options},
     bpffs::BpfFs,
     capture::{self, Frame},
     cni::{CniNode, Shape},
@@ -23,6 +23,7 @@ use testbed::{
     hooks::attached,
     netns::{Netns, join},
     pki::{self, Pki},
+    process::Process,
     scenario::assert_same_frames,
     tcpdump::Tcpdump,
     topology::{BridgedNode, CollectorLink},
@@ -137,6 +138,10 @@ struct Bed<N = BridgedNode> {
 
 impl Bed {
     fn new(pods: u8) -> Self {
+        Bed::with(pods, Options::default())
+    }
+
+    fn with(pods: u8, options: Options) -> Self {
         testbed::require_root();
         let node = BridgedNode::new(pods).expect("node with pods");
         let pods: Vec<(String, String)> = node
@@ -144,7 +149,7 @@ impl Bed {
             .iter()
             .map(|p| (p.name.clone(), p.ns.name().to_owned()))
             .collect();
-        Bed::around(node, |n| &n.node, &pods)
+        Bed::around(node, |n| &n.node, &pods, options)
     }
 }
 
@@ -159,13 +164,18 @@ impl Bed<CniNode> {
             .enumerate()
             .map(|(i, p)| (format!("web-{}", i + 1), p.ns.name().to_owned()))
             .collect();
-        Bed::around(node, |n| &n.node, &pods)
+        Bed::around(node, |n| &n.node, &pods, Options::default())
     }
 }
 
 impl<N> Bed<N> {
     /// `pods`: each pod's name and its namespace's name under /run/netns.
-    fn around(node: N, node_ns: fn(&N) -> &Netns, pods: &[(String, String)]) -> Self {
+    fn around(
+        node: N,
+        node_ns: fn(&N) -> &Netns,
+        pods: &[(String, String)],
+        options: Options,
+    ) -> Self {
         let link = CollectorLink::new(node_ns(&node)).expect("collector link");
         let bpffs = BpfFs::mount().expect("bpffs");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -177,7 +187,8 @@ impl<N> Bed<N> {
                 .expect("symlink");
         }
         // Bound inside the node's namespace, where the agent runs (hostNetwork).
-        let server = join(node_ns(&node).spawn(ApiServer::start)).expect("fake API server");
+        let server = join(node_ns(&node).spawn(move || ApiServer::start_with(options)))
+            .expect("fake API server");
         let kubeconfig = server.kubeconfig_file().expect("kubeconfig");
         Self {
             node,
@@ -196,25 +207,24 @@ impl<N> Bed<N> {
     }
 
     fn agent(&self, extra: &[&str]) -> Agent {
+        Agent::start_command(self.agent_command(extra)).expect("agent starts")
+    }
+
+    fn agent_command(&self, extra: &[&str]) -> Command {
         let mut cmd = (self.node_ns)(&self.node).command(&agent::binary().to_string_lossy());
         cmd.env("KUBECONFIG", self.kubeconfig.path())
             .env("RUST_LOG", "info")
-            .args([
-                "run",
-                "--node-name",
-                NODE,
-                "--metrics-addr",
-                "off",
-                "--status-interval",
-                "2",
-            ])
+            .args(["run", "--node-name", NODE, "--status-interval", "2"])
             .arg("--pin-dir")
             .arg(self.pin_dir())
             .arg("--netns-path")
             .arg(&self.netns_dir)
             .args(extra)
             .stdout(Stdio::null());
-        Agent::start_command(cmd).expect("agent starts")
+        if !extra.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "off"]);
+        }
+        cmd
     }
 }
 
@@ -720,6 +730,21 @@ fn run_hooks_bridged_pods_inside_them_when_asked() {
     run_hooks_inside_pods(Shape::Bridge, &["--attach-point", "pod"]);
 }
 
+/// Namespace shop, a VXLAN collector `lab` open to all, policy shop/web, and
+/// its running pod web-1 at `ip`.
+fn one_mirrored_pod(server: &ApiServer, link: &CollectorLink, ip: std::net::Ipv4Addr) {
+    for obj in [
+        namespace("shop", "shop"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
+                        "allowedNamespaces": {}}}),
+        policy("shop", "web", 0),
+        pod("shop", "web-1", "web", Some(&ip.to_string()), false),
+    ] {
+        server.create(obj).expect("create");
+    }
+}
+
 /// A long API server outage (its restart, whose new watch cache answers a
 /// resumed watch with 410): the agent keeps mirroring what it knew, says so
 /// once per watch, and attaches a pod made after the server is back within
@@ -730,16 +755,7 @@ fn run_recovers_within_seconds_of_a_long_api_server_outage() {
     let bed = Bed::new(2);
     let (node, link, server) = (&bed.node, &bed.link, &bed.server);
     let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
-    for obj in [
-        namespace("shop", "shop"),
-        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
-               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
-                        "allowedNamespaces": {}}}),
-        policy("shop", "web", 0),
-        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
-    ] {
-        server.create(obj).expect("create");
-    }
+    one_mirrored_pod(server, link, pod1.v4);
     let agent = bed.agent(&[]);
     wait_attached(node, &pod1.host_if, true);
     let expired_before = server.expired_watches();
@@ -790,6 +806,102 @@ fn run_recovers_within_seconds_of_a_long_api_server_outage() {
     );
 }
 
+/// An agent whose ServiceAccount is bound to no role (each of its six
+/// watches gets 403): it names the permission it lacks, stays not ready,
+/// and logs under 10 lines a minute, the first seconds' burst included.
+#[test]
+fn run_refused_by_the_api_server_is_quiet_names_the_permission_and_stays_unready() {
+    // Shorter than a minute, so every line of the run falls in one minute.
+    const WINDOW: Duration = Duration::from_secs(30);
+    const METRICS: &str = "127.0.0.1:9464";
+    let user = "system:serviceaccount:mirror-system:mirror-agent";
+    let bed = Bed::with(
+        1,
+        Options {
+            unbound_user: Some(user.into()),
+            ..Options::default()
+        },
+    );
+    let start = Instant::now();
+    // Not `bed.agent`: a refused agent never says "mirroring started".
+    let mut agent = Process::spawn(
+        "mirror-agent",
+        bed.agent_command(&["--metrics-addr", METRICS]),
+    )
+    .expect("agent starts");
+    agent
+        .wait_for_line("lacks the permission", WAIT)
+        .expect("the agent names the permission it lacks");
+    let readyz = || {
+        let out = bed
+            .node
+            .node
+            .command("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+            ])
+            .arg(format!("http://{METRICS}/readyz"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut answers = 0;
+    while start.elapsed() < WINDOW {
+        match readyz().as_str() {
+            // Not listening yet: the agent is starting.
+            "000" => {}
+            code => {
+                assert_eq!(code, "503", "/readyz of a refused agent");
+                answers += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        answers > WINDOW.as_secs() / 2,
+        "/readyz answered {answers} times"
+    );
+    assert!(
+        bed.server.count(|r| r.resource.as_deref() == Some("pods")) > 3,
+        "the agent kept retrying"
+    );
+    let (_, stderr) = agent.stop(Signal::SIGTERM, WAIT).expect("stops");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let elapsed = start.elapsed();
+    eprintln!("{} lines in {elapsed:?}:\n{}", lines.len(), stderr);
+    // The whole run, start-up and stop included, fits in one minute: under
+    // 10 lines a minute means under 10 lines in all.
+    assert!(elapsed < Duration::from_secs(60));
+    assert!(
+        lines.len() < 10,
+        "{} lines in {elapsed:?}:\n{}",
+        lines.len(),
+        stderr
+    );
+    for what in [
+        "pods",
+        "namespaces",
+        "mirrorpolicies",
+        "clustermirrorpolicies",
+        "mirrorcollectors",
+        "secrets",
+    ] {
+        let named = format!("lacks the permission to list and watch {what} ");
+        assert!(
+            stderr.contains(&named),
+            "no line says the agent lacks list and watch on {what}:\n{}",
+            stderr
+        );
+    }
+    assert!(stderr.contains("nothing is known of it yet"), "{}", stderr);
+}
+
 /// Whether a frame is IPv4 between `a` and `b`, either way (by its content,
 /// not by when anyone captured it).
 fn between(f: &Frame, a: std::net::Ipv4Addr, b: std::net::Ipv4Addr) -> bool {
@@ -827,16 +939,7 @@ fn run_mirrors_a_terminating_pod_until_its_namespace_is_gone() {
     let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
     let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
     let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
-    for obj in [
-        namespace("shop", "shop"),
-        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
-               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
-                        "allowedNamespaces": {}}}),
-        policy("shop", "web", 0),
-        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
-    ] {
-        server.create(obj).expect("create");
-    }
+    one_mirrored_pod(server, link, pod1.v4);
     let collector_pcap = dir.path().join("vx.pcap");
     let at_collector =
         Tcpdump::start(&link.ns, &vxlan, collector_pcap.clone(), &[]).expect("tcpdump");

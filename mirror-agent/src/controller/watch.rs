@@ -46,37 +46,43 @@ impl Cluster {
     /// Starts the watches on the current tokio runtime.
     pub fn watch(client: &Client, node: &str, secrets_namespace: &str) -> Self {
         let changed = Arc::new(Notify::new());
+        let health = Arc::new(Health::default());
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         Self {
-            pods: spawn(Api::all(client.clone()), on_node, &changed, "pods"),
+            pods: spawn(Api::all(client.clone()), on_node, &changed, &health, "pods"),
             namespaces: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &health,
                 "namespaces",
             ),
             policies: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &health,
                 "mirrorpolicies",
             ),
             cluster_policies: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &health,
                 "clustermirrorpolicies",
             ),
             collectors: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
+                &health,
                 "mirrorcollectors",
             ),
             secrets: spawn(
                 Api::namespaced(client.clone(), secrets_namespace),
                 watcher::Config::default(),
                 &changed,
+                &health,
                 "secrets",
             ),
             changed,
@@ -126,6 +132,7 @@ fn spawn<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: &Arc<Notify>,
+    health: &Arc<Health>,
     what: &'static str,
 ) -> Store<K>
 where
@@ -139,20 +146,20 @@ where
 {
     let (reader, writer) = reflector::store();
     let changed = changed.clone();
+    let health = health.clone();
     // No backoff on the stream itself: this loop waits after a failure,
     // so that a 410 relists at once and a relist's `Init` resets nothing.
     let stream = reflector::reflector(writer, watcher(api, config));
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut backoff = retry::backoff();
-        let mut health = Health::default();
         while let Some(event) = stream.next().await {
             match event {
                 // A relist starts: neither a success nor news.
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(_) => {
                     backoff.reset();
-                    say(what, health.ok(Instant::now()));
+                    say(what, health.ok(what, Instant::now()));
                     changed.notify_one();
                 }
                 Err(error) => match retry::classify(&error, what) {
@@ -160,7 +167,7 @@ where
                         debug!(watch = what, "watch expired (410 Gone); relisting now");
                     }
                     Failure::Retry(text) => {
-                        say(what, health.failed(text, Instant::now()));
+                        say(what, health.failed(what, text, Instant::now()));
                         // `backoff()` never gives up; MAX_DELAY is a floor if it did.
                         let delay = backoff.next().unwrap_or(retry::MAX_DELAY);
                         tokio::time::sleep(delay).await;
@@ -172,22 +179,42 @@ where
     reader
 }
 
+fn keeping(known: bool) -> &'static str {
+    if known {
+        "mirroring on the last known state"
+    } else {
+        "nothing is known of it yet: pinned hooks of an earlier agent go on as they were, \
+         and nothing new is mirrored until its first list"
+    }
+}
+
 fn say(what: &str, said: Say) {
-    let keeping = |known: bool| {
-        if known {
-            "mirroring on the last known state"
-        } else {
-            "nothing is known of them yet: pinned hooks of an earlier agent go on as they were, \
-             and nothing new is mirrored until the first list"
-        }
-    };
     match said {
         Say::Nothing => {}
-        Say::Failing { text, known } => {
-            warn!(watch = what, error = %text, "watch failed; retrying every {:?} at most, {}", 2 * retry::MAX_DELAY, keeping(known));
+        Say::Failing(f) => {
+            warn!(watch = what, error = %f.text, "watch failed; retrying every {:?} at most, {}", 2 * retry::MAX_DELAY, keeping(f.known));
         }
-        Say::Still { text, known, since } => {
-            warn!(watch = what, error = %text, failing_for = ?since, "watch still failing; {}", keeping(known));
+        Say::All {
+            failing,
+            reminder,
+            since,
+        } => {
+            let all: Vec<String> = failing
+                .iter()
+                .map(|f| format!("{}: {} ({})", f.watch, f.text, keeping(f.known)))
+                .collect();
+            let head = if reminder {
+                "watches still failing"
+            } else {
+                "watches failed"
+            };
+            warn!(
+                failing = failing.len(),
+                failing_for = ?since,
+                "{head}; retrying every {:?} at most, reminding once a minute: {}",
+                2 * retry::MAX_DELAY,
+                all.join("; ")
+            );
         }
         Say::Recovered(after) => info!(watch = what, failed_for = ?after, "watch works again"),
     }

@@ -345,6 +345,12 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             record.resource = Some(RESOURCES[t.res].plural.to_string());
             record.subresource = (t.part == Part::Status).then(|| "status".to_string());
             record.name = t.name.clone();
+            if let Some(user) = &shared.unbound_user {
+                let (verb, e) = forbidden(user, &t, &call);
+                record.verb = verb;
+                shared.record(record);
+                return Ok(error_response(&e));
+            }
             let (verb, result) = object_call(&shared, &t, &call);
             record.verb = verb;
             result.unwrap_or_else(|e| error_response(&e))
@@ -353,6 +359,38 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     };
     shared.record(record);
     Ok(response)
+}
+
+/// The 403 of kube-apiserver's RBAC authorizer to a user bound to no role.
+fn forbidden(user: &str, t: &Url, call: &Call) -> (&'static str, ApiError) {
+    let res = &RESOURCES[t.res];
+    let verb = match (call.method, &t.name) {
+        (&Method::GET, None) if call.query.flag("watch") => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "unsupported",
+    };
+    let plural = match t.part {
+        Part::Status => format!("{}/status", res.plural),
+        Part::Main => res.plural.to_string(),
+    };
+    let scope = match &t.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    let message = format!(
+        "{} is forbidden: User \"{user}\" cannot {verb} resource \"{plural}\" in API group \"{}\" {scope}",
+        match &t.name {
+            Some(name) => format!("{} \"{name}\"", res.plural),
+            None => res.plural.to_string(),
+        },
+        res.group,
+    );
+    (verb, ApiError::new(403, "Forbidden", message))
 }
 
 fn not_found(path: &str) -> Response<Body> {

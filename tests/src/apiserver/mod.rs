@@ -74,12 +74,19 @@ const HISTORY: usize = 1000;
 pub struct Options {
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// The client is this user, authenticated but bound to no role (such
+    /// as a ServiceAccount without the bindings of `deploy/rbac.yaml`):
+    /// every request for a resource gets 403 as kube-apiserver's RBAC
+    /// authorizer words it; discovery stays open, as `system:discovery`
+    /// grants it to every authenticated user.
+    pub unbound_user: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             bookmark_interval: Duration::from_secs(1),
+            unbound_user: None,
         }
     }
 }
@@ -138,6 +145,7 @@ struct Shared {
     /// Watch ERROR events with 410 sent.
     expired: AtomicU64,
     bookmark_interval: Duration,
+    unbound_user: Option<String>,
     addr: SocketAddr,
 }
 
@@ -206,6 +214,7 @@ impl ApiServer {
             requests: Mutex::new(Vec::new()),
             expired: AtomicU64::new(0),
             bookmark_interval: options.bookmark_interval,
+            unbound_user: options.unbound_user,
             addr,
         });
         let (ctrl, ctrl_rx) = mpsc::unbounded_channel();
