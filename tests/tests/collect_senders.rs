@@ -22,7 +22,7 @@ use testbed::{
     netns::join,
     process::Process,
     scapy,
-    scenario::assert_same_frames,
+    scenario::assert_same_frames_exact,
     tcpdump::Tcpdump,
     topology::{CollectorLink, PodPair},
     traffic,
@@ -211,7 +211,7 @@ fn kernel_vxlan_device_fed_by_mirred() {
     let collected = stop_collector(collector);
     let frames = collected.frames().expect("collector files");
     assert!(oracle.len() >= 20, "too little traffic: {}", oracle.len());
-    assert_same_frames(&oracle, &frames);
+    assert_same_frames_exact(&oracle, &frames);
     for f in &frames {
         assert_eq!(f.interface.as_deref(), Some("198.18.1.1/vni-42"));
         assert_eq!(f.dir, None, "VXLAN carries no direction");
@@ -293,7 +293,7 @@ fn tcpdump_stream_into_tcp_listener() {
     assert!(sent.len() >= 20, "too little traffic: {}", sent.len());
     let collected = stop_collector(collector);
     let frames = collected.frames().expect("collector files");
-    assert_same_frames(&sent, &frames);
+    assert_same_frames_exact(&sent, &frames);
     let counters = collected
         .listener("tcp://198.18.1.2:7000")
         .expect("listener summary");

@@ -88,8 +88,12 @@ fn ingress_only_shares_an_ingress_qdisc() {
 fn egress_next_to_an_ingress_qdisc_is_refused() {
     let pair = pair_with_ingress_qdisc();
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = format!("pcapng:{}", dir.path().join("out.pcapng").display());
     for direction in ["both", "egress"] {
+        // A file of its own each time: outputs never overwrite one.
+        let out = format!(
+            "pcapng:{}",
+            dir.path().join(format!("{direction}.pcapng")).display()
+        );
         let exit = agent::run(
             &pair.node,
             &[
