@@ -167,6 +167,19 @@ impl CollectorLink {
         })
     }
 
+    /// A pod, its node, and a collector host on a 9000-byte link, so no copy
+    /// is ever cut to fit the path (the agent would count and cut it).
+    pub fn jumbo_with_pod() -> (PodPair, CollectorLink) {
+        crate::require_root();
+        let pair = PodPair::new(false).expect("pod pair");
+        let link = CollectorLink::new(&pair.node).expect("collector link");
+        for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
+            ns.ip(&["link", "set", dev, "mtu", "9000"])
+                .expect("mtu 9000");
+        }
+        (pair, link)
+    }
+
     /// A kernel VXLAN device in the collector namespace that decapsulates
     /// VNI `vni` arriving on UDP 4789: the independent receiver for our tunnel.
     pub fn kernel_vxlan(&self, vni: u32) -> Result<String> {

@@ -36,17 +36,8 @@ const FROM: &str = "198.18.1.1";
 const COLLECTOR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const TCP_PORT: u16 = 7000;
 
-/// A pod, its node, and a collector host on a 9000-byte link, so no copy is
-/// ever cut to fit the path (the agent would count and cut it).
 fn topology() -> (PodPair, CollectorLink) {
-    testbed::require_root();
-    let pair = PodPair::new(false).expect("pod pair");
-    let link = CollectorLink::new(&pair.node).expect("collector link");
-    for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
-        ns.ip(&["link", "set", dev, "mtu", "9000"])
-            .expect("mtu 9000");
-    }
-    (pair, link)
+    CollectorLink::jumbo_with_pod()
 }
 
 /// ARP, pings both ways, and UDP of several sizes: the larger ones leave

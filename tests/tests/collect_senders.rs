@@ -30,16 +30,8 @@ use testbed::{
     unique_name,
 };
 
-/// A pod, its node, and a collector host on a 9000-byte link.
 fn topology() -> (PodPair, CollectorLink) {
-    testbed::require_root();
-    let pair = PodPair::new(false).expect("pod pair");
-    let link = CollectorLink::new(&pair.node).expect("collector link");
-    for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
-        ns.ip(&["link", "set", dev, "mtu", "9000"])
-            .expect("mtu 9000");
-    }
-    (pair, link)
+    CollectorLink::jumbo_with_pod()
 }
 
 fn stop_collector(collector: Collector) -> Collected {

@@ -28,14 +28,7 @@ const TCP_PORT: u16 = 7000;
 const METRICS: &str = "127.0.0.1:9464";
 
 fn topology() -> (PodPair, CollectorLink) {
-    testbed::require_root();
-    let pair = PodPair::new(false).expect("pod pair");
-    let link = CollectorLink::new(&pair.node).expect("collector link");
-    for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
-        ns.ip(&["link", "set", dev, "mtu", "9000"])
-            .expect("mtu 9000");
-    }
-    (pair, link)
+    CollectorLink::jumbo_with_pod()
 }
 
 /// `GET path` from inside `ns`: (status, body).
