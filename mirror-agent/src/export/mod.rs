@@ -259,6 +259,15 @@ impl Exporter {
     pub fn push(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) {
         let batch = &mut self.outbox.current;
         let start = batch.buf.len();
+        // The interface's block id, looked up once per record, not per segment.
+        let pcapng_id = match &self.encoder {
+            // Records only come from interfaces we configured.
+            Encoder::Pcapng(p) => match p.ids.get(&record.iface) {
+                Some(&id) => Some(id),
+                None => return,
+            },
+            Encoder::Tunnel(_) => None,
+        };
         let encoder = &mut self.encoder;
         let stats = &self.stats;
         let shaped = self.shaper.shape(
@@ -266,11 +275,8 @@ impl Exporter {
             record.orig_len,
             record.gso_size,
             |data, orig_len| match encoder {
-                Encoder::Pcapng(p) => {
-                    // Records only come from interfaces we configured.
-                    let Some(&id) = p.ids.get(&record.iface) else {
-                        return;
-                    };
+                Encoder::Pcapng(_) => {
+                    let Some(id) = pcapng_id else { return };
                     crate::export::pcapng::packet_block(
                         &mut batch.buf,
                         id,

@@ -99,6 +99,7 @@ pub fn open(
     } else {
         mtu
     };
+    let name = format!("{tunnel:?} to {to}");
     let (encoder, udp): (Box<dyn Encapsulator + Send>, bool) = match tunnel {
         Tunnel::Vxlan { vni } => (Box::new(Vxlan::new(*vni)), true),
         Tunnel::Geneve { vni } => (Box::new(Geneve::new(*vni, ctx.node)), true),
@@ -125,12 +126,12 @@ pub fn open(
             encoder,
             max_payload,
             lanes,
-            name: format!("{tunnel:?} to {to}"),
+            name: name.clone(),
             mtu,
             cut_logged: false,
         },
         Sender {
-            name: format!("{tunnel:?} to {to}"),
+            name,
             sockets,
             to: addr.into(),
             gso: udp && gso,
