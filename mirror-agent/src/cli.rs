@@ -6,7 +6,7 @@ use std::{
     path::PathBuf,
 };
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use mirror_common::DEFAULT_RING_BYTES;
 
 use crate::{
@@ -47,9 +47,22 @@ pub enum Command {
     /// that MirrorPolicies and ClusterMirrorPolicies select, to their MirrorCollectors.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Inside one pod (a native sidecar, injected by `webhook`): mirror the pod's own
+    /// interfaces by a policy the webhook resolved, with no Kubernetes API access.
+    #[command(after_help = SIDECAR_EXAMPLES)]
+    Sidecar(SidecarArgs),
+    /// The mutating admission webhook that injects `sidecar` into the pods of
+    /// opted-in namespaces (HTTPS; see deploy/webhook.yaml).
+    #[command(after_help = WEBHOOK_EXAMPLES)]
+    Webhook(WebhookArgs),
     /// Remove every hook and pin left under a pin directory (by `attach
     /// --cleanup-on-exit=false`, or by `run`, which keeps its pins across restarts).
     Uninstall(UninstallArgs),
+    /// What is hooked on this node, read from the pin directory and the kernel
+    /// (no API server needed): each interface's pod, policy, tcx hooks with
+    /// their link and program ids, the hook's counters, and the ring's fill.
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
 }
 
 /// `run`'s default ring buffer: 32 MiB.
@@ -113,6 +126,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub status_interval: u64,
 
+    /// Another node's status entry not renewed within this time is left out
+    /// of a policy's totals and removed (its agent is gone); each agent renews
+    /// its own entries every third of it. Node clocks must agree well within it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub status_stale_after: u64,
+
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -143,6 +162,80 @@ pub struct Tuning {
     pub ring_size: RingSize,
 }
 
+/// `sidecar`'s default `--metrics-addr`: every address of the pod, on a port
+/// far from those applications commonly take (80, 443, 3000, 5000, 8000-8999,
+/// 9000-9100, 9090, 9464 of the node agent).
+pub const SIDECAR_METRICS_ADDR: &str = "0.0.0.0:19464";
+
+const SIDECAR_EXAMPLES: &str = "Examples:\n  \
+    MIRROR_POLICY=\"$(cat policy.yaml)\" mirror-agent sidecar\n  \
+    mirror-agent sidecar --policy /etc/mirror/policy.yaml --interface eth0 --metrics-addr 0.0.0.0:19500\n\n\
+    The policy is a policy file (as `attach --policy`; see deploy/examples/policy-web.yaml), \
+    from --policy or, as the webhook passes it, from $MIRROR_POLICY. Its `interfaces` globs \
+    are matched against the pod's interfaces but `lo` (unless a policy names `lo` itself), or \
+    against those given with --interface. The ring buffer and the output queues are sized \
+    from the container's memory limit (cgroup memory.max, or --memory-limit): a quarter each. \
+    Needs CAP_BPF and CAP_NET_ADMIN (CAP_NET_RAW for gre and erspan outputs). On SIGTERM the \
+    sidecar detaches, sends what the ring holds, flushes its outputs and exits 0.";
+
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    /// The policy file (as `attach --policy`). Default: the text of $MIRROR_POLICY.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// The policy file's text itself, as the webhook puts it in the pod spec.
+    #[arg(
+        long,
+        value_name = "YAML",
+        env = "MIRROR_POLICY",
+        hide_env_values = true
+    )]
+    pub policy_text: Option<String>,
+
+    /// Mirror only this interface of the pod; repeat for more. Default: every
+    /// interface but `lo`.
+    #[arg(short, long = "interface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+
+    /// Serve /metrics, /healthz (200 while running) and /readyz (200 once hooked)
+    /// here, for the sidecar's probes; `off` for none.
+    #[arg(long, value_name = "ADDR:PORT", env = "MIRROR_METRICS_ADDR", default_value = SIDECAR_METRICS_ADDR)]
+    pub metrics_addr: crate::metrics::MetricsAddr,
+
+    /// The memory the ring and queues are sized from, in bytes. Default: the
+    /// container's limit (cgroup memory.max); with no limit, a 16 MiB ring.
+    #[arg(long, value_name = "BYTES", env = "MIRROR_MEMORY_LIMIT")]
+    pub memory_limit: Option<u64>,
+
+    /// Size of the BPF ring buffer in bytes (a power of two); overrides the one
+    /// sized from the memory limit.
+    #[arg(long, value_name = "BYTES")]
+    pub ring_size: Option<RingSize>,
+
+    /// Bound of each output's queue in bytes; overrides the one sized from the
+    /// memory limit.
+    #[arg(long, value_name = "BYTES")]
+    pub queue_bytes: Option<usize>,
+
+    /// SO_MARK put on the sidecar's own sockets, as VALUE[/MASK] (see `attach --help`).
+    #[arg(
+        long,
+        value_name = "VALUE[/MASK]",
+        default_value = "0x00dd0000/0x00ff0000"
+    )]
+    pub socket_mark: MarkArg,
+
+    /// How hooks are attached: `tcx`, `netlink` or `auto` (see `attach --help`).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach_mode: AttachMode,
+
+    /// The node's name, carried in GENEVE options (the webhook sets it from the
+    /// downward API).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct UninstallArgs {
     /// The pin directory the agent used.
@@ -150,15 +243,35 @@ pub struct UninstallArgs {
     pub pin_dir: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pin directory the agent uses.
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// How to print it: a table, or everything as JSON or YAML.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: crate::datapath::status::Format,
+}
+
+const STATUS_EXAMPLES: &str = "Examples:\n  \
+    mirror-agent status\n  \
+    kubectl -n mirror-system exec ds/mirror-agent -- mirror-agent status -o json\n\n\
+    Counters are the hooks' own, since each interface was first hooked: SEEN packets in a \
+    mirrored direction, MIRRORED into the ring, and those not (TRUNCATED ones are mirrored but \
+    cut to the snaplen). What the agent then sent is in its /metrics. Only hooks pinned by \
+    `run` or `attach --pin-dir` are seen.";
+
 const COLLECT_EXAMPLES: &str = "Examples:\n  \
     mirror-agent collect --listen vxlan://0.0.0.0 --output pcapng:/var/lib/mirror\n  \
     mirror-agent collect -l geneve://0.0.0.0 -l gre://0.0.0.0 -l tcp://0.0.0.0:7000 -o pcapng:/data\n  \
     mirror-agent collect -l tcp://[::]:7000 -o pcapng:/data --rotate-size 50000000 --rotate-seconds 600 --max-files 48\n  \
     mirror-agent collect -l 'tls://0.0.0.0:7443?ca=ca.pem&cert=collector.pem&key=collector.key' -o pcapng:/data\n\n\
-    Files are named collect-YYYYMMDDTHHMMSSZ-NNNNNN.pcapng. Interfaces are named node/pod \
+    Files are named collect-YYYYMMDDTHHMMSSZ-NNNNNN.pcapng. Interfaces are named SOURCE-IP/node/pod \
     (GENEVE), SOURCE-IP/vni-N (VXLAN), SOURCE-IP/key-N (GRE), SOURCE-IP/erspan-session-N \
-    (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Stop with Ctrl-C or SIGTERM: the collector \
-    closes its file, prints a summary per listener and exits 0.";
+    (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Packets are written as the agents sent \
+    them: checksums finished and super-packets in wire-size segments by default, the hook's \
+    bytes exactly from an agent output with `checksums=keep`. Stop with Ctrl-C or SIGTERM: \
+    the collector closes its file, prints a summary per listener and exits 0.";
 
 const RUN_EXAMPLES: &str = "Examples:\n  \
     mirror-agent run --node-name \"$NODE_NAME\" --metrics-addr \"$POD_IP:9464\"\n  \
@@ -172,7 +285,8 @@ const ATTACH_EXAMPLES: &str = "Examples:\n  \
     mirror-agent attach --interface veth1 --output pcapng:/tmp/veth1.pcapng\n  \
     mirror-agent attach -i veth1 -i veth2 --direction ingress --snaplen 128 --output pcapng:out.pcapng\n  \
     mirror-agent attach -i eth0 --sample 100 --output pcapng:- | tshark -r -\n  \
-    mirror-agent attach -i veth1 --snaplen 256 --output vxlan://198.18.0.9?vni=42 --output pcapng:local.pcapng\n\n\
+    mirror-agent attach -i veth1 --snaplen 256 --output vxlan://198.18.0.9?vni=42 --output pcapng:local.pcapng\n  \
+    mirror-agent attach -i veth1 --segment --output pcapng:for-the-ids.pcapng\n\n\
     Stop with Ctrl-C or SIGTERM: the agent drains what is left, detaches its hooks, prints \
     a counter summary and exits 0.";
 
@@ -221,8 +335,8 @@ pub struct AttachArgs {
     /// collector): longer copies are cut to fit, keeping their original length where the
     /// tunnel can; tunnels and streams take `&checksums=keep` to send the bytes exactly as
     /// the hook saw them (by default checksums are finished and super-packets cut into wire
-    /// segments);
-    /// vxlan and geneve take `&gso=true` to send runs of copies as UDP GSO messages (for
+    /// segments; files finish checksums and keep super-packets whole: see --segment and
+    /// --checksums); vxlan and geneve take `&gso=true` to send runs of copies as UDP GSO messages (for
     /// collectors behind a real NIC or reading with a socket, not sniffing a veth).
     #[arg(
         short,
@@ -231,6 +345,21 @@ pub struct AttachArgs {
         required_unless_present = "policy"
     )]
     pub outputs: Vec<Output>,
+
+    /// File outputs (`pcapng:PATH`, `pcapng:-`, and those of a --policy file) write
+    /// GSO/GRO super-packets as the wire-size segments the kernel would send (each with
+    /// its own headers, checksums and original length), as tunnels and streams do. By
+    /// default files keep them whole, as tcpdump writes them.
+    #[arg(long)]
+    pub segment: bool,
+
+    /// What file outputs do with partial (offloaded) checksums of locally sent packets:
+    /// `finish` writes the checksums a NIC would put on the wire, so readers that
+    /// validate them (an IDS, tshark) accept every packet; `keep` writes the bytes
+    /// exactly as the hook saw them, as tcpdump does. Tunnels and streams take
+    /// `&checksums=keep` in their URI instead.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = FileChecksums::Finish)]
+    pub checksums: FileChecksums,
 
     /// SO_MARK put on the agent's own sockets, as VALUE[/MASK]; the hooks pass over
     /// packets whose mark matches, so the agent never mirrors its own tunnels. Change it
@@ -285,6 +414,13 @@ pub struct AttachArgs {
     pub cleanup_on_exit: bool,
 }
 
+/// `attach --checksums`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FileChecksums {
+    Finish,
+    Keep,
+}
+
 #[derive(Debug, Args)]
 pub struct CollectArgs {
     /// Where to receive; repeat for more: `vxlan://ADDR[:PORT]` (UDP 4789),
@@ -309,6 +445,8 @@ pub struct CollectArgs {
     pub rotate_seconds: Option<NonZeroU64>,
 
     /// Keep at most N files in DIR (ours, earlier runs' included), deleting the oldest.
+    /// Only --rotate-size and --rotate-seconds start a file: new interfaces never do
+    /// (past 1,024 per source in a file they are filed under SOURCE-IP/other-interfaces).
     /// Default: keep them all.
     #[arg(long, value_name = "N")]
     pub max_files: Option<NonZeroUsize>,
@@ -340,9 +478,78 @@ pub struct CollectArgs {
     #[arg(long, value_name = "BYTES", default_value_t = crate::collect::queue::DEFAULT_QUEUE_BYTES)]
     pub queue_bytes: usize,
 
+    /// Hold each packet up to this many milliseconds and write them in order of
+    /// their time, so a file mixing tunnels, lanes and agents is in time order.
+    /// The time is the sender's capture time where the tunnel carries it (GENEVE,
+    /// ERSPAN III, tcp://, tls://), else the time it was received (VXLAN, GRE,
+    /// ERSPAN II). Packets later than this are written at once and counted
+    /// (`mirror_collect_late_packets`). 0 writes in arrival order.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    pub reorder_ms: u64,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, and the probes /healthz
     /// (200 while the collector runs) and /readyz (200 once every listener is bound);
     /// `off` for none.
     #[arg(long, value_name = "ADDR:PORT", default_value = crate::metrics::DEFAULT_ADDR)]
     pub metrics_addr: crate::metrics::MetricsAddr,
+}
+
+const WEBHOOK_EXAMPLES: &str = "Examples:\n  \
+    mirror-agent webhook --tls-cert /tls/tls.crt --tls-key /tls/tls.key --image ghcr.io/example/mirror-agent:0.1.0\n\n\
+    Serves POST /mutate (AdmissionReview of Pods) and GET /healthz over HTTPS. A pod gets the \
+    sidecar when its namespace has the label mirror.packets.dev/sidecar=enabled or the pod the \
+    annotation of that name (`disabled` opts out); the policy is the MirrorPolicy named by \
+    mirror.packets.dev/policy, else the one of the namespace that selects the pod. Other \
+    annotations: mirror.packets.dev/memory, /cpu, /interfaces (comma-separated), /metrics-port. \
+    A pod that cannot have the sidecar (bad annotation, no policy, a collector that does not \
+    admit its namespace) is admitted without it, with a warning naming the reason. The \
+    certificate files are read again when they change. See deploy/webhook.yaml.";
+
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Where to serve HTTPS.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+
+    /// The serving certificate (PEM, chain leaf first), for the webhook's Service name.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/run/mirror/webhook-tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/run/mirror/webhook-tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+
+    /// The image of the injected sidecar (this binary's image).
+    #[arg(long, value_name = "IMAGE", env = "MIRROR_IMAGE")]
+    pub image: String,
+
+    /// The project's own namespace, never injected (nor kube-system).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = "mirror-system"
+    )]
+    pub own_namespace: String,
+
+    /// The sidecar's memory limit without an annotation (its ring and queues take
+    /// a quarter each).
+    #[arg(long, value_name = "QUANTITY", default_value = "64Mi")]
+    pub memory: String,
+
+    /// The sidecar's CPU request without an annotation.
+    #[arg(long, value_name = "QUANTITY", default_value = "50m")]
+    pub cpu: String,
+
+    /// The port of the sidecar's /metrics and probes without an annotation.
+    #[arg(long, value_name = "PORT", default_value_t = 19464)]
+    pub sidecar_metrics_port: u16,
 }

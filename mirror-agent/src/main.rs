@@ -5,7 +5,7 @@ use std::{io::IsTerminal, process::ExitCode};
 use clap::Parser;
 use mirror_agent::{
     cli,
-    cmd::{attach, collect, run, uninstall},
+    cmd::{attach, collect, run, sidecar, status, uninstall, webhook},
 };
 use tracing::error;
 use tracing_subscriber::EnvFilter;
@@ -25,6 +25,15 @@ fn main() -> ExitCode {
             collect::run(args).map_err(|e| (e.to_string(), e.exit_code()))
         }
         cli::Command::Run(args) => run::run(args).map_err(|e| (e.to_string(), e.exit_code())),
+        cli::Command::Status(args) => {
+            status::run(&args).map_err(|e| (e.to_string(), e.exit_code()))
+        }
+        cli::Command::Sidecar(args) => {
+            sidecar::run(args).map_err(|e| (e.to_string(), e.exit_code()))
+        }
+        cli::Command::Webhook(args) => {
+            webhook::run(args).map_err(|e| (e.to_string(), e.exit_code()))
+        }
         cli::Command::Uninstall(args) => {
             uninstall::run(&args).map_err(|e| (e.to_string(), e.exit_code()))
         }

@@ -108,7 +108,9 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
         return true;
     };
     let (mut ethertype, mut l3) = (be16(t), 14u32);
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
+    // 802.1Q, 802.1ad and the older QinQ TPID 0x9100: the agent's parser
+    // (etherparse) and libpcap's `vlan` know all three.
+    if matches!(ethertype, 0x8100 | 0x88a8 | 0x9100) {
         let Some(t) = load::<2>(ctx, 16) else {
             return true;
         };
@@ -208,7 +210,7 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
             )
         }
         // A second VLAN tag: the agent looks through it, so must we.
-        0x8100 | 0x88a8 => return true,
+        0x8100 | 0x88a8 | 0x9100 => return true,
         _ => return pf.non_ip & pf.accept != 0,
     };
     if candidates == 0 {

@@ -2,12 +2,14 @@
 GENEVE, GRE/TEB, ERSPAN Type II or Type III, every header built by scapy
 (none by the project's own encoders).
 
-Usage: encap_sender.py KIND DST EXPECTED
-  KIND      geneve | gre | erspan2 | erspan3
+Usage: encap_sender.py KIND DST EXPECTED [BASE_NS]
+  KIND      geneve | gre | erspan2 | erspan3, or geneve-time | erspan3-time
+            (with BASE_NS: each frame carries a capture time from BASE_NS on)
   DST       the collector's IPv4 address
   EXPECTED  file to write what was sent, one frame a line, tab-separated:
             interface name the collector must give it, frame as hex,
-            original length, direction (in, out or -)
+            original length, direction (in, out or -), and for the -time
+            kinds the capture time carried, in Unix nanoseconds
 
 Run inside the sender's network namespace; it uses a UDP socket (GENEVE)
 or a raw IP socket of protocol 47 (GRE, ERSPAN), so the kernel adds only
@@ -80,7 +82,7 @@ def geneve(frames):
             options.insert(0, GeneveOptions(classid=0x0101, type=0x01, data=b"\1\2\3\4"))
         pkt = GENEVE(vni=42, proto=0x6558, options=options) / frame
         sock.sendto(bytes(pkt), (DST, 6081))
-        sent.append(("node-x/ns-a/pod-b", frame, orig, "out" if direction else "in"))
+        sent.append((f"{SOURCE}/node-x/ns-a/pod-b", frame, orig, "out" if direction else "in"))
         time.sleep(0.002)
     for frame in frames[:4]:
         sock.sendto(bytes(GENEVE(vni=43, proto=0x6558) / frame), (DST, 6081))
@@ -114,14 +116,48 @@ def gre_kinds(kind, frames):
         sent.append((name, frame, orig, direction))
         time.sleep(0.002)
     if kind == "erspan3":
+        # (Its timestamp follows the others': the collector files by it.)
         # A frame cut to 200 bytes with the T bit set: the collector finds
         # the original length in the inner IPv4 header (14 + 1028).
         whole = bytes(Ether(src=A, dst=B) / IP(**V4) / UDP(sport=40000, dport=5003) / payload(1000, 8))
         pkt = GRE(seqnum_present=1, sequence_number=99, proto=0x22EB) / ERSPAN_III(
-            session_id=6, hw=3, p=1, d=1, t=1
+            session_id=6, hw=3, p=1, d=1, t=1, timestamp=len(frames)
         ) / whole[:200]
         sock.sendto(bytes(pkt), (DST, 0))
         sent.append((f"{SOURCE}/erspan-session-6", whole[:200], len(whole), "out"))
+    return sent
+
+
+def timed(kind, frames, base_ns):
+    """Frames carrying capture times 1 ms apart from BASE_NS: GENEVE in the
+    mirror's capture-time option (class 0xFFF0, type 6, u64 nanoseconds),
+    ERSPAN III in its timestamp, alternately in 100 µs units (Gra 0) and
+    100 ns units (Gra 1), both cut to their low 32 bits as the field is."""
+    sent = []
+    if kind == "geneve-time":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    for i, frame in enumerate(frames):
+        t = base_ns + i * 1_000_000
+        if kind == "geneve-time":
+            options = [
+                GeneveOptions(classid=0xFFF0, type=0x06, data=struct.pack(">Q", t)),
+                GeneveOptions(classid=0xFFF0, type=0x04, data=b"node-t\0\0"),
+            ]
+            pkt = GENEVE(vni=42, proto=0x6558, options=options) / frame
+            sock.sendto(bytes(pkt), (DST, 6081))
+            sent.append((f"{SOURCE}/node-t/vni-42", frame, len(frame), "-", t))
+        else:
+            gra = i % 2
+            unit = 100_000 if gra == 0 else 100
+            stamp = (t // unit) & 0xFFFFFFFF
+            pkt = GRE(seqnum_present=1, sequence_number=i, proto=0x22EB) / ERSPAN_III(
+                session_id=6, hw=3, p=1, d=1, gra=gra, timestamp=stamp
+            ) / frame
+            sock.sendto(bytes(pkt), (DST, 0))
+            sent.append((f"{SOURCE}/erspan-session-6", frame, len(frame), "out", t))
+        time.sleep(0.002)
     return sent
 
 
@@ -131,8 +167,10 @@ if KIND == "geneve":
     result = geneve(all_frames)
 elif KIND in ("gre", "erspan2", "erspan3"):
     result = gre_kinds(KIND, all_frames)
+elif KIND in ("geneve-time", "erspan3-time"):
+    result = timed(KIND, all_frames, int(sys.argv[4]))
 else:
-    sys.exit(f"unknown kind {KIND!r}: geneve, gre, erspan2 or erspan3")
+    sys.exit(f"unknown kind {KIND!r}: geneve, gre, erspan2, erspan3, geneve-time or erspan3-time")
 with open(EXPECTED, "w") as f:
-    for name, frame, orig, direction in result:
-        f.write(f"{name}\t{frame.hex()}\t{orig}\t{direction}\n")
+    for name, frame, orig, direction, *t in result:
+        f.write("\t".join([name, frame.hex(), str(orig), direction] + [str(x) for x in t]) + "\n")

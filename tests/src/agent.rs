@@ -53,11 +53,22 @@ impl Exit {
     /// Counters from the first log line containing `tag` (e.g. `output
     /// summary`, `policy summary`).
     pub fn fields_of(&self, tag: &str) -> Result<HashMap<String, u64>> {
+        self.fields_with(&[tag])
+    }
+
+    /// Counters from the first log line containing every one of `needles`
+    /// (e.g. `output summary` and the output's name).
+    pub fn fields_with(&self, needles: &[&str]) -> Result<HashMap<String, u64>> {
         let line = self
             .stderr
             .lines()
-            .find(|l| l.contains(tag))
-            .with_context(|| format!("no '{tag}' in the agent's output:\n{}", self.stderr))?;
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .with_context(|| {
+                format!(
+                    "no line with {needles:?} in the agent's output:\n{}",
+                    self.stderr
+                )
+            })?;
         Ok(fields(line))
     }
 }
@@ -124,4 +135,18 @@ pub fn run(ns: &Netns, args: &[&str]) -> Result<Exit> {
     let process = Process::spawn("mirror-agent", cmd)?;
     let (status, stderr) = process.wait(Duration::from_secs(20))?;
     Ok(Exit { status, stderr })
+}
+
+/// `mirror-agent status --pin-dir DIR -o json` run in `ns` (the agent's own
+/// namespace: link names of its interfaces are relative to it), parsed.
+pub fn status(ns: &Netns, pin_dir: &str) -> Result<serde_json::Value> {
+    let out = ns.exec(&[
+        &binary().to_string_lossy(),
+        "status",
+        "--pin-dir",
+        pin_dir,
+        "-o",
+        "json",
+    ])?;
+    serde_json::from_str(&out).with_context(|| format!("status printed no JSON:\n{out}"))
 }

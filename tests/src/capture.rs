@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 use anyhow::{Context, Result, bail};
 use pcap_file::{
     TsResolution,
-    pcap::PcapReader,
+    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
     pcapng::{Block, PcapNgReader, blocks::enhanced_packet::EnhancedPacketOption},
 };
 
@@ -114,6 +114,25 @@ fn read_pcapng(bytes: &[u8]) -> Result<Vec<Frame>> {
         }
     }
     Ok(out)
+}
+
+/// Writes `frames` as a pcap file (nanosecond stamps, Ethernet, each
+/// with its original length), for tshark to read frames that reached us
+/// another way (decapsulated by tshark, or from a collector's file).
+pub fn write(path: &Path, frames: &[Frame]) -> Result<()> {
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let header = PcapHeader {
+        ts_resolution: TsResolution::NanoSecond,
+        snaplen: 262_144,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(std::io::BufWriter::new(file), header)?;
+    for f in frames {
+        let ts = std::time::Duration::from_nanos(u64::try_from(f.ts_ns).unwrap_or(u64::MAX));
+        writer.write_packet(&PcapPacket::new(ts, f.orig_len, &f.data))?;
+    }
+    std::io::Write::flush(&mut writer.into_writer())?;
+    Ok(())
 }
 
 /// Frames in one capture and not the other, counting duplicates.

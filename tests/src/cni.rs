@@ -56,6 +56,58 @@ impl Shape {
     }
 }
 
+/// Why the running kernel cannot make `shape`'s links, or `None` when it
+/// can: the shape is tried for real on a throwaway veth. Only the kernel's
+/// own refusal of the link type counts as "cannot" (`Unknown device type`,
+/// EOPNOTSUPP from rtnetlink: no CONFIG_IPVLAN, built in or as a module);
+/// any other failure of the probe panics, as the test itself would.
+pub fn kernel_cannot_make(shape: Shape) -> Option<String> {
+    let kind = shape.pod_kind();
+    if kind == "veth" {
+        return None;
+    }
+    let ns = Netns::new("mdq").expect("probe namespace");
+    let (parent, other, child) = (unique_name("mdq"), unique_name("mdr"), unique_name("mds"));
+    ns.ip(&[
+        "link", "add", &parent, "type", "veth", "peer", "name", &other,
+    ])
+    .expect("probe parent veth");
+    match ns.ip(&[
+        "link", "add", "link", &parent, "name", &child, "type", kind, "mode", "l2",
+    ]) {
+        Ok(_) => None,
+        Err(e) if e.to_string().contains("Unknown device type") => Some(format!(
+            "this kernel ({}) has no {kind} links: creating one was refused with \"{}\"",
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim(),
+            e.to_string()
+                .rsplit("): ")
+                .next()
+                .unwrap_or_default()
+                .trim()
+        )),
+        Err(e) => panic!("probing for {kind} links failed for another reason: {e:#}"),
+    }
+}
+
+/// For a test of `shape`: true when the kernel can make its links. When
+/// it cannot, says so on the test process's real standard error (not
+/// libtest's captured output, so the run's log shows it) and returns
+/// false, and the test returns without checking anything.
+pub fn kernel_can_make(shape: Shape, test: &str) -> bool {
+    use std::io::Write;
+    let Some(why) = kernel_cannot_make(shape) else {
+        return true;
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        // Its own line, whatever libtest printed last.
+        "\nNOT RUN {test}: {why}; a kernel with it runs this test"
+    );
+    false
+}
+
 /// The host end of a pod's veth, in the node's namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostEnd {

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
@@ -15,9 +15,14 @@ use tempfile::TempDir;
 use crate::{
     agent::{binary, fields},
     capture::{self, Frame},
+    http,
     netns::Netns,
     process::Process,
 };
+
+/// Where a collector started without `--metrics-addr` serves /metrics
+/// (the agent's default), inside its namespace.
+pub const METRICS: &str = "127.0.0.1:9464";
 
 /// A running collector. Dropping it kills the process and removes its files.
 pub struct Collector {
@@ -29,7 +34,12 @@ impl Collector {
     /// Starts `mirror-agent collect --listen L... --output pcapng:DIR EXTRA...`
     /// in `ns`, with DIR a fresh temporary directory, and waits until it listens.
     pub fn start(ns: &Netns, listen: &[&str], extra: &[&str]) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(ns, &std::env::temp_dir(), listen, extra)
+    }
+
+    /// The same, with DIR made inside `parent` (a small tmpfs, say).
+    pub fn start_in(ns: &Netns, parent: &Path, listen: &[&str], extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir_in(parent)?;
         let output = format!("pcapng:{}", dir.path().display());
         let mut cmd = ns.command(&binary().to_string_lossy());
         cmd.arg("collect");
@@ -56,6 +66,32 @@ impl Collector {
     /// Waits for a line of its log containing `needle` (such as `stream connected`).
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         self.process.wait_for_line(needle, timeout)
+    }
+
+    /// Waits until the collector, started in `ns` with the default metrics
+    /// address, has decoded at least `n` packets on all its listeners
+    /// together, for at most 20 s; how many it had. A collector stopped
+    /// before then would leave datagrams unread in its sockets.
+    pub fn wait_decoded(&self, ns: &Netns, n: u64) -> Result<u64> {
+        self.wait_counter(ns, "mirror_collect_decoded_packets_total", n)
+    }
+
+    /// Waits until the counter `name`, summed over its listeners, is at
+    /// least `n` in a live scrape (as [`Collector::wait_decoded`]).
+    pub fn wait_counter(&self, ns: &Netns, name: &str, n: u64) -> Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = http::get(ns, METRICS, "/metrics")?.body;
+            let value = http::total(&body, name);
+            if value >= n {
+                return Ok(value);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the collector's {name} reached {value} within 20 s, not {n}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM; waits for the collector to close its file and report.

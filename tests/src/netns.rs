@@ -111,3 +111,35 @@ pub fn join<T>(handle: thread::JoinHandle<Result<T>>) -> Result<T> {
         .join()
         .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
+
+/// A hosts file for one namespace: `ip netns exec NAME` (how
+/// [`Netns::command`] runs programs) bind-mounts `/etc/netns/NAME/hosts`
+/// over `/etc/hosts` for the program, so names resolve as the test says.
+/// Rewritten in place ([`EtcHosts::set`]), the same file stays mounted and
+/// a running program sees the new text. Removed on drop.
+pub struct EtcHosts {
+    dir: std::path::PathBuf,
+}
+
+impl EtcHosts {
+    /// Must be made before the program starts.
+    pub fn new(ns: &Netns, text: &str) -> Result<Self> {
+        let dir = std::path::Path::new("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let hosts = Self { dir };
+        hosts.set(text)?;
+        Ok(hosts)
+    }
+
+    /// Replaces the text in place (same inode: truncated and written).
+    pub fn set(&self, text: &str) -> Result<()> {
+        let path = self.dir.join("hosts");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+impl Drop for EtcHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -57,6 +57,26 @@ impl Pki {
             dir,
         })
     }
+
+    /// The collector's `tls://` listener at [`SERVER_IP`]:`port` with the
+    /// main authority's server certificate, and an agent's output to it
+    /// presenting `client`'s client certificate.
+    pub fn uris(&self, client: &Authority, port: u16) -> (String, String) {
+        let p = |path: &Path| path.display().to_string();
+        let listen = format!(
+            "tls://{SERVER_IP}:{port}?ca={}&cert={}&key={}",
+            p(&self.main.ca),
+            p(&self.main.server.cert),
+            p(&self.main.server.key)
+        );
+        let output = format!(
+            "tls://{SERVER_IP}:{port}?ca={}&cert={}&key={}&name={SERVER_NAME}",
+            p(&self.main.ca),
+            p(&client.client.cert),
+            p(&client.client.key),
+        );
+        (listen, output)
+    }
 }
 
 fn authority(dir: &Path, tag: &str) -> Result<Authority> {

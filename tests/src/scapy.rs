@@ -15,16 +15,7 @@ use crate::{
 /// `pytools/bin/python3` under the target directory. Fails with a clear
 /// message when scapy is not installed there.
 pub fn python() -> Result<PathBuf> {
-    let path = std::env::var_os("MIRROR_TEST_PYTHON").map_or_else(
-        || {
-            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-                || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
-                PathBuf::from,
-            );
-            target.join("pytools/bin/python3")
-        },
-        PathBuf::from,
-    );
+    let path = venv_python();
     let check = std::process::Command::new(&path)
         .args(["-c", "import scapy.all"])
         .output();
@@ -37,6 +28,21 @@ pub fn python() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The venv's Python, whatever it has installed: `MIRROR_TEST_PYTHON`,
+/// else `pytools/bin/python3` under the target directory.
+pub fn venv_python() -> PathBuf {
+    std::env::var_os("MIRROR_TEST_PYTHON").map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")),
+                PathBuf::from,
+            );
+            target.join("pytools/bin/python3")
+        },
+        PathBuf::from,
+    )
+}
+
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
@@ -47,6 +53,22 @@ fn script(name: &str) -> PathBuf {
 /// it sent, in order, each with the interface name the collector must file
 /// it under, its original length and its direction (if the tunnel carries one).
 pub fn send_encapsulated(ns: &Netns, kind: &str, dst: &str) -> Result<Vec<Frame>> {
+    send(ns, kind, dst, None)
+}
+
+/// As [`send_encapsulated`], for the kinds that carry a capture time
+/// (`geneve-time`, `erspan3-time`): frames 1 ms apart from `base_ns`, each
+/// returned with the time it carries in `ts_ns`.
+pub fn send_encapsulated_at(
+    ns: &Netns,
+    kind: &str,
+    dst: &str,
+    base_ns: u128,
+) -> Result<Vec<Frame>> {
+    send(ns, kind, dst, Some(base_ns))
+}
+
+fn send(ns: &Netns, kind: &str, dst: &str, base_ns: Option<u128>) -> Result<Vec<Frame>> {
     let python = python()?;
     let dir = tempfile::tempdir()?;
     let expected = dir.path().join("sent.tsv");
@@ -54,7 +76,8 @@ pub fn send_encapsulated(ns: &Netns, kind: &str, dst: &str) -> Result<Vec<Frame>
         ns.command(&python.to_string_lossy())
             .arg(script("encap_sender.py"))
             .args([kind, dst])
-            .arg(&expected),
+            .arg(&expected)
+            .args(base_ns.map(|t| t.to_string())),
     )
     .with_context(|| format!("scapy sending {kind}"))?;
     let text = std::fs::read_to_string(&expected)?;
@@ -63,8 +86,10 @@ pub fn send_encapsulated(ns: &Netns, kind: &str, dst: &str) -> Result<Vec<Frame>
 
 fn parse_line(line: &str) -> Result<Frame> {
     let fields: Vec<&str> = line.split('\t').collect();
-    let [interface, hex, orig, dir] = fields[..] else {
-        bail!("a line of the sender's list has not 4 fields: {line:?}");
+    let (interface, hex, orig, dir, ts) = match fields[..] {
+        [interface, hex, orig, dir] => (interface, hex, orig, dir, None),
+        [interface, hex, orig, dir, ts] => (interface, hex, orig, dir, Some(ts)),
+        _ => bail!("a line of the sender's list has not 4 or 5 fields: {line:?}"),
     };
     let data = (0..hex.len())
         .step_by(2)
@@ -82,6 +107,9 @@ fn parse_line(line: &str) -> Result<Frame> {
             "out" => Some(Dir::Out),
             _ => None,
         },
-        ts_ns: 0,
+        ts_ns: match ts {
+            Some(t) => t.parse().with_context(|| format!("time in {line:?}"))?,
+            None => 0,
+        },
     })
 }

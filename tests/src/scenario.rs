@@ -63,8 +63,8 @@ pub fn run_with(
     )?;
     let agent = Agent::start(&pair.node, agent_args)?;
     traffic(pair).context("generating traffic")?;
-    // Let the last packets reach both captures before stopping.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The last packets past the hook before it goes.
+    tcpdump.settle()?;
     let exit = agent.stop()?;
     ensure!(
         exit.status.success(),

@@ -19,6 +19,20 @@ pub struct Tcpdump {
     direction_filter: bool,
 }
 
+/// Extra tcpdump arguments for floods of small frames. In immediate mode
+/// libpcap gives every packet a ring slot sized for the snaplen, and with
+/// `-s 0` on a GSO-capable veth that slot is 128 KiB, so even the 512 MiB
+/// buffer holds only ~4,000 frames, and a 20,000-frame flood on a busy
+/// 2-core machine overran it (CI: 1,032 dropped). 256 bytes keeps the
+/// floods' frames whole and holds ~1.5 million of them.
+pub const SMALL_FRAMES: [&str; 2] = ["-s", "256"];
+
+/// Extra tcpdump arguments for a few hundred frames of at most 4 KiB (no
+/// TCP on a veth, so no GSO super-packets): a 64 MiB ring of 16,384 slots.
+/// The default 512 MiB ring, two or three per test and several tests at
+/// once, sometimes could not even start within 10 s on a loaded machine.
+pub const FEW_FRAMES: [&str; 4] = ["-s", "4096", "-B", "65536"];
+
 impl Tcpdump {
     /// Starts `tcpdump -i IF -w PATH` (whole packets, nanosecond stamps,
     /// unbuffered, as root) plus `extra` arguments, and waits until it listens.
@@ -46,20 +60,45 @@ impl Tcpdump {
         })
     }
 
-    /// Stops tcpdump once its file has stopped growing (it is behind the
-    /// kernel after a burst), and checks it kept every packet it received.
-    pub fn stop(self) -> Result<PathBuf> {
+    /// Waits until tcpdump's file has stopped growing (unchanged over
+    /// `quiet`), for at most 20 s; whether it did.
+    fn wait_still(&self, quiet: Duration) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         let size = || std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         let mut last = size();
         loop {
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(quiet);
             let now = size();
-            if now == last || Instant::now() > deadline {
-                break;
+            if now == last {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
             }
             last = now;
         }
+    }
+
+    /// Waits, before the agent is stopped, until the traffic a test sent has
+    /// passed the hook: tcpdump writes each packet as it comes (`-U`), its
+    /// tap sees a packet after the TC egress hook and in the same softirq
+    /// as the ingress one, so once its file has stopped growing every packet
+    /// is through. As long as the 300 ms pause it replaces when the capture
+    /// is quiet, and longer on a loaded machine, where that pause stopped
+    /// the agent too soon. Fails if traffic never stops.
+    pub fn settle(&self) -> Result<()> {
+        ensure!(
+            self.wait_still(Duration::from_millis(300)),
+            "tcpdump's capture {} kept growing for 20 s: is traffic still running?",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// Stops tcpdump once its file has stopped growing (it is behind the
+    /// kernel after a burst), and checks it kept every packet it received.
+    pub fn stop(self) -> Result<PathBuf> {
+        self.wait_still(Duration::from_millis(400));
         let (status, stderr) = self.process.stop(Signal::SIGINT, Duration::from_secs(10))?;
         ensure!(status.success(), "tcpdump failed: {status}\n{stderr}");
         // The oracle must be complete to be trusted.

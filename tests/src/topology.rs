@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{netns::Netns, unique_name};
 
@@ -170,8 +170,18 @@ impl CollectorLink {
     /// A pod, its node, and a collector host on a 9000-byte link, so no copy
     /// is ever cut to fit the path (the agent would count and cut it).
     pub fn jumbo_with_pod() -> (PodPair, CollectorLink) {
+        Self::jumbo_with(false)
+    }
+
+    /// [`Self::jumbo_with_pod`] with a dual-stack pod (the collector link
+    /// stays IPv4: tunnels carry the pod's IPv6 inside).
+    pub fn jumbo_with_dual_stack_pod() -> (PodPair, CollectorLink) {
+        Self::jumbo_with(true)
+    }
+
+    fn jumbo_with(ipv6: bool) -> (PodPair, CollectorLink) {
         crate::require_root();
-        let pair = PodPair::new(false).expect("pod pair");
+        let pair = PodPair::new(ipv6).expect("pod pair");
         let link = CollectorLink::new(&pair.node).expect("collector link");
         for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
             ns.ip(&["link", "set", dev, "mtu", "9000"])
@@ -200,5 +210,84 @@ impl CollectorLink {
         ])?;
         self.ns.ip(&["link", "set", &dev, "up"])?;
         Ok(dev)
+    }
+}
+
+/// A pod and a server, dual stack, as two ports of one Linux bridge in the
+/// node's namespace; the server's port (`sink_if`) has every transmit
+/// offload off (TSO, GSO, UDP segmentation, checksums). The kernel hands
+/// the pod's super-packets to the bridge whole (the hook on `host_if` sees
+/// them so) and cuts them into wire frames, checksums done, on their way
+/// out of `sink_if`, where tcpdump sees them. A bridge forwards without
+/// routing: MACs and TTL stay as the pod sent them.
+pub struct SegmentingBridge {
+    pub host_if: String,
+    pub sink_if: String,
+    pub pod_v4: Ipv4Addr,
+    pub server_v4: Ipv4Addr,
+    pub pod_v6: Ipv6Addr,
+    pub server_v6: Ipv6Addr,
+    // Dropped last: deleting the namespaces removes the links.
+    pub node: Netns,
+    pub pod: Netns,
+    pub server: Netns,
+}
+
+impl SegmentingBridge {
+    pub fn new() -> Result<Self> {
+        // The node forwards only: no IPv6 of its own, so nothing but the
+        // pod's and the server's packets crosses the bridge.
+        let node = Netns::new("mtn")?;
+        node.disable_ipv6()?;
+        let (pod, server) = (Netns::new("mtp")?, Netns::new("mts")?);
+        let bridge = unique_name("mtb");
+        // Without snooping the bridge floods the pod's MLD reports like any
+        // multicast, so both ends see them alike.
+        node.ip(&[
+            "link",
+            "add",
+            &bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        node.ip(&["link", "set", &bridge, "up"])?;
+        let (host_if, sink_if) = (unique_name("mth"), unique_name("mtk"));
+        let mut addrs = Vec::new();
+        for (ns, port, n) in [(&pod, &host_if, 2), (&server, &sink_if, 3)] {
+            veth(&node, port, ns, "eth0")?;
+            node.ip(&["link", "set", port, "master", &bridge])?;
+            ns.ip(&["addr", "add", &format!("198.18.0.{n}/24"), "dev", "eth0"])?;
+            let v6 = format!("fd00:198:18::{n}");
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+            addrs.push(v6.parse::<Ipv6Addr>()?);
+        }
+        node.exec(&[
+            "ethtool",
+            "-K",
+            &sink_if,
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "tx-udp-segmentation",
+            "off",
+            "tx",
+            "off",
+        ])
+        .context("ethtool -K (is ethtool installed? `cargo xtask setup` installs it)")?;
+        settle();
+        Ok(Self {
+            host_if,
+            sink_if,
+            pod_v4: Ipv4Addr::new(198, 18, 0, 2),
+            server_v4: Ipv4Addr::new(198, 18, 0, 3),
+            pod_v6: addrs[0],
+            server_v6: addrs[1],
+            node,
+            pod,
+            server,
+        })
     }
 }

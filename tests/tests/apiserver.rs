@@ -1,6 +1,7 @@
 //! The fake API server (testbed::apiserver) driven by the real kube-rs
 //! client: list/watch semantics, bookmarks, 410 Gone and relist, status by
-//! server-side apply, generation, selectors, restarts, optimistic concurrency.
+//! server-side apply, generation, selectors, restarts, optimistic concurrency,
+//! and deploy/ applied client-side then server-side.
 //! No root needed.
 
 use std::time::Duration;
@@ -9,7 +10,10 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client, Config, CustomResource, Discovery, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+        PostParams, WatchEvent, WatchParams,
+    },
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt,
@@ -20,7 +24,7 @@ use kube::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use testbed::apiserver::{ApiServer, Options};
+use testbed::apiserver::{ApiServer, Options, RESOURCES, resources};
 
 /// A stand-in for the agent's policy kind: the same group, version, kind
 /// and scope, with just enough fields to tell spec from status.
@@ -833,4 +837,161 @@ async fn kubeconfig_discovery_and_events() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["reason"], "CollectorNotAllowed");
     assert_eq!(events[0]["series"]["count"], 2);
+}
+
+/// The documents `kubectl apply -k deploy/` applies: those of every file its
+/// kustomization lists, in order.
+fn deploy_documents() -> Vec<Value> {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let read = |file: &str| std::fs::read_to_string(format!("{deploy}/{file}")).unwrap();
+    let kustomization: Value = serde_norway::from_str(&read("kustomization.yaml")).unwrap();
+    let mut docs = Vec::new();
+    for file in kustomization["resources"].as_array().expect("resources") {
+        let text = read(file.as_str().expect("a file name"));
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let doc = Value::deserialize(doc).unwrap();
+            if !doc.is_null() {
+                docs.push(doc);
+            }
+        }
+    }
+    docs
+}
+
+fn kind_and_name(doc: &Value) -> String {
+    format!(
+        "{}/{}",
+        doc["kind"].as_str().unwrap(),
+        doc["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+/// The API of the document's kind (as the fake serves it), in its namespace.
+fn api_for(client: &Client, doc: &Value) -> Api<DynamicObject> {
+    let (api_version, kind) = (
+        doc["apiVersion"].as_str().unwrap(),
+        doc["kind"].as_str().unwrap(),
+    );
+    let at = resources::by_kind(api_version, kind)
+        .unwrap_or_else(|| panic!("the fake serves no {api_version} {kind}"));
+    let res = &RESOURCES[at];
+    let gvk = GroupVersionKind::gvk(res.group, res.version, kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, res.plural);
+    match doc["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// `kubectl apply` of `docs` on an empty cluster (a create by
+/// `kubectl-client-side-apply`, with the last-applied annotation), then
+/// `kubectl apply --server-side` (an apply by `kubectl`, not forced). The
+/// server-side applies refused, by kind/name.
+async fn apply_client_side_then_server_side(
+    server: &ApiServer,
+    docs: &[Value],
+) -> Vec<(String, kube::Error)> {
+    let client = client(server);
+    for doc in docs {
+        let mut obj = doc.clone();
+        obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+            json!(doc.to_string());
+        let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+        let pp = PostParams {
+            field_manager: Some("kubectl-client-side-apply".into()),
+            ..PostParams::default()
+        };
+        if let Err(e) = api_for(&client, doc).create(&pp, &obj).await {
+            panic!("client-side apply of {}: {e}", kind_and_name(doc));
+        }
+    }
+    let mut refused = Vec::new();
+    for doc in docs {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let applied = api_for(&client, doc)
+            .patch(name, &PatchParams::apply("kubectl"), &Patch::Apply(doc))
+            .await;
+        if let Err(e) = applied {
+            refused.push((kind_and_name(doc), e));
+        }
+    }
+    refused
+}
+
+/// Removes `apiVersion` from every `fieldRef` below `value`; how many.
+fn unstate_field_ref_versions(value: &mut Value) -> usize {
+    match value {
+        Value::Object(map) => map
+            .iter_mut()
+            .map(|(key, child)| {
+                let here = usize::from(
+                    key == "fieldRef"
+                        && child
+                            .as_object_mut()
+                            .is_some_and(|f| f.remove("apiVersion").is_some()),
+                );
+                here + unstate_field_ref_versions(child)
+            })
+            .sum(),
+        Value::Array(items) => items.iter_mut().map(unstate_field_ref_versions).sum(),
+        _ => 0,
+    }
+}
+
+/// `kubectl apply -k deploy/` then `kubectl apply --server-side -k
+/// deploy/` conflicts on nothing, as deploy/ states what the server
+/// defaults. The check bites: with each `fieldRef.apiVersion` left out (as
+/// deploy/ once had them), the server defaults them at the client-side
+/// apply, so the server-side apply of the workloads holding them changes a
+/// field kubectl-client-side-apply owns, and conflicts, as on a real
+/// server.
+#[tokio::test]
+async fn deploy_applies_server_side_after_client_side() {
+    let docs = deploy_documents();
+    assert!(docs.len() > 10, "{} documents in deploy/", docs.len());
+    let server = ApiServer::start().unwrap();
+    let refused = apply_client_side_then_server_side(&server, &docs).await;
+    assert!(refused.is_empty(), "{refused:#?}");
+
+    let mut unstated = docs.clone();
+    let mut holding: Vec<String> = unstated
+        .iter_mut()
+        .filter_map(|d| (unstate_field_ref_versions(d) > 0).then(|| kind_and_name(d)))
+        .collect();
+    assert!(
+        holding.iter().any(|h| h == "DaemonSet/mirror-agent"),
+        "{holding:?}"
+    );
+    let server = ApiServer::start().unwrap();
+    let refused = apply_client_side_then_server_side(&server, &unstated).await;
+    for (what, e) in &refused {
+        assert!(
+            matches!(e, kube::Error::Api(s) if s.code == 409
+                && s.message.contains("conflict with \"kubectl-client-side-apply\"")),
+            "{what}: {e}"
+        );
+    }
+    let mut conflicted: Vec<String> = refused.into_iter().map(|(what, _)| what).collect();
+    conflicted.sort();
+    holding.sort();
+    assert_eq!(conflicted, holding);
+    let daemonset = server
+        .get(
+            "apps/v1",
+            "DaemonSet",
+            Some("mirror-system"),
+            "mirror-agent",
+        )
+        .expect("created");
+    let env = &daemonset["spec"]["template"]["spec"]["containers"][0]["env"];
+    let defaulted = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e.pointer("/valueFrom/fieldRef/apiVersion"))
+        .collect::<Vec<_>>();
+    assert!(
+        !defaulted.is_empty() && defaulted.iter().all(|v| *v == "v1"),
+        "the server defaulted fieldRef.apiVersion: {env:#}"
+    );
 }

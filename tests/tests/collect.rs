@@ -13,7 +13,7 @@ use std::{
     io::Write,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
@@ -22,6 +22,7 @@ use testbed::{
     agent::{Agent, Exit},
     capture::{self, Dir, Frame},
     collector::{Collected, Collector},
+    http,
     netns::{Netns, join},
     scenario::assert_same_frames,
     tcpdump::Tcpdump,
@@ -35,10 +36,6 @@ const NODE: &str = "node-a";
 const FROM: &str = "198.18.1.1";
 const COLLECTOR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const TCP_PORT: u16 = 7000;
-
-fn topology() -> (PodPair, CollectorLink) {
-    CollectorLink::jumbo_with_pod()
-}
 
 /// ARP, pings both ways, and UDP of several sizes: the larger ones leave
 /// the pod as IP fragments.
@@ -80,7 +77,7 @@ struct RoundTrip {
 }
 
 fn round_trip(listen: &str, output: &str) -> RoundTrip {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let mut collector = Collector::start(&link.ns, &[listen], &[]).expect("collector starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let tcpdump = |q: &str| {
@@ -90,8 +87,10 @@ fn round_trip(listen: &str, output: &str) -> RoundTrip {
     let (at_in, at_out) = (tcpdump("in"), tcpdump("out"));
     let agent = start_agent(&pair, output, &[]);
     mixed_traffic(&pair).expect("traffic");
-    std::thread::sleep(Duration::from_millis(300));
-    stop_agent(agent);
+    for t in [&at_in, &at_out] {
+        t.settle().expect("the traffic is past the hook");
+    }
+    let exit = stop_agent(agent);
     let ins = capture::read(&at_in.stop().expect("tcpdump -Q in")).expect("read");
     let outs = capture::read(&at_out.stop().expect("tcpdump -Q out")).expect("read");
     if listen.starts_with("tcp") || listen.starts_with("tls") {
@@ -99,6 +98,11 @@ fn round_trip(listen: &str, output: &str) -> RoundTrip {
         collector
             .wait_for_line("stream closed", Duration::from_secs(10))
             .expect("the stream ends");
+    } else {
+        // One datagram a copy: all of them decoded.
+        collector
+            .wait_decoded(&link.ns, output_summary(&exit)["sent"])
+            .expect("the collector decodes every copy sent");
     }
     let collected = stop_collector(collector);
     let frames = collected.frames().expect("collector files are readable");
@@ -166,7 +170,7 @@ fn vxlan_round_trip() {
 fn geneve_round_trip() {
     let r = round_trip("geneve://198.18.1.2", "geneve://198.18.1.2?vni=42&mtu=9000");
     // The agent's pod identity under `attach` is the interface's name.
-    let interface = format!("{NODE}/{}", r.host_if);
+    let interface = format!("{FROM}/{NODE}/{}", r.host_if);
     r.check("geneve", "geneve://198.18.1.2:6081", &interface, true);
 }
 
@@ -206,30 +210,12 @@ fn tcp_round_trip() {
     r.check("tcp", "tcp://198.18.1.2:7000", &interface, true);
 }
 
-fn tls_uris(pki: &testbed::pki::Pki, client: &testbed::pki::Authority) -> (String, String) {
-    let p = |path: &std::path::Path| path.display().to_string();
-    let listen = format!(
-        "tls://198.18.1.2:7443?ca={}&cert={}&key={}",
-        p(&pki.main.ca),
-        p(&pki.main.server.cert),
-        p(&pki.main.server.key)
-    );
-    let output = format!(
-        "tls://198.18.1.2:7443?ca={}&cert={}&key={}&name={}",
-        p(&pki.main.ca),
-        p(&client.client.cert),
-        p(&client.client.key),
-        testbed::pki::SERVER_NAME
-    );
-    (listen, output)
-}
-
 /// pcapng over mutual TLS, from the agent's exporter to the collector's
 /// TLS listener: the same frames as tcpdump, with their directions.
 #[test]
 fn tls_round_trip() {
     let pki = testbed::pki::Pki::new().expect("pki");
-    let (listen, output) = tls_uris(&pki, &pki.main);
+    let (listen, output) = pki.uris(&pki.main, 7443);
     let r = round_trip(&listen, &output);
     let interface = format!("{FROM}/{}", r.host_if);
     r.check("tls", "tls://198.18.1.2:7443", &interface, true);
@@ -239,14 +225,16 @@ fn tls_round_trip() {
 /// handshake: counted by the collector, and nothing of it is written.
 #[test]
 fn tls_listener_refuses_an_agent_from_another_ca() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let pki = testbed::pki::Pki::new().expect("pki");
-    let (listen, output) = tls_uris(&pki, &pki.other);
+    let (listen, output) = pki.uris(&pki.other, 7443);
     let collector = Collector::start(&link.ns, &[&listen], &[]).expect("collector starts");
     // A one-byte queue: every copy the refused agent cannot send is counted.
     let agent = start_agent(&pair, &output, &["--queue-bytes", "1"]);
     traffic::ping(&pair.pod, IpAddr::V4(pair.node_v4), 3).expect("ping");
-    std::thread::sleep(Duration::from_millis(500));
+    collector
+        .wait_counter(&link.ns, "mirror_collect_refused_connections_total", 1)
+        .expect("the agent is refused");
     let exit = stop_agent(agent);
     let collected = stop_collector(collector);
     let counters = collected
@@ -428,7 +416,7 @@ fn send_bad_streams(node: &Netns) -> Result<()> {
 /// going, and a real tunnel afterwards arrives whole.
 #[test]
 fn garbage_is_counted_and_skipped() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let listens = [
         "vxlan://198.18.1.2",
         "geneve://198.18.1.2",
@@ -444,9 +432,12 @@ fn garbage_is_counted_and_skipped() {
         .expect("tcpdump");
     let agent = start_agent(&pair, "vxlan://198.18.1.2?vni=42&mtu=9000", &[]);
     mixed_traffic(&pair).expect("traffic");
-    std::thread::sleep(Duration::from_millis(300));
-    stop_agent(agent);
+    tcpdump.settle().expect("the traffic is past the hook");
+    let exit = stop_agent(agent);
     let oracle = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
+    collector
+        .wait_decoded(&link.ns, output_summary(&exit)["sent"])
+        .expect("the collector decodes every copy sent");
     let collected = stop_collector(collector);
 
     let frames = collected.frames().expect("files readable");
@@ -531,7 +522,7 @@ fn garbage_is_counted_and_skipped() {
 /// few, each a complete capture tshark reads cleanly.
 #[test]
 fn files_rotate_by_size_and_the_oldest_are_deleted() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let extra = ["--rotate-size", "20000", "--max-files", "3"];
     let collector =
         Collector::start(&link.ns, &["vxlan://198.18.1.2"], &extra).expect("collector starts");
@@ -548,9 +539,12 @@ fn files_rotate_by_size_and_the_oldest_are_deleted() {
         &sizes,
     )
     .expect("traffic");
-    std::thread::sleep(Duration::from_millis(300));
-    stop_agent(agent);
+    tcpdump.settle().expect("the traffic is past the hook");
+    let exit = stop_agent(agent);
     let oracle = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
+    collector
+        .wait_decoded(&link.ns, output_summary(&exit)["sent"])
+        .expect("the collector decodes every copy sent");
     let collected = stop_collector(collector);
 
     let files = collected.files().expect("files");
@@ -596,7 +590,7 @@ fn files_rotate_by_size_and_the_oldest_are_deleted() {
 /// --rotate-seconds starts a new file once the current one is that old.
 #[test]
 fn files_rotate_by_age() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let collector = Collector::start(
         &link.ns,
         &["vxlan://198.18.1.2"],
@@ -617,10 +611,14 @@ fn files_rotate_by_age() {
             &[200],
         )
         .expect("udp");
+        // The point: each datagram more than --rotate-seconds after the last.
         std::thread::sleep(Duration::from_millis(1100));
     }
-    stop_agent(agent);
+    let exit = stop_agent(agent);
     let oracle = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
+    collector
+        .wait_decoded(&link.ns, output_summary(&exit)["sent"])
+        .expect("the collector decodes every copy sent");
     let collected = stop_collector(collector);
     let files = collected.files().expect("files");
     assert!(
@@ -654,7 +652,7 @@ fn wait_connected(collector: &mut Collector) -> Result<()> {
 /// the pod sends from then on arrives.
 #[test]
 fn agent_survives_a_collector_outage() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let output = format!("tcp://{COLLECTOR}:{TCP_PORT}");
     // A small queue (64 KiB), so the outage overflows it and drops are
     // counted; still larger than any one batch the traffic after it makes.
@@ -669,7 +667,26 @@ fn agent_survives_a_collector_outage() {
         &sizes,
     )
     .expect("udp");
-    std::thread::sleep(Duration::from_secs(1));
+    // The outage lasts until the agent has counted copies it could not
+    // send (its /metrics, at the default address in its namespace).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = http::get(&pair.node, "127.0.0.1:9464", "/metrics")
+            .expect("/metrics")
+            .body;
+        let lost: u64 = ["queue_full", "send_error"]
+            .iter()
+            .filter_map(|r| {
+                let label = format!("reason=\"{r}\"");
+                http::sample(&body, "mirror_dropped_packets_total", &[&label]).ok()
+            })
+            .sum();
+        if lost > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing counted lost:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let listen = format!("tcp://{COLLECTOR}:{TCP_PORT}");
     let mut collector = Collector::start(&link.ns, &[&listen], &[]).expect("collector starts");
@@ -678,7 +695,7 @@ fn agent_survives_a_collector_outage() {
     let tcpdump = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
         .expect("tcpdump");
     mixed_traffic(&pair).expect("traffic after the outage");
-    std::thread::sleep(Duration::from_millis(300));
+    tcpdump.settle().expect("the traffic is past the hook");
     let exit = stop_agent(agent);
     let after = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
     collector

@@ -30,10 +30,6 @@ use testbed::{
     unique_name,
 };
 
-fn topology() -> (PodPair, CollectorLink) {
-    CollectorLink::jumbo_with_pod()
-}
-
 fn stop_collector(collector: Collector) -> Collected {
     let collected = collector.stop().expect("collector stops");
     collected.ensure_success().expect("collector exits 0");
@@ -74,13 +70,15 @@ fn assert_exactly(sent: &[Frame], got: &[Frame]) {
 
 /// scapy sends `kind` from the node to a collector listening on `listen`.
 fn scapy_round_trip(kind: &str, listen: &str, listener: &str) {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let collector = Collector::start(&link.ns, &[listen], &[]).expect("collector starts");
     let sent = scapy::send_encapsulated(&pair.node, kind, "198.18.1.2").expect("scapy sends");
     assert!(sent.len() >= 11, "scapy sent only {} frames", sent.len());
-    // The collector receives within microseconds on a veth; its summary
-    // (below) proves it decoded every datagram before it stopped.
-    std::thread::sleep(Duration::from_millis(300));
+    // Stopped once it has decoded as many as scapy sent (its summary,
+    // below, proves they are the ones, and that nothing failed).
+    collector
+        .wait_decoded(&link.ns, sent.len() as u64)
+        .expect("the collector decodes what scapy sent");
     let collected = stop_collector(collector);
     let counters = collected.listener(listener).expect("listener summary");
     assert_eq!(counters["errors"], 0, "{}", collected.stderr);
@@ -140,7 +138,7 @@ fn mixed_traffic(p: &PodPair) {
 /// The collector's frames equal tcpdump's on that veth.
 #[test]
 fn kernel_vxlan_device_fed_by_mirred() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let vx = unique_name("mtx");
     pair.node
         .ip(&[
@@ -222,7 +220,7 @@ fn kernel_vxlan_device_fed_by_mirred() {
 /// the frames of that stream.
 #[test]
 fn tcpdump_stream_into_tcp_listener() {
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let mut collector =
         Collector::start(&link.ns, &["tcp://198.18.1.2:7000"], &[]).expect("collector");
     let mut cmd = pair.node.command("tcpdump");
@@ -270,7 +268,8 @@ fn tcpdump_stream_into_tcp_listener() {
         .wait_for_line("stream connected", Duration::from_secs(10))
         .expect("the collector takes the stream");
     mixed_traffic(&pair);
-    std::thread::sleep(Duration::from_millis(300));
+    // No wait: whatever tcpdump has written when it stops is the stream,
+    // and the collector must file exactly that.
     let (status, stderr) = tcpdump
         .stop(Signal::SIGINT, Duration::from_secs(10))
         .expect("tcpdump stops");

@@ -264,24 +264,25 @@ fn geneve_dissects_cleanly_with_our_options() {
         assert_eq!(field(row, "geneve.proto_type"), ["0x6558"]);
         assert_eq!(field(row, "geneve.flags.critical"), ["0"]);
         assert_eq!(field(row, "geneve.flags.oam"), ["0"]);
-        // Our five options, all of class 0xfff0, none critical, none invalid.
-        assert_eq!(field(row, "geneve.option.class"), ["0xfff0"; 5]);
+        // Our six options, all of class 0xfff0, none critical, none invalid.
+        assert_eq!(field(row, "geneve.option.class"), ["0xfff0"; 6]);
         assert_eq!(
             field(row, "geneve.option.type"),
-            ["0x01", "0x02", "0x03", "0x04", "0x05"]
+            ["0x01", "0x02", "0x03", "0x06", "0x04", "0x05"]
         );
-        assert_eq!(field(row, "geneve.option.type.critical"), ["0"; 5]);
+        assert_eq!(field(row, "geneve.option.type.critical"), ["0"; 6]);
         assert!(field(row, "geneve.option.length.invalid").is_empty());
         // The header's Opt Len in bytes, then each option's length with its 4-byte header.
         assert_eq!(
             field(row, "geneve.option.length"),
-            ["60", "8", "8", "8", "16", "20"]
+            ["72", "8", "8", "8", "12", "16", "20"]
         );
         let orig_len = format!("{:08x}", inner.frame.len() + 1000);
         let data = [
             orig_len,
             format!("0000000{direction}"),
             "00000007".to_string(),
+            format!("{UNIX_NS:016x}"),
             hex(b"node-198-18\0"),
             hex(b"shop/cart-7d9f\0\0"),
         ];

@@ -31,12 +31,12 @@ use nix::{
     unistd::Pid,
 };
 use testbed::{
-    agent::{self, Agent, Exit},
+    agent::{Agent, Exit},
     capture::{self, Frame},
     hooks::attached,
     netns::{self, Netns, join},
     scenario::assert_same_frames,
-    tcpdump::Tcpdump,
+    tcpdump::{SMALL_FRAMES, Tcpdump},
     topology::{BridgedNode, CollectorLink, PodPair},
     traffic, unique_name,
 };
@@ -85,14 +85,6 @@ impl Checks {
 
 /// The `key=value` counters of the first log line that contains every one
 /// of `needles` (e.g. `output summary` and the output's name).
-fn line_fields(log: &str, needles: &[&str]) -> HashMap<String, u64> {
-    let line = log
-        .lines()
-        .find(|l| needles.iter().all(|n| l.contains(n)))
-        .unwrap_or_else(|| panic!("no log line with {needles:?}:\n{log}"));
-    agent::fields(line)
-}
-
 fn field(map: &HashMap<String, u64>, key: &str) -> u64 {
     *map.get(key)
         .unwrap_or_else(|| panic!("no {key} in {map:?}"))
@@ -495,6 +487,7 @@ fn collector_run(
             .expect("the agent connects to the collector");
     }
     let pid = agent_pid(&mut agent);
+    // The point: a baseline of the agent's memory once start-up is over.
     thread::sleep(Duration::from_millis(500));
     let before = rss(pid).expect("rss");
     let watch = RssWatch::start(pid);
@@ -527,8 +520,14 @@ fn check_collector_run(c: &mut Checks, pair: &PodPair, r: &CollectorRun) -> Hash
     check_clean_exit(c, &r.exit, &pair.node, &[&pair.host_if]);
     let total = r.exit.summary().expect("summary total");
     let written = field(&total, "written");
-    let file = line_fields(&r.exit.stderr, &["output summary", &r.file_name]);
-    let tcp = line_fields(&r.exit.stderr, &["output summary", &r.tcp_name]);
+    let file = r
+        .exit
+        .fields_with(&["output summary", &r.file_name])
+        .expect("a log line");
+    let tcp = r
+        .exit
+        .fields_with(&["output summary", &r.tcp_name])
+        .expect("a log line");
     check_kernel_sum(c, "summary total", &total);
     c.check(
         field(&total, "lost_ring_full") == 0,
@@ -743,6 +742,7 @@ fn a_round_larger_than_the_queue_is_taken_in_pieces_and_memory_stays_bounded() {
     .expect("agent starts");
     let pid = agent_pid(&mut agent);
     traffic::ping(&pair.pod, IpAddr::V4(pair.node_v4), 1).expect("ping");
+    // The point: a baseline of the agent's memory once start-up is over.
     thread::sleep(Duration::from_millis(300));
     let before = rss(pid).expect("rss");
     let watch = RssWatch::start(pid);
@@ -763,7 +763,9 @@ fn a_round_larger_than_the_queue_is_taken_in_pieces_and_memory_stays_bounded() {
     check_clean_exit(&mut c, &exit, &pair.node, &[&pair.host_if]);
     c.check(settled_after, "/metrics never accounted for every copy");
     let total = exit.summary().expect("summary total");
-    let out = line_fields(&exit.stderr, &["output summary", &output]);
+    let out = exit
+        .fields_with(&["output summary", &output])
+        .expect("a log line");
     let written = field(&total, "written");
     check_kernel_sum(&mut c, "summary total", &total);
     check_output_accounting(&mut c, "file", &out, written);
@@ -889,14 +891,17 @@ fn lose_one_of_two(remove: impl FnOnce(&BridgedNode)) {
         thread::sleep(Duration::from_millis(50));
     }
     let pid = agent_pid(&mut agent);
-    thread::sleep(Duration::from_millis(500));
+    // Checked once the agent has noticed: it says so, then it must live on.
+    let noticed = agent
+        .process()
+        .wait_for_line("interface gone", Duration::from_secs(10))
+        .is_ok();
     let alive = running(pid);
 
     // After the loss: the other pod's traffic, mirrored as before.
     traffic::ping(&kept.ns, gw, 5).expect("ping after");
     traffic::udp(&kept.ns, &node.node, gw, 5201, &[10, 1000, 3000]).expect("udp after");
     traffic::tcp_bulk(&kept.ns, &node.node, gw, 5202, 1 << 20).expect("tcp after");
-    thread::sleep(Duration::from_millis(300));
     let attached_now = |s: &[prometheus_parse::Sample]| {
         settled(s, &[&output])
             && metric(s, "mirror_attached_interfaces", &[]).is_some_and(|v| v == 1.0)
@@ -907,6 +912,7 @@ fn lose_one_of_two(remove: impl FnOnce(&BridgedNode)) {
     let mirror = capture::read(&out_path).expect("read the mirror");
 
     let mut c = Checks::new();
+    c.check(noticed, "the agent never logged the interface as gone");
     c.check(alive, "the agent died when the interface went away");
     check_clean_exit(&mut c, &exit, &node.node, &[&kept.host_if]);
     let of = |name: &str| -> Vec<Frame> {
@@ -936,7 +942,9 @@ fn lose_one_of_two(remove: impl FnOnce(&BridgedNode)) {
             field(&total, "lost") == 0,
             format!("copies lost: {total:?}"),
         );
-        let kept_line = line_fields(&exit.stderr, &["summary", &format!("={}", kept.host_if)]);
+        let kept_line = exit
+            .fields_with(&["summary", &format!("={}", kept.host_if)])
+            .expect("a log line");
         c.check(
             field(&kept_line, "mirrored") == kept_frames.len() as u64,
             format!(
@@ -1054,7 +1062,7 @@ fn a_full_ring_buffer_is_counted_in_the_kernel_and_traffic_flows() {
         &pair.node,
         &pair.host_if,
         dir.path().join("tcpdump.pcap"),
-        &[],
+        &SMALL_FRAMES,
     )
     .expect("tcpdump");
     let mut agent = Agent::start(
@@ -1096,7 +1104,9 @@ fn a_full_ring_buffer_is_counted_in_the_kernel_and_traffic_flows() {
         format!("production traffic lost: the receiver got {received} of {sent} datagrams"),
     );
     let s = exit.summary().expect("summary total");
-    let iface = line_fields(&exit.stderr, &["summary", &format!("={}", pair.host_if)]);
+    let iface = exit
+        .fields_with(&["summary", &format!("={}", pair.host_if)])
+        .expect("a log line");
     check_kernel_sum(&mut c, "summary total", &s);
     check_kernel_sum(&mut c, &pair.host_if, &iface);
     let ring_full = field(&s, "lost_ring_full");
@@ -1250,8 +1260,12 @@ fn a_full_disk_is_one_clear_error_and_the_other_output_goes_on() {
     check_clean_exit(&mut c, &exit, &pair.node, &[&pair.host_if]);
     let total = exit.summary().expect("summary total");
     let written = field(&total, "written");
-    let full_out = line_fields(&exit.stderr, &["output summary", &full]);
-    let ok_out = line_fields(&exit.stderr, &["output summary", &ok]);
+    let full_out = exit
+        .fields_with(&["output summary", &full])
+        .expect("a log line");
+    let ok_out = exit
+        .fields_with(&["output summary", &ok])
+        .expect("a log line");
     check_output_accounting(&mut c, "full", &full_out, written);
     check_output_accounting(&mut c, "ok", &ok_out, written);
     let errors = field(&full_out, "lost_send_error");
@@ -1385,6 +1399,8 @@ fn a_burst_of_a_thousand_link_events_changes_nothing() {
         .ip(&["link", "show", "group", &churn.group.to_string()])
         .unwrap_or_default();
     drop(churn);
+    // The point: still running a moment after the burst (a crash it caused
+    // would show by then); the traffic below shows it still mirrors.
     thread::sleep(Duration::from_millis(300));
     let alive = running(pid);
     traffic::udp(

@@ -8,77 +8,23 @@
 //! The allocator of this test binary counts allocations per thread, to hold
 //! the filters to their promise of no allocation per packet.
 
-use std::{
-    collections::BTreeSet,
-    fs::File,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeSet, process::Command};
 
-use frames::{Frame, cut_inside_ip, frames};
+use frames::{Frame, cut_inside_ip, frames, ipv6_chains, stacked_frames};
 use mirror_agent::policy::{PolicyBody, pcapfilter::PcapFilter};
-use pcap_file::{
-    DataLink, Endianness,
-    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
-};
+use oracle::{RULE_SETS, tcpdump_keeps, through_tags, write_pcap};
 
-// The corpus and the counting allocator, kept apart so each file reads at once.
+// The corpus, the oracle and the counting allocator, kept apart so each
+// file reads at once.
 #[path = "filters/counting.rs"]
 mod counting;
 #[path = "filters/frames.rs"]
 mod frames;
+#[path = "filters/oracle.rs"]
+mod oracle;
 
 #[global_allocator]
 static ALLOCATOR: counting::Counting = counting::Counting;
-
-fn write_pcap(dir: &Path, frames: &[Frame]) -> PathBuf {
-    let path = dir.join("frames.pcap");
-    let file = File::create(&path).expect("create pcap");
-    let header = PcapHeader {
-        snaplen: 262_144,
-        datalink: DataLink::ETHERNET,
-        endianness: Endianness::native(),
-        ..Default::default()
-    };
-    let mut w = PcapWriter::with_header(file, header).expect("pcap header");
-    for (i, f) in frames.iter().enumerate() {
-        // The timestamp carries the frame's index through tcpdump.
-        let ts = Duration::from_secs(i as u64 + 1);
-        w.write_packet(&PcapPacket::new(ts, f.orig_len, &f.data))
-            .expect("write packet");
-    }
-    path
-}
-
-/// Indexes of the frames `tcpdump -r FILE -w - EXPR` keeps.
-fn tcpdump_keeps(file: &Path, expression: &str) -> BTreeSet<usize> {
-    let mut cmd = Command::new("tcpdump");
-    cmd.args(["-n", "-Z", "root", "-r"])
-        .arg(file)
-        .args(["-w", "-"]);
-    if !expression.is_empty() {
-        cmd.arg(expression);
-    }
-    let out = match cmd.output() {
-        Ok(out) => out,
-        Err(e) => panic!(
-            "cannot run tcpdump, the oracle of these tests ({e}); install it with `cargo xtask setup`"
-        ),
-    };
-    assert!(
-        out.status.success(),
-        "tcpdump failed on {expression:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut reader = PcapReader::new(&out.stdout[..]).expect("tcpdump wrote pcap");
-    let mut kept = BTreeSet::new();
-    while let Some(p) = reader.next_packet() {
-        let p = p.expect("tcpdump's packet");
-        kept.insert(p.timestamp.as_secs() as usize - 1);
-    }
-    kept
-}
 
 fn report(
     frames: &[Frame],
@@ -111,6 +57,8 @@ fn check_all(failures: Vec<String>, checked: usize) {
 fn pcap_filter_expressions_match_tcpdump() {
     let mut frames = frames();
     frames.push(cut_inside_ip());
+    frames.extend(stacked_frames());
+    frames.extend(ipv6_chains());
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_pcap(dir.path(), &frames);
     let expressions = [
@@ -187,87 +135,10 @@ fn bad_expressions_get_tcpdumps_message() {
     }
 }
 
-/// tcpdump's expression for "E, seen through one VLAN tag", as the rules
-/// see packets. `ether[12:2]` rather than `not vlan`, because the `vlan`
-/// keyword shifts every later offset, even under `not`.
-fn through_vlan(e: &str) -> String {
-    format!("(ether[12:2] != 0x8100 and ({e})) or (vlan and ({e}))")
-}
-
-/// Rule sets and their meaning in tcpdump's language. Where tcpdump needs
-/// help to see what the rules see (IPv6 extension headers, TCP flags over
-/// IPv6), the expression spells it out.
-const RULE_SETS: &[(&str, &str)] = &[
-    ("{}", ""),
-    (
-        "rules: [{action: Accept, protocol: TCP, destinationPorts: [{from: 443}]}]",
-        "tcp dst port 443",
-    ),
-    (
-        "rules: [{action: Accept, sourceCIDRs: [198.18.0.0/24, 'fd00:198:18::/64']}]",
-        "ip src net 198.18.0.0/24 or ip6 src net fd00:198:18::/64",
-    ),
-    (
-        "rules: [{action: Reject, protocol: UDP, destinationPorts: [{from: 53}]}, \
-                 {action: Accept, destinationCIDRs: [198.18.0.0/15]}]",
-        "not (udp dst port 53) and (ip dst net 198.18.0.0/15)",
-    ),
-    (
-        "rules: [{action: Accept, tcpFlags: [SYN]}]",
-        "(ip and tcp[tcpflags] & tcp-syn != 0) or (ip6 and ip6[6] == 6 and ip6[53] & 0x02 != 0)",
-    ),
-    (
-        "rules: [{action: Accept, protocol: TCP, tcpFlags: [SYN, ACK]}]",
-        "(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack)) \
-         or (ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x12)",
-    ),
-    (
-        // The rules look past the hop-by-hop header (MLD sits behind one).
-        "rules: [{action: Accept, protocol: ICMP}, {action: Accept, protocol: ICMPv6}]",
-        "icmp or icmp6 or (ip6 and ip6[6] == 0 and ip6[40] == 58)",
-    ),
-    (
-        "rules: [{action: Accept, protocol: 4}]",
-        "ip proto 4 or ip6 proto 4",
-    ),
-    (
-        // Ports without a protocol: TCP, UDP, SCTP, as tcpdump's `portrange`,
-        // plus IPv6 first fragments and ports behind a hop-by-hop header.
-        "rules: [{action: Accept, destinationPorts: [{from: 8000, to: 8100}]}]",
-        "dst portrange 8000-8100 \
-         or (ip6 and ip6[6] == 44 and ip6[42:2] & 0xfff8 == 0 \
-             and (ip6[40] == 6 or ip6[40] == 17 or ip6[40] == 132) \
-             and ip6[50:2] >= 8000 and ip6[50:2] <= 8100) \
-         or (ip6 and ip6[6] == 0 and (ip6[40] == 6 or ip6[40] == 17 or ip6[40] == 132) \
-             and ip6[40 + (ip6[41] + 1) * 8 + 2 : 2] >= 8000 \
-             and ip6[40 + (ip6[41] + 1) * 8 + 2 : 2] <= 8100)",
-    ),
-    (
-        "rules: [{action: Reject, protocol: TCP}, {action: Accept}]",
-        "not tcp",
-    ),
-    (
-        "rules: [{action: Accept, protocol: SCTP, destinationPorts: [{from: 443}]}]",
-        "sctp dst port 443",
-    ),
-    (
-        "rules: [{action: Accept, protocol: UDP, destinationCIDRs: [198.19.1.2], sourcePorts: [{from: 5353}]}]",
-        "ip dst host 198.19.1.2 and udp src port 5353",
-    ),
-    (
-        "rules: [{action: Reject, sourceCIDRs: [198.18.0.200]}, \
-                 {action: Accept, destinationCIDRs: ['fd00:198:18:1::/64', 198.18.0.2]}]",
-        "not (ip src host 198.18.0.200) and (ip6 dst net fd00:198:18:1::/64 or ip dst host 198.18.0.2)",
-    ),
-    (
-        "rules: [{action: Accept, protocol: TCP, sourcePorts: [{from: 0}]}]",
-        "tcp src port 0",
-    ),
-];
-
 #[test]
 fn rules_match_tcpdump() {
-    let frames = frames();
+    let mut frames = frames();
+    frames.extend(stacked_frames());
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_pcap(dir.path(), &frames);
     let mut failures = Vec::new();
@@ -281,7 +152,7 @@ fn rules_match_tcpdump() {
         let theirs = if expr.is_empty() {
             String::new()
         } else {
-            through_vlan(expr)
+            through_tags(expr)
         };
         failures.extend(report(
             &frames,
@@ -324,7 +195,7 @@ fn rules_then_expression_match_tcpdump() {
             })
             .collect();
         // The filter first: after `vlan`, tcpdump shifts every later offset.
-        let theirs = format!("({filter_expr}) and ({})", through_vlan(rules_expr));
+        let theirs = format!("({filter_expr}) and ({})", through_tags(rules_expr));
         failures.extend(report(
             &frames,
             &format!("policy {yaml:?}\n  as {theirs:?}"),

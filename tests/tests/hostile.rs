@@ -11,80 +11,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use testbed::{
     agent::Agent,
     capture,
     collector::Collector,
-    netns::{Netns, join},
+    http::{get, sample as metric},
+    netns::join,
     tcpdump::Tcpdump,
     topology::{CollectorLink, PodPair},
     traffic,
 };
 
+#[path = "hostile/peers.rs"]
+mod peers;
+
+use peers::{peak_rss_kib, shb_and_big_block_head};
+
 const COLLECTOR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const TCP_PORT: u16 = 7000;
 /// The collector's default --metrics-addr, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9464";
-
-fn topology() -> (PodPair, CollectorLink) {
-    CollectorLink::jumbo_with_pod()
-}
-
-/// `GET path` from inside `ns`: (status, body).
-fn get(ns: &Netns, addr: &str, path: &str) -> Result<(u16, String)> {
-    let addr: SocketAddr = addr.parse()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    join(ns.spawn(move || {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(request.as_bytes())?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("bad status line")?;
-        Ok((status, body.to_owned()))
-    }))
-}
-
-/// The value of the sample `name{...}` whose labels include every `with`.
-fn metric(body: &str, name: &str, with: &[&str]) -> Result<u64> {
-    body.lines()
-        .filter(|l| l.starts_with(name) && with.iter().all(|w| l.contains(w)))
-        .find_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .with_context(|| format!("no sample {name} with {with:?} in\n{body}"))
-}
-
-/// VmHWM of `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")
-}
-
-/// A section header (little-endian, no options) and the first 8 bytes of
-/// a packet block announcing `len` bytes: a peer that then trickles.
-fn shb_and_big_block_head(len: u32) -> Vec<u8> {
-    let mut s = Vec::new();
-    for w in [0x0A0D_0D0A_u32, 28, 0x1A2B_3C4D] {
-        s.extend_from_slice(&w.to_le_bytes());
-    }
-    s.extend_from_slice(&1u16.to_le_bytes());
-    s.extend_from_slice(&0u16.to_le_bytes());
-    s.extend_from_slice(&u64::MAX.to_le_bytes());
-    s.extend_from_slice(&28u32.to_le_bytes());
-    s.extend_from_slice(&6u32.to_le_bytes());
-    s.extend_from_slice(&len.to_le_bytes());
-    s
-}
 
 /// Idle and trickling connections from one source up to and past the
 /// limits: past the per-source limit they are refused, the idle ones are
@@ -98,7 +45,7 @@ fn idle_and_trickling_peers_are_bounded_while_an_agent_gets_through() {
     const TRICKLE: usize = 10;
     const OVER: usize = 18;
     const PER_SOURCE: usize = IDLE + TRICKLE;
-    let (pair, link) = topology();
+    let (pair, link) = CollectorLink::jumbo_with_pod();
     let listen = format!("tcp://{COLLECTOR}:{TCP_PORT}");
     let per_source = PER_SOURCE.to_string();
     let collector = Collector::start(
@@ -161,7 +108,8 @@ fn idle_and_trickling_peers_are_bounded_while_an_agent_gets_through() {
     // The agent is in once the collector has taken PER_SOURCE + 1.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = get(&link.ns, METRICS, "/metrics").expect("/metrics answers");
+        let answer = get(&link.ns, METRICS, "/metrics").expect("/metrics answers");
+        let (status, body) = (answer.status, answer.body);
         assert_eq!(status, 200);
         let n = metric(&body, "mirror_collect_connections_total", &[]).unwrap_or(0);
         if n > PER_SOURCE as u64 {
@@ -173,8 +121,8 @@ fn idle_and_trickling_peers_are_bounded_while_an_agent_gets_through() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (health, _) = get(&link.ns, METRICS, "/healthz").expect("/healthz answers");
-    assert_eq!(health, 200);
+    let health = get(&link.ns, METRICS, "/healthz").expect("/healthz answers");
+    assert_eq!(health.status, 200);
     traffic::ping(&pair.pod, IpAddr::V4(pair.node_v4), 5).expect("ping");
     traffic::udp(
         &pair.pod,
@@ -184,10 +132,20 @@ fn idle_and_trickling_peers_are_bounded_while_an_agent_gets_through() {
         &[100, 1400, 8000],
     )
     .expect("udp");
-    std::thread::sleep(Duration::from_millis(300));
+    let oracle = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
+    // The agent stops once the collector has decoded as many copies as
+    // tcpdump saw (a loaded machine takes longer than any fixed pause).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let body = get(&link.ns, METRICS, "/metrics").expect("/metrics").body;
+        let decoded = metric(&body, "mirror_collect_decoded_packets_total", &[]).unwrap_or(0);
+        if decoded >= oracle.len() as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "agent failed: {}", exit.stderr);
-    let oracle = capture::read(&tcpdump.stop().expect("tcpdump")).expect("read");
 
     // Every attacker socket ends: the collector closed it.
     let closed_after: Vec<Duration> = idle
@@ -210,7 +168,9 @@ fn idle_and_trickling_peers_are_bounded_while_an_agent_gets_through() {
         slowest >= Duration::from_millis(2500),
         "idle connections were closed before --idle-timeout: {slowest:?}"
     );
-    let (_, body) = get(&link.ns, METRICS, "/metrics").expect("/metrics answers");
+    let body = get(&link.ns, METRICS, "/metrics")
+        .expect("/metrics answers")
+        .body;
     let refused = |reason: &str| {
         metric(
             &body,

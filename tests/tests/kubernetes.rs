@@ -15,13 +15,15 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use testbed::{
     agent::{self, Agent},
-    apiserver::{ApiServer, Options},
+    apiserver::{ApiServer, Options, rbac::Rbac},
     bpffs::BpfFs,
     capture::{self, Frame},
     cni::{CniNode, Shape},
     collector::Collector,
     hooks::attached,
+    http,
     netns::{Netns, join},
+    numbered::{NumberedStream, sequence_numbers},
     pki::{self, Pki},
     process::Process,
     scenario::assert_same_frames,
@@ -59,6 +61,25 @@ fn policy(ns: &str, name: &str, snaplen: u32) -> Value {
            "spec": {"podSelector": {"matchLabels": {"app": "web"}},
                     "collectorRef": {"name": "lab"},
                     "direction": "Both", "snaplen": snaplen}})
+}
+
+/// Edits policy shop/web's snaplen, and waits until its status is for the
+/// edit (`generation`).
+fn set_snaplen(server: &ApiServer, snaplen: u32, generation: u64) {
+    server
+        .merge_patch(
+            MIRROR,
+            "MirrorPolicy",
+            Some("shop"),
+            "web",
+            json!({"spec": {"snaplen": snaplen}}),
+        )
+        .expect("patch");
+    server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            condition(o, "Ready").is_some_and(|c| c["observedGeneration"] == generation)
+        })
+        .unwrap_or_else(|p| panic!("snaplen {snaplen} seen: {p:#?}"));
 }
 
 fn condition<'a>(obj: Option<&'a Value>, type_: &str) -> Option<&'a Value> {
@@ -170,12 +191,17 @@ impl Bed<CniNode> {
 
 impl<N> Bed<N> {
     /// `pods`: each pod's name and its namespace's name under /run/netns.
+    /// Unless `options` say who the client is, it is the agent's
+    /// ServiceAccount with exactly the grants of deploy/rbac.yaml.
     fn around(
         node: N,
         node_ns: fn(&N) -> &Netns,
         pods: &[(String, String)],
-        options: Options,
+        mut options: Options,
     ) -> Self {
+        if options.unbound_user.is_none() && options.rbac.is_none() {
+            options.rbac = Some(Rbac::deploy().expect("deploy/rbac.yaml"));
+        }
         let link = CollectorLink::new(node_ns(&node)).expect("collector link");
         let bpffs = BpfFs::mount().expect("bpffs");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -341,20 +367,7 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
     assert_eq!(accepted["reason"], "CollectorNotAllowed", "{accepted}");
 
     // An edit: the new snaplen applies to what follows.
-    server
-        .merge_patch(
-            MIRROR,
-            "MirrorPolicy",
-            Some("shop"),
-            "web",
-            json!({"spec": {"snaplen": 100}}),
-        )
-        .expect("patch");
-    server
-        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
-            condition(o, "Ready").is_some_and(|c| c["observedGeneration"] == 2)
-        })
-        .expect("the edit is seen");
+    set_snaplen(server, 100, 2);
     traffic::udp(&pod1.ns, &pod2.ns, IpAddr::V4(pod2.v4), 7002, &[600; 5]).expect("udp");
 
     // A pod that starts running with an IP is attached within a second.
@@ -541,19 +554,11 @@ fn run_streams_to_a_tls_collector_with_the_secret_it_names() {
     );
     // A second pod joins the policy: its interface is added to the running
     // stream, with no reconnect.
-    server
-        .create(pod(
-            "shop",
-            "web-2",
-            "web",
-            Some(&pod2.v4.to_string()),
-            false,
-        ))
-        .expect("create");
-    wait_attached(node, &pod2.host_if, true);
+    add_web_2(server, node);
     // (Datagrams to a port of their own: left out of the comparison below.)
+    // It returns once both datagrams arrived in pod 1: past both pods' hooks,
+    // so in the ring, which the agent drains when it stops.
     traffic::udp(&pod2.ns, &pod1.ns, IpAddr::V4(pod1.v4), 7009, &[200, 300]).expect("udp");
-    std::thread::sleep(Duration::from_millis(300));
     let exit = agent.stop().expect("stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let collected = collector.stop().expect("collector stops");
@@ -674,8 +679,10 @@ fn run_hooks_inside_pods(shape: Shape, flags: &[&str]) {
     traffic::udp(&pod1.ns, &pod2.ns, ip2, 7101, &[100, 1000, 1400]).expect("udp");
     traffic::udp(&pod2.ns, &pod1.ns, ip1, 7102, &[200]).expect("udp");
     // (Sizes that fit the tunnel: larger copies are cut to its MTU.)
-    std::thread::sleep(Duration::from_millis(300));
     // Each frame between the pods is seen in both, and mirrored in both.
+    // Every echo was answered and every datagram arrived, so every frame
+    // between the pods has crossed both pods' hooks and taps; stopping
+    // waits for each tcpdump's file to stop growing.
     let mut seen = Vec::new();
     for t in oracles {
         seen.extend(capture::read(&t.stop().expect("tcpdump")).expect("read"));
@@ -730,6 +737,15 @@ fn run_hooks_bridged_pods_inside_them_when_asked() {
     run_hooks_inside_pods(Shape::Bridge, &["--attach-point", "pod"]);
 }
 
+/// Pod web-2 (the node's second pod) joins policy shop/web: once hooked.
+fn add_web_2(server: &ApiServer, node: &BridgedNode) {
+    let ip = node.pods[1].v4.to_string();
+    server
+        .create(pod("shop", "web-2", "web", Some(&ip), false))
+        .expect("create");
+    wait_attached(node, &node.pods[1].host_if, true);
+}
+
 /// Namespace shop, a VXLAN collector `lab` open to all, policy shop/web, and
 /// its running pod web-1 at `ip`.
 fn one_mirrored_pod(server: &ApiServer, link: &CollectorLink, ip: std::net::Ipv4Addr) {
@@ -754,7 +770,7 @@ fn run_recovers_within_seconds_of_a_long_api_server_outage() {
     const OUTAGE: Duration = Duration::from_secs(20);
     let bed = Bed::new(2);
     let (node, link, server) = (&bed.node, &bed.link, &bed.server);
-    let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
+    let pod1 = &node.pods[0];
     one_mirrored_pod(server, link, pod1.v4);
     let agent = bed.agent(&[]);
     wait_attached(node, &pod1.host_if, true);
@@ -768,16 +784,7 @@ fn run_recovers_within_seconds_of_a_long_api_server_outage() {
         "mirroring went on during the outage"
     );
     let back = Instant::now();
-    server
-        .create(pod(
-            "shop",
-            "web-2",
-            "web",
-            Some(&pod2.v4.to_string()),
-            false,
-        ))
-        .expect("create");
-    wait_attached(node, &pod2.host_if, true);
+    add_web_2(server, node);
     let took = back.elapsed();
     eprintln!("web-2 attached {took:?} after a {OUTAGE:?} outage ended");
     assert!(
@@ -888,14 +895,7 @@ fn run_refused_by_the_api_server_is_quiet_names_the_permission_and_stays_unready
         lines.len(),
         stderr
     );
-    for what in [
-        "pods",
-        "namespaces",
-        "mirrorpolicies",
-        "clustermirrorpolicies",
-        "mirrorcollectors",
-        "secrets",
-    ] {
+    for what in mirror_agent::controller::watch::WATCHED {
         let named = format!("lacks the permission to list and watch {what} ");
         assert!(
             stderr.contains(&named),
@@ -1014,4 +1014,517 @@ fn run_mirrors_a_terminating_pod_until_its_namespace_is_gone() {
         .filter(|f| between(f, ip1, ip2))
         .collect();
     assert_same_frames(&seen, &mirrored);
+}
+
+fn entry<'a>(obj: Option<&'a Value>, node: &str) -> Option<&'a Value> {
+    obj?["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)
+}
+
+/// Two agents (node-a with the pod, node-b with none) write their entries;
+/// node-b's is renewed while it runs, past the stale time; once node-b is
+/// killed, node-a ages its entry out (after the stale time, not before it
+/// could have) and the totals speak for node-a alone. `mirror-agent status`
+/// names the hooked pod and policy from node-a's pins.
+#[test]
+fn run_ages_out_the_entry_of_a_node_whose_agent_is_gone() {
+    const STALE: Duration = Duration::from_secs(6);
+    let stale = STALE.as_secs().to_string();
+    let bed = Bed::new(1);
+    let (node, link, server) = (&bed.node, &bed.link, &bed.server);
+    one_mirrored_pod(server, link, node.pods[0].v4);
+    let a = bed.agent(&["--status-stale-after", &stale]);
+    wait_attached(node, &node.pods[0].host_if, true);
+    let b_pins = bed.bpffs.path().join("node-b");
+    let mut cmd = node.node.command(&agent::binary().to_string_lossy());
+    cmd.env("KUBECONFIG", bed.kubeconfig.path())
+        .args(["run", "--node-name", "node-b", "--status-interval", "1"])
+        .args(["--status-stale-after", &stale, "--metrics-addr", "off"])
+        .arg("--pin-dir")
+        .arg(&b_pins)
+        .arg("--netns-path")
+        .arg(&bed.netns_dir)
+        .stdout(Stdio::null());
+    let b = Agent::start_command(cmd).expect("node-b's agent starts");
+    let get = |obj: Option<&Value>| obj.cloned();
+    let both = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |p| {
+            entry(p, NODE).is_some() && entry(p, "node-b").is_some()
+        })
+        .unwrap_or_else(|p| panic!("both entries: {p:#?}"));
+    let first = entry(both.as_ref(), "node-b").expect("node-b")["lastUpdateTime"].clone();
+    // Alive past the stale time: renewed, so never removed.
+    std::thread::sleep(STALE + Duration::from_secs(3));
+    let now = get(server
+        .get(MIRROR, "MirrorPolicy", Some("shop"), "web")
+        .as_ref());
+    let renewed = entry(now.as_ref(), "node-b").expect("node-b's entry stays while it runs");
+    assert_ne!(renewed["lastUpdateTime"], first, "renewed: {renewed}");
+
+    let killed_at = Instant::now();
+    let _ = b.signal(Signal::SIGKILL).expect("kill -9 node-b");
+    let after = server
+        .wait_for(
+            MIRROR,
+            "MirrorPolicy",
+            Some("shop"),
+            "web",
+            STALE + Duration::from_secs(15),
+            |p| entry(p, "node-b").is_none(),
+        )
+        .unwrap_or_else(|p| panic!("node-b's entry not aged out: {p:#?}"));
+    let took = killed_at.elapsed();
+    eprintln!("node-b's entry removed {took:?} after its agent was killed");
+    // Renewed every 2 s: at the kill its entry was at most about 2 s old.
+    assert!(
+        took >= STALE - Duration::from_secs(3),
+        "removed after {took:?}, before it could be stale"
+    );
+    assert!(entry(after.as_ref(), NODE).is_some(), "{after:#?}");
+    let summed = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |p| {
+            condition(p, "Ready").is_some_and(|c| c["message"] == "mirroring 1 pods on 1 nodes")
+        })
+        .unwrap_or_else(|p| panic!("Ready for node-a alone: {p:#?}"));
+    assert_eq!(summed.as_ref().expect("policy")["status"]["matchedPods"], 1);
+
+    let status = agent::status(&node.node, &bed.pin_dir().display().to_string()).expect("status");
+    let hooked = status["interfaces"].as_array().expect("interfaces");
+    assert_eq!(hooked.len(), 1, "{status:#}");
+    assert_eq!(hooked[0]["pod"], "shop/web-1", "{status:#}");
+    assert_eq!(
+        hooked[0]["name"],
+        node.pods[0].host_if.as_str(),
+        "{status:#}"
+    );
+    assert_eq!(hooked[0]["policy"], "shop/web", "{status:#}");
+    assert_eq!(hooked[0]["hooks"].as_array().map(Vec::len), Some(2));
+    let exit = a.stop().expect("node-a stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains("removed the status entries of nodes"),
+        "{}",
+        exit.stderr
+    );
+}
+
+/// One mirrored pod, and an agent's ServiceAccount with deploy/rbac.yaml
+/// less `verb` on `resource` of `group`.
+fn partial_grant(group: &str, resource: &str, verb: &str) -> Bed {
+    let rbac = Rbac::deploy()
+        .expect("deploy/rbac.yaml")
+        .without(group, resource, verb);
+    let bed = Bed::with(
+        1,
+        Options {
+            rbac: Some(rbac),
+            ..Options::default()
+        },
+    );
+    one_mirrored_pod(&bed.server, &bed.link, bed.node.pods[0].v4);
+    bed
+}
+
+/// A partial grant: deploy/rbac.yaml less `create` on events.k8s.io
+/// events. The agent names the permission it lacks when it would publish
+/// an Event, and everything else goes on: the pod is hooked, both
+/// policies' status is written.
+#[test]
+fn run_without_permission_to_create_events_names_it_and_mirrors_on() {
+    let bed = partial_grant("events.k8s.io", "events", "create");
+    let (node, server) = (&bed.node, &bed.server);
+    // Refused (no such collector): an Event the agent may not create.
+    let mut lost = policy("shop", "lost", 0);
+    lost["spec"]["podSelector"] = json!({"matchLabels": {"app": "none"}});
+    lost["spec"]["collectorRef"]["name"] = json!("nowhere");
+    server.create(lost).expect("create");
+    let agent = bed.agent(&[]);
+    wait_attached(node, &node.pods[0].host_if, true);
+    server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "lost", WAIT, |p| {
+            condition(p, "Accepted").is_some_and(|c| c["reason"] == "CollectorNotFound")
+        })
+        .unwrap_or_else(|p| panic!("refused in its status: {p:#?}"));
+    server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |p| {
+            condition(p, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .unwrap_or_else(|p| panic!("web Ready: {p:#?}"));
+    let deadline = Instant::now() + WAIT;
+    let refused =
+        || server.count(|r| r.resource.as_deref() == Some("events") && r.verb == "create");
+    while refused() == 0 {
+        assert!(Instant::now() < deadline, "no Event was attempted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(
+        exit.stderr
+            .contains("lacks the permission to create events.k8s.io events"),
+        "{}",
+        exit.stderr
+    );
+}
+
+/// `mirror_delivered_packets_total` and `mirror_output_sent_packets_total`
+/// of the agent at `metrics`, once the stream has ended and the agent has
+/// sent all it read (two scrapes alike, nothing left in the ring).
+fn settled_counts(ns: &Netns, metrics: &str) -> (u64, u64) {
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        let body = http::get(ns, metrics, "/metrics").expect("scrape").body;
+        let count = |name| http::sample(&body, name, &[]).expect("sample");
+        let now = (
+            count("mirror_delivered_packets_total"),
+            count("mirror_output_sent_packets_total"),
+            count("mirror_ring_buffer_pending_bytes"),
+        );
+        if now.2 == 0 && last == Some(now) {
+            return (now.0, now.1);
+        }
+        assert!(Instant::now() < deadline, "never settled: {now:?}");
+        last = Some(now);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// An agent killed while its pod streams: the pinned hooks go on copying
+/// into the ring, and its successor adopts them and sends that backlog.
+/// The successor counts the backlog in `mirror_delivered_packets_total` and
+/// in its summary's `written`, as in `mirror_output_sent_packets_total`,
+/// through a plan change (a second pod) too: each equals what the
+/// collector's kernel VXLAN device received from it. Its hooks, kept on
+/// SIGTERM as a DaemonSet restart needs, are what a node whose agent is gone
+/// for good keeps: `uninstall` removes them and the pins.
+#[test]
+fn run_counts_an_adopted_backlog_as_delivered_and_uninstall_removes_the_hooks_it_kept() {
+    const PORT: u16 = 7301;
+    const METRICS: &str = "127.0.0.1:9464";
+    let bed = Bed::new(2);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
+    let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
+    one_mirrored_pod(server, link, pod1.v4);
+    let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
+    let first = bed.agent(&[]);
+    wait_attached(node, &pod1.host_if, true);
+    let to = std::net::SocketAddr::from(([198, 18, 0, 1], PORT));
+    let stream = NumberedStream::start(&pod1.ns, &node.node, to).expect("stream");
+    stream.wait_for(200);
+    let _ = first.signal(Signal::SIGKILL).expect("kill -9");
+    // Everything the collector gets from now on is the successor's.
+    let at_collector = Tcpdump::start(&link.ns, &vxlan, dir.path().join("vx.pcap"), &["-Q", "in"])
+        .expect("tcpdump");
+    let gap = stream.sent();
+    stream.wait_for(300);
+    let second = bed.agent(&["--metrics-addr", METRICS]);
+    let backlog = gap..stream.sent();
+    stream.wait_for(200);
+    // A new plan: the outputs go on, and so must the counters.
+    add_web_2(server, node);
+    stream.wait_for(200);
+    let sent = stream.finish().expect("sender");
+    let (delivered, output_sent) = settled_counts(&node.node, METRICS);
+
+    let exit = second.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let frames = capture::read(&at_collector.stop().expect("tcpdump")).expect("read");
+    let started = exit.fields_of("mirroring started").expect("start line");
+    assert_eq!(started["adopted"], 2, "{started:?}");
+    let seen = sequence_numbers(&frames, PORT);
+    let missing: Vec<u32> = (gap..sent).filter(|n| !seen.contains_key(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} datagrams of {gap}..{sent} missing ({backlog:?} copied while no agent ran): {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let written = exit.summary().expect("summary")["written"];
+    eprintln!(
+        "backlog of {} datagrams; collector received {} frames; delivered {delivered}, \
+         output sent {output_sent}, written {written}",
+        backlog.len(),
+        frames.len()
+    );
+    assert_eq!(
+        delivered, output_sent,
+        "delivered and sent, backlog and all"
+    );
+    assert_eq!(
+        written,
+        frames.len() as u64,
+        "written is what the collector got"
+    );
+    assert_eq!(delivered, written, "nothing came after the counts settled");
+
+    // Kept on SIGTERM; `uninstall` is what a node whose agent is gone needs.
+    for p in [pod1, pod2] {
+        assert_eq!(
+            attached(&node.node, &p.host_if).expect("query").len(),
+            2,
+            "hooks kept on {}",
+            p.host_if
+        );
+    }
+    let pin_dir = bed.pin_dir().display().to_string();
+    let exit = agent::run(&node.node, &["uninstall", "--pin-dir", &pin_dir]).expect("uninstall");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert_eq!(exit.fields_of("uninstalled").expect("log")["hooks"], 4);
+    for p in [pod1, pod2] {
+        wait_attached(node, &p.host_if, false);
+    }
+    assert!(!bed.pin_dir().exists(), "pins left after uninstall");
+}
+
+/// IPv4 frames shorter than their header says: cut on the way.
+fn cut_frames(frames: &[Frame]) -> u64 {
+    let cut = |d: &[u8]| {
+        d.len() >= 34
+            && d[12..14] == [0x08, 0x00]
+            && 14 + usize::from(u16::from_be_bytes([d[16], d[17]])) > d.len()
+    };
+    frames.iter().filter(|f| cut(&f.data)).count() as u64
+}
+
+/// A policy's status keeps the copies cut to its snaplen (`truncated`)
+/// apart from those its tunnel cut to fit the collector's MTU
+/// (`mtuTruncated`), as the metrics do. Each equals the frames that reached
+/// the kernel VXLAN device shorter than their IPv4 header says: first with
+/// no snaplen and an MTU of 576, then with a snaplen of 128.
+#[test]
+fn run_status_keeps_snaplen_cuts_apart_from_mtu_cuts() {
+    let bed = Bed::new(2);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
+    let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
+    one_mirrored_pod(server, link, pod1.v4);
+    server
+        .merge_patch(
+            MIRROR,
+            "MirrorCollector",
+            None,
+            "lab",
+            json!({"spec": {"mtu": 576}}),
+        )
+        .expect("mtu");
+    let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
+    let agent = bed.agent(&[]);
+    wait_attached(node, &pod1.host_if, true);
+    let counts = |n: &Value| {
+        let get = |k: &str| n[k].as_u64().unwrap_or(0);
+        (get("truncated"), get("mtuTruncated"))
+    };
+    let wait_counts = |done: &dyn Fn((u64, u64)) -> bool| {
+        server
+            .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |p| {
+                node_status(p).is_some_and(|n| done(counts(n)))
+            })
+            .unwrap_or_else(|p| panic!("status: {:#}", p.unwrap_or_default()))
+    };
+    // The collector's receipts of one round of datagrams from pod 1 to pod 2.
+    let round = |name: &str, port: u16, sizes: &[usize], seen: &dyn Fn((u64, u64)) -> bool| {
+        let path = dir.path().join(name);
+        let tcpdump = Tcpdump::start(&link.ns, &vxlan, path, &["-Q", "in"]).expect("tcpdump");
+        traffic::udp(&pod1.ns, &pod2.ns, IpAddr::V4(pod2.v4), port, sizes).expect("udp");
+        wait_counts(seen);
+        cut_frames(&capture::read(&tcpdump.stop().expect("tcpdump")).expect("read"))
+    };
+
+    // No snaplen: the two large datagrams do not fit 576 bytes.
+    let mtu_cuts = round("mtu.pcap", 7401, &[100, 1000, 1400], &|(_, m)| m >= 2);
+    assert!(mtu_cuts >= 2, "{mtu_cuts} frames cut to the MTU");
+    wait_counts(&|c| c == (0, mtu_cuts));
+
+    set_snaplen(server, 128, 2);
+    // Cut to 128 bytes, which fit the tunnel.
+    let snap_cuts = round("snaplen.pcap", 7402, &[1000, 1400], &|(t, _)| t >= 2);
+    assert!(snap_cuts >= 2, "{snap_cuts} frames cut to the snaplen");
+    let last = wait_counts(&|c| c == (snap_cuts, mtu_cuts));
+    eprintln!(
+        "status: {:#}",
+        node_status(last.as_ref()).expect("our entry")
+    );
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+}
+
+/// A partial grant: deploy/rbac.yaml less `patch` on mirrorpolicies/status.
+/// The agent names that permission when it would write the status, writes
+/// none, and mirrors on: the pod is hooked and the agent is ready.
+#[test]
+fn run_without_permission_to_patch_status_names_it_and_mirrors_on() {
+    let bed = partial_grant("mirror.packets.dev", "mirrorpolicies/status", "patch");
+    let (node, server) = (&bed.node, &bed.server);
+    let mut agent = bed.agent(&[]);
+    wait_attached(node, &node.pods[0].host_if, true);
+    agent
+        .process()
+        .wait_for_line("lacks the permission to patch mirrorpolicies/status", WAIT)
+        .expect("the agent names the permission it lacks");
+    let refused = server.count(|r| r.is_status_write("mirrorpolicies"));
+    assert!(refused > 0, "a status write was attempted");
+    let web = server.get(MIRROR, "MirrorPolicy", Some("shop"), "web");
+    assert!(node_status(web.as_ref()).is_none(), "{web:#?}");
+    assert!(agent.alive(), "the agent mirrors on");
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+}
+
+/// A partial grant: deploy/rbac.yaml less `list` on namespaces. The agent
+/// names that one permission (and no other), hooks nothing, and stays not
+/// ready: it cannot know which policies select which pods.
+#[test]
+fn run_without_permission_to_list_namespaces_names_it_and_stays_unready() {
+    const METRICS: &str = "127.0.0.1:9464";
+    let bed = partial_grant("", "namespaces", "list");
+    let node = &bed.node;
+    // Not `bed.agent`: an agent that is not ready never says "mirroring started".
+    let mut agent = Process::spawn(
+        "mirror-agent",
+        bed.agent_command(&["--metrics-addr", METRICS]),
+    )
+    .expect("agent starts");
+    agent
+        .wait_for_line("lacks the permission to list and watch namespaces", WAIT)
+        .expect("the agent names the permission it lacks");
+    // Each watch retries a few times meanwhile; the agent stays unready.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answers = 0;
+    while Instant::now() < deadline {
+        if let Ok(answer) = http::get(&node.node, METRICS, "/readyz") {
+            assert_eq!(
+                answer.status, 503,
+                "/readyz of an agent that cannot list namespaces"
+            );
+            answers += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(answers >= 5, "/readyz answered {answers} times");
+    assert!(
+        attached(&node.node, &node.pods[0].host_if)
+            .expect("query")
+            .is_empty(),
+        "nothing hooked before the first full list"
+    );
+    let (_, stderr) = agent.stop(Signal::SIGTERM, WAIT).expect("stops");
+    let named: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("lacks the permission"))
+        .collect();
+    assert!(
+        !named.is_empty()
+            && named
+                .iter()
+                .all(|l| l.contains("lacks the permission to list and watch namespaces ")),
+        "only namespaces named:\n{stderr}"
+    );
+    assert!(!stderr.contains("mirroring started"), "{stderr}");
+}
+
+/// The node agent and a pod's own sidecar side by side: the agent leaves
+/// the pod that carries the sidecar alone (no hook on its veth), says so in
+/// the policy's status, and mirrors the pod beside it; the pod's traffic
+/// reaches the collector once, from its sidecar, exactly as tcpdump in the
+/// pod saw it.
+#[test]
+fn run_leaves_a_pod_with_its_own_sidecar_to_it_and_the_pod_is_mirrored_once() {
+    let bed = Bed::new(2);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
+    let (pod1, pod2) = (&node.pods[0], &node.pods[1]);
+    let sensor = format!("geneve://{}", link.collector_v4);
+    let mut with_sidecar = pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false);
+    with_sidecar["spec"]["initContainers"] = json!([{"name": "mirror-sidecar",
+        "image": "mirror-agent", "restartPolicy": "Always", "args": ["sidecar"]}]);
+    for obj in [
+        namespace("shop", "shop"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "geneve", "address": link.collector_v4.to_string(), "vni": VNI,
+                        "allowedNamespaces": {"matchLabels": {"tenant": "shop"}}}}),
+        policy("shop", "web", 0),
+        with_sidecar,
+        pod("shop", "web-2", "web", Some(&pod2.v4.to_string()), false),
+    ] {
+        server.create(obj).expect("create");
+    }
+    // The sidecar's copies leave the pod through the node.
+    node.node
+        .sysctl("net.ipv4.ip_forward", "1")
+        .expect("the node forwards");
+    let collector = Collector::start(&link.ns, &[&sensor], &[]).expect("collector");
+    let agent = bed.agent(&[]);
+    wait_attached(node, &pod2.host_if, true);
+    let web = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            node_status(o).is_some_and(|n| n["sidecarPods"] == 1 && n["attachedPods"] == 1)
+        })
+        .expect("the status counts the sidecar's pod");
+    let n = node_status(web.as_ref()).expect("this node's entry");
+    assert_eq!(n["matchedPods"], 1, "{n}");
+    let ready = condition(web.as_ref(), "Ready").expect("Ready");
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(
+        ready["message"],
+        "mirroring 1 pods on 1 nodes (1 more selected pods are mirrored by their own sidecars)"
+    );
+    // The plan is applied (web-2 is hooked): web-1's veth has no hook.
+    assert!(
+        attached(&node.node, &pod1.host_if)
+            .expect("query")
+            .is_empty(),
+        "the node agent hooked the pod that has a sidecar"
+    );
+
+    let policy = format!(
+        "policies:\n  - name: web-1\n    interfaces: ['*']\n    collectors: ['{sensor}?vni={VNI}']\n"
+    );
+    let mut cmd = pod1.ns.command(&agent::binary().to_string_lossy());
+    cmd.args(["sidecar", "--metrics-addr", "off"])
+        .env("MIRROR_POLICY", policy)
+        .stdout(Stdio::null());
+    let sidecar = Agent::start_command(cmd).expect("the sidecar starts");
+    let at_pod = Tcpdump::start(
+        &pod1.ns,
+        "eth0",
+        dir.path().join("pod1.pcap"),
+        &["not", "host", &link.collector_v4.to_string()],
+    )
+    .expect("tcpdump in the pod");
+    // Small frames: copies leave through the pod's 1500-byte link whole.
+    let node_ip = IpAddr::from([198, 18, 0, 1]);
+    traffic::ping(&pod1.ns, node_ip, 3).expect("ping");
+    traffic::udp(&pod1.ns, &node.node, node_ip, 7001, &[100, 1000]).expect("udp");
+    traffic::udp(&node.node, &pod1.ns, IpAddr::V4(pod1.v4), 7002, &[200]).expect("udp in");
+    let exit = sidecar.stop().expect("the sidecar stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let seen = capture::read(&at_pod.stop().expect("tcpdump")).expect("read");
+    let agent_exit = agent.stop().expect("the agent stops");
+    assert!(agent_exit.status.success(), "{}", agent_exit.stderr);
+    let collected = collector.stop().expect("collector");
+    collected.ensure_success().expect("collector");
+    let pod1_v4 = pod1.v4;
+    let node_v4 = std::net::Ipv4Addr::new(198, 18, 0, 1);
+    let of_pod1: Vec<Frame> = collected
+        .frames()
+        .expect("frames")
+        .into_iter()
+        .filter(|f| between(f, pod1_v4, node_v4))
+        .collect();
+    let seen: Vec<Frame> = seen
+        .into_iter()
+        .filter(|f| between(f, pod1_v4, node_v4))
+        .collect();
+    // 3 echo requests and replies, 3 datagrams.
+    assert!(seen.len() >= 9, "too little traffic: {}", seen.len());
+    // Equal as multisets: each frame once, none twice.
+    assert_same_frames(&seen, &of_pod1);
+    let names: std::collections::BTreeSet<Option<String>> =
+        of_pod1.iter().map(|f| f.interface.clone()).collect();
+    assert_eq!(names.len(), 1, "copies from more than one hook: {names:?}");
+    eprintln!(
+        "pod with a sidecar: {} frames mirrored once, by {names:?}; the node agent's status: {n}",
+        of_pod1.len()
+    );
 }

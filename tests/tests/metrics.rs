@@ -8,8 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -19,7 +18,8 @@ use testbed::{
     agent::{self, Agent},
     capture,
     collector::Collector,
-    netns::{Netns, join},
+    http::get,
+    netns::Netns,
     process::Process,
     tcpdump::Tcpdump,
     topology::{CollectorLink, PodPair},
@@ -29,42 +29,6 @@ use testbed::{
 /// The default `--metrics-addr`: every test has its own namespaces, so the
 /// same port serves in each.
 const DEFAULT: &str = "127.0.0.1:9464";
-
-struct Answer {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// `GET path` on `addr` from inside `ns`, with a plain std TcpStream.
-fn get(ns: &Netns, addr: &str, path: &str) -> Result<Answer> {
-    let addr: SocketAddr = addr.parse()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    join(ns.spawn(move || {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(request.as_bytes())?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad status line in {head}"))?;
-        let content_type = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.trim().to_owned())
-            .unwrap_or_default();
-        Ok(Answer {
-            status,
-            content_type,
-            body: body.to_owned(),
-        })
-    }))
-}
 
 /// One sample: name (with `_total` for counters), labels, value.
 #[derive(Debug)]

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use testbed::{
     capture::{self, Dir},
     scenario::{self, assert_same_frames},
+    tcpdump::SMALL_FRAMES,
     topology::PodPair,
     traffic,
 };
@@ -78,7 +79,7 @@ fn sampling_one_in_ten_within_five_sigma() {
     let c = scenario::run(
         &pair,
         &["--sample", "10", "--direction", "ingress"],
-        &["-Q", "in"],
+        &["-Q", "in", SMALL_FRAMES[0], SMALL_FRAMES[1]],
         |p| {
             let dst = SocketAddr::new(IpAddr::V4(p.node_v4), 9);
             traffic::udp_flood(&p.pod, dst, sent, 64).map(drop)

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use testbed::{
     agent,
     scenario::{self, assert_same_frames},
+    tcpdump::SMALL_FRAMES,
     topology::PodPair,
     traffic,
 };
@@ -93,10 +94,8 @@ policies:
     assert!(policy["rejected_by_filter"] > 0, "{}", c.exit.stderr);
 }
 
-/// tcpdump for floods of small frames: in immediate mode libpcap gives each
-/// packet a snaplen-sized ring slot, so whole-packet slots (256 KiB) would
-/// hold only ~500 frames; 256 bytes keeps these frames whole.
-const FLOOD_TCPDUMP: [&str; 4] = ["-Q", "in", "-s", "256"];
+/// tcpdump for floods of small frames, one way.
+const FLOOD_TCPDUMP: [&str; 4] = ["-Q", "in", SMALL_FRAMES[0], SMALL_FRAMES[1]];
 
 /// A flood of 5000 frames of 106 bytes into a policy limited by `limit`
 /// (YAML), which lets `per_sec` such frames a second through. The limiter
@@ -183,6 +182,84 @@ fn rate_limit_bounds_what_is_sent() {
 #[test]
 fn byte_rate_limit_bounds_what_is_sent() {
     rate_limit_keeps_one_seconds_worth("{packetsPerSecond: 0, bytesPerSecond: 10600}", 100.0);
+}
+
+/// `bytesPerSecond` counts bytes, not packets: 53,000 bytes a second over
+/// a flood of 1,000 frames of 1,042 bytes, then 3,000 of 106. The bucket
+/// starts with one second's worth, so what passes holds at most 53,000
+/// bytes plus 53,000 for every second the floods lasted (as tcpdump timed
+/// them) plus one frame, and at least 53,000 less one frame. A limiter
+/// counting packets (or one frame size for all) keeps far more of the
+/// large frames. Every kept frame is one tcpdump saw, and every other
+/// one is counted as rate-limited.
+#[test]
+fn byte_rate_limit_counts_the_bytes_of_frames_of_mixed_sizes() {
+    const RATE: f64 = 53_000.0;
+    let pair = PodPair::new(false).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("mirror.pcapng");
+    let file = policy_file(
+        &dir,
+        &format!(
+            "policies:\n  - name: limited\n    interfaces: [\"{}\"]\n    collectors: [\"pcapng:{}\"]\n    direction: Ingress\n    rateLimit: {{packetsPerSecond: 0, bytesPerSecond: {RATE}}}\n",
+            pair.host_if,
+            out.display()
+        ),
+    );
+    let c = scenario::run_with(
+        &pair,
+        &["attach", "--policy", &file],
+        &out,
+        &["-Q", "in", "-s", "2048"],
+        |p| {
+            let discard = SocketAddr::new(IpAddr::V4(p.node_v4), 9);
+            traffic::udp_flood(&p.pod, discard, 1000, 1000)?;
+            traffic::udp_flood(&p.pod, discard, 3000, 64).map(drop)
+        },
+    )
+    .expect("mirror run");
+    let flood: Vec<_> = c
+        .oracle
+        .iter()
+        .filter(|f| f.udp_dst_port() == Some(9))
+        .collect();
+    assert_eq!(
+        flood.len(),
+        4000,
+        "tcpdump saw {} of the floods",
+        flood.len()
+    );
+    let first = flood.iter().map(|f| f.ts_ns).min().expect("a flood");
+    let last = flood.iter().map(|f| f.ts_ns).max().expect("a flood");
+    let secs = (last - first) as f64 / 1e9;
+    let kept: f64 = c.mirror.iter().map(|f| f64::from(f.orig_len)).sum();
+    let large = c.mirror.iter().filter(|f| f.orig_len == 1042).count();
+    assert!(
+        kept >= RATE - 1042.0,
+        "fewer bytes than the burst passed: {kept}"
+    );
+    assert!(
+        kept <= RATE * (1.0 + secs) + 1042.0,
+        "{kept} bytes ({large} large frames) passed for floods of {secs:.3} s at {RATE} B/s"
+    );
+    let seen = testbed::wire::finished(&c.oracle);
+    let missing = testbed::capture::difference_exact(&c.mirror, &seen).missing;
+    assert!(
+        missing.is_empty(),
+        "kept frames tcpdump never saw: {}",
+        missing.len()
+    );
+    let s = c.exit.summary().expect("summary");
+    let policy = c.exit.fields_of("policy summary").expect("policy summary");
+    assert_eq!(s["mirrored"], c.oracle.len() as u64, "{}", c.exit.stderr);
+    assert_eq!(
+        policy["rate_limited"] + c.mirror.len() as u64,
+        s["mirrored"]
+    );
+    eprintln!(
+        "byte rate limit: kept {kept} bytes in {} frames ({large} of 1042) over {secs:.3} s",
+        c.mirror.len()
+    );
 }
 
 #[test]
@@ -319,7 +396,7 @@ fn policy_direction_and_sampling_keep_one_in_ten_of_one_way() {
         &pair,
         &["attach", "--policy", &file],
         &out,
-        &["-Q", "out"],
+        &["-Q", "out", SMALL_FRAMES[0], SMALL_FRAMES[1]],
         |p| {
             // Both ways: pings from the pod, a flood from the node.
             traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 3)?;

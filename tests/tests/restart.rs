@@ -5,13 +5,9 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
-    thread::{self, JoinHandle},
+    thread::{self},
     time::Duration,
 };
 
@@ -20,97 +16,16 @@ use nix::sys::signal::Signal;
 use testbed::{
     agent::{self, Agent, Exit},
     bpffs::BpfFs,
-    capture::{self, Frame},
+    capture::{self},
     hooks::attached,
     netns::Netns,
+    numbered::{EVERY, NumberedStream, sequence_numbers},
     tcpdump::Tcpdump,
     topology::{CollectorLink, PodPair},
 };
 
 const VNI: u32 = 77;
 const PORT: u16 = 5555;
-/// One datagram per this interval: a steady 500 per second.
-const EVERY: Duration = Duration::from_millis(2);
-
-/// Numbered datagrams from the pod to the node, sent steadily until stopped.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    /// Datagrams sent so far.
-    count: Arc<AtomicU32>,
-    sender: JoinHandle<anyhow::Result<u32>>,
-    _receiver: UdpSocket,
-}
-
-impl Stream {
-    fn start(pair: &PodPair) -> Self {
-        // Someone listens, so no ICMP port-unreachable joins the traffic.
-        let to = SocketAddr::from((pair.node_v4, PORT));
-        let receiver = testbed::netns::join(pair.node.spawn(move || Ok(UdpSocket::bind(to)?)))
-            .expect("receiver");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let count = Arc::new(AtomicU32::new(0));
-        let counter = count.clone();
-        let sender = pair.pod.spawn(move || {
-            let sock = UdpSocket::bind(("0.0.0.0", 0))?;
-            let mut n = 0u32;
-            while !flag.load(Ordering::Relaxed) {
-                sock.send_to(&n.to_be_bytes(), to)?;
-                n += 1;
-                counter.store(n, Ordering::Relaxed);
-                thread::sleep(EVERY);
-            }
-            Ok(n)
-        });
-        Self {
-            stop,
-            count,
-            sender,
-            _receiver: receiver,
-        }
-    }
-
-    /// Waits until `more` datagrams have been sent from now on (a phase
-    /// of the test lasts a number of packets, not a time a slow machine
-    /// might fill with fewer).
-    fn wait_for(&self, more: u32) {
-        let target = self.count.load(Ordering::Relaxed) + more;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.count.load(Ordering::Relaxed) < target {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stream did not send {more} datagrams within 30 s"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn finish(self) -> u32 {
-        self.stop.store(true, Ordering::Relaxed);
-        testbed::netns::join(self.sender).expect("sender")
-    }
-}
-
-/// How many times each sequence number arrived.
-fn sequence_numbers(frames: &[Frame]) -> BTreeMap<u32, u32> {
-    let mut seen = BTreeMap::new();
-    for f in frames {
-        let Ok(p) = etherparse::SlicedPacket::from_ethernet(&f.data) else {
-            continue;
-        };
-        let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else {
-            continue;
-        };
-        if udp.destination_port() != PORT {
-            continue;
-        }
-        if let Ok(n) = <[u8; 4]>::try_from(udp.payload()) {
-            *seen.entry(u32::from_be_bytes(n)).or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
 fn missing(seen: &BTreeMap<u32, u32>, sent: u32) -> Vec<u32> {
     (0..sent).filter(|n| !seen.contains_key(n)).collect()
 }
@@ -210,7 +125,12 @@ fn kill_9_and_restart_loses_no_sequence_number() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = bed.collector(dir.path());
     let first = bed.agent(&["--cleanup-on-exit=false"]);
-    let stream = Stream::start(&bed.pair);
+    let stream = NumberedStream::start(
+        &bed.pair.pod,
+        &bed.pair.node,
+        SocketAddr::from((bed.pair.node_v4, PORT)),
+    )
+    .expect("stream");
     // Each phase lasts 500 datagrams (about a second): with the first
     // agent, with none, with the second.
     stream.wait_for(500);
@@ -219,8 +139,7 @@ fn kill_9_and_restart_loses_no_sequence_number() {
     stream.wait_for(500);
     let second = bed.agent(&[]);
     stream.wait_for(500);
-    let sent = stream.finish();
-    thread::sleep(Duration::from_millis(300));
+    let sent = stream.finish().expect("sender");
     let exit = second.stop().expect("second agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let frames = capture::read(&collector.stop().expect("tcpdump")).expect("read");
@@ -234,7 +153,7 @@ fn kill_9_and_restart_loses_no_sequence_number() {
         pins["pending_bytes"] > 0,
         "the ring held what was copied while no agent ran: {pins:?}"
     );
-    let seen = sequence_numbers(&frames);
+    let seen = sequence_numbers(&frames, PORT);
     let lost = missing(&seen, sent);
     let twice = seen.values().filter(|c| **c > 1).count();
     eprintln!(
@@ -283,8 +202,14 @@ fn abi_upgrade_replaces_programs_in_place_and_counts_the_gap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = bed.collector(dir.path());
     let first = bed.agent(&["--cleanup-on-exit=false"]);
-    let stream = Stream::start(&bed.pair);
-    thread::sleep(Duration::from_millis(1000));
+    let stream = NumberedStream::start(
+        &bed.pair.pod,
+        &bed.pair.node,
+        SocketAddr::from((bed.pair.node_v4, PORT)),
+    )
+    .expect("stream");
+    // Each phase lasts a number of datagrams, as in the test above.
+    stream.wait_for(500);
     first.signal(Signal::SIGKILL).expect("kill -9");
     let before = bed.link_ids();
     let pin_dir = Path::new(&bed.pin_dir()).to_owned();
@@ -295,12 +220,11 @@ fn abi_upgrade_replaces_programs_in_place_and_counts_the_gap() {
         .find(|n| n.starts_with("abi-"))
         .expect("an abi-N map directory");
     std::fs::rename(pin_dir.join(&current), pin_dir.join("abi-2")).expect("rename");
-    thread::sleep(Duration::from_millis(500));
+    stream.wait_for(250);
     let second = bed.agent(&[]);
     let after = bed.link_ids();
-    thread::sleep(Duration::from_millis(1000));
-    let sent = stream.finish();
-    thread::sleep(Duration::from_millis(300));
+    stream.wait_for(500);
+    let sent = stream.finish().expect("sender");
     let exit = second.stop().expect("second agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let frames = capture::read(&collector.stop().expect("tcpdump")).expect("read");
@@ -311,7 +235,7 @@ fn abi_upgrade_replaces_programs_in_place_and_counts_the_gap() {
     }
     let pins = pins_line(&exit.stderr);
     assert_eq!(pins["other_abis"], 1, "{pins:?}");
-    let seen = sequence_numbers(&frames);
+    let seen = sequence_numbers(&frames, PORT);
     let lost = missing(&seen, sent);
     eprintln!(
         "sent {sent}; gap {} datagrams ({:?} at {EVERY:?} each); old ring held {} records",

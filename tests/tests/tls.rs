@@ -18,10 +18,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use mirror_agent::export::tls;
-use rustls::{
-    ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
-};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, StreamOwned, pki_types::ServerName};
 use testbed::{
     agent::{self, Agent, Exit},
     capture::{self, Frame},
@@ -32,6 +29,11 @@ use testbed::{
     topology::{CollectorLink, PodPair},
     traffic,
 };
+
+#[path = "tls/client.rs"]
+mod client;
+
+use client::plain_client;
 
 const PORT: u16 = 7443;
 /// What the plain clients send.
@@ -186,7 +188,7 @@ fn mutual_tls_stream_carries_what_tcpdump_saw() {
     )
     .expect("agent starts");
     mixed_traffic(&pair).expect("traffic");
-    std::thread::sleep(Duration::from_millis(300));
+    at_pod.settle().expect("the traffic is past the hook");
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let pod = capture::read(&at_pod.stop().expect("tcpdump")).expect("read tcpdump");
@@ -321,32 +323,6 @@ fn collector_refuses_an_agent_certificate_from_another_ca() {
             "{r:?}"
         );
     }
-}
-
-/// A plain rustls client (not the agent) that trusts `ca` and presents
-/// `identity`, or no certificate at all.
-fn plain_client(ca: &Path, identity: Option<&Identity>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("CA PEM")).expect("CA");
-    }
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots);
-    Arc::new(match identity {
-        None => builder.with_no_client_auth(),
-        Some(id) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(&id.cert)
-                    .expect("cert file")
-                    .collect::<Result<Vec<_>, _>>()
-                    .expect("cert PEM"),
-                PrivateKeyDer::from_pem_file(&id.key).expect("key"),
-            )
-            .expect("client auth"),
-    })
 }
 
 /// Connects from `ns` to the server, sends a little straight after the

@@ -2,13 +2,13 @@
 //! VXLAN device decapsulates the agent's VXLAN, and tcpdump on that device
 //! must see exactly the frames tcpdump saw on the pod's veth.
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use testbed::{
     agent::{Agent, Exit},
     capture::{self, Frame},
     scenario::assert_same_frames,
-    tcpdump::Tcpdump,
+    tcpdump::{FEW_FRAMES, Tcpdump},
     topology::{CollectorLink, PodPair},
     traffic,
 };
@@ -28,22 +28,35 @@ fn run(
     link: &CollectorLink,
     interfaces: &[&str],
     output: &str,
+    extra: &[&str],
     traffic: impl FnOnce(&PodPair) -> anyhow::Result<()>,
 ) -> Run {
     testbed::require_root();
     let vxlan_dev = link.kernel_vxlan(VNI).expect("kernel vxlan device");
     let dir = tempfile::tempdir().expect("tempdir");
-    let at_pod = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
-        .expect("tcpdump on the pod veth");
-    let at_collector = Tcpdump::start(&link.ns, &vxlan_dev, dir.path().join("vx.pcap"), &[])
-        .expect("tcpdump on the kernel vxlan device");
+    // Pings and UDP only: no frame over 4 KiB.
+    let at_pod = Tcpdump::start(
+        &pair.node,
+        &pair.host_if,
+        dir.path().join("pod.pcap"),
+        &FEW_FRAMES,
+    )
+    .expect("tcpdump on the pod veth");
+    let at_collector = Tcpdump::start(
+        &link.ns,
+        &vxlan_dev,
+        dir.path().join("vx.pcap"),
+        &FEW_FRAMES,
+    )
+    .expect("tcpdump on the kernel vxlan device");
     let mut args = vec!["attach", "--output", output];
     for i in interfaces {
         args.extend(["-i", i]);
     }
+    args.extend(extra);
     let agent = Agent::start(&pair.node, &args).expect("agent starts");
     traffic(pair).expect("traffic");
-    std::thread::sleep(Duration::from_millis(300));
+    at_pod.settle().expect("the traffic is past the hook");
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let pod = at_pod.stop().expect("tcpdump pod");
@@ -81,7 +94,7 @@ fn kernel_vxlan_device_decapsulates_what_tcpdump_saw() {
         ns.ip(&["link", "set", dev, "mtu", "9000"]).expect("mtu");
     }
     let output = format!("vxlan://{}?vni={VNI}&mtu=9000", link.collector_v4);
-    let r = run(&pair, &link, &[&pair.host_if], &output, mixed_traffic);
+    let r = run(&pair, &link, &[&pair.host_if], &output, &[], mixed_traffic);
     assert!(r.pod_veth.len() >= 10, "too little traffic");
     assert_same_frames(&r.pod_veth, &r.decapsulated);
     assert_eq!(output_field(&r.exit, "mtu_truncated"), 0);
@@ -98,7 +111,7 @@ fn gso_copies_are_cut_into_datagrams_the_kernel_decapsulates() {
         ns.ip(&["link", "set", dev, "mtu", "9000"]).expect("mtu");
     }
     let output = format!("vxlan://{}?vni={VNI}&mtu=9000&gso=true", link.collector_v4);
-    let r = run(&pair, &link, &[&pair.host_if], &output, |p| {
+    let r = run(&pair, &link, &[&pair.host_if], &output, &[], |p| {
         mixed_traffic(p)?;
         // Runs of equal sizes, so GSO has something to merge.
         traffic::udp(&p.pod, &p.node, IpAddr::V4(p.node_v4), 5002, &[200; 64])
@@ -115,7 +128,7 @@ fn copies_longer_than_the_path_mtu_are_cut_not_fragmented() {
     let pair = PodPair::new(false).expect("topology");
     let link = CollectorLink::new(&pair.node).expect("collector link");
     let output = format!("vxlan://{}?vni={VNI}", link.collector_v4);
-    let r = run(&pair, &link, &[&pair.host_if], &output, mixed_traffic);
+    let r = run(&pair, &link, &[&pair.host_if], &output, &[], mixed_traffic);
     // Checksums are finished before a copy is cut, as on a wire.
     let cut: Vec<Frame> = testbed::wire::finished(&r.pod_veth)
         .iter()
@@ -144,6 +157,7 @@ fn the_agent_never_mirrors_its_own_tunnel() {
         &link,
         &[&pair.host_if, &link.node_if],
         &output,
+        &[],
         |p| traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 5),
     );
     let nested = r
@@ -172,6 +186,91 @@ fn the_agent_never_mirrors_its_own_tunnel() {
     assert!(pings >= 10);
 }
 
+/// `--socket-mark 0x42/0xff`, judged by the kernel. The node reaches the
+/// collector only by policy routing on that mark (`ip rule fwmark
+/// 0x42/0xff`, no route in the main table), so every copy arrives only if
+/// the kernel saw the mark on it. The hook passes over the node's pings
+/// marked 0x42 to the pod and mirrors those marked with the default mark
+/// (0x00dd0000), which is now nobody's: the kernel's VXLAN device hands
+/// back every frame tcpdump saw on the pod's veth but the 0x42 ones.
+#[test]
+fn a_custom_socket_mark_is_on_every_copy_and_only_it_is_passed_over() {
+    let pair = PodPair::new(false).expect("topology");
+    let link = CollectorLink::new(&pair.node).expect("collector link");
+    let net = "198.18.1.0/24";
+    for args in [
+        &["route", "del", net, "dev", &link.node_if][..],
+        &["route", "add", net, "dev", &link.node_if, "table", "142"],
+        &["rule", "add", "fwmark", "0x42/0xff", "table", "142"],
+    ] {
+        pair.node.ip(args).expect("policy routing");
+    }
+    let collector = link.collector_v4.to_string();
+    let ping = |mark: Option<&str>, size: &str, count: &str, dst: &str| {
+        let mut argv = vec!["ping", "-n", "-q", "-c", count, "-i", "0.05", "-W", "1"];
+        argv.extend(["-s", size]);
+        if let Some(m) = mark {
+            argv.extend(["-m", m]);
+        }
+        argv.push(dst);
+        pair.node.exec(&argv)
+    };
+    // The gate works: unmarked, the collector is unreachable; marked, not.
+    assert!(
+        ping(None, "56", "1", &collector).is_err(),
+        "routed without the mark"
+    );
+    ping(Some("66"), "56", "1", &collector).expect("routed with the mark");
+    let output = format!("vxlan://{collector}?vni={VNI}&mtu=1500");
+    let pod = pair.pod_v4.to_string();
+    let r = run(
+        &pair,
+        &link,
+        &[&pair.host_if],
+        &output,
+        &["--socket-mark", "0x42/0xff"],
+        |p| {
+            p.flush_neighbours()?;
+            traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 3)?;
+            // 0x00dd0000 and 0x1142 (0x42 under the mask), in decimal for ping.
+            ping(Some("14483456"), "123", "3", &pod)?;
+            ping(Some("4418"), "77", "3", &pod)?;
+            Ok(())
+        },
+    );
+    // Echo requests of the node's pings: ICMP type 8 from the node.
+    let requests_of = |payload: usize| {
+        move |f: &&Frame| {
+            f.data.len() == 14 + 20 + 8 + payload && f.data[23] == 1 && f.data[34] == 8
+        }
+    };
+    let passed_over = r.pod_veth.iter().filter(requests_of(77)).count();
+    assert_eq!(
+        passed_over, 3,
+        "tcpdump saw {passed_over} pings marked 0x1142"
+    );
+    let default_marked = r.decapsulated.iter().filter(requests_of(123)).count();
+    assert_eq!(
+        default_marked, 3,
+        "pings with the default mark not mirrored"
+    );
+    let expected: Vec<Frame> = r
+        .pod_veth
+        .iter()
+        .filter(|f| !requests_of(77)(f))
+        .cloned()
+        .collect();
+    assert_same_frames(&expected, &r.decapsulated);
+    assert_eq!(
+        output_field(&r.exit, "lost_send_error"),
+        0,
+        "{}",
+        r.exit.stderr
+    );
+    let summary = r.exit.summary().expect("summary");
+    assert_eq!(summary["own_traffic"], 3, "{}", r.exit.stderr);
+}
+
 /// A receiver that only sniffs its link (no socket on 4789, as Wireshark,
 /// Zeek or a packet broker) answers each datagram with ICMP port
 /// unreachable. The agent must still send every copy: none lost to errors.
@@ -181,13 +280,18 @@ fn a_sniffing_receiver_with_no_socket_gets_every_copy() {
     let pair = PodPair::new(false).expect("topology");
     let link = CollectorLink::new(&pair.node).expect("collector link");
     let dir = tempfile::tempdir().expect("tempdir");
-    let at_pod = Tcpdump::start(&pair.node, &pair.host_if, dir.path().join("pod.pcap"), &[])
-        .expect("tcpdump on the pod veth");
+    let at_pod = Tcpdump::start(
+        &pair.node,
+        &pair.host_if,
+        dir.path().join("pod.pcap"),
+        &FEW_FRAMES,
+    )
+    .expect("tcpdump on the pod veth");
     let outer = Tcpdump::start(
         &link.ns,
         &link.collector_if,
         dir.path().join("outer.pcap"),
-        &["udp", "dst", "port", "4789"],
+        &[&FEW_FRAMES[..], &["udp", "dst", "port", "4789"]].concat(),
     )
     .expect("tcpdump at the collector");
     let output = format!("vxlan://{}?vni={VNI}", link.collector_v4);
@@ -199,7 +303,7 @@ fn a_sniffing_receiver_with_no_socket_gets_every_copy() {
     for _ in 0..5 {
         traffic::ping(&pair.pod, IpAddr::V4(pair.node_v4), 2).expect("ping");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    at_pod.settle().expect("the traffic is past the hook");
     let exit = agent.stop().expect("agent stops");
     let pod = capture::read(&at_pod.stop().expect("tcpdump")).expect("read");
     let outer = capture::read(&outer.stop().expect("tcpdump")).expect("read");

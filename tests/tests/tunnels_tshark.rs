@@ -13,7 +13,7 @@
 use std::{
     net::{IpAddr, UdpSocket},
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tempfile::TempDir;
@@ -147,7 +147,7 @@ fn run(scheme: &str, params: &str, filter: &str, udp_port: Option<u16>) -> Run {
     let start = now_ns();
     let agent = Agent::start(&pair.node, &args).expect("agent starts");
     traffic(&pair).expect("traffic");
-    std::thread::sleep(Duration::from_millis(300));
+    at_pod.settle().expect("the traffic is past the hook");
     let exit = agent.stop().expect("agent stops");
     let end = now_ns();
     assert!(exit.status.success(), "{}", exit.stderr);
@@ -363,6 +363,7 @@ fn geneve_real_packets_dissect_cleanly_with_our_options() {
         "geneve.option.length",
         "geneve.option.unknown.data",
         "geneve.option.length.invalid",
+        "frame.time_epoch",
     ];
     let packets = check_common(&r, 17, &names);
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
@@ -380,32 +381,45 @@ fn geneve_real_packets_dissect_cleanly_with_our_options() {
         assert_eq!(p.all("geneve.proto_type"), ["0x6558"], "{ctx}");
         assert_eq!(p.all("geneve.flags.critical"), ["0"], "{ctx}");
         assert_eq!(p.all("geneve.flags.oam"), ["0"], "{ctx}");
-        assert_eq!(p.all("geneve.option.class"), ["0xfff0"; 5], "{ctx}");
+        assert_eq!(p.all("geneve.option.class"), ["0xfff0"; 6], "{ctx}");
         assert_eq!(
             p.all("geneve.option.type"),
-            ["0x01", "0x02", "0x03", "0x04", "0x05"],
+            ["0x01", "0x02", "0x03", "0x06", "0x04", "0x05"],
             "{ctx}"
         );
-        assert_eq!(p.all("geneve.option.type.critical"), ["0"; 5], "{ctx}");
+        assert_eq!(p.all("geneve.option.type.critical"), ["0"; 6], "{ctx}");
         assert!(p.all("geneve.option.length.invalid").is_empty(), "{ctx}");
         // Opt Len in bytes, then each option's length with its 4-byte header.
         let strings = |s: &str| 4 + s.len().next_multiple_of(4);
-        let lengths: Vec<String> = [3 * 8 + strings(NODE) + strings(pod), 8, 8, 8]
+        let lengths: Vec<String> = [3 * 8 + 12 + strings(NODE) + strings(pod), 8, 8, 8, 12]
             .into_iter()
             .chain([strings(NODE), strings(pod)])
             .map(|n| n.to_string())
             .collect();
         assert_eq!(p.all("geneve.option.length"), lengths, "{ctx}");
         // Original length (nothing was cut, so the inner frame's), direction
-        // (0 ingress, 1 egress), ifindex, node, pod.
+        // (0 ingress, 1 egress), ifindex, capture time, node, pod.
+        let all = p.all("geneve.option.unknown.data");
+        assert_eq!(all.len(), 6, "{ctx}");
+        // The capture time (u64 ns) came before the copy reached the
+        // sensor, where tcpdump stamped it, and not by much.
+        let carried = u64::from_str_radix(&all[3], 16).expect("time option") as f64 / 1e9;
+        let at_sensor: f64 = p.all("frame.time_epoch")[0]
+            .parse()
+            .expect("frame.time_epoch");
+        assert!(
+            carried <= at_sensor + 0.001 && at_sensor - carried < 1.0,
+            "carried {carried} vs sensor {at_sensor}: {ctx}"
+        );
         let data = [
             format!("{:08x}", p.inner.len()),
             format!("{:08x}", u8::from(!p.ingress)),
             format!("{:08x}", r.ifindex),
+            all[3].clone(),
             padded(NODE),
             padded(pod),
         ];
-        assert_eq!(p.all("geneve.option.unknown.data"), data, "{ctx}");
+        assert_eq!(all, data, "{ctx}");
     }
     assert_one_source_port_per_flow(&packets, 6081);
 }

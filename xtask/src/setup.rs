@@ -18,8 +18,9 @@ use crate::{
 };
 
 /// What the tests and benchmarks run (tcpdump and tshark are the oracles,
-/// ping and iperf3/trafgen make traffic, bpftool inspects hooks, the bench
-/// chart's text is drawn in DejaVu Sans).
+/// ping and iperf3/trafgen make traffic, bpftool inspects hooks, ethtool
+/// turns a link's offloads off so the kernel segments, the bench chart's
+/// text is drawn in DejaVu Sans).
 const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -30,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "procps",
+    "ethtool",
     "fonts-dejavu-core",
 ];
 

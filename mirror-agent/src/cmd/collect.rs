@@ -18,6 +18,7 @@ use crate::{
         limits::StreamLimits,
         listen::Listen,
         queue,
+        reorder::Reorder,
         stats::ListenerStats,
         tcp,
         writer::{Rotation, Writer, WriterError, WriterSummary},
@@ -100,7 +101,8 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
     let written = Arc::new(std::sync::Mutex::new(WriterSummary::default()));
     writer.publish_to(written.clone());
     let (tx, rx) = queue::queue(args.queue_bytes);
-    let writer_thread = spawn("collect-writer", move || writer.run(&rx))?;
+    let reorder = Reorder::new(Duration::from_millis(args.reorder_ms), args.queue_bytes);
+    let writer_thread = spawn("collect-writer", move || writer.run(&rx, reorder))?;
     let streams = bound
         .iter()
         .filter(|(_, b)| matches!(b, Bound::Stream(..)))
@@ -238,6 +240,8 @@ fn summarize(listeners: &[Arc<ListenerStats>], w: &WriterSummary) {
         files_written = w.files_written,
         files_deleted = w.files_deleted,
         write_errors = w.write_errors,
+        folded = w.folded,
+        late = w.late,
         "collector summary"
     );
 }

@@ -4,4 +4,8 @@
 pub mod attach;
 pub mod collect;
 pub mod run;
+pub mod sidecar;
+pub mod status;
+pub mod stop;
 pub mod uninstall;
+pub mod webhook;

@@ -13,6 +13,7 @@ use std::{io, path::Path, time::Duration};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
+use super::stop::StopSignals;
 use crate::{
     cli::RunArgs,
     controller::{
@@ -80,6 +81,7 @@ impl RunError {
 }
 
 pub fn run(args: RunArgs) -> Result<(), RunError> {
+    let stop = StopSignals::install().map_err(io_err("installing SIGINT and SIGTERM"))?;
     if args.node_name.trim().is_empty() {
         return Err(RunError::NoNode);
     }
@@ -93,7 +95,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(io_err("starting the runtime"))?;
-    runtime.block_on(agent(args, endpoint.as_ref(), requests))
+    runtime.block_on(agent(args, endpoint.as_ref(), requests, &stop))
 }
 
 /// The pod IP from the downward API, else loopback; port 9464.
@@ -111,6 +113,7 @@ async fn agent(
     args: RunArgs,
     endpoint: Option<&metrics::Endpoint>,
     mut scrapes: Requests,
+    stop: &StopSignals,
 ) -> Result<(), RunError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM"))?;
@@ -131,7 +134,11 @@ async fn agent(
             tls_dir: args.tls_dir.clone(),
         },
     );
-    let mut writer = StatusWriter::new(&node, Duration::from_secs(args.status_interval.max(1)));
+    let mut writer = StatusWriter::new(
+        &node,
+        Duration::from_secs(args.status_interval.max(1)),
+        Duration::from_secs(args.status_stale_after.max(1)),
+    );
 
     // Nothing is touched until the caches have their first full list: until
     // then, pinned hooks from an earlier agent go on mirroring as they were.
@@ -154,15 +161,24 @@ async fn agent(
     };
     let plan = reconciler.desire(&cluster.snapshot());
     let pins = PinDir::open(&args.pin_dir)?;
-    let (mut mirror, adopted) = Mirror::start(
+    // Hooking every pod of a busy node takes seconds: a stop signal
+    // meanwhile lets go of what was hooked, as a stop does later.
+    let started = Mirror::start(
         &plan,
         settings,
         args.tuning.ring_size.get(),
         Some(pins),
         !args.cleanup_on_exit,
         false,
+        &|| stop.raised(),
     )?;
+    let Some((mut mirror, adopted)) = started else {
+        info!("stopped by a signal during start-up");
+        return Ok(());
+    };
     reconciler.started(plan, &mut mirror);
+    // Ready before the line that says so (see attach).
+    metrics::set_ready(endpoint, true);
     info!(
         node = %node,
         policies = reconciler.outcomes().len(),
@@ -171,7 +187,6 @@ async fn agent(
         removed = adopted.removed,
         "mirroring started"
     );
-    metrics::set_ready(endpoint, true);
 
     let mut status_tick = tokio::time::interval(STATUS_TICK);
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;

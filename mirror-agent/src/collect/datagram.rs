@@ -2,11 +2,14 @@
 //! `crate::export::encap`, and the interface name each packet is filed under.
 //! Pure (no sockets), so the fuzz targets and unit tests drive it directly.
 //!
-//! Names, so a person sees the node and the pod in Wireshark's interface list:
+//! Names, so a person sees the node and the pod in Wireshark's interface list,
+//! always after the address the datagram came from: the node and pod options
+//! are the sender's word, so a sender can claim any node but cannot file
+//! frames under another sender's interfaces.
 //!
 //! | tunnel | interface name |
 //! |---|---|
-//! | GENEVE with our options | `node/pod`, else `node/ifindex-N` |
+//! | GENEVE with our options | `SOURCE-IP/node/pod`, else `SOURCE-IP/node/ifindex-N` |
 //! | GENEVE without a node option | `SOURCE-IP/pod`, `SOURCE-IP/ifindex-N`, else `SOURCE-IP/vni-N` |
 //! | VXLAN | `SOURCE-IP/vni-N` |
 //! | GRE/TEB | `SOURCE-IP/key-N`, or `SOURCE-IP/gre` without a key |
@@ -43,6 +46,10 @@ pub enum Tunnel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decap<'a> {
     pub interface: Arc<str>,
+    /// When the sender captured the packet where the tunnel carries it
+    /// (GENEVE's capture-time option, ERSPAN III's timestamp), else when
+    /// it was received; nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
     pub orig_len: u32,
     /// `None` where the tunnel does not carry it (VXLAN, GRE, ERSPAN II).
     pub direction: Option<Direction>,
@@ -171,11 +178,12 @@ impl fmt::Display for Clean<'_> {
 }
 
 /// Decapsulates one datagram (for [`Tunnel::Gre`], the bytes after the IP
-/// header) that came from `from`.
+/// header) that came from `from` at `received_ns`.
 pub fn decode<'a>(
     tunnel: Tunnel,
     from: IpAddr,
     payload: &'a [u8],
+    received_ns: u64,
     names: &mut Names,
 ) -> Result<Decap<'a>, DatagramError> {
     match tunnel {
@@ -183,12 +191,13 @@ pub fn decode<'a>(
             let d = vxlan::decode(payload)?;
             Ok(plain(
                 names.get(format_args!("{from}/vni-{}", d.vni)),
+                received_ns,
                 d.inner,
             ))
         }
-        Tunnel::Geneve => decode_geneve(from, payload, names),
+        Tunnel::Geneve => decode_geneve(from, payload, received_ns, names),
         Tunnel::Gre => match gre::parse(payload)?.0.proto {
-            PROTO_TYPE2 | PROTO_TYPE3 => decode_erspan(from, payload, names),
+            PROTO_TYPE2 | PROTO_TYPE3 => decode_erspan(from, payload, received_ns, names),
             // Plain GRE, and any other protocol, which it refuses by name.
             _ => {
                 let d = gre::decode(payload)?;
@@ -196,15 +205,16 @@ pub fn decode<'a>(
                     Some(key) => names.get(format_args!("{from}/key-{}", key.0)),
                     None => names.get(format_args!("{from}/gre")),
                 };
-                Ok(plain(name, d.inner))
+                Ok(plain(name, received_ns, d.inner))
             }
         },
     }
 }
 
-fn plain(interface: Arc<str>, frame: &[u8]) -> Decap<'_> {
+fn plain(interface: Arc<str>, received_ns: u64, frame: &[u8]) -> Decap<'_> {
     Decap {
         interface,
+        unix_ns: received_ns,
         orig_len: frame_len(frame),
         direction: None,
         truncated: false,
@@ -219,21 +229,27 @@ fn frame_len(frame: &[u8]) -> u32 {
 fn decode_geneve<'a>(
     from: IpAddr,
     payload: &'a [u8],
+    received_ns: u64,
     names: &mut Names,
 ) -> Result<Decap<'a>, DatagramError> {
     let d = geneve::decode(payload)?;
     let m = d.mirror;
     let interface = match (m.node, m.pod, m.ifindex) {
-        (Some(node), Some(pod), _) => names.get(format_args!("{}/{}", Clean(node), Clean(pod))),
-        (Some(node), None, Some(i)) => names.get(format_args!("{}/ifindex-{}", Clean(node), i.0)),
+        (Some(node), Some(pod), _) => {
+            names.get(format_args!("{from}/{}/{}", Clean(node), Clean(pod)))
+        }
+        (Some(node), None, Some(i)) => {
+            names.get(format_args!("{from}/{}/ifindex-{}", Clean(node), i.0))
+        }
         (None, Some(pod), _) => names.get(format_args!("{from}/{}", Clean(pod))),
         (None, None, Some(i)) => names.get(format_args!("{from}/ifindex-{}", i.0)),
-        (Some(node), None, None) => names.get(format_args!("{}/vni-{}", Clean(node), d.vni)),
+        (Some(node), None, None) => names.get(format_args!("{from}/{}/vni-{}", Clean(node), d.vni)),
         (None, None, None) => names.get(format_args!("{from}/vni-{}", d.vni)),
     };
     let caplen = frame_len(d.inner);
     Ok(Decap {
         interface,
+        unix_ns: m.captured_ns.unwrap_or(received_ns),
         // A sender claiming less than it sent is wrong; what came is the floor.
         orig_len: m.orig_len.unwrap_or(caplen).max(caplen),
         direction: m.direction,
@@ -245,12 +261,21 @@ fn decode_geneve<'a>(
 fn decode_erspan<'a>(
     from: IpAddr,
     payload: &'a [u8],
+    received_ns: u64,
     names: &mut Names,
 ) -> Result<Decap<'a>, DatagramError> {
     let d = erspan::decode(payload)?;
-    let direction = match d.kind {
-        ErspanKind::TypeIII { direction, .. } => Some(direction),
-        ErspanKind::TypeII { .. } => None,
+    let (direction, unix_ns) = match d.kind {
+        ErspanKind::TypeIII {
+            direction,
+            timestamp,
+            granularity,
+            ..
+        } => (
+            Some(direction),
+            erspan::unix_ns_near(timestamp, granularity, received_ns),
+        ),
+        ErspanKind::TypeII { .. } => (None, None),
     };
     let caplen = frame_len(d.inner);
     // ERSPAN says only *that* the frame was cut; for IP the original
@@ -262,12 +287,18 @@ fn decode_erspan<'a>(
     };
     Ok(Decap {
         interface: names.get(format_args!("{from}/erspan-session-{}", d.session)),
+        unix_ns: unix_ns.unwrap_or(received_ns),
         orig_len,
         direction,
         truncated: d.truncated,
         frame: d.inner,
     })
 }
+
+/// The VLAN tag protocol ids looked through: 802.1Q, 802.1ad and the older
+/// QinQ 0x9100, the three the kernel prefilter and the policy's parser
+/// (etherparse) know.
+const VLAN_TPIDS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 
 /// The length of an Ethernet frame as its IPv4 or IPv6 header gives it (up
 /// to two VLAN tags), or `None` for other frames and for lengths the header
@@ -280,7 +311,7 @@ pub fn inner_ip_len(frame: &[u8]) -> Option<u32> {
     let mut l3 = 14;
     let mut ethertype = be16(12)?;
     for _ in 0..2 {
-        if matches!(ethertype, 0x8100 | 0x88a8) {
+        if VLAN_TPIDS.contains(&ethertype) {
             ethertype = be16(l3 + 2)?;
             l3 += 4;
         }
@@ -297,199 +328,4 @@ pub fn inner_ip_len(frame: &[u8]) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        export::encap::{
-            Encapsulator, MAX_HEADER_LEN, PacketMeta, Vni,
-            erspan::{Erspan2, Erspan3, HwId, SessionId},
-            geneve::Geneve,
-            gre::{Gre, GreKey},
-            vxlan::Vxlan,
-        },
-        model::record::IfIndex,
-    };
-
-    const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 1, 1));
-
-    /// An Ethernet/IPv4 frame whose IP header says `ip_len` bytes, cut to `have`.
-    fn frame(ip_len: u16, have: usize) -> Vec<u8> {
-        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0];
-        f.extend_from_slice(&ip_len.to_be_bytes());
-        f.resize(have, 0xab);
-        f
-    }
-
-    fn encode(
-        enc: &mut dyn Encapsulator,
-        pod: &str,
-        direction: Direction,
-        inner: &[u8],
-    ) -> Vec<u8> {
-        let meta = PacketMeta {
-            unix_ns: 1,
-            ifindex: IfIndex(7),
-            direction,
-            orig_len: 1000,
-            pod,
-        };
-        let mut buf = [0u8; MAX_HEADER_LEN];
-        let n = enc.write_header(&meta, inner, &mut buf).unwrap();
-        [&buf[..n], inner].concat()
-    }
-
-    fn run(tunnel: Tunnel, bytes: &[u8]) -> Result<Decap<'_>, DatagramError> {
-        decode(tunnel, FROM, bytes, &mut Names::default())
-    }
-
-    #[test]
-    fn names_and_metadata_per_tunnel() {
-        let inner = frame(986, 200);
-        let vni = Vni::new(42).unwrap();
-        let vx = encode(&mut Vxlan::new(vni), "", Direction::Egress, &inner);
-        let d = run(Tunnel::Vxlan, &vx).unwrap();
-        assert_eq!(
-            (&*d.interface, d.orig_len, d.direction),
-            ("198.18.1.1/vni-42", 200, None)
-        );
-
-        let gv = encode(
-            &mut Geneve::new(vni, "node-a"),
-            "ns/web",
-            Direction::Egress,
-            &inner,
-        );
-        let d = run(Tunnel::Geneve, &gv).unwrap();
-        assert_eq!(&*d.interface, "node-a/ns/web");
-        assert_eq!(
-            (d.orig_len, d.direction, d.truncated),
-            (1000, Some(Direction::Egress), true)
-        );
-        let gv = encode(
-            &mut Geneve::new(vni, "node-a"),
-            "",
-            Direction::Ingress,
-            &inner,
-        );
-        assert_eq!(
-            &*run(Tunnel::Geneve, &gv).unwrap().interface,
-            "node-a/ifindex-7"
-        );
-        let gv = encode(
-            &mut Geneve::new(vni, ""),
-            "p\nq",
-            Direction::Ingress,
-            &inner,
-        );
-        assert_eq!(
-            &*run(Tunnel::Geneve, &gv).unwrap().interface,
-            "198.18.1.1/p?q"
-        );
-
-        let gre = encode(
-            &mut Gre::new().with_key(GreKey(9)),
-            "",
-            Direction::Egress,
-            &inner,
-        );
-        assert_eq!(
-            &*run(Tunnel::Gre, &gre).unwrap().interface,
-            "198.18.1.1/key-9"
-        );
-        let gre = encode(&mut Gre::new(), "", Direction::Egress, &inner);
-        assert_eq!(
-            &*run(Tunnel::Gre, &gre).unwrap().interface,
-            "198.18.1.1/gre"
-        );
-
-        let session = SessionId::new(5).unwrap();
-        let e2 = encode(&mut Erspan2::new(session), "", Direction::Egress, &inner);
-        let d = run(Tunnel::Gre, &e2).unwrap();
-        assert_eq!(&*d.interface, "198.18.1.1/erspan-session-5");
-        // The T bit is set (orig 1000 > 200): the IP header gives 14 + 986.
-        assert_eq!((d.orig_len, d.direction, d.truncated), (1000, None, true));
-        let e3 = encode(
-            &mut Erspan3::new(session, HwId::new(1).unwrap()),
-            "",
-            Direction::Ingress,
-            &inner,
-        );
-        let d = run(Tunnel::Gre, &e3).unwrap();
-        assert_eq!((d.orig_len, d.direction), (1000, Some(Direction::Ingress)));
-        assert_eq!(d.frame, &inner[..]);
-    }
-
-    #[test]
-    fn errors_have_reasons() {
-        assert_eq!(
-            run(Tunnel::Vxlan, &[8, 0, 0]).unwrap_err().reason(),
-            Reason::Short
-        );
-        assert_eq!(
-            run(Tunnel::Vxlan, &[0; 30]).unwrap_err().reason(),
-            Reason::Foreign
-        );
-        // GRE carrying IPv4 (0x0800) is not ours.
-        let mut ip_in_gre = vec![0, 0, 0x08, 0];
-        ip_in_gre.extend(frame(20, 40));
-        assert_eq!(
-            run(Tunnel::Gre, &ip_in_gre).unwrap_err().reason(),
-            Reason::Foreign
-        );
-        let mut bad_version = vec![0, 0, 0x88, 0xBE, 0, 0, 0, 0];
-        bad_version.extend(frame(20, 40));
-        bad_version[0] = 0x10; // S bit, so it parses as ERSPAN with a sequence number
-        bad_version.splice(8..8, [0x20, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(
-            run(Tunnel::Gre, &bad_version).unwrap_err().reason(),
-            Reason::Garbled
-        );
-        assert_eq!(
-            run(Tunnel::Geneve, &[0x40; 40]).unwrap_err().reason(),
-            Reason::Foreign
-        );
-    }
-
-    #[test]
-    fn ipv4_payloads() {
-        let mut p = vec![
-            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 47, 0, 0, 198, 18, 1, 1, 198, 18, 1, 2,
-        ];
-        p.extend([1, 2, 3, 4, 5, 6, 7, 8, 99]); // one byte past the total length
-        assert_eq!(ipv4_payload(&p), Ok((FROM, &[1, 2, 3, 4, 5, 6, 7, 8][..])));
-        assert_eq!(ipv4_payload(&p[..10]), Err(DatagramError::Ipv4Short(10)));
-        p[9] = 17;
-        assert_eq!(ipv4_payload(&p), Err(DatagramError::Ipv4Protocol(17)));
-        p[0] = 0x65;
-        assert_eq!(ipv4_payload(&p), Err(DatagramError::Ipv4Version(6)));
-        // A header length past the end.
-        p[0] = 0x4F;
-        p[9] = 47;
-        assert!(ipv4_payload(&p).is_err());
-    }
-
-    #[test]
-    fn inner_lengths() {
-        assert_eq!(inner_ip_len(&frame(1500, 100)), Some(1514));
-        assert_eq!(inner_ip_len(&frame(0, 100)), None);
-        let mut tagged = frame(100, 60);
-        tagged.splice(12..12, [0x81, 0x00, 0, 1]);
-        assert_eq!(inner_ip_len(&tagged), Some(118));
-        assert_eq!(inner_ip_len(&[0; 13]), None);
-        let mut v6 = vec![0; 14 + 40];
-        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-        v6[18..20].copy_from_slice(&[0, 8]);
-        assert_eq!(inner_ip_len(&v6), Some(62));
-    }
-
-    #[test]
-    fn the_name_cache_is_bounded() {
-        let mut names = Names::default();
-        let a = names.get(format_args!("x/{}", 1));
-        assert!(Arc::ptr_eq(&a, &names.get(format_args!("x/1"))));
-        for i in 0..MAX_NAMES * 2 {
-            names.get(format_args!("y/{i}"));
-        }
-        assert!(names.known.len() <= MAX_NAMES);
-    }
-}
+mod tests;

@@ -86,6 +86,17 @@ pub fn collect_families(
             "Packets lost because a file could not be created or written.",
             w.write_errors,
         ),
+        (
+            "mirror_collect_folded_packets",
+            "Packets filed under an other-interfaces interface: their source, or the file, \
+             had too many interfaces.",
+            w.folded,
+        ),
+        (
+            "mirror_collect_late_packets",
+            "Packets written after one with a later time: later than --reorder-ms.",
+            w.late,
+        ),
     ];
     let mut all = vec![received, decoded, truncated, connections, refused, errors];
     for (name, help, value) in writer_families {

@@ -22,6 +22,7 @@ pub mod listen;
 pub mod metrics;
 pub mod queue;
 pub mod receive;
+pub mod reorder;
 pub mod stats;
 pub mod stream;
 pub mod tcp;

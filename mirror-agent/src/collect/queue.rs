@@ -177,6 +177,7 @@ mod tests {
     fn packet(len: usize) -> Packet {
         Packet {
             interface: "198.18.0.1/eth0".into(),
+            source: [198, 18, 0, 1].into(),
             unix_ns: 0,
             orig_len: len as u32,
             direction: None,

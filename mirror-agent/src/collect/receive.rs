@@ -118,12 +118,13 @@ impl DatagramSocket {
             } else {
                 (from.unwrap_or(unknown), bytes)
             };
-            match datagram::decode(self.tunnel, from, payload, &mut names) {
+            match datagram::decode(self.tunnel, from, payload, received_ns, &mut names) {
                 Ok(d) => {
                     let truncated = d.truncated;
                     let packet = Packet {
                         interface: d.interface,
-                        unix_ns: received_ns,
+                        source: from,
+                        unix_ns: d.unix_ns,
                         orig_len: d.orig_len,
                         direction: d.direction,
                         data: d.frame.to_vec(),

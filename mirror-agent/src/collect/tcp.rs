@@ -407,6 +407,7 @@ impl Conn {
                         .unwrap_or(p.data);
                     out.push(Packet {
                         interface: name.clone(),
+                        source: self.peer,
                         unix_ns: p.unix_ns,
                         orig_len: p.orig_len,
                         direction: p.direction,

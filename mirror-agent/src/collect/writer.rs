@@ -11,11 +11,28 @@
 //! next packet. With `--max-files N` the oldest of the files in the
 //! directory that carry this name pattern (earlier runs' too) are deleted
 //! so that at most N remain.
+//!
+//! Interfaces never start a new file, so a sender that invents names (a new
+//! VNI or pod name per datagram, a stream announcing ever new interfaces)
+//! cannot push real captures out under `--max-files`: one source gets at
+//! most [`MAX_INTERFACES_PER_SOURCE`] interfaces in a file, and a file at
+//! most [`MAX_INTERFACES_PER_FILE`]; past them, packets are filed, and
+//! counted as `folded`, under `SOURCE-IP/other-interfaces`, or
+//! `other-interfaces` when the file is full. Only bytes and age rotate.
+//!
+//! A full disk: blocks are buffered and written a whole buffer at a time
+//! ([`BlockFile`]); a packet counts as written only once its write
+//! succeeded. When one fails, its packets are counted in `write_errors`,
+//! the file is cut back to its last whole block (or removed if that leaves
+//! no packet in it), the failure is logged once, and writing resumes in a
+//! new file once the disk takes it again (tried at most once a second;
+//! packets meanwhile are counted lost too).
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
+    fs::{self, OpenOptions},
+    io,
+    net::IpAddr,
     num::{NonZeroU64, NonZeroUsize},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -26,17 +43,22 @@ use std::{
 use mirror_common::MAX_SNAPLEN;
 use tracing::{info, warn};
 
-use super::queue::QueueRx;
+use super::{queue::QueueRx, receive::now_ns, reorder::Reorder};
 use crate::{
-    export::pcapng::{self, InterfaceId},
+    export::pcapng::{self, BlockFile, InterfaceId},
     model::direction::Direction,
 };
 
 /// How often the writer flushes to disk and checks the age of its file.
 const TICK: Duration = Duration::from_secs(1);
-/// A file with this many interfaces is closed, so garbage that invents
-/// ever new names cannot grow one file's interface table without end.
+/// Blocks are written once this many bytes are buffered (and every tick).
+const BUFFER_BYTES: usize = 256 << 10;
+/// Interfaces one source address may add to a file (a node with hundreds
+/// of pods stays well under it); see the module's comment.
+const MAX_INTERFACES_PER_SOURCE: usize = 1024;
+/// Interfaces of a file, bounding its interface table.
 const MAX_INTERFACES_PER_FILE: usize = 10_000;
+const FOLDED: &str = "other-interfaces";
 const PREFIX: &str = "collect-";
 const SUFFIX: &str = ".pcapng";
 
@@ -45,6 +67,8 @@ const SUFFIX: &str = ".pcapng";
 pub struct Packet {
     /// The interface it is filed under (see `datagram.rs`, `tcp.rs`).
     pub interface: Arc<str>,
+    /// The address it came from.
+    pub source: IpAddr,
     pub unix_ns: u64,
     pub orig_len: u32,
     pub direction: Option<Direction>,
@@ -76,15 +100,27 @@ pub struct WriterSummary {
     pub bytes: u64,
     /// Packets lost because a file could not be created or written.
     pub write_errors: u64,
+    /// Packets filed under an `other-interfaces` interface.
+    pub folded: u64,
+    /// Packets written after one with a later time: they came later than
+    /// the reorder window (see `reorder.rs`).
+    pub late: u64,
 }
 
 struct Current {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BlockFile,
+    /// Whole blocks not written yet, and how many packets they hold.
+    pending: Vec<u8>,
+    pending_packets: u64,
+    /// Bytes written and pending.
     bytes: u64,
+    /// Packets on disk.
     packets: u64,
     opened: Instant,
     ids: HashMap<Arc<str>, InterfaceId>,
+    /// Interfaces each source added to this file.
+    per_source: HashMap<IpAddr, usize>,
 }
 
 pub struct Writer {
@@ -96,9 +132,11 @@ pub struct Writer {
     seq: u64,
     /// The encoded blocks of one packet, reused.
     block: Vec<u8>,
-    /// When opening a file last failed: retried at most once a [`TICK`].
+    /// When opening or writing a file last failed: a new file is tried at
+    /// most once a [`TICK`].
     open_failed: Option<Instant>,
-    logged_error: bool,
+    /// Packets lost since writing began to fail (`None`: it works).
+    failing: Option<u64>,
     summary: WriterSummary,
     /// Where `summary` is copied on each tick, for metrics scrapes.
     published: Option<Arc<Mutex<WriterSummary>>>,
@@ -130,7 +168,7 @@ impl Writer {
             seq: 0,
             block: Vec::new(),
             open_failed: None,
-            logged_error: false,
+            failing: None,
             summary: WriterSummary::default(),
             published: None,
         };
@@ -143,16 +181,23 @@ impl Writer {
         self.published = Some(to);
     }
 
-    /// Takes packets until every receiver has hung up, then closes the file.
-    pub fn run(mut self, packets: &QueueRx) -> WriterSummary {
+    /// Takes packets until every receiver has hung up, then closes the file;
+    /// `reorder` puts them in time order first.
+    pub fn run(mut self, packets: &QueueRx, mut reorder: Reorder) -> WriterSummary {
         let mut last_tick = Instant::now();
         loop {
-            match packets.recv_timeout(TICK) {
-                Ok(p) => self.write(&p),
+            let now = now_ns();
+            while let Some(p) = reorder.pop_due(now) {
+                self.write(&p);
+            }
+            let wait = reorder.wait(now).map_or(TICK, |w| w.min(TICK));
+            match packets.recv_timeout(wait) {
+                Ok(p) => reorder.push(p, now_ns()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if last_tick.elapsed() >= TICK {
+                self.summary.late = reorder.late();
                 self.tick();
                 if let Some(to) = &self.published {
                     *to.lock().unwrap_or_else(|e| e.into_inner()) = self.summary;
@@ -160,6 +205,10 @@ impl Writer {
                 last_tick = Instant::now();
             }
         }
+        while let Some(p) = reorder.pop() {
+            self.write(&p);
+        }
+        self.summary.late = reorder.late();
         self.finish()
     }
 
@@ -168,7 +217,7 @@ impl Writer {
             self.close();
         }
         if self.current.is_none() && !self.reopen() {
-            self.summary.write_errors += 1;
+            self.lost(1);
             return;
         }
         let Some(file) = self.current.as_mut() else {
@@ -178,10 +227,36 @@ impl Writer {
         let id = match file.ids.get(&p.interface) {
             Some(&id) => id,
             None => {
-                let id = InterfaceId(u32::try_from(file.ids.len()).unwrap_or(u32::MAX));
-                pcapng::interface_block(&mut self.block, &p.interface, MAX_SNAPLEN);
-                file.ids.insert(p.interface.clone(), id);
-                id
+                let added = file.per_source.entry(p.source).or_default();
+                let name: Arc<str> = if file.ids.len() >= MAX_INTERFACES_PER_FILE {
+                    FOLDED.into()
+                } else if *added >= MAX_INTERFACES_PER_SOURCE {
+                    format!("{}/{FOLDED}", p.source).into()
+                } else {
+                    *added += 1;
+                    p.interface.clone()
+                };
+                let folded = !Arc::ptr_eq(&name, &p.interface);
+                if folded {
+                    self.summary.folded += 1;
+                }
+                match file.ids.get(&name) {
+                    Some(&id) => id,
+                    None => {
+                        if folded {
+                            info!(
+                                file = %file.path.display(),
+                                source = %p.source,
+                                interface = %name,
+                                "too many interfaces; further new ones are filed under this one"
+                            );
+                        }
+                        let id = InterfaceId(u32::try_from(file.ids.len()).unwrap_or(u32::MAX));
+                        pcapng::interface_block(&mut self.block, &name, MAX_SNAPLEN);
+                        file.ids.insert(name, id);
+                        id
+                    }
+                }
             }
         };
         // At most MAX_SNAPLEN bytes, and never an original length below them.
@@ -194,41 +269,92 @@ impl Writer {
             p.direction,
             data,
         );
-        match file.out.write_all(&self.block) {
+        file.pending.extend_from_slice(&self.block);
+        file.pending_packets += 1;
+        file.bytes += self.block.len() as u64;
+        let full = self
+            .rotation
+            .size
+            .is_some_and(|max| file.bytes >= max.get());
+        if full {
+            self.close();
+        } else if file.pending.len() >= BUFFER_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Writes what is buffered, and closes a file that is old enough.
+    pub fn tick(&mut self) {
+        if self.due_by_age() {
+            self.close();
+        } else {
+            self.flush();
+        }
+    }
+
+    /// Writes the buffered blocks. False if that failed: then they are
+    /// counted lost and the file is given up (see the module's comment).
+    fn flush(&mut self) -> bool {
+        let Some(file) = self.current.as_mut() else {
+            return true;
+        };
+        if file.pending.is_empty() {
+            return true;
+        }
+        let packets = file.pending_packets;
+        let bytes = file.pending.len() as u64;
+        let written = file.out.write(&[&file.pending]);
+        file.pending.clear();
+        file.pending_packets = 0;
+        match written {
             Ok(()) => {
-                let n = self.block.len() as u64;
-                file.bytes += n;
-                file.packets += 1;
-                self.summary.packets += 1;
-                self.summary.bytes += n;
-                let full = self
-                    .rotation
-                    .size
-                    .is_some_and(|max| file.bytes >= max.get());
-                if full || file.ids.len() >= MAX_INTERFACES_PER_FILE {
-                    self.close();
+                file.packets += packets;
+                self.summary.packets += packets;
+                self.summary.bytes += bytes;
+                if let Some(lost) = self.failing.take() {
+                    info!(file = %file.path.display(), lost, "writing works again");
                 }
+                true
             }
             Err(error) => {
                 let path = file.path.clone();
                 self.failed(&path, &error);
-                self.summary.write_errors += 1;
-                // The file may end in a partial block: leave it, start afresh.
-                self.current = None;
+                self.lost(packets);
+                self.give_up();
+                false
             }
         }
     }
 
-    /// Flushes, and closes a file that is old enough.
-    pub fn tick(&mut self) {
-        if self.due_by_age() {
-            self.close();
-        } else if let Some(file) = self.current.as_mut()
-            && let Err(error) = file.out.flush()
-        {
-            let path = file.path.clone();
-            self.failed(&path, &error);
-            self.current = None;
+    /// Drops the current file after a failed write: it holds only whole
+    /// blocks; one without a packet is removed. The next file is tried a
+    /// [`TICK`] later.
+    fn give_up(&mut self) {
+        let Some(file) = self.current.take() else {
+            return;
+        };
+        self.open_failed = Some(Instant::now());
+        if file.packets == 0 {
+            drop(file.out);
+            if fs::remove_file(&file.path).is_ok() {
+                self.kept.retain(|p| *p != file.path);
+                self.summary.files_written = self.summary.files_written.saturating_sub(1);
+            }
+        } else {
+            info!(
+                file = %file.path.display(),
+                packets = file.packets,
+                bytes = file.out.len(),
+                interfaces = file.ids.len(),
+                "file closed"
+            );
+        }
+    }
+
+    fn lost(&mut self, packets: u64) {
+        self.summary.write_errors += packets;
+        if let Some(lost) = self.failing.as_mut() {
+            *lost += packets;
         }
     }
 
@@ -245,18 +371,17 @@ impl Writer {
     }
 
     fn close(&mut self) {
-        let Some(mut file) = self.current.take() else {
+        if !self.flush() {
             return;
-        };
-        match file.out.flush() {
-            Ok(()) => info!(
+        }
+        if let Some(file) = self.current.take() {
+            info!(
                 file = %file.path.display(),
                 packets = file.packets,
                 bytes = file.bytes,
                 interfaces = file.ids.len(),
                 "file closed"
-            ),
-            Err(error) => self.failed(&file.path, &error),
+            );
         }
     }
 
@@ -300,17 +425,23 @@ impl Writer {
                 Err(source) => return Err(WriterError::Io { path, source }),
             }
         };
-        let mut out = BufWriter::with_capacity(1 << 20, file);
         self.block.clear();
         pcapng::section_header(
             &mut self.block,
             concat!("mirror-agent collect ", env!("CARGO_PKG_VERSION")),
         );
-        out.write_all(&self.block)
-            .map_err(|source| WriterError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        // Written at once: a disk too full for it leaves no empty file.
+        let written = BlockFile::new(file).and_then(|mut out| {
+            out.write(&[&self.block])?;
+            Ok(out)
+        });
+        let out = match written {
+            Ok(out) => out,
+            Err(source) => {
+                let _ = fs::remove_file(&path);
+                return Err(WriterError::Io { path, source });
+            }
+        };
         info!(file = %path.display(), "file opened");
         self.summary.files_written += 1;
         self.summary.bytes += self.block.len() as u64;
@@ -319,9 +450,12 @@ impl Writer {
             bytes: self.block.len() as u64,
             path,
             out,
+            pending: Vec::with_capacity(BUFFER_BYTES),
+            pending_packets: 0,
             packets: 0,
             opened: Instant::now(),
             ids: HashMap::new(),
+            per_source: HashMap::new(),
         });
         self.delete_oldest();
         Ok(())
@@ -345,11 +479,16 @@ impl Writer {
         }
     }
 
-    /// Logs the first write failure (a full disk fails on every packet).
+    /// Logs the first failure of an outage (a full disk fails on every
+    /// try); the recovery is logged with the count of packets lost.
     fn failed(&mut self, path: &Path, error: &io::Error) {
-        if !self.logged_error {
-            warn!(file = %path.display(), %error, "writing failed; later failures are only counted");
-            self.logged_error = true;
+        if self.failing.is_none() {
+            warn!(
+                file = %path.display(),
+                %error,
+                "writing failed; packets are counted lost (write_errors) until it works again"
+            );
+            self.failing = Some(0);
         }
     }
 }

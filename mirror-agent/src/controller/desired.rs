@@ -28,12 +28,16 @@ use crate::{
     datapath::plan::Planned,
     discovery::locate::{Located, LocatedPod, PodAddr},
     export::output::Output,
-    k8s::{MirrorCollector, Refusal, ValidPolicy, accept_cluster_policy, accept_policy, reasons},
+    k8s::{
+        MirrorCollector, Refusal, ValidPolicy, accept_cluster_policy, accept_policy,
+        inject::SIDECAR_NAME, reasons,
+    },
     kernel::hooks::Interface,
     model::{
         record::{NetnsCookie, PolicyId},
         values::{AttachPoint, End},
     },
+    policy::PrefixTables,
 };
 
 /// What the desired state depends on besides the cluster: this node's own.
@@ -58,6 +62,9 @@ pub struct Outcome {
     /// Of those, the pods whose hooks are planned.
     pub attached: u64,
     pub skipped_host_network: u64,
+    /// Selected pods that carry the mirror sidecar: it mirrors them, so
+    /// the node agent does not (each copy made once). Not in `matched`.
+    pub sidecar: u64,
     /// Of the matched pods, those being deleted (Terminating): mirrored
     /// until their network namespace is gone.
     pub terminating: u64,
@@ -82,7 +89,7 @@ pub struct ToLocate {
     /// Every pod worth mirroring on this node, by uid: what was found for
     /// others may be forgotten.
     pub on_node: HashSet<String>,
-    /// Those a usable policy selects, hostNetwork ones left out.
+    /// Those a usable policy selects, hostNetwork and sidecar ones left out.
     pub pods: Vec<PodAddr>,
 }
 
@@ -96,6 +103,8 @@ struct LivePod {
     labels: BTreeMap<String, String>,
     ips: Vec<IpAddr>,
     host_network: bool,
+    /// Carries the mirror sidecar, which mirrors it from inside.
+    sidecar: bool,
     /// Being deleted: mirrored while its network namespace is there.
     terminating: bool,
 }
@@ -130,7 +139,19 @@ fn live(pod: &Pod) -> Option<LivePod> {
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false),
+        sidecar: has_sidecar(pod),
         terminating: pod.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+/// Whether the pod has the mirror sidecar (by its container's name, as the
+/// webhook marks it; a pod's containers never change once it is made).
+fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == SIDECAR_NAME)
     })
 }
 
@@ -146,6 +167,9 @@ struct Checked {
     policy: PolicyRef,
     generation: Option<i64>,
     decision: Result<Usable, Refusal>,
+    /// The spec, when it is valid whether or not the policy is accepted:
+    /// a refused policy still reports the pods it selects.
+    spec: Option<ValidPolicy>,
 }
 
 /// The snapshot, checked and indexed.
@@ -183,6 +207,7 @@ impl View {
             let namespace = p.namespace().unwrap_or_default();
             let collector = collectors.get(&p.spec.collector_ref.name).map(Arc::as_ref);
             let accepted = accept_policy(p, view.labels_of(&namespace), collector);
+            let spec = p.validate().ok();
             checked.push((
                 PolicyRef {
                     cluster: false,
@@ -191,6 +216,7 @@ impl View {
                 },
                 p.metadata.generation,
                 accepted,
+                spec,
             ));
         }
         for p in &snapshot.cluster_policies {
@@ -203,14 +229,16 @@ impl View {
                 },
                 p.metadata.generation,
                 accept_cluster_policy(p, collector),
+                p.validate().ok(),
             ));
         }
         checked.sort_by(|a, b| a.0.cmp(&b.0));
         view.checked = checked
             .into_iter()
-            .map(|(policy, generation, accepted)| Checked {
+            .map(|(policy, generation, accepted, spec)| Checked {
                 policy,
                 generation,
+                spec,
                 decision: accepted.and_then(|valid| {
                     // Accepted means the collector exists; no panic if not.
                     let collector = collectors.get(&valid.collector).ok_or_else(|| Refusal {
@@ -276,7 +304,7 @@ pub fn to_locate(snapshot: &Snapshot, node: &Node) -> ToLocate {
         pods: view
             .pods
             .iter()
-            .filter(|p| !p.host_network && usable.iter().any(|v| view.selects(v, p)))
+            .filter(|p| !p.host_network && !p.sidecar && usable.iter().any(|v| view.selects(v, p)))
             .map(|p| PodAddr {
                 uid: p.uid.clone(),
                 ips: p.ips.clone(),
@@ -298,6 +326,9 @@ pub fn compute(
     let view = View::new(snapshot, node, unwritable);
     // A pod (its interface) is mirrored by one policy: the first that selects it.
     let mut claimed: HashMap<&str, String> = HashMap::new();
+    // What the planned policies put in the kernel's prefix tables, which
+    // they share: a policy that would overflow one is not planned here.
+    let mut tables = PrefixTables::default();
     let mut desired = Desired {
         plan: Vec::new(),
         outcomes: Vec::new(),
@@ -312,10 +343,18 @@ pub fn compute(
             matched: 0,
             attached: 0,
             skipped_host_network: 0,
+            sidecar: 0,
             terminating: 0,
             problems: Vec::new(),
         };
         let Ok(usable) = &checked.decision else {
+            if let Some(spec) = &checked.spec {
+                outcome.matched = view
+                    .pods
+                    .iter()
+                    .filter(|pod| !pod.host_network && !pod.sidecar && view.selects(spec, pod))
+                    .count() as u64;
+            }
             desired.outcomes.push(outcome);
             continue;
         };
@@ -325,12 +364,17 @@ pub fn compute(
             desired.tls.push(m.clone());
         }
         let mut interfaces = Vec::new();
+        let mut mine = Vec::new();
         for pod in &view.pods {
             if !view.selects(&usable.valid, pod) {
                 continue;
             }
             if pod.host_network {
                 outcome.skipped_host_network += 1;
+                continue;
+            }
+            if pod.sidecar {
+                outcome.sidecar += 1;
                 continue;
             }
             let found = located
@@ -355,6 +399,7 @@ pub fn compute(
             match found.and_then(|f| interface(&f, node, who.clone())) {
                 Ok(iface) => {
                     claimed.insert(&pod.uid, policy.plan_name());
+                    mine.push(pod.uid.as_str());
                     outcome.attached += 1;
                     interfaces.push(iface);
                 }
@@ -362,6 +407,24 @@ pub fn compute(
             }
         }
         if !interfaces.is_empty() {
+            match tables.add(&usable.valid.body) {
+                Ok(more) => tables = more,
+                Err(full) => {
+                    // Its pods are left to the next policy that selects them.
+                    for uid in mine {
+                        claimed.remove(uid);
+                    }
+                    outcome.attached = 0;
+                    outcome.problems.push(format!(
+                        "not loaded on this node: spec.{}: {} (the policies ahead of it \
+                         take the room first: MirrorPolicies by namespace and name, then \
+                         ClusterMirrorPolicies by name)",
+                        full.field, full.problem
+                    ));
+                    desired.outcomes.push(outcome);
+                    continue;
+                }
+            }
             let body = usable.valid.body.clone();
             desired.plan.push(Planned {
                 // Ids start at 1; 0 stays free to mean "none" in the kernel.

@@ -164,6 +164,7 @@ mod tests {
             matched: attached,
             attached,
             skipped_host_network: 0,
+            sidecar: 0,
             terminating: 0,
             problems: Vec::new(),
         }

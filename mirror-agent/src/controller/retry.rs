@@ -276,14 +276,7 @@ mod tests {
         );
     }
 
-    const WATCHES: [&str; 6] = [
-        "pods",
-        "namespaces",
-        "mirrorpolicies",
-        "clustermirrorpolicies",
-        "mirrorcollectors",
-        "secrets",
-    ];
+    const WATCHES: [&str; 6] = crate::controller::watch::WATCHED;
 
     /// Six refused watches retrying every 1.5 s for five minutes: what
     /// they log, with the instant of each line.

@@ -7,7 +7,14 @@
 //! controller to add the nodes up: each agent sums the node entries it
 //! sees in its watch cache of the policy (the others' and its own fresh
 //! one), so all agents write the same values and the last writer changes
-//! nothing. A node's entry stays after the node is gone, until removed.
+//! nothing.
+//!
+//! Each agent renews its own entries (a write even when nothing changed,
+//! moving `lastUpdateTime`) every third of `--status-stale-after`; an
+//! entry of another node not renewed within `--status-stale-after` is left
+//! out of the sum and removed by whichever live agent writes the policy
+//! next: a merge patch of the remaining list, conditional on the
+//! resourceVersion it saw, so an entry renewed meanwhile is never lost.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,7 +30,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     controller::{desired::Outcome, snapshot::PolicyRef},
@@ -41,37 +48,46 @@ pub struct Pending {
     body: Value,
     /// A problem to report as an Event, if new.
     warning: Option<(String, String)>,
+    /// A merge patch that removes other nodes' stale entries, if any.
+    prune: Option<Value>,
 }
 
 pub struct StatusWriter {
     node: String,
     interval: Duration,
+    /// Another node's entry older than this is stale; ours is renewed at a
+    /// third of it.
+    stale_after: Duration,
     /// What was last written per policy (without times), and when.
     last: HashMap<PolicyRef, (Value, Instant)>,
     warned: HashMap<PolicyRef, String>,
 }
 
 impl StatusWriter {
-    pub fn new(node: &str, interval: Duration) -> Self {
+    pub fn new(node: &str, interval: Duration, stale_after: Duration) -> Self {
         Self {
             node: node.to_owned(),
             interval,
+            stale_after,
             last: HashMap::new(),
             warned: HashMap::new(),
         }
     }
 
     /// The statuses due now: changed since last written, and not written
-    /// within the interval. `reported`: a policy's status as the watch
-    /// cache has it (every node's entry).
+    /// within the interval, or due for renewal. `reported`: a policy's
+    /// status as the watch cache has it (every node's entry), and the
+    /// policy's resourceVersion.
     pub fn due(
         &mut self,
         outcomes: &[Outcome],
         totals: impl Fn(&str) -> PolicyTotals,
-        reported: impl Fn(&PolicyRef) -> PolicyStatus,
+        reported: impl Fn(&PolicyRef) -> (PolicyStatus, Option<String>),
     ) -> Vec<Pending> {
         let now = Instant::now();
-        let stamp = Time(Timestamp::now());
+        let wall = Timestamp::now();
+        let stamp = Time(wall);
+        let renew = (self.stale_after / 3).max(self.interval);
         let mut due = Vec::new();
         for o in outcomes {
             let t = totals(&o.policy.plan_name());
@@ -81,9 +97,11 @@ impl StatusWriter {
                 // Hooked by now, not only planned.
                 attached_pods: o.attached.saturating_sub(t.queued),
                 skipped_host_network_pods: o.skipped_host_network,
+                sidecar_pods: o.sidecar,
                 terminating_pods: o.terminating,
                 mirrored: t.mirrored,
                 truncated: t.truncated,
+                mtu_truncated: t.mtu_truncated,
                 dropped: dropped(&t.lost),
                 problems: o
                     .problems
@@ -93,11 +111,12 @@ impl StatusWriter {
                     .collect(),
                 last_update_time: None,
             };
-            let mut cached = reported(&o.policy);
+            let (mut cached, version) = reported(&o.policy);
+            let stale = stale_nodes(&cached.nodes, &self.node, wall, self.stale_after);
             let mut nodes: Vec<&NodeStatus> = cached
                 .nodes
                 .iter()
-                .filter(|n| n.node != self.node)
+                .filter(|n| n.node != self.node && !stale.contains(&n.node))
                 .collect();
             nodes.push(&own);
             let summary = summarize(o.accepted.is_ok(), &nodes);
@@ -107,12 +126,23 @@ impl StatusWriter {
                 "matched": summary.matched,
                 "own": &own,
                 "generation": o.generation,
+                "stale": &stale,
             });
-            if let Some((last, at)) = self.last.get(&o.policy)
-                && (*last == content || now.duration_since(*at) < self.interval)
-            {
-                continue;
+            if let Some((last, at)) = self.last.get(&o.policy) {
+                let age = now.duration_since(*at);
+                if age < self.interval || (*last == content && stale.is_empty() && age < renew) {
+                    continue;
+                }
             }
+            // Without a version the removal could undo a renewal it never saw.
+            let prune = version.filter(|_| !stale.is_empty()).map(|v| {
+                let kept: Vec<&NodeStatus> = cached
+                    .nodes
+                    .iter()
+                    .filter(|n| !stale.contains(&n.node))
+                    .collect();
+                json!({"metadata": {"resourceVersion": v}, "status": {"nodes": kept}})
+            });
             own.last_update_time = Some(stamp.clone());
             // Transition times move only when a condition's status does.
             let list = &mut cached.conditions;
@@ -161,6 +191,7 @@ impl StatusWriter {
                 policy: o.policy.clone(),
                 body,
                 warning,
+                prune,
             });
         }
         // Policies gone: forget them, so a new one of the same name starts afresh.
@@ -184,6 +215,34 @@ pub async fn write(client: Client, node: String, pending: Vec<Pending>) {
     );
     for p in pending {
         let name = p.policy.name.as_str();
+        if let Some(prune) = &p.prune {
+            let params = PatchParams {
+                field_manager: Some(manager.clone()),
+                ..PatchParams::default()
+            };
+            let patch = Patch::Merge(prune);
+            let removed = if p.policy.cluster {
+                Api::<ClusterMirrorPolicy>::all(client.clone())
+                    .patch_status(name, &params, &patch)
+                    .await
+                    .map(drop)
+            } else {
+                Api::<MirrorPolicy>::namespaced(client.clone(), &p.policy.namespace)
+                    .patch_status(name, &params, &patch)
+                    .await
+                    .map(drop)
+            };
+            match removed {
+                Ok(()) => {
+                    info!(policy = %p.policy.plan_name(), "removed the status entries of nodes whose agents stopped renewing them")
+                }
+                // Another agent removed them first, or one was renewed: the
+                // next write looks again.
+                Err(error) => {
+                    debug!(policy = %p.policy.plan_name(), %error, "removing stale status entries")
+                }
+            }
+        }
         let result = if p.policy.cluster {
             Api::<ClusterMirrorPolicy>::all(client.clone())
                 .patch_status(name, &params, &Patch::Apply(&p.body))
@@ -198,6 +257,8 @@ pub async fn write(client: Client, node: String, pending: Vec<Pending>) {
         match result {
             Ok(()) => debug!(policy = %p.policy.plan_name(), "status written"),
             Err(error) => {
+                let permission = format!("patch {}/status", plural(&p.policy));
+                let error = explain(&error, &permission);
                 warn!(policy = %p.policy.plan_name(), %error, "writing the status failed")
             }
         }
@@ -217,6 +278,7 @@ pub async fn write(client: Client, node: String, pending: Vec<Pending>) {
                 ..ObjectReference::default()
             };
             if let Err(error) = recorder.publish(&event, &reference).await {
+                let error = explain(&error, "create events.k8s.io events");
                 warn!(policy = %p.policy.plan_name(), %error, "publishing an event failed");
             }
         }
@@ -241,12 +303,50 @@ fn loss_reason(loss: Loss) -> &'static str {
     }
 }
 
+/// A 403 names the permission the agent lacks (as `deploy/rbac.yaml`
+/// grants it), and says the rest goes on.
+fn explain(error: &kube::Error, permission: &str) -> String {
+    match error {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "forbidden: this agent's ServiceAccount lacks the permission to {permission} \
+             (deploy/rbac.yaml grants it); mirroring goes on without it: {}",
+            s.message
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn plural(p: &PolicyRef) -> &'static str {
+    if p.cluster {
+        "clustermirrorpolicies"
+    } else {
+        "mirrorpolicies"
+    }
+}
+
 fn kind(p: &PolicyRef) -> &'static str {
     if p.cluster {
         "ClusterMirrorPolicy"
     } else {
         "MirrorPolicy"
     }
+}
+
+/// Other nodes' entries last written more than `after` ago (by their own
+/// clocks' stamps: clocks must agree to well within `after`). An entry with
+/// no time is never judged stale.
+fn stale_nodes(nodes: &[NodeStatus], own: &str, now: Timestamp, after: Duration) -> Vec<String> {
+    let after = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
+    nodes
+        .iter()
+        .filter(|n| n.node != own)
+        .filter(|n| {
+            n.last_update_time
+                .as_ref()
+                .is_some_and(|t| now.as_second().saturating_sub(t.0.as_second()) > after)
+        })
+        .map(|n| n.node.clone())
+        .collect()
 }
 
 /// A node entry lists at most this many problems, each cut to this length.
@@ -267,6 +367,13 @@ fn summarize(accepted: bool, nodes: &[&NodeStatus]) -> Summary {
     let matched = sum(|n| n.matched_pods);
     let attached = sum(|n| n.attached_pods);
     let skipped = sum(|n| n.skipped_host_network_pods);
+    let sidecars = sum(|n| n.sidecar_pods);
+    // Pods mirrored from inside by their own sidecar, said beside the rest.
+    let by_sidecars = if sidecars > 0 {
+        format!(" ({sidecars} more selected pods are mirrored by their own sidecars)")
+    } else {
+        String::new()
+    };
     let (ready, reason, message) = if !accepted {
         (
             false,
@@ -288,9 +395,15 @@ fn summarize(accepted: bool, nodes: &[&NodeStatus]) -> Summary {
                 false,
                 reasons::ATTACH_FAILED,
                 format!(
-                    "{attached} of {matched} selected pods are mirrored; {}",
+                    "{attached} of {matched} selected pods are mirrored{by_sidecars}; {}",
                     detail.join("; ")
                 ),
+            )
+        } else if matched == 0 && sidecars > 0 {
+            (
+                true,
+                reasons::MIRRORING,
+                format!("the {sidecars} selected pods are mirrored by their own sidecars"),
             )
         } else if matched == 0 {
             let hn = if skipped > 0 {
@@ -310,7 +423,7 @@ fn summarize(accepted: bool, nodes: &[&NodeStatus]) -> Summary {
             (
                 true,
                 reasons::MIRRORING,
-                format!("mirroring {attached} pods on {on} nodes"),
+                format!("mirroring {attached} pods on {on} nodes{by_sidecars}"),
             )
         }
     };
@@ -396,11 +509,30 @@ mod tests {
     }
 
     #[test]
-    fn losses_are_written_under_the_names_the_crd_documents() {
-        let outcome = Outcome {
+    fn pods_with_their_own_sidecar_are_said_to_be_mirrored_by_it() {
+        let mut a = node("a", 0, 0, &[]);
+        a.sidecar_pods = 2;
+        let s = summarize(true, &[&a]);
+        assert_eq!(
+            (s.ready, s.reason, s.matched),
+            (true, reasons::MIRRORING, 0)
+        );
+        assert_eq!(
+            s.message,
+            "the 2 selected pods are mirrored by their own sidecars"
+        );
+        let s = summarize(true, &[&a, &node("b", 3, 3, &[])]);
+        assert_eq!(
+            s.message,
+            "mirroring 3 pods on 1 nodes (2 more selected pods are mirrored by their own sidecars)"
+        );
+    }
+
+    fn web() -> Outcome {
+        Outcome {
             policy: PolicyRef {
-                cluster: true,
-                namespace: String::new(),
+                cluster: false,
+                namespace: "shop".into(),
                 name: "web".into(),
             },
             generation: Some(1),
@@ -408,8 +540,98 @@ mod tests {
             matched: 1,
             attached: 1,
             skipped_host_network: 0,
+            sidecar: 0,
             terminating: 0,
             problems: Vec::new(),
+        }
+    }
+
+    fn written_at(name: &str, attached: u64, seconds_ago: i64) -> NodeStatus {
+        let mut n = node(name, attached, attached, &[]);
+        n.last_update_time = Some(Time(
+            Timestamp::from_second(Timestamp::now().as_second() - seconds_ago).expect("in range"),
+        ));
+        n
+    }
+
+    #[test]
+    fn entries_not_renewed_in_time_are_stale_ours_never() {
+        let nodes = [
+            written_at("a", 1, 400),
+            written_at("b", 1, 100),
+            node("c", 1, 1, &[]),
+            written_at("own", 1, 4000),
+        ];
+        let stale = stale_nodes(&nodes, "own", Timestamp::now(), Duration::from_secs(300));
+        assert_eq!(stale, ["a"]);
+    }
+
+    #[test]
+    fn a_stale_entry_is_left_out_of_the_sum_and_removed_on_the_version_seen() {
+        let cached = PolicyStatus {
+            nodes: vec![written_at("gone", 5, 600), written_at("alive", 2, 10)],
+            ..PolicyStatus::default()
+        };
+        let mut writer = StatusWriter::new("node-a", Duration::ZERO, Duration::from_secs(300));
+        let due = writer.due(
+            &[web()],
+            |_| PolicyTotals::default(),
+            |_| (cached.clone(), Some("42".into())),
+        );
+        let [pending] = due.as_slice() else {
+            panic!("one status");
+        };
+        // alive's 2 and our 1.
+        assert_eq!(pending.body["status"]["matchedPods"], 3);
+        let ready = &pending.body["status"]["conditions"][1];
+        assert_eq!(ready["message"], "mirroring 3 pods on 2 nodes", "{ready}");
+        let prune = pending.prune.as_ref().expect("a removal");
+        assert_eq!(prune["metadata"]["resourceVersion"], "42");
+        let kept: Vec<&str> = prune["status"]["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["node"].as_str().expect("name"))
+            .collect();
+        assert_eq!(kept, ["alive"]);
+        // Unseen version: no removal that could undo a renewal.
+        let mut writer = StatusWriter::new("node-a", Duration::ZERO, Duration::from_secs(300));
+        let due = writer.due(
+            &[web()],
+            |_| PolicyTotals::default(),
+            |_| (cached.clone(), None),
+        );
+        assert!(due[0].prune.is_none());
+    }
+
+    #[test]
+    fn an_unchanged_entry_is_renewed_at_a_third_of_the_stale_time() {
+        let none = |_: &PolicyRef| (PolicyStatus::default(), None);
+        let totals = |_: &str| PolicyTotals::default();
+        let mut writer = StatusWriter::new("node-a", Duration::ZERO, Duration::from_secs(300));
+        assert_eq!(writer.due(&[web()], totals, none).len(), 1);
+        assert!(
+            writer.due(&[web()], totals, none).is_empty(),
+            "unchanged, renewal not due"
+        );
+        let mut writer = StatusWriter::new("node-a", Duration::ZERO, Duration::ZERO);
+        assert_eq!(writer.due(&[web()], totals, none).len(), 1);
+        assert_eq!(
+            writer.due(&[web()], totals, none).len(),
+            1,
+            "unchanged, renewal due"
+        );
+    }
+
+    #[test]
+    fn losses_are_written_under_the_names_the_crd_documents() {
+        let outcome = Outcome {
+            policy: PolicyRef {
+                cluster: true,
+                namespace: String::new(),
+                name: "web".into(),
+            },
+            ..web()
         };
         let totals = |_: &str| PolicyTotals {
             mirrored: 5,
@@ -422,8 +644,8 @@ mod tests {
             ]),
             ..PolicyTotals::default()
         };
-        let mut writer = StatusWriter::new("node-a", Duration::ZERO);
-        let due = writer.due(&[outcome], totals, |_| PolicyStatus::default());
+        let mut writer = StatusWriter::new("node-a", Duration::ZERO, Duration::from_secs(300));
+        let due = writer.due(&[outcome], totals, |_| (PolicyStatus::default(), None));
         let [pending] = due.as_slice() else {
             panic!("one status");
         };

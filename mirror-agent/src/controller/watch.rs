@@ -42,6 +42,23 @@ pub struct Cluster {
     pub changed: Arc<Notify>,
 }
 
+const PODS: &str = "pods";
+const NAMESPACES: &str = "namespaces";
+const POLICIES: &str = "mirrorpolicies";
+const CLUSTER_POLICIES: &str = "clustermirrorpolicies";
+const COLLECTORS: &str = "mirrorcollectors";
+const SECRETS: &str = "secrets";
+
+/// The resources `run` watches, as its log lines and RBAC name them.
+pub const WATCHED: [&str; 6] = [
+    PODS,
+    NAMESPACES,
+    POLICIES,
+    CLUSTER_POLICIES,
+    COLLECTORS,
+    SECRETS,
+];
+
 impl Cluster {
     /// Starts the watches on the current tokio runtime.
     pub fn watch(client: &Client, node: &str, secrets_namespace: &str) -> Self {
@@ -49,41 +66,41 @@ impl Cluster {
         let health = Arc::new(Health::default());
         let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         Self {
-            pods: spawn(Api::all(client.clone()), on_node, &changed, &health, "pods"),
+            pods: spawn(Api::all(client.clone()), on_node, &changed, &health, PODS),
             namespaces: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
                 &health,
-                "namespaces",
+                NAMESPACES,
             ),
             policies: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
                 &health,
-                "mirrorpolicies",
+                POLICIES,
             ),
             cluster_policies: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
                 &health,
-                "clustermirrorpolicies",
+                CLUSTER_POLICIES,
             ),
             collectors: spawn(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
                 &health,
-                "mirrorcollectors",
+                COLLECTORS,
             ),
             secrets: spawn(
                 Api::namespaced(client.clone(), secrets_namespace),
                 watcher::Config::default(),
                 &changed,
                 &health,
-                "secrets",
+                SECRETS,
             ),
             changed,
         }
@@ -113,18 +130,20 @@ impl Cluster {
         }
     }
 
-    /// A policy's status as last seen: every node's entry.
-    pub fn reported(&self, policy: &PolicyRef) -> PolicyStatus {
-        let status = if policy.cluster {
+    /// A policy's status as last seen (every node's entry), and the
+    /// resourceVersion it was seen at.
+    pub fn reported(&self, policy: &PolicyRef) -> (PolicyStatus, Option<String>) {
+        let (status, version) = if policy.cluster {
             self.cluster_policies
                 .get(&ObjectRef::new(&policy.name))
-                .and_then(|p| p.status.clone())
+                .map(|p| (p.status.clone(), p.metadata.resource_version.clone()))
         } else {
             self.policies
                 .get(&ObjectRef::new(&policy.name).within(&policy.namespace))
-                .and_then(|p| p.status.clone())
-        };
-        status.unwrap_or_default()
+                .map(|p| (p.status.clone(), p.metadata.resource_version.clone()))
+        }
+        .unwrap_or_default();
+        (status.unwrap_or_default(), version)
     }
 }
 

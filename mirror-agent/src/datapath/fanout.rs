@@ -160,6 +160,19 @@ impl Fanout {
         &self.stats
     }
 
+    /// Takes its counters, for the fanout that replaces it: they count from
+    /// the agent's start (a restarted agent's backlog included), not from
+    /// the last plan.
+    pub fn take_stats(&mut self) -> AgentStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Goes on from the counters of the fanout it replaces.
+    pub fn with_stats(mut self, stats: AgentStats) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// The policies, in plan order.
     pub fn policies(&self) -> &[Running] {
         &self.policies

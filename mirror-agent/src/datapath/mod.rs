@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod plan;
 pub mod pump;
+pub mod status;
 
 #[cfg(test)]
 mod testing;

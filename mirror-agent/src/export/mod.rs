@@ -8,6 +8,7 @@
 //! [`Exporter::flush`] after each drained batch, which hands the batch over.
 
 pub mod encap;
+mod lane;
 pub mod output;
 pub mod pcapng;
 mod queue;
@@ -33,7 +34,7 @@ use crate::{
     model::record::{IfaceId, Record},
 };
 
-pub use tunnel::flow_hash;
+pub use lane::flow_hash;
 
 /// Default bound of one exporter's queue.
 pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;

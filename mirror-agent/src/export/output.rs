@@ -13,7 +13,9 @@
 //! | `tls://HOST:PORT?ca=PATH&cert=PATH&key=PATH[&name=SERVER]` | the same over mutual TLS |
 //!
 //! Tunnels and streams take `checksums=keep`: the bytes exactly as the hook
-//! saw them, not as a wire carries them (see `export/wire`).
+//! saw them, not as a wire carries them (see `export/wire`). Files finish
+//! checksums but keep super-packets whole, as tcpdump writes them; `attach
+//! --segment` and `--checksums keep` change that ([`Output::with_file_wire`]).
 //! Tunnels also take `mtu=BYTES` (default: the route's path MTU): a copy whose encapsulated
 //! size would exceed it is cut to fit rather than IP-fragmented; vxlan and
 //! geneve take `gso=true` to send runs of copies as UDP GSO messages.
@@ -97,10 +99,12 @@ pub enum Output {
     },
     Tcp(Endpoint),
     Tls(Endpoint, TlsFiles),
-    /// `checksums=keep` on a tunnel or stream URI: the output sends the
-    /// bytes exactly as the hook saw them (partial checksums and whole
-    /// super-packets). A wrapper, so the plain outputs stay as they are.
-    Keep(Box<Output>),
+    /// An output that does `Wire` to the bytes instead of its default:
+    /// `checksums=keep` on a tunnel or stream URI ([`Wire::KEEP`]: the bytes
+    /// exactly as the hook saw them, partial checksums and whole
+    /// super-packets), or `attach --segment` / `--checksums keep` on a file.
+    /// A wrapper, so the plain outputs stay as they are.
+    Shaped(Box<Output>, Wire),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -271,7 +275,7 @@ impl FromStr for Output {
         };
         let out = match params.take("checksums").as_deref() {
             None | Some("finish") => out,
-            Some("keep") => Self::Keep(Box::new(out)),
+            Some("keep") => Self::Shaped(Box::new(out), Wire::KEEP),
             Some(other) => {
                 return Err(param(
                     "checksums",
@@ -286,24 +290,45 @@ impl FromStr for Output {
 
 impl Output {
     /// What this output does to the bytes the hook saw: tunnels and streams
-    /// send what a wire would carry; files finish checksums but keep
-    /// super-packets whole, as tcpdump writes them.
+    /// send what a wire would carry; files (standard output too, as
+    /// `tcpdump -w -`) finish checksums but keep super-packets whole, as
+    /// tcpdump writes them.
     pub fn wire(&self) -> Wire {
         match self {
-            Self::PcapngFile(_) => Wire {
-                finish_checksums: true,
-                segment: false,
-            },
-            Self::Keep(_) => Wire::KEEP,
+            Self::Shaped(_, wire) => *wire,
+            Self::PcapngFile(_) | Self::PcapngStdout => Wire::FILE,
             _ => Wire::WIRE,
         }
     }
 
-    /// The output itself, whatever `checksums=` says.
+    /// The output itself, whatever it does to the bytes.
     pub fn base(&self) -> &Output {
         match self {
-            Self::Keep(inner) => inner.base(),
+            Self::Shaped(inner, _) => inner.base(),
             other => other,
+        }
+    }
+
+    /// A pcapng file or standard output.
+    pub fn is_file(&self) -> bool {
+        matches!(self.base(), Self::PcapngFile(_) | Self::PcapngStdout)
+    }
+
+    /// A file output doing `wire` to the bytes (`attach --segment`,
+    /// `--checksums keep`: a file's path has no room for URI options);
+    /// any other output as it is.
+    pub fn with_file_wire(self, wire: Wire) -> Output {
+        if !self.is_file() || self.wire() == wire {
+            return self;
+        }
+        let base = match self {
+            Self::Shaped(inner, _) => *inner,
+            other => other,
+        };
+        if base.wire() == wire {
+            base
+        } else {
+            Self::Shaped(Box::new(base), wire)
         }
     }
 }
@@ -325,7 +350,11 @@ impl fmt::Display for Output {
             }
             Self::Tcp(to) => write!(f, "tcp://{to}"),
             Self::Tls(to, _) => write!(f, "tls://{to}"),
-            Self::Keep(inner) => write!(f, "{inner}?checksums=keep"),
+            // A file's flags are not part of its name.
+            Self::Shaped(inner, wire) if *wire == Wire::KEEP && !inner.is_file() => {
+                write!(f, "{inner}?checksums=keep")
+            }
+            Self::Shaped(inner, _) => inner.fmt(f),
         }
     }
 }
@@ -362,6 +391,25 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("checksums"), "{e}");
         let file: Output = "pcapng:/tmp/x".parse().expect("parses");
+        assert_eq!(file.wire(), Wire::FILE);
         assert!(file.wire().finish_checksums && !file.wire().segment);
+    }
+
+    #[test]
+    fn files_take_their_wire_from_the_flags_and_keep_their_name() {
+        let file: Output = "pcapng:/tmp/x".parse().expect("parses");
+        let segmented = file.clone().with_file_wire(Wire::WIRE);
+        assert_eq!(segmented.wire(), Wire::WIRE);
+        assert_eq!(segmented.base(), &file);
+        assert_eq!(segmented.to_string(), "pcapng:/tmp/x");
+        let kept = segmented.with_file_wire(Wire::KEEP);
+        assert_eq!(kept.wire(), Wire::KEEP);
+        assert_eq!(kept.clone().with_file_wire(Wire::FILE), file);
+        let stdout: Output = "pcapng:-".parse().expect("parses");
+        assert_eq!(stdout.wire(), Wire::FILE, "as tcpdump -w -");
+        assert_eq!(stdout.clone().with_file_wire(Wire::KEEP).wire(), Wire::KEEP);
+        // Tunnels and streams take theirs from the URI only.
+        let tcp: Output = "tcp://198.18.0.9:9000".parse().expect("parses");
+        assert_eq!(tcp.clone().with_file_wire(Wire::KEEP), tcp);
     }
 }

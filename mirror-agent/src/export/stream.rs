@@ -52,7 +52,7 @@ struct TlsClient {
 }
 
 enum Target {
-    File(File),
+    File(File, std::path::PathBuf),
     Stdout,
     Tcp {
         to: Endpoint,
@@ -125,7 +125,7 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
     let target = match output.base() {
         // Reopened by a plan change: a new section after what is there
         // (pcapng files may hold several), never over it.
-        Output::PcapngFile(path) => Target::File(open_file(path, ctx.append)?),
+        Output::PcapngFile(path) => Target::File(open_file(path, ctx.append)?, path.clone()),
         Output::PcapngStdout => Target::Stdout,
         Output::Tcp(to) => Target::Tcp {
             to: to.clone(),
@@ -197,7 +197,9 @@ fn open_file(path: &std::path::Path, append: bool) -> Result<File, StreamError> 
 impl Sink {
     pub fn run(self, inbox: &Inbox, stats: &Stats) {
         match self.target {
-            Target::File(file) => write_all_batches(&self.name, file, &self.preamble, inbox, stats),
+            Target::File(file, ref path) => {
+                write_file(&self.name, file, path, self.preamble, inbox, stats)
+            }
             Target::Stdout => write_all_batches(
                 &self.name,
                 io::stdout().lock(),
@@ -279,6 +281,67 @@ fn run_tcp(
             }
             inbox.done(batch);
         }
+    }
+}
+
+/// A file, written a batch at a time through [`pcapng::BlockFile`]: a full
+/// disk loses whole batches (counted in `send_errors`, logged once per
+/// outage) but never leaves a torn block, and writing goes on in the same
+/// file once there is room. Blocks that describe interfaces (the section
+/// header too, until it is on disk) go with the next batch when theirs is
+/// lost. A file that never got its header is removed at the end.
+fn write_file(
+    name: &str,
+    file: File,
+    path: &std::path::Path,
+    mut head: Vec<u8>,
+    inbox: &Inbox,
+    stats: &Stats,
+) {
+    let mut out = match pcapng::BlockFile::new(file) {
+        Ok(out) => out,
+        Err(error) => {
+            warn!(output = %name, %error, "cannot use the file; every copy is counted lost");
+            while let Some(batch) = inbox.recv() {
+                stats.add_send_errors(batch.packets.len());
+                inbox.done(batch);
+            }
+            return;
+        }
+    };
+    // Packets lost since writing began to fail; `None` while it works.
+    let mut failing: Option<usize> = None;
+    let fail = |error: &io::Error, lost: usize, failing: &mut Option<usize>| {
+        if failing.is_none() {
+            warn!(
+                output = %name,
+                %error,
+                "writing failed; copies are counted lost (send_errors) until it works again"
+            );
+        }
+        *failing = Some(failing.unwrap_or(0) + lost);
+        stats.add_send_errors(lost);
+    };
+    match out.write(&[&head]) {
+        Ok(()) => head.clear(),
+        Err(error) => fail(&error, 0, &mut failing),
+    }
+    while let Some(batch) = inbox.recv() {
+        head.extend_from_slice(&batch.idbs);
+        match out.write(&[&head, &batch.buf]) {
+            Ok(()) => {
+                stats.add_sent(batch.packets.len(), batch.buf.len());
+                head.clear();
+                if let Some(lost) = failing.take() {
+                    info!(output = %name, lost, "writing works again");
+                }
+            }
+            Err(error) => fail(&error, batch.packets.len(), &mut failing),
+        }
+        inbox.done(batch);
+    }
+    if out.is_empty() && out.is_regular() && std::fs::remove_file(path).is_ok() {
+        warn!(output = %name, "removed the file: not even its header could be written");
     }
 }
 

@@ -190,6 +190,24 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
     Ok(Arc::new(config))
 }
 
+/// A server that asks for no client certificate: the admission webhook's,
+/// which the API server calls (it presents `cert`, signed with `key`).
+pub fn server_config_without_client_auth(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let chain = certificates(cert)?;
+    let key_der = private_key(key, &provider)?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(cert_key_err(cert, key))?;
+    Ok(Arc::new(config))
+}
+
 /// Completes the client handshake on a connected socket, and waits for the
 /// server's verdict on our certificate (see [`VERDICT_WAIT`]). A server we do
 /// not trust, or one that refuses us, is an error naming the reason.

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::{
     Context, Stats,
+    lane::flow_hash,
     queue::{Batch, Inbox, Span},
 };
 use crate::{
@@ -439,45 +440,9 @@ fn send_messages(
     }
 }
 
-/// A symmetric hash of the inner frame's host pair: both addresses, taken
-/// in sorted order, so both directions of a connection, its IP fragments
-/// and the ICMP errors about it take one lane, and one lane keeps their
-/// order (an IDS misreads a SYN-ACK that overtakes its SYN). Ports are left
-/// out on purpose: with them, non-first fragments would hash apart. Copies
-/// of different host pairs may overtake each other across lanes. FNV-1a
-/// over the fields; non-IP frames hash by their sorted MAC pair.
-pub fn flow_hash(frame: &[u8]) -> u32 {
-    let mut at = 12;
-    let mut ethertype = frame
-        .get(12..14)
-        .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
-    if ethertype == 0x8100 {
-        at = 16;
-        ethertype = frame
-            .get(16..18)
-            .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
-    }
-    let l3 = at + 2;
-    let pair = |a: usize, b: usize, n: usize| -> (&[u8], &[u8]) {
-        let x = frame.get(a..a + n).unwrap_or(&[]);
-        let y = frame.get(b..b + n).unwrap_or(&[]);
-        if x <= y { (x, y) } else { (y, x) }
-    };
-    let (low, high) = match ethertype {
-        0x0800 => pair(l3 + 12, l3 + 16, 4),
-        0x86dd => pair(l3 + 8, l3 + 24, 16),
-        _ => pair(0, 6, 6),
-    };
-    let mut h: u32 = 0x811c_9dc5;
-    for b in low.iter().chain(high) {
-        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Msg, flow_hash, group, libc};
+    use super::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Msg, group, libc};
 
     fn iov(sizes: &[usize]) -> Vec<libc::iovec> {
         sizes
@@ -518,33 +483,5 @@ mod tests {
         let r = runs(&big, true);
         assert!(r.iter().all(|&(_, n, _)| n * 9000 <= GSO_MAX_BYTES));
         assert_eq!(r.iter().map(|&(_, n, _)| n).sum::<usize>(), 20);
-    }
-
-    fn udp4(src_port: u16, id: u16) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 8];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14] = 0x45;
-        f[18..20].copy_from_slice(&id.to_be_bytes());
-        f[23] = 17;
-        f[26..30].copy_from_slice(&[198, 18, 0, 1]);
-        f[30..34].copy_from_slice(&[198, 18, 0, 2]);
-        f[34..36].copy_from_slice(&src_port.to_be_bytes());
-        f
-    }
-
-    #[test]
-    fn both_directions_and_fragments_share_a_hash() {
-        let forward = udp4(1000, 1);
-        let mut back = forward.clone();
-        back[26..30].copy_from_slice(&forward[30..34]);
-        back[30..34].copy_from_slice(&forward[26..30]);
-        back[34..36].copy_from_slice(&2000u16.to_be_bytes());
-        assert_eq!(flow_hash(&forward), flow_hash(&back));
-        // The IP id changes per packet, ports per connection; the lane must not.
-        assert_eq!(flow_hash(&forward), flow_hash(&udp4(1001, 2)));
-        let mut other = forward.clone();
-        other[33] = 3;
-        assert_ne!(flow_hash(&forward), flow_hash(&other));
-        assert_eq!(flow_hash(&[]), flow_hash(&[]));
     }
 }

@@ -126,6 +126,11 @@ impl CollectorProtocol {
     fn is_tunnel(self) -> bool {
         !matches!(self, Self::Tcp | Self::Tls)
     }
+
+    /// GRE and ERSPAN go out through raw sockets (CAP_NET_RAW).
+    pub fn needs_raw_socket(self) -> bool {
+        matches!(self, Self::Gre | Self::Erspan2 | Self::Erspan3)
+    }
 }
 
 impl fmt::Display for CollectorProtocol {

@@ -17,6 +17,7 @@
 //! - [`tenancy`]: which namespaces may send to which collector.
 
 pub mod collector;
+pub mod inject;
 pub mod policy;
 pub mod selector;
 pub mod status;

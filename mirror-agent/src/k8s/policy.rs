@@ -19,7 +19,7 @@ use super::{
     selector::{self, SelectorError},
     status::PolicyStatus,
 };
-use crate::policy::{PolicyBody, PolicyError, Problem, spec::BodySpec};
+use crate::policy::{PolicyBody, PolicyError, PrefixTables, Problem, spec::BodySpec};
 
 /// A tenant's mirror: pods of its own namespace, to an approved collector.
 // Each printcolumn(...) repeats `type_ = "string"`, which clippy takes for
@@ -196,6 +196,21 @@ fn parse_selector(field: &'static str, s: &LabelSelector) -> Result<Selector, Sp
     selector::parse(s).map_err(|source| SpecError::Selector { field, source })
 }
 
+/// The body, validated as a policy file's, and refused if its CIDRs alone
+/// overflow one of the kernel's prefix tables: no node could load it.
+/// (Whether it fits beside the other policies of a node is the node's
+/// question: `controller::desired`.)
+fn body(name: &str, spec: &BodySpec) -> Result<PolicyBody, SpecError> {
+    let body = PolicyBody::from_spec(name, spec)?;
+    PrefixTables::default()
+        .add(&body)
+        .map_err(|full| SpecError::Body {
+            field: full.field.to_owned(),
+            problem: full.problem,
+        })?;
+    Ok(body)
+}
+
 impl MirrorPolicy {
     /// Checks the spec with the policy file's own validation.
     pub fn validate(&self) -> Result<ValidPolicy, SpecError> {
@@ -204,7 +219,7 @@ impl MirrorPolicy {
             scope: Scope::Namespace(namespace),
             pod_selector: parse_selector("podSelector", &self.spec.pod_selector)?,
             collector: self.spec.collector_ref.name.clone(),
-            body: PolicyBody::from_spec(&self.name_any(), &self.spec.body)?,
+            body: body(&self.name_any(), &self.spec.body)?,
         })
     }
 }
@@ -219,7 +234,7 @@ impl ClusterMirrorPolicy {
             )?),
             pod_selector: parse_selector("podSelector", &self.spec.pod_selector)?,
             collector: self.spec.collector_ref.name.clone(),
-            body: PolicyBody::from_spec(&self.name_any(), &self.spec.body)?,
+            body: body(&self.name_any(), &self.spec.body)?,
         })
     }
 }

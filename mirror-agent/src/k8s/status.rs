@@ -78,6 +78,11 @@ pub struct NodeStatus {
     /// their interfaces are the node's own.
     #[serde(default)]
     pub skipped_host_network_pods: u64,
+    /// Pods the selector matched that carry the mirror sidecar (`mirror-agent
+    /// sidecar`, injected by the webhook): mirrored by it, from inside the
+    /// pod, so not by the node agent, and not in `matchedPods`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sidecar_pods: u64,
     /// Of the selected pods, those being deleted (Terminating): mirrored
     /// until their network namespace is gone.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -85,9 +90,13 @@ pub struct NodeStatus {
     /// Packets copied to the collector.
     #[serde(default)]
     pub mirrored: u64,
-    /// Copies cut to the snaplen or the tunnel's MTU.
+    /// Copies cut to the policy's snaplen.
     #[serde(default)]
     pub truncated: u64,
+    /// Copies a tunnel cut to fit its MTU (sent all the same; the
+    /// collector's `mtu` or the path is too small for the pods' frames).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtu_truncated: u64,
     /// Copies lost, by reason (ringFull, queueFull, sendError, rateLimited, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, u64>,
@@ -245,6 +254,7 @@ nodes:
     skippedHostNetworkPods: 1
     mirrored: 1000
     truncated: 7
+    mtuTruncated: 5
     dropped: {ringFull: 3, queueFull: 1}
 ";
         let status: PolicyStatus = serde_norway::from_str(yaml).expect("status");

@@ -2,7 +2,9 @@
 //! bpffs, qdiscs, network namespaces and netlink. Knows no policy and no
 //! Kubernetes.
 
+pub mod cgroup;
 pub mod hooks;
+pub mod inspect;
 pub mod netlink;
 pub mod netns;
 pub mod pin;

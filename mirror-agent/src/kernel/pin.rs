@@ -7,6 +7,8 @@
 //! PIN_DIR/links/IFINDEX-ingress tcx links, one per interface and direction,
 //! PIN_DIR/links/IFINDEX-egress    of interfaces in the agent's own namespace
 //! PIN_DIR/links/COOKIE-IFINDEX-ingress  and in a pod's (by its netns cookie)
+//! PIN_DIR/labels/COOKIE-IFINDEX  what the hooked interface is (its name, pod and
+//!                                policy), for `mirror-agent status`
 //! ```
 //!
 //! Maps sit under their ABI version because their layout is the ABI: an
@@ -14,6 +16,11 @@
 //! programs atomically. Links are not versioned: a link is the attachment
 //! itself, and replacing its program never leaves the interface unhooked.
 //! One agent at a time: the directory is locked (flock) while an agent uses it.
+//!
+//! Labels are symbolic links whose target is a small JSON text: bpffs holds
+//! only pins, directories and symbolic links, and keeping the names beside
+//! the pins means they live, move to the next agent and go with `uninstall`
+//! exactly as the hooks do, with no second directory to mount.
 
 use std::{
     fs::File,
@@ -34,6 +41,7 @@ use crate::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mirror";
 
 const LINKS: &str = "links";
+const LABELS: &str = "labels";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -128,7 +136,8 @@ pub struct PinDir {
     root: PathBuf,
     /// The agent's own network namespace, for link names.
     own: NetnsCookie,
-    _lock: Flock<File>,
+    /// None when opened only to look ([`PinDir::inspect`]).
+    _lock: Option<Flock<File>>,
 }
 
 impl PinDir {
@@ -154,6 +163,7 @@ impl PinDir {
             )));
         }
         std::fs::create_dir_all(root.join(LINKS)).map_err(io_err(root))?;
+        std::fs::create_dir_all(root.join(LABELS)).map_err(io_err(root))?;
         std::fs::create_dir_all(root.join(abi_dir(ABI_VERSION))).map_err(io_err(root))?;
         let dir = File::open(root).map_err(io_err(root))?;
         let lock = Flock::lock(dir, FlockArg::LockExclusiveNonblock)
@@ -161,8 +171,35 @@ impl PinDir {
         Ok(Self {
             root: root.to_owned(),
             own: netns::current_cookie()?,
-            _lock: lock,
+            _lock: Some(lock),
         })
+    }
+
+    /// Opens an existing directory to read it, without locking it (an agent
+    /// may be using it) and without creating anything.
+    pub fn inspect(root: &Path) -> Result<Self, PinError> {
+        if !root.join(LINKS).is_dir() {
+            return Err(PinError::Dir {
+                path: root.to_owned(),
+                reason: "no agent's pins there (no links/ directory)".into(),
+            });
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            own: netns::current_cookie()?,
+            _lock: None,
+        })
+    }
+
+    /// Whether an agent holds the directory now (its lock is taken).
+    pub fn in_use(&self) -> Result<bool, PinError> {
+        let dir = File::open(&self.root).map_err(io_err(&self.root))?;
+        Ok(Flock::lock(dir, FlockArg::LockSharedNonblock).is_err())
+    }
+
+    /// The agent's own network namespace, as link names assume it.
+    pub fn own_netns(&self) -> NetnsCookie {
+        self.own
     }
 
     pub fn root(&self) -> &Path {
@@ -193,6 +230,64 @@ impl PinDir {
             }
         }
         Ok(keys)
+    }
+
+    fn label_path(&self, iface: IfaceId) -> PathBuf {
+        self.root
+            .join(LABELS)
+            .join(format!("{}-{}", iface.netns.0, iface.index.0))
+    }
+
+    /// Notes what a hooked interface is; kept as is when it says the same.
+    pub fn write_label(&self, iface: IfaceId, text: &str) -> Result<(), PinError> {
+        let path = self.label_path(iface);
+        if std::fs::read_link(&path).is_ok_and(|t| t.as_os_str() == text) {
+            return Ok(());
+        }
+        // A directory made by an agent from before labels.
+        std::fs::create_dir_all(self.root.join(LABELS)).map_err(io_err(&self.root))?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+            _ => {}
+        }
+        std::os::unix::fs::symlink(text, &path).map_err(io_err(&path))
+    }
+
+    /// Removes an interface's label; fine if it has none.
+    pub fn remove_label(&self, iface: IfaceId) -> Result<(), PinError> {
+        let path = self.label_path(iface);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every label there is, with its text.
+    pub fn labels(&self) -> Result<Vec<(IfaceId, String)>, PinError> {
+        let dir = self.root.join(LABELS);
+        let mut found = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            other => other.map_err(io_err(&dir))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let Some(id) = entry.file_name().to_str().and_then(parse_iface) else {
+                continue;
+            };
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if let Some(text) = target.to_str() {
+                found.push((id, text.to_owned()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The maps of this agent's ABI version, as pinned.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join(abi_dir(ABI_VERSION))
     }
 
     /// Map directories of other ABI versions, left by agents of those versions.
@@ -226,6 +321,14 @@ impl PinDir {
         drop(self);
         std::fs::remove_dir_all(&root).map_err(io_err(&root))
     }
+}
+
+fn parse_iface(name: &str) -> Option<IfaceId> {
+    let (cookie, index) = name.split_once('-')?;
+    Some(IfaceId {
+        netns: NetnsCookie(cookie.parse().ok()?),
+        index: IfIndex(index.parse().ok()?),
+    })
 }
 
 fn abi_dir(version: u32) -> String {

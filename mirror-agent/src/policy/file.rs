@@ -6,6 +6,7 @@ use super::{
     body::PolicyBody,
     error::{PolicyError, Problem, Where},
     spec::{FilePolicySpec, FileSpec},
+    tables::PrefixTables,
     types::InterfacePattern,
     yaml,
 };
@@ -66,7 +67,8 @@ impl PolicyFile {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut owners: HashMap<&str, &str> = HashMap::new();
         let mut policies = Vec::with_capacity(spec.policies.len());
-        let mut used = [0usize; 4];
+        // Checked before anything is loaded: policies share the tables.
+        let mut tables = PrefixTables::default();
         for (index, p) in spec.policies.iter().enumerate() {
             if !valid_name(&p.name) {
                 let problem = Problem::BadName(p.name.clone());
@@ -91,7 +93,9 @@ impl PolicyFile {
                 }
             }
             let policy = Self::policy(&at, p)?;
-            used = fits_prefix_tables(&at, &policy, used)?;
+            tables = tables
+                .add(&policy.body)
+                .map_err(|full| PolicyError::invalid(&at, full.field, full.problem))?;
             policies.push(policy);
         }
         Ok(Self { policies })
@@ -181,64 +185,7 @@ impl PolicyFile {
 }
 
 /// An RFC 1123 subdomain, as Kubernetes object names.
-/// Checks that `policy`'s CIDRs fit the kernel's prefix tables (LPM tries
-/// of `mirror_common::MAX_LPM_ENTRIES`, shared by every policy) with what
-/// the policies before it use, before anything is loaded; returns the new
-/// use per table. A policy with no kernel prefilter (more rules than it
-/// holds) puts nothing in them.
-fn fits_prefix_tables(
-    at: &Where,
-    policy: &Policy,
-    used: [usize; 4],
-) -> Result<[usize; 4], PolicyError> {
-    use super::rules::Side;
-    let Some(plan) = policy.body.rules.prefilter_plan() else {
-        return Ok(used);
-    };
-    let max = mirror_common::MAX_LPM_ENTRIES;
-    let tables = [
-        (
-            "IPv4 source",
-            "sourceCIDRs",
-            plan.lpm_v4(Side::Source).entries.len(),
-        ),
-        (
-            "IPv4 destination",
-            "destinationCIDRs",
-            plan.lpm_v4(Side::Destination).entries.len(),
-        ),
-        (
-            "IPv6 source",
-            "sourceCIDRs",
-            plan.lpm_v6(Side::Source).entries.len(),
-        ),
-        (
-            "IPv6 destination",
-            "destinationCIDRs",
-            plan.lpm_v6(Side::Destination).entries.len(),
-        ),
-    ];
-    let mut out = used;
-    for ((map, field, entries), total) in tables.into_iter().zip(out.iter_mut()) {
-        *total += entries;
-        if *total > max as usize {
-            let problem = Problem::PrefixTableFull {
-                map,
-                entries,
-                total: *total,
-                max,
-            };
-            return Err(PolicyError::invalid(
-                at,
-                format!("rules[*].{field}"),
-                problem,
-            ));
-        }
-    }
-    Ok(out)
-}
-
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     name.len() <= 253
         && ends_ok(name.chars().next())

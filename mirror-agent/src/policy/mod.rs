@@ -34,14 +34,16 @@ pub mod ratelimit;
 mod rule;
 pub mod rules;
 pub mod spec;
+mod tables;
 mod types;
 mod yaml;
 
 pub use body::PolicyBody;
 pub use error::{PolicyError, Problem, Where};
-pub use file::{Policy, PolicyFile};
+pub use file::{Policy, PolicyFile, valid_name};
 pub use filters::{Filters, Verdict};
 pub use rule::Rule;
+pub use tables::{PrefixTables, TablesFull};
 pub use types::{
     Action, FilterExpr, InterfacePattern, PortRange, Protocol, RateLimit, TcpFlag, TcpFlags,
 };

@@ -161,6 +161,26 @@ pub struct FilePolicySpec {
 }
 
 impl FilePolicySpec {
+    /// A policy of the file from a body (a `MirrorPolicy`'s, for a sidecar).
+    pub fn new(
+        name: &str,
+        interfaces: Vec<String>,
+        collectors: Vec<String>,
+        body: &BodySpec,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            interfaces,
+            collectors,
+            direction: body.direction,
+            rules: body.rules.clone(),
+            filter: body.filter.clone(),
+            snaplen: body.snaplen,
+            sampling: body.sampling,
+            rate_limit: body.rate_limit,
+        }
+    }
+
     /// The body part, for the validation shared with `MirrorPolicy`.
     pub fn body(&self) -> BodySpec {
         BodySpec {

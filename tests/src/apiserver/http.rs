@@ -345,8 +345,19 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             record.resource = Some(RESOURCES[t.res].plural.to_string());
             record.subresource = (t.part == Part::Status).then(|| "status".to_string());
             record.name = t.name.clone();
-            if let Some(user) = &shared.unbound_user {
-                let (verb, e) = forbidden(user, &t, &call);
+            let verb = verb_of(&t, &call);
+            let res = &RESOURCES[t.res];
+            let refused_by = match (&shared.unbound_user, &shared.rbac) {
+                (Some(user), _) => Some(user.as_str()),
+                (None, Some(rbac))
+                    if !rbac.allows(verb, res.group, &plural(&t), t.namespace.as_deref()) =>
+                {
+                    Some(rbac.user.as_str())
+                }
+                _ => None,
+            };
+            if let Some(user) = refused_by {
+                let e = forbidden(user, &t, verb);
                 record.verb = verb;
                 shared.record(record);
                 return Ok(error_response(&e));
@@ -361,10 +372,9 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     Ok(response)
 }
 
-/// The 403 of kube-apiserver's RBAC authorizer to a user bound to no role.
-fn forbidden(user: &str, t: &Url, call: &Call) -> (&'static str, ApiError) {
-    let res = &RESOURCES[t.res];
-    let verb = match (call.method, &t.name) {
+/// The RBAC verb of a request.
+fn verb_of(t: &Url, call: &Call) -> &'static str {
+    match (call.method, &t.name) {
         (&Method::GET, None) if call.query.flag("watch") => "watch",
         (&Method::GET, None) => "list",
         (&Method::GET, Some(_)) => "get",
@@ -373,11 +383,22 @@ fn forbidden(user: &str, t: &Url, call: &Call) -> (&'static str, ApiError) {
         (&Method::PATCH, _) => "patch",
         (&Method::DELETE, _) => "delete",
         _ => "unsupported",
-    };
-    let plural = match t.part {
+    }
+}
+
+/// The resource as RBAC names it: `plural`, or `plural/status`.
+fn plural(t: &Url) -> String {
+    let res = &RESOURCES[t.res];
+    match t.part {
         Part::Status => format!("{}/status", res.plural),
         Part::Main => res.plural.to_string(),
-    };
+    }
+}
+
+/// The 403 of kube-apiserver's RBAC authorizer to a user not granted `verb`.
+fn forbidden(user: &str, t: &Url, verb: &str) -> ApiError {
+    let res = &RESOURCES[t.res];
+    let plural = plural(t);
     let scope = match &t.namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".to_string(),
@@ -390,7 +411,7 @@ fn forbidden(user: &str, t: &Url, call: &Call) -> (&'static str, ApiError) {
         },
         res.group,
     );
-    (verb, ApiError::new(403, "Forbidden", message))
+    ApiError::new(403, "Forbidden", message)
 }
 
 fn not_found(path: &str) -> Response<Body> {

@@ -22,22 +22,28 @@
 //!   counting spec changes only, and no-op writes that change nothing (no
 //!   new resourceVersion, no event);
 //! - label selectors (equality and set-based) and field selectors on any
-//!   field (`spec.nodeName=NODE`); errors as `Status` objects.
+//!   field (`spec.nodeName=NODE`); errors as `Status` objects;
+//! - defaulting of `fieldRef.apiVersion` (defaults.rs), so that applies
+//!   conflict as on the real server; the kinds of `deploy/` are served, so
+//!   tests can apply it client-side then server-side, as kubectl does.
 //!
 //! Left out, as nothing here uses them: strategic merge and JSON patches
 //! (415), deletecollection, dry runs, finalizers, `generateName`, delete
-//! preconditions, streaming lists. Approximated: apply owns a list-map's
-//! items whole (see ownership.rs); no schema validation, admission, RBAC or
-//! namespace existence checks; status given to a create over HTTP is
-//! dropped (tests set it through [`ApiServer`]); lists read the latest
-//! state whatever `resourceVersion` they ask for.
+//! preconditions, streaming lists, other defaults. Approximated: apply owns
+//! a list-map's items whole (see ownership.rs); no schema validation,
+//! admission or namespace existence checks; RBAC only as [`Options`] asks;
+//! status given to a create over HTTP is dropped (tests set it through
+//! [`ApiServer`]); lists read the latest state whatever `resourceVersion`
+//! they ask for.
 //!
 //! Tests drive it through [`ApiServer`]: objects read and written directly,
 //! every request recorded, history compacted, the server restarted.
 
+mod defaults;
 mod error;
 mod http;
 mod ownership;
+pub mod rbac;
 pub mod resources;
 mod schema;
 mod select;
@@ -80,6 +86,10 @@ pub struct Options {
     /// authorizer words it; discovery stays open, as `system:discovery`
     /// grants it to every authenticated user.
     pub unbound_user: Option<String>,
+    /// The client is the user these grants are for (`rbac::Rbac::deploy()`:
+    /// the agent's ServiceAccount with exactly `deploy/rbac.yaml`): a
+    /// request they do not allow gets kube-apiserver's 403.
+    pub rbac: Option<rbac::Rbac>,
 }
 
 impl Default for Options {
@@ -87,6 +97,7 @@ impl Default for Options {
         Self {
             bookmark_interval: Duration::from_secs(1),
             unbound_user: None,
+            rbac: None,
         }
     }
 }
@@ -146,6 +157,7 @@ struct Shared {
     expired: AtomicU64,
     bookmark_interval: Duration,
     unbound_user: Option<String>,
+    rbac: Option<rbac::Rbac>,
     addr: SocketAddr,
 }
 
@@ -215,6 +227,7 @@ impl ApiServer {
             expired: AtomicU64::new(0),
             bookmark_interval: options.bookmark_interval,
             unbound_user: options.unbound_user,
+            rbac: options.rbac,
             addr,
         });
         let (ctrl, ctrl_rx) = mpsc::unbounded_channel();

@@ -63,14 +63,26 @@ pub const MIRROR_GROUP: &str = "mirror.packets.dev";
 
 /// Everything served. Adding a kind is adding a line (and, for the project's
 /// own kinds, a CRD in deploy/crds/, which schema.rs checks this against).
-/// The agent watches the first three and the last three, and its event
-/// recorder writes events.k8s.io Events.
+/// The agent watches pods, namespaces, secrets and the project's kinds, and
+/// its event recorder writes events.k8s.io Events; the other kinds are
+/// those of `deploy/`, so that tests can apply it.
 #[rustfmt::skip]
 pub const RESOURCES: &[Resource] = &[
     Resource::new("", "v1", "Pod", "pods", NAMESPACED | STATUS),
     Resource::new("", "v1", "Namespace", "namespaces", STATUS),
     Resource::new("", "v1", "Secret", "secrets", NAMESPACED),
     Resource::new("events.k8s.io", "v1", "Event", "events", NAMESPACED),
+    Resource::new("", "v1", "ServiceAccount", "serviceaccounts", NAMESPACED),
+    Resource::new("", "v1", "Service", "services", NAMESPACED | STATUS),
+    Resource::new("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", NAMESPACED | STATUS),
+    Resource::new("apps", "v1", "DaemonSet", "daemonsets", NAMESPACED | STATUS),
+    Resource::new("apps", "v1", "Deployment", "deployments", NAMESPACED | STATUS),
+    Resource::new("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", 0),
+    Resource::new("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", 0),
+    Resource::new("rbac.authorization.k8s.io", "v1", "Role", "roles", NAMESPACED),
+    Resource::new("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", NAMESPACED),
+    Resource::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", STATUS),
+    Resource::new("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", 0),
     Resource::new(MIRROR_GROUP, "v1alpha1", "MirrorPolicy", "mirrorpolicies", NAMESPACED | STATUS),
     Resource::new(MIRROR_GROUP, "v1alpha1", "ClusterMirrorPolicy", "clustermirrorpolicies", STATUS),
     Resource::new(MIRROR_GROUP, "v1alpha1", "MirrorCollector", "mirrorcollectors", STATUS),

@@ -45,6 +45,18 @@ const BUILTIN: &[(&str, &str, &str, &[&str])] = &[
     ("v1", "Pod", "status.conditions", &["type"]),
     ("v1", "Pod", "status.podIPs", &["ip"]),
     ("v1", "Namespace", "status.conditions", &["type"]),
+    (
+        "apps/v1",
+        "DaemonSet",
+        "spec.template.spec.containers",
+        &["name"],
+    ),
+    (
+        "apps/v1",
+        "Deployment",
+        "spec.template.spec.containers",
+        &["name"],
+    ),
 ];
 
 /// Every kind's `metadata` (ObjectMeta), CRDs included: their schemas leave
@@ -285,7 +297,10 @@ mod tests {
     fn deep_merge(kind: &str, live: Value, applied: Value) -> Value {
         use k8s_openapi::{
             DeepMerge,
-            api::core::v1::{Namespace, Pod},
+            api::{
+                apps::v1::{DaemonSet, Deployment},
+                core::v1::{Namespace, Pod},
+            },
         };
         fn merged<T>(live: Value, applied: Value) -> Value
         where
@@ -295,9 +310,16 @@ mod tests {
             live.merge_from(serde_json::from_value(applied).unwrap());
             serde_json::to_value(live).unwrap()
         }
+        // A workload's spec needs its selector to be read at all.
+        let with_selector = |mut v: Value| {
+            v["spec"]["selector"] = json!({});
+            v
+        };
         match kind {
             "Pod" => merged::<Pod>(live, applied),
             "Namespace" => merged::<Namespace>(live, applied),
+            "DaemonSet" => merged::<DaemonSet>(with_selector(live), with_selector(applied)),
+            "Deployment" => merged::<Deployment>(with_selector(live), with_selector(applied)),
             other => panic!("no k8s-openapi type here for {other}"),
         }
     }

@@ -13,6 +13,7 @@ use std::{
 use serde_json::{Map, Value, json};
 
 use super::{
+    defaults,
     error::ApiError,
     ownership::{self, ApplyError, Manager, Part, Writer},
     resources::{RESOURCES, Resource},
@@ -297,6 +298,8 @@ impl Store {
         meta.insert("generation".into(), json!(1));
         obj["metadata"] = Value::Object(meta);
         set_type(res, &mut obj);
+        // Before ownership: what the server fills in is the creator's.
+        defaults::apply(res, &mut obj);
         if target != Target::Raw && res.status {
             // As for CRDs with a status subresource: status is not set by create.
             if let Value::Object(o) = &mut obj {
@@ -557,6 +560,9 @@ impl Store {
         }
         new["metadata"] = Value::Object(meta);
         set_type(res, &mut new);
+        // After apply's merge, which compared what was applied, as sent,
+        // with the stored object; before an update's ownership.
+        defaults::apply(res, &mut new);
 
         let mut managers = entry.managers.clone();
         match ownership {

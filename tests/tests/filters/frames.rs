@@ -1,11 +1,14 @@
 //! The frames of the filter tests: IPv4 and IPv6, TCP with various flags
 //! and ports, UDP, SCTP, ICMP and ICMPv6, ARP, LLDP, IP-in-IP and GRE, IPv4
 //! and IPv6 fragments, IPv6 extension headers, VLAN tags, and frames cut by a
-//! snaplen. Addresses come only from 198.18.0.0/15 and fd00:198:18::/48.
+//! snaplen; [`stacked_frames`] and [`ipv6_chains`] add stacked VLAN tags
+//! (QinQ), IPv6 routing and destination-options headers, chains of them,
+//! and more fragments.
+//! Addresses come only from 198.18.0.0/15 and fd00:198:18::/48.
 
 use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
-    Ipv6RawExtHeader, PacketBuilder, TcpOptionElement, ip_number,
+    Ipv6RawExtHeader, Ipv6RoutingExtensions, PacketBuilder, TcpOptionElement, ip_number,
 };
 
 /// One test frame: what was captured, and the length on the wire.
@@ -208,11 +211,31 @@ fn arp(name: &'static str, op: u16, sender: [u8; 4], target: [u8; 4]) -> Frame {
 }
 
 fn vlan(name: &'static str, id: u16, inner: Frame) -> Frame {
+    tagged(name, &[(0x8100, id)], inner)
+}
+
+/// `inner` behind one more tag per TPID and VLAN id in `tags`, outermost first.
+fn tagged(name: &'static str, tags: &[(u16, u16)], inner: Frame) -> Frame {
     let mut f = inner.data[..12].to_vec();
-    f.extend_from_slice(&[0x81, 0x00]);
-    f.extend_from_slice(&id.to_be_bytes());
+    for (tpid, id) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+    }
     f.extend_from_slice(&inner.data[12..]);
     done(name, f)
+}
+
+/// A routing header (an experimental type, no addresses), as raw bytes.
+fn routing(next: IpNumber) -> Ipv6RoutingExtensions {
+    Ipv6RoutingExtensions {
+        routing: Ipv6RawExtHeader::new_raw(next, &[253, 0, 0, 0, 0, 0]).expect("routing"),
+        final_destination_options: None,
+    }
+}
+
+/// Destination options: one PadN option filling the header.
+fn destination_options(next: IpNumber) -> Ipv6RawExtHeader {
+    Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).expect("destination options")
 }
 
 /// Keeps the first `caplen` bytes, as a snaplen does.
@@ -407,4 +430,197 @@ pub fn cut_inside_ip() -> Frame {
         30,
         tcp("", &A, &B, (40011, 443), ACK, 10),
     )
+}
+
+/// Frames behind stacked VLAN tags (QinQ with each TPID the kernel and
+/// libpcap know, and one 802.1ad tag alone) and IPv4 fragments, first and
+/// later: the rules and tcpdump read these alike.
+pub fn stacked_frames() -> Vec<Frame> {
+    const QINQ: (u16, u16) = (0x88a8, 10);
+    const DOT1Q: (u16, u16) = (0x8100, 20);
+    vec![
+        tagged(
+            "qinq 88a8/8100 tcp4 syn a->b:443",
+            &[QINQ, DOT1Q],
+            tcp("", &A, &B, (40020, 443), SYN, 0),
+        ),
+        tagged(
+            "qinq 8100/8100 udp4 a->b:8000",
+            &[(0x8100, 30), DOT1Q],
+            udp("", &A, &B, (5353, 8000), 10),
+        ),
+        tagged(
+            "qinq 9100/8100 tcp4 syn a->b:443",
+            &[(0x9100, 40), DOT1Q],
+            tcp("", &A, &B, (40021, 443), SYN, 0),
+        ),
+        tagged(
+            "vlan 88a8 udp4 a->c:8100",
+            &[QINQ],
+            udp("", &A, &C, (5353, 8100), 10),
+        ),
+        tagged(
+            "qinq 88a8/8100 udp6 a->c:8050",
+            &[QINQ, DOT1Q],
+            udp("", &A6, &C6, (5353, 8050), 20),
+        ),
+        tagged(
+            "qinq 88a8/8100 tcp6 syn-ack a->b:443",
+            &[QINQ, DOT1Q],
+            tcp("", &A6, &B6, (40022, 443), SYN | ACK, 0),
+        ),
+        tagged("qinq 88a8/8100 arp", &[QINQ, DOT1Q], arp("", 1, A, B)),
+        tagged(
+            "qinq 88a8/8100 icmp4 later fragment",
+            &[QINQ, DOT1Q],
+            ipv4_raw("", ip_number::ICMP, (50, false), &[], &[0; 16]),
+        ),
+        tagged(
+            "vlan100 udp6 behind hop-by-hop :8050",
+            &[(0x8100, 100)],
+            ipv6_raw(
+                "",
+                hop_by_hop(ip_number::UDP),
+                ip_number::UDP,
+                &l4_header(5353, 8050, 0),
+            ),
+        ),
+        ipv4_raw(
+            "udp4 first fragment :8050",
+            ip_number::UDP,
+            (0, true),
+            &[],
+            &l4_header(5353, 8050, 0),
+        ),
+        ipv4_raw(
+            "udp4 later fragment",
+            ip_number::UDP,
+            (100, false),
+            &[],
+            &l4_header(8050, 8050, 0),
+        ),
+        ipv4_raw(
+            "icmp4 later fragment",
+            ip_number::ICMP,
+            (64, false),
+            &[],
+            &[8, 0, 0, 0, 0, 7, 0, 1],
+        ),
+        tagged(
+            "vlan100 tcp4 later fragment",
+            &[(0x8100, 100)],
+            ipv4_raw(
+                "",
+                ip_number::TCP,
+                (185, false),
+                &[],
+                &l4_header(443, 443, SYN),
+            ),
+        ),
+        tagged(
+            "vlan100 udp4 first fragment :8000",
+            &[(0x8100, 100)],
+            ipv4_raw(
+                "",
+                ip_number::UDP,
+                (0, true),
+                &[1, 1, 1, 0],
+                &l4_header(5353, 8000, 0),
+            ),
+        ),
+    ]
+}
+
+/// IPv6 behind extension chains: routing and destination-options headers
+/// alone and chained with hop-by-hop and fragment headers, and TCP and UDP
+/// fragments, first and later. The rules walk every chain; tcpdump's
+/// `tcp`, `udp` and `port` look only at the fixed header's next header.
+pub fn ipv6_chains() -> Vec<Frame> {
+    let ext = |hop: bool, route: bool, dest: bool, frag: Option<(u16, bool)>, next: IpNumber| {
+        // Each header names the next: fragment last, then the payload.
+        let mut chain = Vec::new();
+        if hop {
+            chain.push(0);
+        }
+        if dest {
+            chain.push(60);
+        }
+        if route {
+            chain.push(43);
+        }
+        if frag.is_some() {
+            chain.push(44);
+        }
+        let after = |i: usize| chain.get(i + 1).map(|n| IpNumber(*n)).unwrap_or(next);
+        let mut exts = Ipv6Extensions::default();
+        for (i, kind) in chain.iter().enumerate() {
+            match kind {
+                0 => exts.hop_by_hop_options = hop_by_hop(after(i)).hop_by_hop_options,
+                60 => exts.destination_options = Some(destination_options(after(i))),
+                43 => exts.routing = Some(routing(after(i))),
+                _ => {
+                    let (offset, more) = frag.expect("a fragment");
+                    exts.fragment = frag6(offset, more, after(i)).fragment;
+                }
+            }
+        }
+        exts
+    };
+    vec![
+        ipv6_raw(
+            "tcp6 behind routing syn :443",
+            ext(false, true, false, None, ip_number::TCP),
+            ip_number::TCP,
+            &l4_header(40023, 443, SYN),
+        ),
+        ipv6_raw(
+            "udp6 behind routing :8050",
+            ext(false, true, false, None, ip_number::UDP),
+            ip_number::UDP,
+            &l4_header(5353, 8050, 0),
+        ),
+        ipv6_raw(
+            "udp6 behind destination options :53",
+            ext(false, false, true, None, ip_number::UDP),
+            ip_number::UDP,
+            &l4_header(5353, 53, 0),
+        ),
+        ipv6_raw(
+            "tcp6 behind hop-by-hop, routing, first fragment syn :443",
+            ext(true, true, false, Some((0, true)), ip_number::TCP),
+            ip_number::TCP,
+            &l4_header(40024, 443, SYN),
+        ),
+        ipv6_raw(
+            "udp6 behind hop-by-hop, dest-opts, routing, first fragment :8050",
+            ext(true, true, true, Some((0, true)), ip_number::UDP),
+            ip_number::UDP,
+            &l4_header(5353, 8050, 0),
+        ),
+        ipv6_raw(
+            "icmp6 behind routing (echo)",
+            ext(false, true, false, None, ip_number::IPV6_ICMP),
+            ip_number::IPV6_ICMP,
+            &[128, 0, 0, 0, 0, 7, 0, 1],
+        ),
+        ipv6_raw(
+            "tcp6 first fragment syn :443",
+            frag6(0, true, ip_number::TCP),
+            ip_number::TCP,
+            &l4_header(40025, 443, SYN),
+        ),
+        // Data that looks like ports 443 and 8050: a later fragment has none.
+        ipv6_raw(
+            "tcp6 later fragment",
+            frag6(200, false, ip_number::TCP),
+            ip_number::TCP,
+            &l4_header(443, 8050, SYN),
+        ),
+        ipv6_raw(
+            "udp6 behind routing, later fragment",
+            ext(false, true, false, Some((300, false)), ip_number::UDP),
+            ip_number::UDP,
+            &l4_header(8050, 53, 0),
+        ),
+    ]
 }

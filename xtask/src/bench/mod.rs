@@ -175,7 +175,8 @@ pub fn run(options: &Options) -> Result<()> {
 }
 
 /// The smoke run at the end of `cargo xtask test`, with the agent it built:
-/// fails if the harness is broken, never on the numbers.
+/// fails if the harness is broken or a mirror delivered no copies
+/// (`ensure_copies_arrived`), never on speed.
 pub fn smoke(agent: &Path) -> Result<()> {
     let stop = StopFlag::install("bench")?;
     let result = bench(&SMOKE, agent, &stop);

@@ -24,6 +24,9 @@ pub fn check(files: &[impl AsRef<Path>]) -> Result<()> {
             for at in unstated(&value, "") {
                 missing.push(format!("{}: {at}", file.display()));
             }
+            for at in blocking_webhooks(&value) {
+                missing.push(format!("{}: {at}", file.display()));
+            }
         }
     }
     ensure!(
@@ -33,6 +36,27 @@ pub fn check(files: &[impl AsRef<Path>]) -> Result<()> {
         missing.join("\n  ")
     );
     Ok(())
+}
+
+/// A mutating webhook must never block pod creation nor have side effects:
+/// each of a `MutatingWebhookConfiguration`'s webhooks states
+/// `failurePolicy: Ignore` (the server's default is `Fail`) and
+/// `sideEffects: None`.
+fn blocking_webhooks(value: &Value) -> Vec<String> {
+    if value["kind"] != "MutatingWebhookConfiguration" {
+        return Vec::new();
+    }
+    let hooks = value["webhooks"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, hook) in hooks.iter().enumerate() {
+        if hook["failurePolicy"] != "Ignore" {
+            out.push(format!("webhooks[{i}].failurePolicy must be Ignore (a webhook that is down must not block pods)"));
+        }
+        if hook["sideEffects"] != "None" {
+            out.push(format!("webhooks[{i}].sideEffects must be None"));
+        }
+    }
+    out
 }
 
 /// The paths below `value` of defaulted fields left out: each `fieldRef`
@@ -76,5 +100,20 @@ mod tests {
             unstated(&env, ""),
             [".spec.containers[0].env[0].valueFrom.fieldRef.apiVersion (defaulted to v1)"]
         );
+    }
+
+    #[test]
+    fn a_webhook_that_could_block_pods_is_found() {
+        let config = json!({"kind": "MutatingWebhookConfiguration", "webhooks": [
+            {"name": "a", "failurePolicy": "Ignore", "sideEffects": "None"},
+            {"name": "b", "sideEffects": "Unknown"},
+        ]});
+        assert_eq!(
+            blocking_webhooks(&config).len(),
+            2,
+            "{:?}",
+            blocking_webhooks(&config)
+        );
+        assert!(blocking_webhooks(&config)[0].starts_with("webhooks[1].failurePolicy"));
     }
 }

@@ -7,7 +7,10 @@ use std::path::Path;
 use crate::{
     cli::AttachArgs,
     datapath::plan::Planned,
-    export::output::{Output, OutputError},
+    export::{
+        output::{Output, OutputError},
+        wire::Wire,
+    },
     kernel::{
         hooks::Interface,
         netns::{self, NetnsError},
@@ -75,19 +78,49 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
     }])
 }
 
+/// The plan with every file output doing `wire` to the bytes (`--segment`,
+/// `--checksums`); other outputs keep what their URI says.
+pub fn with_file_wire(plan: Vec<Planned>, wire: Wire) -> Vec<Planned> {
+    plan.into_iter()
+        .map(|p| Planned {
+            outputs: p
+                .outputs
+                .into_iter()
+                .map(|o| o.with_file_wire(wire))
+                .collect(),
+            ..p
+        })
+        .collect()
+}
+
 /// The plan of a policy file, against the interfaces that exist now.
 pub fn from_file(path: &Path) -> Result<Vec<Planned>, PlanError> {
     let shown = path.display().to_string();
-    let own = netns::current_cookie()?;
     let file = PolicyFile::load(path).map_err(|source| PlanError::Policy {
         path: shown.clone(),
         source: Box::new(source),
     })?;
-    let existing: Vec<(String, u32)> = nix::net::if_::if_nameindex()
+    from_policy(&file, &shown, existing()?)
+}
+
+/// Every interface of this network namespace, by name and index.
+pub fn existing() -> Result<Vec<(String, u32)>, PlanError> {
+    Ok(nix::net::if_::if_nameindex()
         .map_err(PlanError::List)?
         .iter()
         .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
-        .collect();
+        .collect())
+}
+
+/// The plan of a loaded policy file (`shown` names it in errors) against
+/// the interfaces `existing`, as [`existing`] lists them (or fewer).
+pub fn from_policy(
+    file: &PolicyFile,
+    shown: &str,
+    existing: Vec<(String, u32)>,
+) -> Result<Vec<Planned>, PlanError> {
+    let shown = shown.to_owned();
+    let own = netns::current_cookie()?;
     let names: Vec<&str> = existing.iter().map(|(n, _)| n.as_str()).collect();
     let assigned = file.assign(&names).map_err(|source| PlanError::Policy {
         path: shown.clone(),
@@ -274,6 +307,15 @@ policies:
         );
         assert_eq!(p.outputs.len(), 2);
         assert_eq!(p.outputs[0], Output::PcapngFile("/tmp/lo.pcapng".into()));
+        // --segment reaches the file's writer, and leaves the tunnel alone.
+        let vxlan = p.outputs[1].clone();
+        let segmented = with_file_wire(plan, Wire::WIRE);
+        assert_eq!(segmented[0].outputs[0].wire(), Wire::WIRE);
+        assert_eq!(
+            segmented[0].outputs[0].base(),
+            &Output::PcapngFile("/tmp/lo.pcapng".into())
+        );
+        assert_eq!(segmented[0].outputs[1], vxlan);
     }
 
     #[test]

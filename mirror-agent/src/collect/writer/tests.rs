@@ -21,6 +21,7 @@ fn stamps() {
 fn packet(name: &str, len: usize, direction: Option<Direction>) -> Packet {
     Packet {
         interface: name.into(),
+        source: [198, 18, 0, 1].into(),
         unix_ns: 1_700_000_000_000_000_123,
         orig_len: len as u32 + 10,
         direction,
@@ -110,6 +111,40 @@ fn files_rotate_by_size_and_the_oldest_go() {
     );
     assert!(seen.iter().any(|p| p.3.is_none()));
     assert!(seen.iter().any(|p| p.3 == Some(2)));
+}
+
+/// A source inventing names gets its first MAX_INTERFACES_PER_SOURCE
+/// interfaces, then one folded interface; nothing rotates, and another
+/// source's interface keeps its name.
+#[test]
+fn churned_names_fold_instead_of_rotating() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotation = Rotation {
+        max_files: NonZeroUsize::new(1),
+        ..Rotation::default()
+    };
+    let mut w = Writer::open(dir.path().into(), rotation).unwrap();
+    let mut real = packet("198.18.0.9/eth0", 60, None);
+    real.source = [198, 18, 0, 9].into();
+    w.write(&real);
+    let churn = 3 * MAX_INTERFACES_PER_SOURCE;
+    for i in 0..churn {
+        w.write(&packet(&format!("198.18.0.1/vni-{i}"), 60, None));
+    }
+    w.write(&real);
+    let s = w.finish();
+    assert_eq!((s.files_written, s.files_deleted), (1, 0));
+    assert_eq!(s.folded, (churn - MAX_INTERFACES_PER_SOURCE) as u64);
+    let file = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap();
+    let packets = read(&file.path());
+    assert_eq!(packets.len(), churn + 2);
+    let named = |n: &str| packets.iter().filter(|p| p.0 == n).count();
+    assert_eq!(named("198.18.0.9/eth0"), 2);
+    assert_eq!(named("198.18.0.1/vni-0"), 1);
+    assert_eq!(
+        named("198.18.0.1/other-interfaces"),
+        churn - MAX_INTERFACES_PER_SOURCE
+    );
 }
 
 #[test]

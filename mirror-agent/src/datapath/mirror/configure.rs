@@ -10,23 +10,30 @@ use crate::{
     datapath::plan::Planned,
     export::SocketMark,
     kernel::hooks::{Hooks, Interface, Slot},
+    model::record::PolicyId,
     policy::kfilter,
 };
 
 /// Writes each policy's kernel prefilter and each interface's config, and
-/// returns each interface's counter slot, in plan order.
+/// returns each interface's counter slot, in plan order. Prefixes of
+/// policies not in the plan are taken out first.
 pub(super) fn configure(
     hooks: &mut Hooks,
     plan: &[Planned],
     mark: SocketMark,
 ) -> Result<Vec<(Interface, Slot)>, MirrorError> {
     let mut slots = Vec::new();
+    // Policies of an earlier plan give their room back first: the
+    // controller checked that this plan's prefixes fit the tables.
+    let ids: Vec<PolicyId> = plan.iter().map(|p| p.id).collect();
+    hooks.retire_policies(&ids)?;
     for p in plan {
         let rules = p.body.as_ref().map(|b| &b.rules);
         hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
         for iface in &p.interfaces {
             let slot = hooks.configure(
                 iface,
+                &p.name,
                 IfaceConfig {
                     policy_id: p.id.0,
                     directions: iface.hook_bits(p.directions),

@@ -108,6 +108,11 @@ impl Mirror {
     /// the rest are removed. `strict`: an interface that cannot be hooked
     /// fails it all (`attach`, where it is bad input); otherwise it is left
     /// out (`run`, where a pod may go at any time).
+    ///
+    /// `interrupted` is asked before each step and between interfaces (a
+    /// stop signal, say): once it says so, what was hooked is let go as
+    /// [`Mirror::stop`] does, pins an earlier agent left are not touched,
+    /// and it returns `None`.
     pub fn start(
         plan: &[Planned],
         settings: Settings,
@@ -115,7 +120,11 @@ impl Mirror {
         pins: Option<PinDir>,
         keep_pins: bool,
         strict: bool,
-    ) -> Result<(Self, Adopted), MirrorError> {
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<(Self, Adopted)>, MirrorError> {
+        if interrupted() {
+            return Ok(None);
+        }
         let progress = Arc::new(Notify::new());
         let fanout = open_fanout(plan, &settings, &progress, None)?;
         let mut hooks = Hooks::load(ring_bytes, pins)?;
@@ -143,6 +152,15 @@ impl Mirror {
         };
         mirror.queue(plan);
         while let Some(p) = mirror.pending.pop_front() {
+            if interrupted() {
+                info!(
+                    hooked = mirror.slots.len().saturating_sub(mirror.pending.len() + 1),
+                    not_yet = mirror.pending.len() + 1,
+                    "start-up interrupted; letting go of what was hooked"
+                );
+                mirror.stop();
+                return Ok(None);
+            }
             match mirror.attach_one(&p) {
                 Ok(()) => {}
                 Err(error) if !strict => mirror.leave_out(&p, &error),
@@ -150,7 +168,7 @@ impl Mirror {
             }
         }
         let adopted = mirror.hooks.settle_pins()?;
-        Ok((mirror, adopted))
+        Ok(Some((mirror, adopted)))
     }
 
     /// Moves to a new plan. Fails, changing nothing, if its outputs or

@@ -45,7 +45,8 @@ fn listed(p: &Planned) -> Vec<(IfaceId, String)> {
 /// the same policy to the same place, or a pcapng stream of the same
 /// snaplen, which gets interface blocks for the policy's new interfaces in
 /// place. A TCP or TLS collector thus sees no reconnect, and a file no new
-/// section, when pods come and go.
+/// section, when pods come and go. The agent's own counters (delivered,
+/// malformed) go on from the running fanout's.
 pub(super) fn open_fanout(
     plan: &[Planned],
     settings: &Settings,
@@ -79,7 +80,7 @@ pub(super) fn open_fanout(
             let reuse = running_one && (matches!(o.base(), Output::Tunnel { .. }) || same_streams);
             plans.push(if reuse {
                 Opened::Reuse
-            } else if running_one && matches!(o, Output::PcapngFile(_)) {
+            } else if running_one && matches!(o.base(), Output::PcapngFile(_)) {
                 Opened::Reopen
             } else {
                 Opened::New(Box::new(Exporter::open(o, &ctx)?))
@@ -129,7 +130,11 @@ pub(super) fn open_fanout(
             stats,
         ));
     }
-    Ok(Fanout::new(policies, routes, settings.clock))
+    // Nothing can fail from here: the running fanout's counters go on.
+    let stats = running
+        .map(|(fanout, _)| fanout.take_stats())
+        .unwrap_or_default();
+    Ok(Fanout::new(policies, routes, settings.clock).with_stats(stats))
 }
 
 #[cfg(test)]
@@ -217,6 +222,7 @@ mod tests {
         let three = send(&mut new, &a, 30);
         new.close(CLOSE_TIMEOUT);
 
+        assert_eq!(new.stats().delivered, 3, "counted from the first plan on");
         assert_eq!(sections(&path), 1, "no new section");
         assert_eq!(
             written(&path),

@@ -97,6 +97,7 @@ fn summarize_outputs(fanout: &Fanout) -> u64 {
             sent = Stats::get(&s.sent_packets),
             sent_bytes = Stats::get(&s.sent_bytes),
             mtu_truncated = Stats::get(&s.mtu_truncated),
+            super_packets = Stats::get(&s.super_packets),
             segments = Stats::get(&s.segments),
             checksums_finished = Stats::get(&s.checksums_finished),
             lost_queue_full = queue_full,

@@ -1,5 +1,6 @@
-//! What one policy's mirror has done, for its status: copies sent, cut, and
-//! lost by reason, summed from the kernel's counters of its interfaces, its
+//! What one policy's mirror has done, for its status: copies sent, cut (to
+//! the snaplen, or to a tunnel's MTU: apart, as in the metrics), and lost by
+//! reason, summed from the kernel's counters of its interfaces, its
 //! userspace stage and its outputs. Typed here; the status's own words for
 //! them belong to the controller.
 
@@ -30,7 +31,10 @@ pub struct PolicyTotals {
     /// Its interfaces still waiting to be hooked.
     pub queued: u64,
     pub mirrored: u64,
+    /// Copies the hook cut to the policy's snaplen.
     pub truncated: u64,
+    /// Copies a tunnel cut to fit its MTU (sent all the same).
+    pub mtu_truncated: u64,
     /// Copies lost, by reason; reasons that lost none are left out.
     pub lost: BTreeMap<Loss, u64>,
 }
@@ -54,7 +58,7 @@ impl PolicyTotals {
             for e in p.exporters() {
                 let s = e.stats();
                 t.mirrored += Stats::get(&s.sent_packets);
-                t.truncated += Stats::get(&s.mtu_truncated);
+                t.mtu_truncated += Stats::get(&s.mtu_truncated);
                 queue_full += Stats::get(&s.queue_full);
                 send_error += Stats::get(&s.send_errors);
             }
@@ -145,6 +149,7 @@ mod tests {
                 queued: 1,
                 mirrored: 1,
                 truncated: 2,
+                mtu_truncated: 0,
                 lost: BTreeMap::from([
                     (Loss::RingFull, 4),
                     (Loss::RateLimited, 2),

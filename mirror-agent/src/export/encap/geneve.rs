@@ -22,13 +22,15 @@
 //! | `0x03` | ifindex | u32, the hooked interface's index on its node |
 //! | `0x04` | node name | UTF-8, NUL-padded to 4 bytes, at most [`MAX_NODE_LEN`] bytes |
 //! | `0x05` | pod identity | UTF-8 `namespace/name`, NUL-padded, at most [`MAX_POD_LEN`] bytes |
+//! | `0x06` | capture time | u64, nanoseconds since the Unix epoch when the hook saw the packet |
 //!
-//! Numbers are big-endian. The three fixed options are always sent; a string
+//! Numbers are big-endian. The four fixed options are always sent; a string
 //! option is left out when empty. A longer string is cut at a character
 //! boundary, so it stays valid UTF-8. The pod identity gets the RFC's
 //! per-option maximum (124 bytes, a 5-bit length in words); the node name gets
 //! what is left of the 252-byte total (Opt Len is 6 bits in words):
-//! 3 × 8 + (4 + 96) + (4 + 124) = 252.
+//! 3 × 8 + 12 + (4 + 84) + (4 + 124) = 252. (The node name's limit was 96
+//! bytes before the capture time was added.)
 
 use super::{
     Cursor, EncapError, Encapsulator, PacketMeta, Vni, direction_bit, direction_from_bit, ethernet,
@@ -45,16 +47,17 @@ pub const OPT_DIRECTION: u8 = 0x02;
 pub const OPT_IFINDEX: u8 = 0x03;
 pub const OPT_NODE: u8 = 0x04;
 pub const OPT_POD: u8 = 0x05;
+pub const OPT_TIME: u8 = 0x06;
 /// Longest node name carried, in bytes.
-pub const MAX_NODE_LEN: usize = 96;
+pub const MAX_NODE_LEN: usize = 84;
 /// Longest pod identity carried, in bytes: RFC 8926's limit for one option.
 pub const MAX_POD_LEN: usize = 124;
 /// The fixed header and the most options RFC 8926 allows (63 words).
 pub const MAX_HEADER_LEN: usize = FIXED_LEN + 63 * 4;
 
 const FIXED_LEN: usize = 8;
-/// The three u32 options, 8 bytes each.
-const NUMERIC_OPTS_LEN: usize = 3 * 8;
+/// The three u32 options, 8 bytes each, and the u64 capture time in 12.
+const NUMERIC_OPTS_LEN: usize = 3 * 8 + 12;
 // The budget above: both strings at their limits fill Opt Len exactly, and
 // the limits are whole words, so padding never pushes an option past them.
 const _: () = assert!(NUMERIC_OPTS_LEN + 4 + MAX_NODE_LEN + 4 + MAX_POD_LEN == 63 * 4);
@@ -106,6 +109,7 @@ impl Encapsulator for Geneve {
         put_option(&mut w, OPT_ORIG_LEN, &meta.orig_len.to_be_bytes())?;
         put_option(&mut w, OPT_DIRECTION, &direction.to_be_bytes())?;
         put_option(&mut w, OPT_IFINDEX, &meta.ifindex.0.to_be_bytes())?;
+        put_option(&mut w, OPT_TIME, &meta.unix_ns.to_be_bytes())?;
         for (kind, text) in [(OPT_NODE, &*self.node), (OPT_POD, pod)] {
             if !text.is_empty() {
                 put_option(&mut w, kind, text.as_bytes())?;
@@ -147,6 +151,8 @@ pub struct MirrorOptions<'a> {
     pub ifindex: Option<IfIndex>,
     pub node: Option<&'a str>,
     pub pod: Option<&'a str>,
+    /// When the sender's hook saw the packet, in nanoseconds since the Unix epoch.
+    pub captured_ns: Option<u64>,
 }
 
 /// A decoded GENEVE packet.
@@ -243,6 +249,13 @@ fn parse_options(mut options: &[u8]) -> Result<MirrorOptions<'_>, GeneveError> {
             }
             (OPTION_CLASS, OPT_NODE) => found.node = Some(text(kind, data)?),
             (OPTION_CLASS, OPT_POD) => found.pod = Some(text(kind, data)?),
+            (OPTION_CLASS, OPT_TIME) => {
+                let bytes: [u8; 8] = data.try_into().map_err(|_| GeneveError::BadOption {
+                    kind,
+                    len: data.len(),
+                })?;
+                found.captured_ns = Some(u64::from_be_bytes(bytes));
+            }
             _ if kind & CRITICAL != 0 => return Err(GeneveError::UnknownCritical { class, kind }),
             _ => {}
         }
@@ -281,9 +294,12 @@ mod tests {
         let m = meta("default/web-0");
         let mut enc = Geneve::new(vni(), "node-a");
         let bytes = encode(&mut enc, &m, &inner);
-        // 8 fixed, 24 numeric, 4 + 8 node, 4 + 16 pod.
-        assert_eq!(bytes.len() - inner.len(), 64);
-        assert_eq!(&bytes[..8], &[14, 0, 0x65, 0x58, 0, 0x12, 0x34, 0]);
+        // 8 fixed, 24 numeric, 12 time, 4 + 8 node, 4 + 16 pod.
+        assert_eq!(bytes.len() - inner.len(), 76);
+        assert_eq!(&bytes[..8], &[17, 0, 0x65, 0x58, 0, 0x12, 0x34, 0]);
+        // The capture time, big-endian, after the three u32 options.
+        assert_eq!(&bytes[32..36], &[0xFF, 0xF0, OPT_TIME, 2]);
+        assert_eq!(&bytes[36..44], &m.unix_ns.to_be_bytes());
         let d = decode(&bytes).unwrap();
         assert_eq!(
             d,
@@ -295,6 +311,7 @@ mod tests {
                     ifindex: Some(IfIndex(42)),
                     node: Some("node-a"),
                     pod: Some("default/web-0"),
+                    captured_ns: Some(1_700_000_000_123_456_789),
                 },
                 inner: &inner,
             }
@@ -335,9 +352,9 @@ mod tests {
         let mut bytes = encode(&mut Geneve::new(vni(), ""), &meta(""), &inner);
         // Append one foreign option of one word after ours.
         bytes[0] += 2;
-        bytes.splice(32..32, [0x01, 0x02, 0x03, 0x01, 9, 9, 9, 9]);
+        bytes.splice(44..44, [0x01, 0x02, 0x03, 0x01, 9, 9, 9, 9]);
         assert_eq!(decode(&bytes).map(|d| d.inner), Ok(&inner[..]));
-        bytes[34] |= CRITICAL;
+        bytes[46] |= CRITICAL;
         assert_eq!(
             decode(&bytes),
             Err(GeneveError::UnknownCritical {
@@ -381,8 +398,16 @@ mod tests {
                 len: 8
             })
         );
+        // The capture time claims one word.
+        assert_eq!(
+            with(35, 1),
+            Err(GeneveError::BadOption {
+                kind: OPT_TIME,
+                len: 4
+            })
+        );
         // Invalid UTF-8 in the node name.
-        assert_eq!(with(36, 0xFF), Err(GeneveError::NotUtf8 { kind: OPT_NODE }));
+        assert_eq!(with(48, 0xFF), Err(GeneveError::NotUtf8 { kind: OPT_NODE }));
         assert_eq!(
             decode(&ok[..ok.len() - 50]),
             Err(GeneveError::InnerTooShort(10))

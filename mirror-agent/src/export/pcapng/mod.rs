@@ -17,9 +17,11 @@
 //! is small and fixed; tshark and tcpdump read our files in the integration
 //! tests.
 
+pub mod file;
 pub mod read;
 pub mod write;
 
+pub use self::file::BlockFile;
 pub use self::write::{interface_block, packet_block, section_header};
 
 use crate::model::direction::Direction;

@@ -45,6 +45,12 @@ impl Wire {
         finish_checksums: true,
         segment: true,
     };
+    /// Checksums finished, super-packets whole: the default of files, as
+    /// tcpdump writes them but checksums as a wire carries them.
+    pub const FILE: Self = Self {
+        finish_checksums: true,
+        segment: false,
+    };
     /// Exactly as the hook saw them (`checksums=keep`).
     pub const KEEP: Self = Self {
         finish_checksums: false,
@@ -132,6 +138,12 @@ fn write_checksum(frame: &mut [u8], layout: &Layout, at: usize) {
         layout.pseudo_sum(frame),
         &frame[layout.l4..layout.l4 + layout.l4_len],
     );
+    put_checksum(frame, layout, at, s);
+}
+
+/// Writes the checksum of `s`, the sum of the pseudo-header and the
+/// transport bytes with the checksum field counted as zero.
+fn put_checksum(frame: &mut [u8], layout: &Layout, at: usize, s: u64) {
     let value = if layout.protocol == UDP {
         sum::ones_complement_with_no_zero(s)
     } else {
@@ -141,9 +153,10 @@ fn write_checksum(frame: &mut [u8], layout: &Layout, at: usize) {
 }
 
 /// Where a partial transport checksum is to be finished, if the frame has
-/// one: its layout and the checksum's offset. A frame not captured whole
+/// one: its layout, the checksum's offset, and the sum it is to be
+/// finished from (see [`put_checksum`]). A frame not captured whole
 /// (snaplen) cannot be finished.
-fn partial(frame: &[u8]) -> Option<(Layout, usize)> {
+fn partial(frame: &[u8]) -> Option<(Layout, usize, u64)> {
     let layout = Layout::of(frame)?;
     let at = layout.l4 + layout.checksum_at()?;
     if layout.l4 + layout.l4_len > frame.len() || at + 2 > frame.len() {
@@ -151,18 +164,22 @@ fn partial(frame: &[u8]) -> Option<(Layout, usize)> {
     }
     let pseudo = layout.pseudo_sum(frame);
     // CHECKSUM_PARTIAL leaves ~csum_tcpudp_magic(): the folded pseudo sum.
-    if u16::from_ne_bytes([frame[at], frame[at + 1]]) != !sum::ones_complement(pseudo) {
+    let field = [frame[at], frame[at + 1]];
+    if u16::from_ne_bytes(field) != !sum::ones_complement(pseudo) {
         return None;
     }
     let whole = sum::add_slice(pseudo, &frame[layout.l4..layout.l4 + layout.l4_len]);
-    (sum::ones_complement(whole) != 0).then_some((layout, at))
+    // Adding the field's complement takes it back out (one's complement
+    // arithmetic), so the bytes are summed once, not again to write it.
+    let without_field = sum::add_2bytes(whole, [!field[0], !field[1]]);
+    (sum::ones_complement(whole) != 0).then_some((layout, at, without_field))
 }
 
 /// Finishes a partial transport checksum in place; true when it did.
 pub fn finish(frame: &mut [u8]) -> bool {
     match partial(frame) {
-        Some((layout, at)) => {
-            write_checksum(frame, &layout, at);
+        Some((layout, at, s)) => {
+            put_checksum(frame, &layout, at, s);
             true
         }
         None => false,
@@ -227,7 +244,7 @@ impl Shaper {
         } else {
             None
         };
-        let Some((layout, at)) = todo else {
+        let Some((layout, at, s)) = todo else {
             each(data, orig_len);
             return Shaped {
                 copies: 1,
@@ -236,7 +253,7 @@ impl Shaper {
         };
         self.scratch.clear();
         self.scratch.extend_from_slice(data);
-        write_checksum(&mut self.scratch, &layout, at);
+        put_checksum(&mut self.scratch, &layout, at, s);
         each(&self.scratch, orig_len);
         Shaped {
             copies: 1,

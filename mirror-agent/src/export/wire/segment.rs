@@ -109,7 +109,9 @@ fn put16(buf: &mut [u8], at: usize, value: u16) {
     buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
-/// Recomputes an IPv4 header's checksum.
+/// Recomputes an IPv4 header's checksum, in place: etherparse computes
+/// one only from a parsed `Ipv4Header`, which would mean parsing and
+/// writing the header again for every segment.
 fn ipv4_checksum(buf: &mut [u8], l3: usize) {
     let ihl = usize::from(buf[l3] & 0x0f) * 4;
     buf[l3 + 10..l3 + 12].fill(0);

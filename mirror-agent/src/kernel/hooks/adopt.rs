@@ -145,6 +145,13 @@ impl Hooks {
         for id in stale {
             self.slots.remove(&id);
         }
+        if let Some(pins) = &self.pins {
+            for (id, _) in pins.labels()? {
+                if !self.slots.contains_key(&id) {
+                    pins.remove_label(id)?;
+                }
+            }
+        }
         Ok(adopted)
     }
 

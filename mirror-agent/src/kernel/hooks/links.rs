@@ -189,6 +189,9 @@ impl Hooks {
         // Already gone if its interface was deleted.
         let _ = config.remove(&iface.key());
         self.slots.remove(&iface);
+        if let Some(pins) = &self.pins {
+            pins.remove_label(iface)?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! What the agent writes in the maps (interface config, policy
 //! prefilters) and reads from them (counters, the ring).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use aya::{
     Pod,
@@ -11,26 +11,36 @@ use aya::{
     },
 };
 use mirror_common::{
-    Counters, IfaceConfig, IfaceKey, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6,
-    MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES,
-    MAX_KERNEL_RULES, MAX_POLICIES,
+    Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
+    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES,
+    MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
 };
 
 use super::{HookError, Hooks, Interface, Slot, map_err};
 use crate::{
-    kernel::{prefilter::PrefilterMaps, ring::Ring},
+    kernel::{inspect::HookLabel, prefilter::PrefilterMaps, ring::Ring},
     model::record::PolicyId,
 };
 
 impl Hooks {
     /// Writes an interface's config (before attaching, so the hook never runs
     /// without it) and gives it a counter slot: its own if it had one (an
-    /// adopted interface), else a free one, zeroed.
+    /// adopted interface), else a free one, zeroed. With pins, also notes
+    /// what the interface is and its policy's name, for `mirror-agent status`.
     pub fn configure(
         &mut self,
         iface: &Interface,
+        policy: &str,
         mut config: IfaceConfig,
     ) -> Result<Slot, HookError> {
+        if let Some(pins) = &self.pins {
+            let label = HookLabel {
+                policy: policy.to_owned(),
+                interface: iface.name.clone(),
+                label: iface.label.clone(),
+            };
+            pins.write_label(iface.id(), &label.to_text())?;
+        }
         let slot = match self.slots.get(&iface.id()) {
             Some(slot) => *slot,
             None => {
@@ -62,6 +72,12 @@ impl Hooks {
 
     /// Writes a policy's kernel prefilter (before any of its interfaces is
     /// attached, so the hook never runs with half of it).
+    ///
+    /// Its prefixes go in before its old ones come out, so a running hook
+    /// never sees the policy with neither; unless a table could not hold
+    /// both for a moment: then its prefilter is switched off first (the
+    /// agent decides every packet exactly meanwhile), and the old ones go
+    /// first.
     pub fn configure_policy(
         &mut self,
         id: PolicyId,
@@ -69,6 +85,13 @@ impl Hooks {
     ) -> Result<(), HookError> {
         if id.0 >= MAX_POLICIES {
             return Err(HookError::TooManyPolicies(id.0));
+        }
+        let crowded = self.lpm_crowded(MAP_LPM_SRC4, &compiled.src4, ident4)?
+            || self.lpm_crowded(MAP_LPM_DST4, &compiled.dst4, ident4)?
+            || self.lpm_crowded(MAP_LPM_SRC6, &compiled.src6, ident6)?
+            || self.lpm_crowded(MAP_LPM_DST6, &compiled.dst6, ident6)?;
+        if crowded {
+            self.set_filter(id, PolicyFilter::default())?;
         }
         for (i, rule) in compiled.rules.iter().enumerate() {
             let mut rules: Array<_, mirror_common::KernelRule> = self.map(MAP_RULES)?;
@@ -80,47 +103,126 @@ impl Hooks {
             (MAP_LPM_SRC4, &compiled.src4),
             (MAP_LPM_DST4, &compiled.dst4),
         ] {
-            self.lpm_replace(name, id, entries, |k| k.policy)?;
+            self.lpm_replace(name, id, entries, ident4, crowded)?;
         }
         for (name, entries) in [
             (MAP_LPM_SRC6, &compiled.src6),
             (MAP_LPM_DST6, &compiled.dst6),
         ] {
-            self.lpm_replace(name, id, entries, |k| k.policy)?;
+            self.lpm_replace(name, id, entries, ident6, crowded)?;
         }
-        let mut policies: Array<_, mirror_common::PolicyFilter> = self.map(MAP_POLICIES)?;
+        self.set_filter(id, compiled.filter)
+    }
+
+    /// Takes the prefixes of every policy id but `keep` out of the tables,
+    /// their prefilters switched off first: what a plan no longer has
+    /// (or an earlier agent's plan, in pinned maps) must not take the room
+    /// of what it has. Before the plan's own policies are written.
+    pub fn retire_policies(&mut self, keep: &[PolicyId]) -> Result<(), HookError> {
+        let kept = |policy: [u8; 4]| keep.iter().any(|id| id.0.to_be_bytes() == policy);
+        let mut retired = BTreeSet::new();
+        retired.extend(self.lpm_others(MAP_LPM_SRC4, &kept, ident4)?);
+        retired.extend(self.lpm_others(MAP_LPM_DST4, &kept, ident4)?);
+        retired.extend(self.lpm_others(MAP_LPM_SRC6, &kept, ident6)?);
+        retired.extend(self.lpm_others(MAP_LPM_DST6, &kept, ident6)?);
+        for id in &retired {
+            self.set_filter(PolicyId(*id), PolicyFilter::default())?;
+        }
+        for id in retired {
+            let none = PrefilterMaps::default();
+            self.lpm_replace(MAP_LPM_SRC4, PolicyId(id), &none.src4, ident4, true)?;
+            self.lpm_replace(MAP_LPM_DST4, PolicyId(id), &none.dst4, ident4, true)?;
+            self.lpm_replace(MAP_LPM_SRC6, PolicyId(id), &none.src6, ident6, true)?;
+            self.lpm_replace(MAP_LPM_DST6, PolicyId(id), &none.dst6, ident6, true)?;
+        }
+        Ok(())
+    }
+
+    fn set_filter(&mut self, id: PolicyId, filter: PolicyFilter) -> Result<(), HookError> {
+        let mut policies: Array<_, PolicyFilter> = self.map(MAP_POLICIES)?;
         policies
-            .set(id.0, compiled.filter, 0)
+            .set(id.0, filter, 0)
             .map_err(|source| map_err(MAP_POLICIES, source))
     }
 
-    /// Inserts a policy's prefixes, then removes any others of that policy
-    /// (left by an earlier agent's version of it, in pinned maps): in that
-    /// order, a running hook never sees the policy with none.
-    fn lpm_replace<K: Pod + PartialEq>(
+    /// The policy ids in table `name` that `kept` does not keep.
+    fn lpm_others<K: Pod>(
+        &mut self,
+        name: &'static str,
+        kept: &dyn Fn([u8; 4]) -> bool,
+        ident: fn(&K) -> Ident,
+    ) -> Result<BTreeSet<u32>, HookError> {
+        let trie: LpmTrie<_, K, u64> = self.map(name)?;
+        Ok(trie
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| ident(&k.data()).0)
+            .filter(|p| !kept(*p))
+            .map(u32::from_be_bytes)
+            .collect())
+    }
+
+    /// Whether table `name` could not hold policy `id`'s new prefixes
+    /// beside all it holds now.
+    fn lpm_crowded<K: Pod>(
+        &mut self,
+        name: &'static str,
+        entries: &[(u32, K, u64)],
+        ident: fn(&K) -> Ident,
+    ) -> Result<bool, HookError> {
+        let trie: LpmTrie<_, K, u64> = self.map(name)?;
+        // The key carries the policy id: an entry of another policy never
+        // equals one of these.
+        let held: HashSet<(u32, Ident)> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), ident(&k.data())))
+            .collect();
+        let new = entries
+            .iter()
+            .filter(|(len, key, _)| !held.contains(&(*len, ident(key))))
+            .count();
+        Ok(held.len() + new > MAX_LPM_ENTRIES as usize)
+    }
+
+    /// Puts a policy's prefixes in table `name` and takes out any others of
+    /// that policy (left by its previous plan, or an earlier agent's, in
+    /// pinned maps); the old ones first if `old_first`.
+    fn lpm_replace<K: Pod>(
         &mut self,
         name: &'static str,
         id: PolicyId,
         entries: &[(u32, K, u64)],
-        policy_of: impl Fn(&K) -> [u8; 4],
+        ident: fn(&K) -> Ident,
+        old_first: bool,
     ) -> Result<(), HookError> {
         let mut trie: LpmTrie<_, K, u64> = self.map(name)?;
-        for (prefix_len, key, bits) in entries {
-            trie.insert(&Key::new(*prefix_len, *key), bits, 0)
-                .map_err(|source| map_err(name, source))?;
-        }
+        let wanted: HashSet<(u32, Ident)> = entries
+            .iter()
+            .map(|(len, key, _)| (*len, ident(key)))
+            .collect();
         let stale: Vec<Key<K>> = trie
             .keys()
             .filter_map(Result::ok)
             .filter(|k| {
-                policy_of(&k.data()) == id.0.to_be_bytes()
-                    && !entries
-                        .iter()
-                        .any(|(len, key, _)| *len == k.prefix_len() && *key == k.data())
+                let i = ident(&k.data());
+                i.0 == id.0.to_be_bytes() && !wanted.contains(&(k.prefix_len(), i))
             })
             .collect();
-        for key in stale {
-            trie.remove(&key).map_err(|source| map_err(name, source))?;
+        let remove = |trie: &mut LpmTrie<_, K, u64>| {
+            stale
+                .iter()
+                .try_for_each(|key| trie.remove(key).map_err(|source| map_err(name, source)))
+        };
+        if old_first {
+            remove(&mut trie)?;
+        }
+        for (prefix_len, key, bits) in entries {
+            trie.insert(&Key::new(*prefix_len, *key), bits, 0)
+                .map_err(|source| map_err(name, source))?;
+        }
+        if !old_first {
+            remove(&mut trie)?;
         }
         Ok(())
     }
@@ -171,4 +273,18 @@ impl Hooks {
         }
         Ok(sum)
     }
+}
+
+/// A prefix table key, hashable: the policy id, then the address (an IPv4
+/// one in the first 4 bytes).
+type Ident = ([u8; 4], [u8; 16]);
+
+fn ident4(k: &Lpm4) -> Ident {
+    let mut addr = [0; 16];
+    addr[..4].copy_from_slice(&k.addr);
+    (k.policy, addr)
+}
+
+fn ident6(k: &Lpm6) -> Ident {
+    (k.policy, k.addr)
 }

@@ -9,7 +9,8 @@
 //! eBPF objects; `load.rs` their loading; `maps.rs` what the agent writes
 //! and reads in their maps; `links.rs` attaching and detaching; `adopt.rs`
 //! the pins: taking over an earlier agent's hooks, pinning new ones, and
-//! clearing what is no longer wanted.
+//! clearing what is no longer wanted; `run.rs` one run of a program on a
+//! frame, for the tests.
 
 mod adopt;
 mod interface;
@@ -17,6 +18,7 @@ mod links;
 mod load;
 mod maps;
 mod objects;
+mod run;
 
 use std::{collections::HashMap as StdHashMap, path::PathBuf};
 
@@ -26,7 +28,7 @@ use aya::{
 };
 use mirror_common::{MAX_INTERFACES, MAX_POLICIES};
 
-pub use self::interface::Interface;
+pub use self::{interface::Interface, run::FrameRun};
 use crate::{
     kernel::{
         netns::NetnsError,

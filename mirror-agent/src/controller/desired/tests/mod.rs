@@ -5,6 +5,7 @@
 
 mod attach;
 mod select;
+mod tables;
 mod tls;
 
 use std::{collections::HashMap, path::Path, sync::Arc};

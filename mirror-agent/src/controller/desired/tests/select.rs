@@ -10,9 +10,14 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
     not_running["status"]["phase"] = json!("Pending");
     let mut host_network = pod("shop", "web-4", 4, json!({"app": "web"}));
     host_network["spec"]["hostNetwork"] = json!(true);
+    // Injected by the webhook: its sidecar mirrors it, the node agent not.
+    let mut with_sidecar = pod("shop", "web-7", 7, json!({"app": "web"}));
+    with_sidecar["spec"]["initContainers"] =
+        json!([{"name": "mirror-sidecar", "image": "mirror-agent", "restartPolicy": "Always"}]);
     snapshot.pods.extend(pods(vec![
         not_running,
         host_network,
+        with_sidecar,
         pod("other", "web-5", 5, json!({"app": "web"})),
     ]));
     let node = node(AttachPoint::Auto);
@@ -28,7 +33,7 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
     );
     let mut on_node: Vec<&str> = wanted.on_node.iter().map(String::as_str).collect();
     on_node.sort_unstable();
-    assert_eq!(on_node, ["uid-1", "uid-2", "uid-4", "uid-5"]);
+    assert_eq!(on_node, ["uid-1", "uid-2", "uid-4", "uid-5", "uid-7"]);
 
     let d = desired(&snapshot, &veths(), &node);
     let [p] = d.plan.as_slice() else {
@@ -52,6 +57,7 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
             matched: 1,
             attached: 1,
             skipped_host_network: 1,
+            sidecar: 1,
             terminating: 0,
             problems: Vec::new(),
         }]
@@ -169,9 +175,10 @@ fn a_collector_that_does_not_admit_the_namespace_refuses_the_policy() {
             message: "no MirrorCollector is named \"missing\"".into(),
         }
     );
+    // Refused, each still counts the pod it selects, and hooks none.
     for name in ["b-team/web", "b-team/closed", "b-team/nowhere"] {
         let o = outcome_of(&d, name);
-        assert_eq!((o.matched, o.attached), (0, 0), "{name}");
+        assert_eq!((o.matched, o.attached), (1, 0), "{name}");
     }
     // The admitted policy still runs, with its place in the order as id.
     let names: Vec<(PolicyId, &str)> = d.plan.iter().map(|p| (p.id, p.name.as_str())).collect();

@@ -1,0 +1,156 @@
+//! The injected container, and the JSON patch that adds it.
+//!
+//! A native sidecar (Kubernetes 1.29+): an init container with
+//! `restartPolicy: Always`, first of the init containers, so it is running
+//! (its startup probe answered: hooks attached) before any other container
+//! starts, and is stopped only after them. Privileges: CAP_BPF (load the
+//! programs and make the ring buffer), CAP_PERFMON (without it the verifier
+//! refuses the programs' packet-pointer arithmetic, as for an unprivileged
+//! loader) and CAP_NET_ADMIN (attach them to the pod's interfaces with
+//! tcx), CAP_NET_RAW only for a GRE or ERSPAN
+//! collector's raw socket; every other capability dropped, no privilege
+//! escalation, a read-only root filesystem. It runs as uid 0 because
+//! Kubernetes gives added capabilities to non-root containers only in
+//! their bounding set, not their effective one.
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+        ObjectFieldSelector, Pod, Probe, ResourceRequirements, SecurityContext,
+    },
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
+};
+use serde_json::{Value, json};
+
+use super::{Injector, SIDECAR_NAME, annotations::Asked, annotations::INJECTED};
+
+/// The sidecar container for `policy`, whose policy file is `text`.
+pub fn container(injector: &Injector, asked: &Asked, text: &str, raw: bool) -> Container {
+    let port = asked.metrics_port.unwrap_or(injector.metrics_port);
+    let memory = asked.memory.unwrap_or(injector.memory);
+    let mut args = vec![
+        "sidecar".to_owned(),
+        "--metrics-addr".to_owned(),
+        format!("0.0.0.0:{port}"),
+    ];
+    for name in &asked.interfaces {
+        args.extend(["--interface".to_owned(), name.clone()]);
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let mut add = vec![
+        "BPF".to_owned(),
+        "PERFMON".to_owned(),
+        "NET_ADMIN".to_owned(),
+    ];
+    if raw {
+        add.push("NET_RAW".to_owned());
+    }
+    let cpu = asked
+        .cpu
+        .clone()
+        .unwrap_or_else(|| Quantity(injector.cpu.clone()));
+    Container {
+        name: SIDECAR_NAME.to_owned(),
+        image: Some(injector.image.clone()),
+        args: Some(args),
+        restart_policy: Some("Always".to_owned()),
+        env: Some(vec![
+            EnvVar {
+                name: "MIRROR_POLICY".to_owned(),
+                value: Some(text.to_owned()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "NODE_NAME".to_owned(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".to_owned()),
+                        field_path: "spec.nodeName".to_owned(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("mirror-metrics".to_owned()),
+            container_port: i32::from(port),
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            limits: Some([("memory".to_owned(), Quantity(memory.to_string()))].into()),
+            requests: Some(
+                [
+                    ("memory".to_owned(), Quantity(memory.to_string())),
+                    ("cpu".to_owned(), cpu),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        }),
+        // Started (hooks attached) before the application's containers.
+        startup_probe: Some(probe("/readyz", 1, 30)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        security_context: Some(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(add),
+                drop: Some(vec!["ALL".to_owned()]),
+            }),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `/` and `~` escaped in a JSON pointer's token (RFC 6901).
+fn token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The patch: the container first among the init containers, and the
+/// `injected` annotation naming the policy.
+pub fn patch(
+    injector: &Injector,
+    pod: &Pod,
+    asked: &Asked,
+    policy: &str,
+    text: &str,
+    raw: bool,
+) -> json_patch::Patch {
+    let c = serde_json::to_value(container(injector, asked, text, raw)).unwrap_or(Value::Null);
+    let has_init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some();
+    let mut ops = vec![if has_init {
+        json!({"op": "add", "path": "/spec/initContainers/0", "value": c})
+    } else {
+        json!({"op": "add", "path": "/spec/initContainers", "value": [c]})
+    }];
+    if pod.metadata.annotations.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+    }
+    ops.push(json!({
+        "op": "add",
+        "path": format!("/metadata/annotations/{}", token(INJECTED)),
+        "value": policy,
+    }));
+    // Every op above is well formed by construction.
+    serde_json::from_value(Value::Array(ops)).unwrap_or(json_patch::Patch(Vec::new()))
+}
