@@ -57,6 +57,11 @@ enum Command {
         /// Seconds of each TCP and full-rate UDP run.
         #[arg(long, default_value_t = bench::DEFAULT_SECONDS)]
         seconds: u64,
+        /// Another build of mirror-agent (an earlier commit's release
+        /// binary) whose hook runs beside this one's, interleaved in the
+        /// same repetitions, as extra rows: a change's before and after.
+        #[arg(long, value_name = "AGENT_BINARY")]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Check that the agent's modules use only layers below their own
     /// (xtask/src/layers.rs lists the ranks; part of `cargo xtask test`).
@@ -126,10 +131,12 @@ fn main() -> ExitCode {
             smoke,
             reps,
             seconds,
+            baseline,
         } => bench::run(&bench::Options {
             smoke,
             reps,
             seconds,
+            baseline,
         }),
         Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Crds { check } => crds::run(check),

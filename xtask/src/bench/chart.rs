@@ -47,8 +47,10 @@ pub fn draw(s: &Summary, path: &Path) -> Result<()> {
         title: "Production traffic with each configuration, ÷ no hook",
         y_label: "ratio to no hook (median)",
         series: &["UDP 64 B packets/s", "TCP 1 stream", "TCP 4 streams"],
-        groups: Config::ALL[1..]
+        groups: s
+            .configs
             .iter()
+            .filter(|c| **c != Config::NoHook)
             .map(|&c| {
                 (
                     c.key(),
@@ -73,7 +75,8 @@ pub fn draw(s: &Summary, path: &Path) -> Result<()> {
             "copies/s at full rate",
             "knee: highest rate ≥ 99.9% complete",
         ],
-        groups: Config::ALL
+        groups: s
+            .configs
             .iter()
             .filter(|c| c.mirrors())
             .map(|&c| {

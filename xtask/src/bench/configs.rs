@@ -35,6 +35,10 @@ pub enum Config {
     MirrorPcapng,
     Tcpdump,
     KernelMirror,
+    /// Configurations 2 to 4 with `--baseline`'s agent.
+    BaselineNothing,
+    BaselineVxlan,
+    BaselinePcapng,
 }
 
 impl Config {
@@ -46,6 +50,38 @@ impl Config {
         Self::Tcpdump,
         Self::KernelMirror,
     ];
+    /// What `--baseline` adds: the hook's rows run by the earlier build.
+    pub const BASELINE: [Self; 3] = [
+        Self::BaselineNothing,
+        Self::BaselineVxlan,
+        Self::BaselinePcapng,
+    ];
+    /// Every configuration, in the report's order.
+    pub const EVERY: [Self; 9] = [
+        Self::NoHook,
+        Self::HookNothing,
+        Self::MirrorVxlan,
+        Self::MirrorPcapng,
+        Self::Tcpdump,
+        Self::KernelMirror,
+        Self::BaselineNothing,
+        Self::BaselineVxlan,
+        Self::BaselinePcapng,
+    ];
+
+    /// What the configuration sets up: a baseline one, the same as ours.
+    pub fn role(self) -> Self {
+        match self {
+            Self::BaselineNothing => Self::HookNothing,
+            Self::BaselineVxlan => Self::MirrorVxlan,
+            Self::BaselinePcapng => Self::MirrorPcapng,
+            c => c,
+        }
+    }
+
+    pub fn is_baseline(self) -> bool {
+        self.role() != self
+    }
 
     /// The name in the report's tables.
     pub fn label(self) -> &'static str {
@@ -56,6 +92,9 @@ impl Config {
             Self::MirrorPcapng => "4 mirror-agent -> pcapng (tmpfs)",
             Self::Tcpdump => "5 tcpdump -s 128 -w /dev/null",
             Self::KernelMirror => "6 tc mirred -> kernel VXLAN",
+            Self::BaselineNothing => "2b baseline agent: hook, rules match nothing",
+            Self::BaselineVxlan => "3b baseline agent -> VXLAN (gso) -> collect",
+            Self::BaselinePcapng => "4b baseline agent -> pcapng (tmpfs)",
         }
     }
 
@@ -68,13 +107,16 @@ impl Config {
             Self::MirrorPcapng => "pcapng",
             Self::Tcpdump => "tcpdump",
             Self::KernelMirror => "kernel",
+            Self::BaselineNothing => "base-nothing",
+            Self::BaselineVxlan => "base-vxlan",
+            Self::BaselinePcapng => "base-pcapng",
         }
     }
 
     /// Whether copies go somewhere, so completeness means something.
     pub fn mirrors(self) -> bool {
         matches!(
-            self,
+            self.role(),
             Self::MirrorVxlan | Self::MirrorPcapng | Self::Tcpdump | Self::KernelMirror
         )
     }
@@ -82,7 +124,7 @@ impl Config {
     /// Whether our eBPF programs are attached (so they have a run time).
     pub fn our_hook(self) -> bool {
         matches!(
-            self,
+            self.role(),
             Self::HookNothing | Self::MirrorVxlan | Self::MirrorPcapng
         )
     }
@@ -92,6 +134,8 @@ impl Config {
 pub struct Env<'a> {
     pub net: &'a BenchNet,
     pub agent_bin: &'a Path,
+    /// `--baseline`: the earlier build its configurations run.
+    pub baseline_bin: Option<&'a Path>,
     /// On tmpfs where there is one: pcapng output and the collector's files.
     pub scratch: &'a Path,
     /// `--ring-size` for the agent, if not its default.
@@ -146,7 +190,13 @@ impl<'a> Session<'a> {
             copier_pid: None,
         };
         let net = env.net;
-        match config {
+        let agent_bin = if config.is_baseline() {
+            env.baseline_bin
+                .context("a baseline configuration without --baseline")?
+        } else {
+            env.agent_bin
+        };
+        match config.role() {
             Config::NoHook => {}
             Config::HookNothing => {
                 let policy = env.scratch.join(unique_name("policy") + ".yaml");
@@ -156,7 +206,7 @@ impl<'a> Session<'a> {
                     .with_context(|| format!("writing {}", policy.display()))?;
                 let mut args = vec!["attach".to_owned(), "--policy".to_owned()];
                 args.push(policy.display().to_string());
-                s.agent = Some(start_agent(env, &args)?);
+                s.agent = Some(start_agent(env, agent_bin, &args)?);
             }
             Config::MirrorVxlan => {
                 s.collector = Some(start_collector(env, &mut s.files)?);
@@ -166,13 +216,21 @@ impl<'a> Session<'a> {
                     "vxlan://{}?vni={AGENT_VNI}&gso=true",
                     net.collector.collector_v4
                 );
-                s.agent = Some(start_agent(env, &mirror_args(&net.host_if, &out))?);
+                s.agent = Some(start_agent(
+                    env,
+                    agent_bin,
+                    &mirror_args(&net.host_if, &out),
+                )?);
             }
             Config::MirrorPcapng => {
                 let file = env.scratch.join(unique_name("mirror") + ".pcapng");
                 s.files.push(file.clone());
                 let out = format!("pcapng:{}", file.display());
-                s.agent = Some(start_agent(env, &mirror_args(&net.host_if, &out))?);
+                s.agent = Some(start_agent(
+                    env,
+                    agent_bin,
+                    &mirror_args(&net.host_if, &out),
+                )?);
             }
             Config::Tcpdump => {
                 let mut cmd = net.node.command("tcpdump");
@@ -187,6 +245,10 @@ impl<'a> Session<'a> {
             Config::KernelMirror => {
                 s.collector = Some(start_collector(env, &mut s.files)?);
                 s.kernel = Some(KernelMirror::add(net)?);
+            }
+            // `role` maps these to the configurations above.
+            Config::BaselineNothing | Config::BaselineVxlan | Config::BaselinePcapng => {
+                anyhow::bail!("{config:?} has no set-up of its own")
             }
         }
         s.copier_pid = match (&mut s.agent, &s.tcpdump) {
@@ -226,7 +288,7 @@ impl<'a> Session<'a> {
             );
             out.agent = exit.summary()?;
             out.output = exit.fields_of("output summary")?;
-            if self.config == Config::MirrorPcapng {
+            if self.config.role() == Config::MirrorPcapng {
                 out.captured = Some(
                     *out.output
                         .get("sent")
@@ -296,8 +358,8 @@ fn mirror_args(host_if: &str, output: &str) -> Vec<String> {
     .to_vec()
 }
 
-fn start_agent(env: &Env<'_>, args: &[String]) -> Result<Agent> {
-    let mut cmd = env.net.node.command(&env.agent_bin.to_string_lossy());
+fn start_agent(env: &Env<'_>, agent_bin: &Path, args: &[String]) -> Result<Agent> {
+    let mut cmd = env.net.node.command(&agent_bin.to_string_lossy());
     cmd.args(args).stdout(Stdio::null());
     if let Some(size) = env.ring_size {
         cmd.args(["--ring-size", &size.to_string()]);
@@ -422,6 +484,51 @@ impl Drop for KernelMirror<'_> {
             let node = &self.net.node;
             let _ = node.exec(&["tc", "qdisc", "del", "dev", &self.net.host_if, "clsact"]);
             let _ = node.ip(&["link", "del", &self.dev]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{Options, Plan};
+
+    #[test]
+    fn a_baseline_row_sets_up_what_its_own_row_does() {
+        for c in Config::EVERY {
+            assert!(!c.role().is_baseline(), "{c:?}");
+            assert_eq!(c.mirrors(), c.role().mirrors());
+            assert_eq!(c.our_hook(), c.role().our_hook());
+        }
+        assert!(
+            Config::BASELINE
+                .iter()
+                .all(|c| c.is_baseline() && c.our_hook())
+        );
+        assert!(Config::ALL.iter().all(|c| !c.is_baseline()));
+    }
+
+    #[test]
+    fn baseline_rows_run_only_when_asked_and_beside_ours() {
+        let options = |baseline: Option<&str>| Options {
+            smoke: false,
+            reps: 1,
+            seconds: 1,
+            baseline: baseline.map(PathBuf::from),
+        };
+        let without = Plan::new(&options(None));
+        let with = Plan::new(&options(Some("/old/mirror-agent")));
+        for plan in [&without, &with] {
+            for c in Config::ALL {
+                assert!(plan.udp_configs.contains(&c), "{c:?}");
+            }
+        }
+        for c in Config::BASELINE {
+            assert!(!without.udp_configs.contains(&c), "{c:?}");
+            for set in [&with.tcp_configs, &with.udp_configs, &with.cost_configs] {
+                assert!(set.contains(&c), "{c:?}");
+            }
+            assert!(!with.sweep_configs.contains(&c), "{c:?}");
         }
     }
 }

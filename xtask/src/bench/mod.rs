@@ -41,6 +41,8 @@ pub struct Options {
     pub reps: usize,
     /// Length of each TCP and full-rate UDP run.
     pub seconds: u64,
+    /// An earlier build of the agent, measured beside this one.
+    pub baseline: Option<PathBuf>,
 }
 
 pub const DEFAULT_REPS: usize = 3;
@@ -49,6 +51,7 @@ const SMOKE: Options = Options {
     smoke: true,
     reps: 1,
     seconds: 1,
+    baseline: None,
 };
 
 /// What one invocation measures.
@@ -86,11 +89,19 @@ impl Plan {
                 ring_size: Some(4 << 20),
             }
         } else {
+            // An earlier build's hook rows beside ours (no sweep: its knee
+            // is not what a before/after of the hook asks).
+            let baseline: &[Config] = if o.baseline.is_some() {
+                &Config::BASELINE
+            } else {
+                &[]
+            };
+            let with = |v: Vec<Config>| [v, baseline.to_vec()].concat();
             Self {
                 tcp_streams: vec![1, 4],
-                tcp_configs: Config::ALL.to_vec(),
-                udp_configs: Config::ALL.to_vec(),
-                cost_configs: hooked,
+                tcp_configs: with(Config::ALL.to_vec()),
+                udp_configs: with(Config::ALL.to_vec()),
+                cost_configs: with(hooked),
                 sweep_configs: mirroring,
                 fractions: vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
                 seconds: o.seconds,
@@ -188,6 +199,13 @@ pub fn smoke(agent: &Path) -> Result<()> {
 
 fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     let started = Instant::now();
+    if let Some(b) = &options.baseline {
+        anyhow::ensure!(
+            b.is_file(),
+            "--baseline {}: no such file (give a mirror-agent binary)",
+            b.display()
+        );
+    }
     let plan = Plan::new(options);
     let machine = report::Machine::probe()?;
     // The smoke run (every `cargo xtask test`) must not overwrite a real report.
@@ -201,8 +219,13 @@ fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     let command = if options.smoke {
         "cargo xtask bench --smoke".to_owned()
     } else {
+        let baseline = options
+            .baseline
+            .as_ref()
+            .map(|b| format!(" --baseline {}", b.display()))
+            .unwrap_or_default();
         format!(
-            "cargo xtask bench --reps {} --seconds {}",
+            "cargo xtask bench --reps {} --seconds {}{baseline}",
             options.reps, options.seconds
         )
     };
@@ -276,6 +299,7 @@ fn measure_all(
     let env = Env {
         net: &net,
         agent_bin,
+        baseline_bin: options.baseline.as_deref(),
         scratch: scratch.path(),
         ring_size: plan.ring_size,
     };

@@ -87,6 +87,8 @@ pub struct Row {
 
 pub struct Summary {
     pub rows: BTreeMap<Config, Row>,
+    /// The configurations measured, in the report's order.
+    pub configs: Vec<Config>,
     pub reps: usize,
     /// The sweep's points: (config, offered pps, completeness), for the report.
     pub sweep: Vec<(Config, usize, f64, f64)>,
@@ -110,7 +112,11 @@ impl Summary {
     pub fn new(samples: &[Sample]) -> Self {
         let reps = samples.iter().map(|s| s.rep + 1).max().unwrap_or(0);
         let mut rows = BTreeMap::new();
-        for c in Config::ALL {
+        let configs: Vec<Config> = Config::EVERY
+            .into_iter()
+            .filter(|c| samples.iter().any(|s| s.config == *c))
+            .collect();
+        for c in configs.iter().copied() {
             let of = |m: fn(&Measure) -> bool| -> Vec<&Sample> {
                 samples
                     .iter()
@@ -207,7 +213,12 @@ impl Summary {
             })
             .filter_map(|s| Some((s.config, s.rep, s.udp?.offered_pps, s.completeness()?)))
             .collect();
-        Self { rows, reps, sweep }
+        Self {
+            rows,
+            configs,
+            reps,
+            sweep,
+        }
     }
 
     pub fn row(&self, c: Config) -> &Row {
@@ -319,7 +330,7 @@ pub fn ratio_table(s: &Summary) -> String {
         "| configuration | UDP 64 B pps | TCP ×1 | TCP ×4 | complete at full rate | knee (≥ 99.9%) | hook ns/pkt |\n\
          |---|---|---|---|---|---|---|\n",
     );
-    for c in Config::ALL {
+    for c in s.configs.iter().copied() {
         let r = s.row(c);
         let _ = writeln!(
             t,
@@ -372,7 +383,7 @@ pub fn markdown(s: &Summary, m: &Machine, command: &str, elapsed: Duration, smok
         "| configuration | UDP delivered pps | UDP offered pps | copies/s at full rate | TCP ×1 Gbit/s | TCP ×4 Gbit/s | copier CPU ns/copy | softirq ns/pkt | RSS MiB (peak) | agent lost at full rate (ring full / queue full / send error) |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for c in Config::ALL {
+    for c in s.configs.iter().copied() {
         let r = s.row(c);
         let lost = match r.lost_share {
             Some(_) => format!(
@@ -412,7 +423,7 @@ pub fn markdown(s: &Summary, m: &Machine, command: &str, elapsed: Duration, smok
     t.push_str("\n## Targets (issue #6)\n\n");
     t.push_str(&targets(s));
     t.push_str("\n## Sweep points (offered pps at the hook → completeness)\n\n");
-    for c in Config::ALL.into_iter().filter(|c| c.mirrors()) {
+    for c in s.configs.iter().copied().filter(|c| c.mirrors()) {
         let mut pts: Vec<_> = s.sweep.iter().filter(|p| p.0 == c).collect();
         pts.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
         let text: Vec<String> = pts

@@ -95,6 +95,7 @@ fn soak(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
     let env = Env {
         net: &net,
         agent_bin,
+        baseline_bin: None,
         scratch: scratch.path(),
         ring_size: None,
     };
@@ -166,6 +167,7 @@ fn knee_search(env: &Env<'_>, stop: &StopFlag) -> Result<RateChoice> {
         smoke: false,
         reps: 1,
         seconds: PROBE_SECONDS,
+        baseline: None,
     });
     plan.tcp_streams.clear();
     plan.udp_configs = vec![Config::NoHook];
