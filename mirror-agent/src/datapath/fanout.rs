@@ -3,12 +3,16 @@
 //! to each of the policy's exporters. Runs on the drain thread, per record,
 //! with no allocation.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tracing::warn;
 
 use crate::{
-    export::{Exporter, output::Output},
+    export::{
+        Exporter,
+        output::Output,
+        own::{Matcher, OwnConnections},
+    },
     model::record::{IfaceId, Record, WallClock},
     policy::{Filters, Verdict, ratelimit::RateLimiter},
 };
@@ -19,6 +23,9 @@ pub struct AgentStats {
     pub delivered: u64,
     pub malformed: u64,
     pub unknown_interface: u64,
+    /// Copies of the agent's own TCP and TLS connections to collectors,
+    /// passed over (see [`crate::export::own`]).
+    pub own_traffic: u64,
 }
 
 /// Why a policy's userspace stage passed over records.
@@ -119,6 +126,7 @@ pub struct Fanout {
     routes: HashMap<IfaceId, (String, usize)>,
     clock: WallClock,
     stats: AgentStats,
+    own: Matcher,
 }
 
 impl Fanout {
@@ -132,7 +140,15 @@ impl Fanout {
             routes,
             clock,
             stats: AgentStats::default(),
+            own: Matcher::new(Arc::default()),
         }
+    }
+
+    /// Passes over copies of the connections its outputs publish in `own`
+    /// (those of the mirror it serves, across plans).
+    pub fn with_own(mut self, own: Arc<OwnConnections>) -> Self {
+        self.own = Matcher::new(own);
+        self
     }
 
     pub fn record(&mut self, bytes: &[u8]) {
@@ -146,6 +162,10 @@ impl Fanout {
                 return;
             }
         };
+        if self.own.is_own(record.data) {
+            self.stats.own_traffic += 1;
+            return;
+        }
         let Some((name, policy)) = self.routes.get(&record.iface) else {
             self.stats.unknown_interface += 1;
             return;
