@@ -304,16 +304,21 @@ fn stream_collector(listen: &str, output: &str, port: u16) {
     // on: until then the sidecar's connects fail at once (no route), with
     // no packet, so every packet of its connection passes the hooks.
     pair.node
-        .ip(&["addr", "add", &format!("{COLLECTOR}/32"), "dev", &pair.host_if])
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{COLLECTOR}/32"),
+            "dev",
+            &pair.host_if,
+        ])
         .expect("the collector's address");
     let collector = Collector::start(&pair.node, &[listen], &[]).expect("the collector starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let tcpdump_file = dir.path().join("pod.pcap");
     let tcpdump =
         Tcpdump::start(&pair.pod, &pair.pod_if, tcpdump_file.clone(), &[]).expect("tcpdump");
-    let policy = format!(
-        "policies:\n  - name: pod\n    interfaces: ['*']\n    collectors: ['{output}']\n"
-    );
+    let policy =
+        format!("policies:\n  - name: pod\n    interfaces: ['*']\n    collectors: ['{output}']\n");
     let metrics = "127.0.0.1:19465";
     let mut cmd = pair.pod.command(&agent::binary().to_string_lossy());
     cmd.args(["sidecar", "--metrics-addr", metrics])
@@ -322,7 +327,13 @@ fn stream_collector(listen: &str, output: &str, port: u16) {
         .stdout(Stdio::null());
     let sidecar = Agent::start_command(cmd).expect("the sidecar starts with a stream collector");
     pair.pod
-        .ip(&["route", "add", &format!("{COLLECTOR}/32"), "via", "198.18.0.1"])
+        .ip(&[
+            "route",
+            "add",
+            &format!("{COLLECTOR}/32"),
+            "via",
+            "198.18.0.1",
+        ])
         .expect("the route to the collector");
 
     let (pod_ip, node_ip) = (IpAddr::V4(pair.pod_v4), IpAddr::V4(pair.node_v4));

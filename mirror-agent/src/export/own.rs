@@ -293,7 +293,10 @@ mod tests {
         let mut tagged = tcp4(collector, me);
         tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
         assert!(matcher.is_own(&tagged));
-        let (me6, collector6) = (addr("[fd00:198:18::2]:40002"), addr("[fd00:198:18::1]:7000"));
+        let (me6, collector6) = (
+            addr("[fd00:198:18::2]:40002"),
+            addr("[fd00:198:18::1]:7000"),
+        );
         assert!(!matcher.is_own(&tcp6(collector6, me6)));
         owner.connection(Connection {
             local: me6,

@@ -398,7 +398,11 @@ struct Connector<'a> {
     owner: &'a Owner,
 }
 
-fn connect(to: &Endpoint, by: &Connector<'_>, tls: Option<&TlsClient>) -> Result<Conn, StreamError> {
+fn connect(
+    to: &Endpoint,
+    by: &Connector<'_>,
+    tls: Option<&TlsClient>,
+) -> Result<Conn, StreamError> {
     let tcp = connect_tcp(to, by)?;
     Ok(match tls {
         None => Conn::Tcp(tcp),

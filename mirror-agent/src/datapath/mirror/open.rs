@@ -221,8 +221,14 @@ mod tests {
 
         let second = web(vec![a.clone(), b.clone()], "256", &path);
         let streams = stream_keys(&first);
-        let mut new =
-            open_fanout(&second, &settings, &progress, &own, Some((&mut old, &streams))).expect("opens");
+        let mut new = open_fanout(
+            &second,
+            &settings,
+            &progress,
+            &own,
+            Some((&mut old, &streams)),
+        )
+        .expect("opens");
         assert_eq!(old.exporters().count(), 0, "the output was taken");
         let two = send(&mut new, &b, 20);
         let three = send(&mut new, &a, 30);
@@ -249,8 +255,14 @@ mod tests {
 
         let second = web(vec![a.clone()], "128", &path);
         let streams = stream_keys(&first);
-        let mut new =
-            open_fanout(&second, &settings, &progress, &own, Some((&mut old, &streams))).expect("opens");
+        let mut new = open_fanout(
+            &second,
+            &settings,
+            &progress,
+            &own,
+            Some((&mut old, &streams)),
+        )
+        .expect("opens");
         let two = send(&mut new, &a, 20);
         new.close(CLOSE_TIMEOUT);
 
@@ -272,9 +284,15 @@ mod tests {
         let nowhere = dir.path().join("no-such-dir").join("x.pcapng");
         second[0].outputs.push(Output::PcapngFile(nowhere));
         let streams = stream_keys(&first);
-        let error = open_fanout(&second, &settings, &progress, &own, Some((&mut old, &streams)))
-            .err()
-            .expect("a directory that does not exist");
+        let error = open_fanout(
+            &second,
+            &settings,
+            &progress,
+            &own,
+            Some((&mut old, &streams)),
+        )
+        .err()
+        .expect("a directory that does not exist");
         assert!(matches!(error, MirrorError::Output(_)), "{error}");
         assert_eq!(old.exporters().count(), 1, "the running output stays");
         let one = send(&mut old, &a, 10);
