@@ -371,6 +371,37 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_the_agents_own_connections_are_counted_never_sent() {
+        use crate::export::own::Connection;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let progress = Arc::new(Notify::new());
+        let a = iface(7);
+        let file = dir.path().join("a.pcapng");
+        let out = pcapng_output(&file, &[(a, "veth-a".into())], &progress);
+        let routes = HashMap::from([(a, ("veth-a".into(), 0))]);
+        let own = Arc::new(OwnConnections::default());
+        let mut fanout = Fanout::new(vec![policy("all", "{}", vec![out])], routes, clock())
+            .with_own(own.clone());
+        // `frame`'s TCP goes from 198.18.0.1:1000 to 198.18.0.2:443: as if
+        // the agent were at 198.18.0.2:443 and its collector at :1000.
+        let owner = own.owner();
+        owner.connection(Connection {
+            local: "198.18.0.2:443".parse().expect("addr"),
+            peer: "198.18.0.1:1000".parse().expect("addr"),
+        });
+        let (tcp, udp) = (frame(false, 10), frame(true, 10));
+        fanout.record(&record(a, 1, DIR_INGRESS, &tcp));
+        // The same hosts and ports over UDP are not the connection.
+        fanout.record(&record(a, 2, DIR_INGRESS, &udp));
+        fanout.close(Duration::from_secs(5));
+
+        let s = fanout.stats();
+        assert_eq!((s.own_traffic, s.delivered), (1, 1));
+        let data: Vec<Vec<u8>> = written(&file).into_iter().map(|w| w.data).collect();
+        assert_eq!(data, [udp]);
+    }
+
+    #[test]
     fn outputs_and_counters_can_be_taken_for_the_next_plan() {
         let dir = tempfile::tempdir().expect("tempdir");
         let progress = Arc::new(Notify::new());
