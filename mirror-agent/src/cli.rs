@@ -175,7 +175,10 @@ const SIDECAR_EXAMPLES: &str = "Examples:\n  \
     are matched against the pod's interfaces but `lo` (unless a policy names `lo` itself), or \
     against those given with --interface. The ring buffer and the output queues are sized \
     from the container's memory limit (cgroup memory.max, or --memory-limit): a quarter each. \
-    Needs CAP_BPF and CAP_NET_ADMIN (CAP_NET_RAW for gre and erspan outputs). On SIGTERM the \
+    Needs CAP_BPF and CAP_NET_ADMIN (CAP_NET_RAW for gre and erspan outputs). Every output \
+    works, tcp:// and tls:// too: the connection to the collector crosses the pod's interface, \
+    and its packets, both ways, are never mirrored (counted in \
+    mirror_own_traffic_packets_total). On SIGTERM the \
     sidecar detaches, sends what the ring holds, flushes its outputs and exits 0.";
 
 #[derive(Debug, Args)]
@@ -502,7 +505,10 @@ const WEBHOOK_EXAMPLES: &str = "Examples:\n  \
     mirror.packets.dev/policy, else the one of the namespace that selects the pod. Other \
     annotations: mirror.packets.dev/memory, /cpu, /interfaces (comma-separated), /metrics-port. \
     A pod that cannot have the sidecar (bad annotation, no policy, a collector that does not \
-    admit its namespace) is admitted without it, with a warning naming the reason. The \
+    admit its namespace) is admitted without it, with a warning naming the reason. A tls \
+    collector's client certificate comes from the Secret of its tls.secretName in the pod's \
+    own namespace (keys ca.crt, tls.crt, tls.key), mounted read-only into the sidecar; the \
+    webhook reads no Secret. The \
     certificate files are read again when they change. See deploy/webhook.yaml.";
 
 #[derive(Debug, Args)]

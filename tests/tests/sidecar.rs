@@ -8,14 +8,17 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     process::Stdio,
+    time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 use testbed::{
     agent::{self, Agent},
     capture::{self, Frame},
+    collector::Collector,
     netns::Netns,
     numbered::{EVERY, NumberedStream, sequence_numbers},
+    pki::Pki,
     scenario::assert_same_frames,
     tcpdump::Tcpdump,
     topology::PodPair,
@@ -274,32 +277,158 @@ fn sidecar_works_with_exactly_its_stated_capabilities() {
     assert!(exit.status.success(), "{}", exit.stderr);
 }
 
-/// A stream collector is refused: its acknowledgements would come in
-/// through the pod's mirrored interface and be mirrored into the stream,
-/// which they acknowledge again (measured before the refusal: one ping made
-/// 10,843 copies in 6 s).
-#[test]
-fn sidecar_refuses_a_tcp_collector() {
+/// Whether an Ethernet/IPv4 frame is a TCP segment to or from `port`.
+fn tcp_port(frame: &Frame, port: u16) -> bool {
+    let d = &frame.data;
+    if d.len() < 38 || d[12..14] != [0x08, 0x00] || d[23] != 6 {
+        return false;
+    }
+    let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
+    let at = |i: usize| d.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    at(l4) == Some(port) || at(l4 + 2) == Some(port)
+}
+
+/// A sidecar whose `tcp://` or `tls://` collector is reached through the
+/// pod's own mirrored interface (the collector listens on the node's end
+/// of the veth, [`COLLECTOR`]). Its connection's packets pass the hooks both ways: what
+/// it sends carries the agent's mark, the collector's acknowledgements come
+/// in unmarked. Neither may be mirrored (once they were: each ACK mirrored
+/// into the stream made more, a loop). tcpdump in the pod is the oracle:
+/// the collector holds exactly its frames but the connection's, the copies
+/// passed over are exactly the connection's packets while the hooks were
+/// on, and the run ends (tcpdump's capture stops growing).
+fn stream_collector(listen: &str, output: &str, port: u16) {
     testbed::require_root();
     let pair = PodPair::new(false).expect("topology");
-    let tcp = "policies:\n  - name: pod\n    interfaces: ['*']\n    collectors: ['tcp://198.18.0.1:7000']\n";
+    // The collector's address, routed to the pod only once its hooks are
+    // on: until then the sidecar's connects fail at once (no route), with
+    // no packet, so every packet of its connection passes the hooks.
+    pair.node
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{COLLECTOR}/32"),
+            "dev",
+            &pair.host_if,
+        ])
+        .expect("the collector's address");
+    let collector = Collector::start(&pair.node, &[listen], &[]).expect("the collector starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tcpdump_file = dir.path().join("pod.pcap");
+    let tcpdump =
+        Tcpdump::start(&pair.pod, &pair.pod_if, tcpdump_file.clone(), &[]).expect("tcpdump");
+    let policy =
+        format!("policies:\n  - name: pod\n    interfaces: ['*']\n    collectors: ['{output}']\n");
+    let metrics = "127.0.0.1:19465";
     let mut cmd = pair.pod.command(&agent::binary().to_string_lossy());
-    cmd.args(["sidecar", "--metrics-addr", "off"])
-        .env("MIRROR_POLICY", tcp)
+    cmd.args(["sidecar", "--metrics-addr", metrics])
+        .args(["--memory-limit", &(64u64 << 20).to_string()])
+        .env("MIRROR_POLICY", &policy)
         .stdout(Stdio::null());
-    let process = testbed::process::Process::spawn("sidecar", cmd).expect("spawn");
-    let (status, stderr) = process
-        .wait(std::time::Duration::from_secs(20))
-        .expect("it exits");
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("tcp://198.18.0.1:7000") && stderr.contains("a loop"),
-        "{stderr}"
+    let sidecar = Agent::start_command(cmd).expect("the sidecar starts with a stream collector");
+    pair.pod
+        .ip(&[
+            "route",
+            "add",
+            &format!("{COLLECTOR}/32"),
+            "via",
+            "198.18.0.1",
+        ])
+        .expect("the route to the collector");
+
+    let (pod_ip, node_ip) = (IpAddr::V4(pair.pod_v4), IpAddr::V4(pair.node_v4));
+    traffic::udp(&pair.pod, &pair.node, node_ip, 7001, &[64, 700, 1400, 3000]).expect("egress");
+    traffic::udp(&pair.node, &pair.pod, pod_ip, 7002, &[80, 1200, 2500]).expect("ingress");
+    traffic::ping(&pair.node, pod_ip, 3).expect("ping into the pod");
+    // TCP of the pod's own, in segments of one frame each: a stream output
+    // sends wire-size segments, which tcpdump's super-packets would not be.
+    traffic::tcp_bulk(&pair.pod, &pair.node, node_ip, 7003, 1000).expect("tcp");
+    // With a loop, the capture would never stop growing.
+    tcpdump.settle().expect("the pod's traffic ends");
+
+    // Every copy passed over is counted: by the hooks (what the sidecar
+    // sends, by its mark) and by the agent (the collector's answers). Wait
+    // until they add up to tcpdump's count of the connection's packets.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (own, connection) = loop {
+        let seen = capture::read(&tcpdump_file).expect("tcpdump's capture so far");
+        let connection = seen.iter().filter(|f| tcp_port(f, port)).count() as u64;
+        let body = testbed::http::get(&pair.pod, metrics, "/metrics")
+            .expect("the sidecar's metrics")
+            .body;
+        let own = testbed::http::total(&body, "mirror_own_traffic_packets_total");
+        if (own == connection && connection > 0) || Instant::now() > deadline {
+            break (own, connection);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        own, connection,
+        "copies passed over as the sidecar's own, against tcpdump's count of its connection"
     );
+    let oracle: Vec<Frame> = capture::read(&tcpdump_file)
+        .expect("oracle")
+        .into_iter()
+        .filter(|f| !tcp_port(f, port))
+        .collect();
+    collector
+        .wait_decoded(&pair.node, oracle.len() as u64)
+        .expect("the collector gets every copy");
+
+    let exit = sidecar.stop().expect("the sidecar stops");
+    assert!(exit.status.success(), "{}\n{}", exit.status, exit.stderr);
+    let collected = collector.stop().expect("the collector stops");
+    collected.ensure_success().expect("the collector's exit");
+    // Its last packets (the FINs after the hooks went) are tcpdump's alone.
+    let all = capture::read(&tcpdump.stop().expect("tcpdump stops")).expect("oracle");
+    let oracle: Vec<Frame> = all.into_iter().filter(|f| !tcp_port(f, port)).collect();
+    assert!(oracle.len() > 20, "too little traffic: {}", oracle.len());
+    let mirror = collected.frames().expect("the collector's files");
+    // Same frames, so no more bytes than the test's own traffic: no growth.
+    assert_same_frames(&oracle, &mirror);
+    let total = exit.summary().expect("summary");
+    let (by_mark, by_tuple) = (total.get("own_traffic"), total.get("own_connections"));
     assert!(
-        testbed::hooks::attached(&pair.pod, &pair.pod_if)
-            .expect("query")
-            .is_empty(),
-        "hooks left behind"
+        by_mark.is_some_and(|n| *n > 0) && by_tuple.is_some_and(|n| *n > 0),
+        "both directions passed over: {total:?}"
     );
+    assert_eq!(by_mark.zip(by_tuple).map(|(a, b)| a + b), Some(own));
+    assert_eq!(total.get("lost"), Some(&0), "{total:?}");
+    eprintln!(
+        "{output}: {} frames mirrored, {own} packets of the sidecar's own connection passed over \
+         ({} by mark, {} by address)",
+        mirror.len(),
+        by_mark.copied().unwrap_or(0),
+        by_tuple.copied().unwrap_or(0)
+    );
+}
+
+/// Where [`stream_collector`]'s collector listens: on the node's end of
+/// the pod's veth.
+const COLLECTOR: &str = "198.18.2.1";
+
+#[test]
+fn sidecar_with_a_tcp_collector_through_the_pods_interface_never_mirrors_its_connection() {
+    let uri = format!("tcp://{COLLECTOR}:7100");
+    stream_collector(&uri, &uri, 7100);
+}
+
+#[test]
+fn sidecar_with_a_tls_collector_through_the_pods_interface_never_mirrors_its_connection() {
+    let pki = Pki::new().expect("certificates");
+    let p = |path: &Path| path.display().to_string();
+    let listen = format!(
+        "tls://{COLLECTOR}:7101?ca={}&cert={}&key={}",
+        p(&pki.main.ca),
+        p(&pki.main.server.cert),
+        p(&pki.main.server.key)
+    );
+    let output = format!(
+        "tls://{COLLECTOR}:7101?ca={}&cert={}&key={}&name={}",
+        p(&pki.main.ca),
+        p(&pki.main.client.cert),
+        p(&pki.main.client.key),
+        testbed::pki::SERVER_NAME
+    );
+    stream_collector(&listen, &output, 7101);
 }

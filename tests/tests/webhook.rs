@@ -33,7 +33,7 @@ const MIRROR: &str = "mirror.packets.dev/v1alpha1";
 const SIDECAR: &str = "mirror.packets.dev/sidecar";
 
 /// The cluster the webhook reads: `shop` opted in by its label, `plain`
-/// not; collector `lab` admits both, `private` neither.
+/// not; collector `lab` admits both, `private` neither; `secure` is TLS.
 fn cluster() -> ApiServer {
     let api = ApiServer::start().expect("fake API server");
     let namespace = |name: &str, labels: Value| {
@@ -59,7 +59,13 @@ fn cluster() -> ApiServer {
         namespace("mirror-system", json!({SIDECAR: "enabled"})),
         collector("lab", "mirrored"),
         collector("private", "someone-else"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector",
+               "metadata": {"name": "secure"},
+               "spec": {"protocol": "tls", "address": "198.18.0.1", "port": 7443,
+                        "tls": {"secretName": "secure-client", "serverName": "collector.test"},
+                        "allowedNamespaces": {"matchLabels": {"team": "mirrored"}}}}),
         policy("shop", "web", "web", "lab"),
+        policy("shop", "sealed", "sealed", "secure"),
         policy("shop", "vault", "vault", "private"),
         policy("plain", "plain-web", "web", "lab"),
         policy("kube-system", "dns", "web", "lab"),
@@ -214,6 +220,30 @@ fn webhook_injects_skips_and_warns_over_https_and_every_patched_pod_is_valid() {
         "plain-web"
     );
     valid.push(c.patched.clone());
+
+    // A TLS collector: its Secret of the pod's namespace, mounted read-only
+    // where the sidecar's policy names the files.
+    let d = admit(&hook, &client, &pod("shop", "sealed-1", "sealed"));
+    assert!(d.injected(), "not injected: {:?}", d.warnings());
+    assert_eq!(
+        d.sidecar()["volumeMounts"],
+        json!([{"name": "mirror-sidecar-tls", "mountPath": "/run/mirror/tls", "readOnly": true}])
+    );
+    let volumes = d.patched["spec"]["volumes"].as_array().expect("volumes");
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    assert_eq!(volumes[0]["secret"]["secretName"], "secure-client");
+    assert_eq!(volumes[0]["secret"]["defaultMode"], 0o400);
+    let env = d.sidecar()["env"].as_array().expect("env");
+    let policy = env
+        .iter()
+        .find(|e| e["name"] == "MIRROR_POLICY")
+        .and_then(|e| e["value"].as_str())
+        .expect("MIRROR_POLICY");
+    assert!(
+        policy.contains("tls://198.18.0.1:7443?ca=/run/mirror/tls/ca.crt&cert=/run/mirror/tls/tls.crt&key=/run/mirror/tls/tls.key&name=collector.test"),
+        "{policy}"
+    );
+    valid.push(d.patched.clone());
 
     // Not asked, opted out, hostNetwork, and the namespaces never injected:
     // admitted as they are, with no warning.

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     cli::SidecarArgs,
     datapath::plan::Planned,
-    export::{SocketMark, output::Output},
+    export::SocketMark,
     kernel::{
         cgroup::{self, CgroupError},
         privileges,
@@ -38,13 +38,6 @@ pub enum SidecarError {
         shown: String,
         source: Box<PolicyError>,
     },
-    #[error(
-        "{0}: a sidecar cannot send to a tcp:// or tls:// collector yet: the collector's \
-         acknowledgements come in through the pod's mirrored interface and would be mirrored \
-         into the stream, which they acknowledge again (a loop); use a UDP tunnel (vxlan, \
-         geneve) or GRE/ERSPAN"
-    )]
-    StreamOutput(String),
     #[error("the memory limit: {0} (give --memory-limit or --ring-size)")]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -56,7 +49,7 @@ pub enum SidecarError {
 impl SidecarError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NoPolicy | Self::Policy { .. } | Self::Plan(_) | Self::StreamOutput(_) => 2,
+            Self::NoPolicy | Self::Policy { .. } | Self::Plan(_) => 2,
             Self::Cgroup(_) => 1,
             Self::Run(e) => e.exit_code(),
         }
@@ -128,15 +121,10 @@ fn reload_error(e: SidecarError) -> PlanError {
 fn sidecar_plan(args: &SidecarArgs) -> Result<Vec<Planned>, SidecarError> {
     let (file, shown) = load(args.policy.as_deref(), args.policy_text.as_deref())?;
     let existing = interfaces(&file, plan::existing()?, &args.interfaces)?;
-    let plan = plan::from_policy(&file, &shown, existing)?;
-    if let Some(stream) = plan
-        .iter()
-        .flat_map(|p| &p.outputs)
-        .find(|o| matches!(o, Output::Tcp(_) | Output::Tls(..)))
-    {
-        return Err(SidecarError::StreamOutput(stream.to_string()));
-    }
-    Ok(plan)
+    // TCP and TLS collectors are fine: their connections cross the pod's
+    // mirrored interface, and the datapath never mirrors them (see
+    // export/own.rs).
+    Ok(plan::from_policy(&file, &shown, existing)?)
 }
 
 fn load(path: Option<&Path>, text: Option<&str>) -> Result<(PolicyFile, String), SidecarError> {

@@ -3,12 +3,16 @@
 //! to each of the policy's exporters. Runs on the drain thread, per record,
 //! with no allocation.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tracing::warn;
 
 use crate::{
-    export::{Exporter, output::Output},
+    export::{
+        Exporter,
+        output::Output,
+        own::{Matcher, OwnConnections},
+    },
     model::record::{IfaceId, Record, WallClock},
     policy::{Filters, Verdict, ratelimit::RateLimiter},
 };
@@ -19,6 +23,9 @@ pub struct AgentStats {
     pub delivered: u64,
     pub malformed: u64,
     pub unknown_interface: u64,
+    /// Copies of the agent's own TCP and TLS connections to collectors,
+    /// passed over (see [`crate::export::own`]).
+    pub own_traffic: u64,
 }
 
 /// Why a policy's userspace stage passed over records.
@@ -119,6 +126,7 @@ pub struct Fanout {
     routes: HashMap<IfaceId, (String, usize)>,
     clock: WallClock,
     stats: AgentStats,
+    own: Matcher,
 }
 
 impl Fanout {
@@ -132,7 +140,15 @@ impl Fanout {
             routes,
             clock,
             stats: AgentStats::default(),
+            own: Matcher::new(Arc::default()),
         }
+    }
+
+    /// Passes over copies of the connections its outputs publish in `own`
+    /// (those of the mirror it serves, across plans).
+    pub fn with_own(mut self, own: Arc<OwnConnections>) -> Self {
+        self.own = Matcher::new(own);
+        self
     }
 
     pub fn record(&mut self, bytes: &[u8]) {
@@ -146,6 +162,10 @@ impl Fanout {
                 return;
             }
         };
+        if self.own.is_own(record.data) {
+            self.stats.own_traffic += 1;
+            return;
+        }
         let Some((name, policy)) = self.routes.get(&record.iface) else {
             self.stats.unknown_interface += 1;
             return;
@@ -348,6 +368,37 @@ mod tests {
         assert_eq!((s.malformed, s.unknown_interface, s.delivered), (3, 1, 0));
         assert_eq!(written(&file), []);
         assert_eq!(sent(fanout.exporters().next().expect("one output")), 0);
+    }
+
+    #[test]
+    fn copies_of_the_agents_own_connections_are_counted_never_sent() {
+        use crate::export::own::Connection;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let progress = Arc::new(Notify::new());
+        let a = iface(7);
+        let file = dir.path().join("a.pcapng");
+        let out = pcapng_output(&file, &[(a, "veth-a".into())], &progress);
+        let routes = HashMap::from([(a, ("veth-a".into(), 0))]);
+        let own = Arc::new(OwnConnections::default());
+        let mut fanout = Fanout::new(vec![policy("all", "{}", vec![out])], routes, clock())
+            .with_own(own.clone());
+        // `frame`'s TCP goes from 198.18.0.1:1000 to 198.18.0.2:443: as if
+        // the agent were at 198.18.0.2:443 and its collector at :1000.
+        let owner = own.owner();
+        owner.connection(Connection {
+            local: "198.18.0.2:443".parse().expect("addr"),
+            peer: "198.18.0.1:1000".parse().expect("addr"),
+        });
+        let (tcp, udp) = (frame(false, 10), frame(true, 10));
+        fanout.record(&record(a, 1, DIR_INGRESS, &tcp));
+        // The same hosts and ports over UDP are not the connection.
+        fanout.record(&record(a, 2, DIR_INGRESS, &udp));
+        fanout.close(Duration::from_secs(5));
+
+        let s = fanout.stats();
+        assert_eq!((s.own_traffic, s.delivered), (1, 1));
+        let data: Vec<Vec<u8>> = written(&file).into_iter().map(|w| w.data).collect();
+        assert_eq!(data, [udp]);
     }
 
     #[test]

@@ -117,6 +117,8 @@ impl AgentMetrics {
         }
         f.dropped
             .with(&[("reason", "malformed")], fanout.stats().malformed);
+        f.own_traffic
+            .with(&[("stage", "agent")], fanout.stats().own_traffic);
         f.delivered.with(&[], fanout.stats().delivered);
         f.attached.with(&[], attached as u64);
         f.ring_size.with(&[], ring.size());
@@ -177,7 +179,9 @@ impl Families {
             ),
             own_traffic: Family::new(
                 "mirror_own_traffic_packets",
-                "The agent's own tunnel packets, passed over by the hooks.",
+                "The agent's own packets, passed over: by the hooks (per interface and policy: \
+                 what its sockets send, by their mark), or by the agent (stage agent: both \
+                 directions of its TCP and TLS connections to collectors).",
                 Counter,
             ),
             dropped: Family::new(

@@ -80,6 +80,7 @@ pub fn pcapng_output(
         queue_bytes: DEFAULT_QUEUE_BYTES,
         progress: progress.clone(),
         append: false,
+        own: Arc::default(),
     };
     Exporter::open(&Output::PcapngFile(path.to_owned()), &ctx).expect("a pcapng file opens")
 }

@@ -10,6 +10,7 @@
 pub mod encap;
 mod lane;
 pub mod output;
+pub mod own;
 pub mod pcapng;
 mod queue;
 mod stream;
@@ -112,6 +113,9 @@ pub struct Context<'a> {
     /// Files are appended to (a new pcapng section), not truncated: the
     /// output is being reopened for a new plan.
     pub append: bool,
+    /// Where TCP and TLS outputs publish their connections, so the drain
+    /// never mirrors them.
+    pub own: Arc<own::OwnConnections>,
 }
 
 #[derive(Debug, thiserror::Error)]

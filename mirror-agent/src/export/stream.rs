@@ -17,7 +17,11 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned, pki_types::ServerName}
 use socket2::{Domain, Socket, Type};
 use tracing::{info, warn};
 
-use super::{Context, SocketMark, Stats, queue::Inbox};
+use super::{
+    Context, SocketMark, Stats,
+    own::{Connection, Owner},
+    queue::Inbox,
+};
 use crate::export::{
     output::{Endpoint, Output},
     pcapng,
@@ -57,10 +61,12 @@ enum Target {
     Tcp {
         to: Endpoint,
         mark: SocketMark,
+        owner: Owner,
     },
     Tls {
         to: Endpoint,
         mark: SocketMark,
+        owner: Owner,
         tls: TlsClient,
     },
 }
@@ -130,10 +136,12 @@ pub fn open(output: &Output, ctx: &Context<'_>) -> Result<Sink, StreamError> {
         Output::Tcp(to) => Target::Tcp {
             to: to.clone(),
             mark: ctx.mark,
+            owner: ctx.own.owner(),
         },
         Output::Tls(to, files) => Target::Tls {
             to: to.clone(),
             mark: ctx.mark,
+            owner: ctx.own.owner(),
             tls: TlsClient {
                 config: tls::client_config(files)?,
                 name: tls::server_name(&files.server_name)?,
@@ -207,14 +215,23 @@ impl Sink {
                 inbox,
                 stats,
             ),
-            Target::Tcp { ref to, mark } => {
-                run_tcp(&self.name, self.preamble, to, mark, None, inbox, stats)
+            Target::Tcp {
+                ref to,
+                mark,
+                ref owner,
+            } => {
+                let by = Connector { mark, owner };
+                run_tcp(&self.name, self.preamble, to, &by, None, inbox, stats)
             }
             Target::Tls {
                 ref to,
                 mark,
+                ref owner,
                 ref tls,
-            } => run_tcp(&self.name, self.preamble, to, mark, Some(tls), inbox, stats),
+            } => {
+                let by = Connector { mark, owner };
+                run_tcp(&self.name, self.preamble, to, &by, Some(tls), inbox, stats)
+            }
         }
     }
 }
@@ -228,7 +245,7 @@ fn run_tcp(
     name: &str,
     mut preamble: Vec<u8>,
     to: &Endpoint,
-    mark: SocketMark,
+    by: &Connector<'_>,
     tls: Option<&TlsClient>,
     inbox: &Inbox,
     stats: &Stats,
@@ -239,7 +256,7 @@ fn run_tcp(
     // then a certificate problem) is news.
     let mut logged: Option<String> = None;
     loop {
-        let mut conn = match connect(to, mark, tls) {
+        let mut conn = match connect(to, by, tls) {
             Ok(c) => {
                 info!(output = %name, "connected");
                 backoff = MIN_BACKOFF;
@@ -373,21 +390,33 @@ fn write_all_batches(
     }
 }
 
-fn connect(to: &Endpoint, mark: SocketMark, tls: Option<&TlsClient>) -> Result<Conn, StreamError> {
-    let tcp = connect_tcp(to, mark)?;
+/// How a stream's connections are made: with the agent's socket mark (the
+/// hook passes over what they send), each one published to the drain
+/// before its SYN, so the collector's answers are never mirrored either.
+struct Connector<'a> {
+    mark: SocketMark,
+    owner: &'a Owner,
+}
+
+fn connect(
+    to: &Endpoint,
+    by: &Connector<'_>,
+    tls: Option<&TlsClient>,
+) -> Result<Conn, StreamError> {
+    let tcp = connect_tcp(to, by)?;
     Ok(match tls {
         None => Conn::Tcp(tcp),
         Some(t) => Conn::Tls(Box::new(tls::connect(&t.config, &t.name, tcp)?)),
     })
 }
 
-fn connect_tcp(to: &Endpoint, mark: SocketMark) -> io::Result<TcpStream> {
+fn connect_tcp(to: &Endpoint, by: &Connector<'_>) -> io::Result<TcpStream> {
     let mut last = io::Error::new(
         io::ErrorKind::NotFound,
         format!("{} resolves to nothing", to.host),
     );
     for addr in (to.host.as_str(), to.port).to_socket_addrs()? {
-        match connect_one(addr, mark) {
+        match connect_one(addr, by) {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
         }
@@ -395,12 +424,37 @@ fn connect_tcp(to: &Endpoint, mark: SocketMark) -> io::Result<TcpStream> {
     Err(last)
 }
 
-fn connect_one(addr: SocketAddr, mark: SocketMark) -> io::Result<TcpStream> {
+fn connect_one(addr: SocketAddr, by: &Connector<'_>) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_mark(mark.value)?;
+    socket.set_mark(by.mark.value)?;
     socket.set_tcp_nodelay(true)?;
+    // The local port is chosen now, not at connect, so the connection is
+    // known before its first packet.
+    let any: SocketAddr = match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    socket.bind(&any.into())?;
+    let bound = local_addr(&socket)?;
+    by.owner.connection(Connection {
+        local: bound,
+        peer: addr,
+    });
     socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
+    by.owner.connection(Connection {
+        local: local_addr(&socket)?,
+        peer: addr,
+    });
     Ok(socket.into())
+}
+
+fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
+    socket.local_addr()?.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the socket's local address is not an IP address",
+        )
+    })
 }
 
 #[cfg(test)]

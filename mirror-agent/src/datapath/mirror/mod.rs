@@ -47,7 +47,7 @@ use crate::{
         plan::Planned,
         pump::{HOLDING_POLL, Pump},
     },
-    export::SocketMark,
+    export::{SocketMark, own::OwnConnections},
     kernel::{
         hooks::{Adopted, Hooks, Interface, Slot},
         pin::PinDir,
@@ -90,6 +90,8 @@ pub struct Mirror {
     settings: Settings,
     /// Woken when an output has sent all it was handed.
     progress: Arc<Notify>,
+    /// The outputs' connections to collectors, never mirrored.
+    own: Arc<OwnConnections>,
     /// The ring is read this often even with no wakeup, and deleted
     /// interfaces are noticed.
     idle_tick: Interval,
@@ -126,7 +128,8 @@ impl Mirror {
             return Ok(None);
         }
         let progress = Arc::new(Notify::new());
-        let fanout = open_fanout(plan, &settings, &progress, None)?;
+        let own = Arc::default();
+        let fanout = open_fanout(plan, &settings, &progress, &own, None)?;
         let mut hooks = Hooks::load(ring_bytes, pins)?;
         hooks.keep_pins(keep_pins);
         let slots = configure(&mut hooks, plan, settings.mark)?;
@@ -141,6 +144,7 @@ impl Mirror {
             slots,
             settings,
             progress,
+            own,
             idle_tick: tokio::time::interval(IDLE_DRAIN),
             holding_tick: {
                 let mut tick = tokio::time::interval(HOLDING_POLL);
@@ -185,6 +189,7 @@ impl Mirror {
             plan,
             &self.settings,
             &self.progress,
+            &self.own,
             Some((&mut self.fanout, &self.streams)),
         )?;
         let wanted: HashMap<IfaceId, &Interface> = plan

@@ -11,7 +11,7 @@ use crate::{
         fanout::{Fanout, Running},
         plan::Planned,
     },
-    export::{self, Exporter, output::Output},
+    export::{self, Exporter, output::Output, own::OwnConnections},
     model::record::IfaceId,
     policy::ratelimit::RateLimiter,
 };
@@ -46,11 +46,13 @@ fn listed(p: &Planned) -> Vec<(IfaceId, String)> {
 /// snaplen, which gets interface blocks for the policy's new interfaces in
 /// place. A TCP or TLS collector thus sees no reconnect, and a file no new
 /// section, when pods come and go. The agent's own counters (delivered,
-/// malformed) go on from the running fanout's.
+/// malformed) go on from the running fanout's. `own`: the mirror's
+/// connections to collectors, which its fanouts never mirror.
 pub(super) fn open_fanout(
     plan: &[Planned],
     settings: &Settings,
     progress: &Arc<Notify>,
+    own: &Arc<OwnConnections>,
     mut running: Option<(&mut Fanout, &HashMap<String, u32>)>,
 ) -> Result<Fanout, MirrorError> {
     let mut policies = Vec::with_capacity(plan.len());
@@ -65,6 +67,7 @@ pub(super) fn open_fanout(
             queue_bytes: settings.queue_bytes,
             progress: progress.clone(),
             append: running.is_some(),
+            own: own.clone(),
         };
         let same_streams = running
             .as_ref()
@@ -134,7 +137,9 @@ pub(super) fn open_fanout(
     let stats = running
         .map(|(fanout, _)| fanout.take_stats())
         .unwrap_or_default();
-    Ok(Fanout::new(policies, routes, settings.clock).with_stats(stats))
+    Ok(Fanout::new(policies, routes, settings.clock)
+        .with_stats(stats)
+        .with_own(own.clone()))
 }
 
 #[cfg(test)]
@@ -209,14 +214,21 @@ mod tests {
         let path = dir.path().join("web.pcapng");
         let (a, b) = (veth(7), veth(8));
         let (settings, progress) = (settings(), Arc::new(Notify::new()));
+        let own = Arc::default();
         let first = web(vec![a.clone()], "256", &path);
-        let mut old = open_fanout(&first, &settings, &progress, None).expect("opens");
+        let mut old = open_fanout(&first, &settings, &progress, &own, None).expect("opens");
         let one = send(&mut old, &a, 10);
 
         let second = web(vec![a.clone(), b.clone()], "256", &path);
         let streams = stream_keys(&first);
-        let mut new =
-            open_fanout(&second, &settings, &progress, Some((&mut old, &streams))).expect("opens");
+        let mut new = open_fanout(
+            &second,
+            &settings,
+            &progress,
+            &own,
+            Some((&mut old, &streams)),
+        )
+        .expect("opens");
         assert_eq!(old.exporters().count(), 0, "the output was taken");
         let two = send(&mut new, &b, 20);
         let three = send(&mut new, &a, 30);
@@ -236,14 +248,21 @@ mod tests {
         let path = dir.path().join("web.pcapng");
         let a = veth(7);
         let (settings, progress) = (settings(), Arc::new(Notify::new()));
+        let own = Arc::default();
         let first = web(vec![a.clone()], "256", &path);
-        let mut old = open_fanout(&first, &settings, &progress, None).expect("opens");
+        let mut old = open_fanout(&first, &settings, &progress, &own, None).expect("opens");
         let one = send(&mut old, &a, 10);
 
         let second = web(vec![a.clone()], "128", &path);
         let streams = stream_keys(&first);
-        let mut new =
-            open_fanout(&second, &settings, &progress, Some((&mut old, &streams))).expect("opens");
+        let mut new = open_fanout(
+            &second,
+            &settings,
+            &progress,
+            &own,
+            Some((&mut old, &streams)),
+        )
+        .expect("opens");
         let two = send(&mut new, &a, 20);
         new.close(CLOSE_TIMEOUT);
 
@@ -257,16 +276,23 @@ mod tests {
         let path = dir.path().join("web.pcapng");
         let a = veth(7);
         let (settings, progress) = (settings(), Arc::new(Notify::new()));
+        let own = Arc::default();
         let first = web(vec![a.clone()], "256", &path);
-        let mut old = open_fanout(&first, &settings, &progress, None).expect("opens");
+        let mut old = open_fanout(&first, &settings, &progress, &own, None).expect("opens");
 
         let mut second = web(vec![a.clone()], "256", &path);
         let nowhere = dir.path().join("no-such-dir").join("x.pcapng");
         second[0].outputs.push(Output::PcapngFile(nowhere));
         let streams = stream_keys(&first);
-        let error = open_fanout(&second, &settings, &progress, Some((&mut old, &streams)))
-            .err()
-            .expect("a directory that does not exist");
+        let error = open_fanout(
+            &second,
+            &settings,
+            &progress,
+            &own,
+            Some((&mut old, &streams)),
+        )
+        .err()
+        .expect("a directory that does not exist");
         assert!(matches!(error, MirrorError::Output(_)), "{error}");
         assert_eq!(old.exporters().count(), 1, "the running output stays");
         let one = send(&mut old, &a, 10);

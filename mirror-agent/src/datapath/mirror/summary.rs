@@ -69,6 +69,7 @@ pub(super) fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fan
         truncated = total.truncated,
         sampled_out = total.sampled_out,
         own_traffic = total.own_traffic,
+        own_connections = stats.own_traffic,
         filtered = total.filtered,
         lost,
         lost_ring_full = total.ring_full,

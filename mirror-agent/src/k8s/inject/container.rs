@@ -12,20 +12,61 @@
 //! escalation, a read-only root filesystem. It runs as uid 0 because
 //! Kubernetes gives added capabilities to non-root containers only in
 //! their bounding set, not their effective one.
+//!
+//! A TLS collector's client certificate, key and CA come from a Secret of
+//! the pod's namespace, mounted read-only at [`Injector::tls_dir`] (only
+//! its three keys, readable by the sidecar's uid alone).
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Pod, Probe, ResourceRequirements, SecurityContext,
+        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+        ObjectFieldSelector, Pod, Probe, ResourceRequirements, SecretVolumeSource, SecurityContext,
+        Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use serde_json::{Value, json};
 
 use super::{Injector, SIDECAR_NAME, annotations::Asked, annotations::INJECTED};
+use crate::k8s::collector::{TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY};
 
-/// The sidecar container for `policy`, whose policy file is `text`.
-pub fn container(injector: &Injector, asked: &Asked, text: &str, raw: bool) -> Container {
+/// The volume a TLS collector's Secret is mounted from.
+pub const TLS_VOLUME: &str = "mirror-sidecar-tls";
+
+/// The volume of the Secret `secret`: its CA, certificate and key only,
+/// mode 0400. A missing Secret or key keeps the pod from starting, with
+/// the kubelet's event naming it, rather than a sidecar that cannot send.
+pub fn tls_volume(secret: &str) -> Volume {
+    let item = |key: &str| KeyToPath {
+        key: key.to_owned(),
+        path: key.to_owned(),
+        mode: None,
+    };
+    Volume {
+        name: TLS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(vec![
+                item(TLS_CA_KEY),
+                item(TLS_CERT_KEY),
+                item(TLS_KEY_KEY),
+            ]),
+            default_mode: Some(0o400),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The sidecar container for `policy`, whose policy file is `text`; `tls`:
+/// it mounts [`TLS_VOLUME`].
+pub fn container(
+    injector: &Injector,
+    asked: &Asked,
+    text: &str,
+    raw: bool,
+    tls: bool,
+) -> Container {
     let port = asked.metrics_port.unwrap_or(injector.metrics_port);
     let memory = asked.memory.unwrap_or(injector.memory);
     let mut args = vec![
@@ -99,6 +140,14 @@ pub fn container(injector: &Injector, asked: &Asked, text: &str, raw: bool) -> C
             ..Default::default()
         }),
         // Started (hooks attached) before the application's containers.
+        volume_mounts: tls.then(|| {
+            vec![VolumeMount {
+                name: TLS_VOLUME.to_owned(),
+                mount_path: injector.tls_dir.display().to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        }),
         startup_probe: Some(probe("/readyz", 1, 30)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         security_context: Some(SecurityContext {
@@ -122,8 +171,9 @@ fn token(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// The patch: the container first among the init containers, and the
-/// `injected` annotation naming the policy.
+/// The patch: the container first among the init containers, a TLS
+/// collector's Secret among the volumes, and the `injected` annotation
+/// naming the policy.
 pub fn patch(
     injector: &Injector,
     pod: &Pod,
@@ -131,8 +181,10 @@ pub fn patch(
     policy: &str,
     text: &str,
     raw: bool,
+    tls_secret: Option<&str>,
 ) -> json_patch::Patch {
-    let c = serde_json::to_value(container(injector, asked, text, raw)).unwrap_or(Value::Null);
+    let c = serde_json::to_value(container(injector, asked, text, raw, tls_secret.is_some()))
+        .unwrap_or(Value::Null);
     let has_init = pod
         .spec
         .as_ref()
@@ -143,6 +195,15 @@ pub fn patch(
     } else {
         json!({"op": "add", "path": "/spec/initContainers", "value": [c]})
     }];
+    if let Some(secret) = tls_secret {
+        let v = serde_json::to_value(tls_volume(secret)).unwrap_or(Value::Null);
+        let has_volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some();
+        ops.push(if has_volumes {
+            json!({"op": "add", "path": "/spec/volumes/-", "value": v})
+        } else {
+            json!({"op": "add", "path": "/spec/volumes", "value": [v]})
+        });
+    }
     if pod.metadata.annotations.is_none() {
         ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
     }

@@ -21,11 +21,7 @@ use kube::{
 };
 
 use self::annotations::{Asked, Choice};
-use super::{
-    collector::{CollectorProtocol, MirrorCollector},
-    policy::MirrorPolicy,
-    tenancy,
-};
+use super::{collector::MirrorCollector, policy::MirrorPolicy, tenancy};
 use crate::policy::spec::{FilePolicySpec, FileSpec};
 
 /// The injected container's name; a pod that has one is left alone.
@@ -42,8 +38,19 @@ pub struct Injector {
     /// CPU request without the annotation.
     pub cpu: String,
     pub metrics_port: u16,
-    /// Where TLS collectors' files are mounted in the sidecar.
+    /// Where a TLS collector's Secret is mounted in the sidecar.
     pub tls_dir: PathBuf,
+}
+
+/// The sidecar's policy, as the webhook resolved it for one pod.
+struct Resolved {
+    policy: String,
+    /// The policy file (YAML) the sidecar gets in `$MIRROR_POLICY`.
+    text: String,
+    /// Its collector needs a raw socket (GRE, ERSPAN): CAP_NET_RAW.
+    raw: bool,
+    /// A TLS collector's Secret, of the pod's namespace, to mount.
+    tls_secret: Option<String>,
 }
 
 /// What the API server knows that the decision needs.
@@ -105,9 +112,17 @@ impl Injector {
             None => return Outcome::Skip("not opted in"),
         }
         match self.resolve(pod, namespace, cluster, &asked) {
-            Ok((policy, text, raw)) => Outcome::Inject {
-                patch: container::patch(self, pod, &asked, &policy, &text, raw),
-                policy,
+            Ok(r) => Outcome::Inject {
+                patch: container::patch(
+                    self,
+                    pod,
+                    &asked,
+                    &r.policy,
+                    &r.text,
+                    r.raw,
+                    r.tls_secret.as_deref(),
+                ),
+                policy: r.policy,
             },
             Err(warning) => Outcome::Refuse(format!(
                 "{warning}; the pod is admitted without the mirror sidecar"
@@ -115,15 +130,15 @@ impl Injector {
         }
     }
 
-    /// The policy for the pod, as the sidecar's policy file (YAML), and
-    /// whether its collector needs raw sockets; or why there is none.
+    /// The policy for the pod, as the sidecar's policy file, with what its
+    /// collector needs; or why there is none.
     fn resolve(
         &self,
         pod: &Pod,
         namespace: &str,
         cluster: &Cluster<'_>,
         asked: &Asked,
-    ) -> Result<(String, String, bool), String> {
+    ) -> Result<Resolved, String> {
         let policy = match &asked.policy {
             Some(name) => cluster
                 .policies
@@ -176,21 +191,13 @@ impl Injector {
             .map_err(|refusal| format!("MirrorPolicy \"{name}\": {}", refusal.message))?;
         let collector =
             collector.ok_or_else(|| format!("MirrorPolicy \"{name}\": no collector"))?;
-        if collector.spec.tls.is_some() {
-            return Err(format!(
-                "MirrorPolicy \"{name}\": MirrorCollector \"{}\" is a TLS collector, which the \
-                 sidecar does not support yet (its client certificate would have to reach the pod)",
-                collector.name_any()
-            ));
-        }
-        if collector.spec.protocol == CollectorProtocol::Tcp {
-            return Err(format!(
-                "MirrorPolicy \"{name}\": MirrorCollector \"{}\" is a tcp collector, which the \
-                 sidecar does not support yet (its acknowledgements would be mirrored into the \
-                 stream from inside the pod, a loop)",
-                collector.name_any()
-            ));
-        }
+        // TCP and TLS collectors are fine: the sidecar never mirrors its
+        // own connection (export/own.rs). A TLS collector's client
+        // certificate comes from the Secret of the collector's secretName
+        // in the pod's own namespace (a pod can mount no other), made for
+        // that tenant; the node agent's, in the project's namespace, never
+        // reaches the pod.
+        let tls_secret = collector.spec.tls.as_ref().map(|t| t.secret_name.clone());
         let uri = uri::collector_uri(&collector.spec, &self.tls_dir)
             .map_err(|e| format!("MirrorCollector \"{}\": {e}", collector.name_any()))?;
         let raw = collector.spec.protocol.needs_raw_socket();
@@ -205,7 +212,12 @@ impl Injector {
         };
         let text = serde_norway::to_string(&file)
             .map_err(|e| format!("MirrorPolicy \"{name}\": writing the sidecar's policy: {e}"))?;
-        Ok((name, text, raw))
+        Ok(Resolved {
+            policy: name,
+            text,
+            raw,
+            tls_secret,
+        })
     }
 }
 

@@ -374,17 +374,93 @@ fn the_response_allows_always_with_the_patch_or_the_warning() {
 }
 
 #[test]
-fn a_tcp_collector_is_refused_for_a_sidecar() {
-    // Its acknowledgements would come in through the pod's mirrored
-    // interface and be mirrored into the stream: a loop.
+fn a_tcp_collector_is_injected_as_is() {
+    // The sidecar never mirrors its own connection (export/own.rs), so its
+    // collector's acknowledgements make no loop.
     let mut w = World::new(Some("enabled"));
     let spec = &mut w.collectors[0].spec;
     spec.protocol = crate::k8s::collector::CollectorProtocol::Tcp;
     spec.vni = None;
     spec.port = Some(7000);
-    let Outcome::Refuse(warning) = w.decide(&pod("", plain_spec()), "shop") else {
-        panic!("injected with a tcp collector");
+    let pod = pod("", plain_spec());
+    let Outcome::Inject { patch, .. } = w.decide(&pod, "shop") else {
+        panic!("not injected: {:?}", w.decide(&pod, "shop"));
     };
-    assert!(warning.contains("is a tcp collector"), "{warning}");
-    assert!(warning.contains("MirrorCollector \"lab\""), "{warning}");
+    let (after, c) = patched(&pod, &patch);
+    let file = sidecar_policy(&c);
+    assert_eq!(file.policies[0].collectors, ["tcp://198.18.0.9:7000"]);
+    assert!(c.get("volumeMounts").is_none(), "{c}");
+    assert!(after.spec.expect("spec").volumes.is_none());
+}
+
+#[test]
+fn a_tls_collector_gets_its_secret_of_the_pods_namespace_mounted_read_only() {
+    let mut w = World::new(Some("enabled"));
+    w.collectors[0] = serde_norway::from_str(
+        "apiVersion: mirror.packets.dev/v1alpha1\nkind: MirrorCollector\nmetadata: {name: lab}\n\
+         spec: {protocol: tls, address: collector.example, port: 7443, \
+         tls: {secretName: lab-client, serverName: collector.test}, \
+         allowedNamespaces: {matchLabels: {team: shop}}}\n",
+    )
+    .expect("a TLS collector");
+    // With volumes of its own, the Secret's comes after them.
+    let pod = pod(
+        "",
+        "  containers: [{name: app, image: nginx}]\n  volumes: [{name: data, emptyDir: {}}]\n",
+    );
+    let Outcome::Inject { patch, .. } = w.decide(&pod, "shop") else {
+        panic!("not injected: {:?}", w.decide(&pod, "shop"));
+    };
+    let (after, c) = patched(&pod, &patch);
+    let file = sidecar_policy(&c);
+    assert_eq!(
+        file.policies[0].collectors,
+        [
+            "tls://collector.example:7443?ca=/run/mirror/tls/ca.crt&cert=/run/mirror/tls/tls.crt\
+          &key=/run/mirror/tls/tls.key&name=collector.test"
+        ]
+    );
+    assert_eq!(
+        c["volumeMounts"],
+        serde_json::json!([{"name": container::TLS_VOLUME, "mountPath": "/run/mirror/tls", "readOnly": true}])
+    );
+    let volumes = after.spec.expect("spec").volumes.expect("volumes");
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    assert_eq!(volumes[0].name, "data");
+    assert_eq!(volumes[1], container::tls_volume("lab-client"));
+    let secret = volumes[1].secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("lab-client"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    let keys: Vec<&str> = secret
+        .items
+        .iter()
+        .flatten()
+        .map(|i| i.key.as_str())
+        .collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    // Without volumes of its own, the pod gets the list.
+    let bare = pod_without_volumes();
+    let Outcome::Inject { patch, .. } = w.decide(&bare, "shop") else {
+        panic!("not injected");
+    };
+    let (after, _) = patched(&bare, &patch);
+    assert_eq!(
+        after.spec.expect("spec").volumes,
+        Some(vec![container::tls_volume("lab-client")])
+    );
+}
+
+fn pod_without_volumes() -> Pod {
+    pod("", plain_spec())
+}
+
+/// The policy file the sidecar container gets in `$MIRROR_POLICY`.
+fn sidecar_policy(c: &Value) -> crate::policy::spec::FileSpec {
+    let env = c["env"].as_array().expect("env");
+    let text = env
+        .iter()
+        .find(|e| e["name"] == "MIRROR_POLICY")
+        .and_then(|e| e["value"].as_str())
+        .expect("MIRROR_POLICY");
+    serde_norway::from_str(text).expect("a policy file")
 }
