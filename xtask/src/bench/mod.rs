@@ -156,9 +156,13 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Copies delivered ÷ frames that crossed the hook.
+    /// Copies delivered ÷ frames that crossed the hook. An output that
+    /// cuts a super-packet into wire-size segments sends several copies
+    /// for one frame at the hook: those beyond the first are not counted.
     pub fn completeness(&self) -> Option<f64> {
-        let captured = self.outcome.captured?;
+        let out = |k: &str| self.outcome.output.get(k).copied().unwrap_or(0);
+        let extra = out("segments").saturating_sub(out("super_packets"));
+        let captured = self.outcome.captured?.saturating_sub(extra);
         (self.outcome.hook_frames > 0).then(|| captured as f64 / self.outcome.hook_frames as f64)
     }
 }
