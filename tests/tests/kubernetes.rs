@@ -1103,13 +1103,20 @@ fn run_finds_a_pods_remade_veth_with_no_change_in_the_cluster() {
         &missed[..missed.len().min(20)]
     );
     // Once one datagram is mirrored, every later one is, each once.
-    let first = mirrored.keys().next().copied().expect("some datagram mirrored");
+    let first = mirrored
+        .keys()
+        .next()
+        .copied()
+        .expect("some datagram mirrored");
     assert!(
         missed.iter().all(|n| *n < first) && first <= hooked_by,
         "datagrams missed after the new veth was hooked (first mirrored {first}, hooked by \
          {hooked_by}): {missed:?}"
     );
-    assert!(mirrored.values().all(|c| *c == 1), "duplicates: {mirrored:?}");
+    assert!(
+        mirrored.values().all(|c| *c == 1),
+        "duplicates: {mirrored:?}"
+    );
     assert!(
         took < Duration::from_secs(2),
         "the new veth was hooked only {took:?} after it was made"

@@ -116,7 +116,11 @@ impl Reconciler {
             self.outcomes = before;
             return;
         }
-        self.apply(plan, mirror, "a pod's interface changed on this node; hooks moved");
+        self.apply(
+            plan,
+            mirror,
+            "a pod's interface changed on this node; hooks moved",
+        );
     }
 
     fn apply(&mut self, plan: Vec<Planned>, mirror: &mut Mirror, what: &'static str) {
