@@ -2,11 +2,14 @@
 //! node's pods and the mirror's policies and collectors ([`watch`]), and on
 //! every change reconciles ([`Reconciler`]): works out what to mirror and
 //! moves the running mirror there ([`crate::datapath::mirror::Mirror::apply`]),
-//! writing each policy's status on this node ([`status`]). Hooks are pinned
+//! writing each policy's status on this node ([`status`]). A link made or
+//! deleted on the node ([`link_events`]) has pods looked for again with no
+//! change in the cluster ([`Reconciler::relocate`]). Hooks are pinned
 //! and kept on SIGTERM, so a restarted agent adopts them with no gap. This
 //! file wires those together and handles signals.
 //!
 //! [`watch`]: crate::controller::watch
+//! [`link_events`]: crate::kernel::link_events
 
 use std::{io, path::Path, sync::Arc, time::Duration};
 
