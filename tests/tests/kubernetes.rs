@@ -240,7 +240,7 @@ impl<N> Bed<N> {
         let mut cmd = (self.node_ns)(&self.node).command(&agent::binary().to_string_lossy());
         cmd.env("KUBECONFIG", self.kubeconfig.path())
             .env("RUST_LOG", "info")
-            .args(["run", "--node-name", NODE, "--status-interval", "2"])
+            .args(["run", "--node-name", NODE])
             .arg("--pin-dir")
             .arg(self.pin_dir())
             .arg("--netns-path")
@@ -249,6 +249,9 @@ impl<N> Bed<N> {
             .stdout(Stdio::null());
         if !extra.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", "off"]);
+        }
+        if !extra.contains(&"--status-interval") {
+            cmd.args(["--status-interval", "2"]);
         }
         cmd
     }
@@ -409,7 +412,7 @@ fn run_mirrors_selected_pods_follows_changes_and_refuses_tenants() {
     let took = wait_attached(node, &pod2.host_if, true);
     eprintln!("web-2 attached {took:?} after it ran with an IP (as polled)");
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(1),
         "attached only after {took:?}"
     );
 
@@ -1014,6 +1017,114 @@ fn run_mirrors_a_terminating_pod_until_its_namespace_is_gone() {
         .filter(|f| between(f, ip1, ip2))
         .collect();
     assert_same_frames(&seen, &mirrored);
+}
+
+/// A CNI re-plumbs a running pod, telling the API server nothing: the
+/// pod's veth is deleted, and a new one made in the same pod namespace,
+/// under a new host-end name and index. The agent finds the new host end by
+/// itself (the kernel announces the link) and mirrors on. The oracle is
+/// tcpdump on the node's bridge, which outlives both veths: every datagram
+/// the pod sent from the first one mirrored on reaches the collector, and
+/// those sent before the new veth was hooked are counted.
+#[test]
+fn run_finds_a_pods_remade_veth_with_no_change_in_the_cluster() {
+    const PORT: u16 = 7014;
+    let bed = Bed::new(1);
+    let (node, link, server, dir) = (&bed.node, &bed.link, &bed.server, &bed.dir);
+    let vxlan = link.kernel_vxlan(VNI).expect("kernel vxlan");
+    let pod1 = &node.pods[0];
+    one_mirrored_pod(server, link, pod1.v4);
+    let at_collector =
+        Tcpdump::start(&link.ns, &vxlan, dir.path().join("vx.pcap"), &[]).expect("tcpdump");
+    let at_bridge = Tcpdump::start(&node.node, &node.bridge, dir.path().join("br.pcap"), &[])
+        .expect("tcpdump on the bridge");
+    // Statuses written once: the agent's own writes wake it through its
+    // watch, and here nothing but the kernel may.
+    let agent = bed.agent(&["--status-interval", "600"]);
+    wait_attached(node, &pod1.host_if, true);
+    server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            node_status(o).is_some_and(|n| n["attachedPods"] == 1)
+        })
+        .expect("the first status written");
+    let pod_before = server.get("v1", "Pod", Some("shop"), "web-1");
+    // Writes but the agent's own reports (statuses and Events).
+    let writes = |server: &ApiServer| {
+        server.count(|r| {
+            matches!(r.verb, "create" | "update" | "patch" | "delete")
+                && r.subresource.as_deref() != Some("status")
+                && !matches!(r.resource.as_deref(), Some("events"))
+        })
+    };
+    let writes_before = writes(server);
+
+    // As a CNI does it: the old pair goes, a new one comes, on the bridge,
+    // with the pod's address and route; the pod talks as soon as it can.
+    node.node
+        .ip(&["link", "del", &pod1.host_if])
+        .expect("the pod's veth removed");
+    let host_if = testbed::unique_name("mth");
+    testbed::topology::veth(&node.node, &host_if, &pod1.ns, "eth0").expect("a new veth");
+    let made = Instant::now();
+    node.node
+        .ip(&["link", "set", &host_if, "master", &node.bridge])
+        .expect("on the bridge");
+    let ip = format!("{}/24", pod1.v4);
+    pod1.ns
+        .ip(&["addr", "add", &ip, "dev", "eth0"])
+        .expect("the pod's IP");
+    pod1.ns
+        .ip(&["route", "add", "default", "via", "198.18.0.1"])
+        .expect("route");
+    let to = std::net::SocketAddr::from(([198, 18, 0, 1], PORT));
+    let stream = NumberedStream::start(&pod1.ns, &node.node, to).expect("stream");
+    wait_hooked(&node.node, &host_if, true);
+    let took = made.elapsed();
+    let hooked_by = stream.sent();
+    stream.wait_for(300);
+    let sent = stream.finish().expect("sender");
+    at_bridge.settle().expect("tcpdump settled");
+
+    let exit = agent.stop().expect("stops");
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let read = |t: Tcpdump| capture::read(&t.stop().expect("tcpdump")).expect("read");
+    let sent_seen = sequence_numbers(&read(at_bridge), PORT);
+    let mirrored = sequence_numbers(&read(at_collector), PORT);
+    assert_eq!(
+        sent_seen.len(),
+        sent as usize,
+        "tcpdump on the bridge saw every datagram sent"
+    );
+    let missed: Vec<u32> = (0..sent).filter(|n| !mirrored.contains_key(n)).collect();
+    eprintln!(
+        "the new veth was hooked {took:?} after it was made; {} of {sent} datagrams \
+         missed (sent before the hooks were on: at most {hooked_by}): {:?}",
+        missed.len(),
+        &missed[..missed.len().min(20)]
+    );
+    // Once one datagram is mirrored, every later one is, each once.
+    let first = mirrored
+        .keys()
+        .next()
+        .copied()
+        .expect("some datagram mirrored");
+    assert!(
+        missed.iter().all(|n| *n < first) && first <= hooked_by,
+        "datagrams missed after the new veth was hooked (first mirrored {first}, hooked by \
+         {hooked_by}): {missed:?}"
+    );
+    assert!(
+        mirrored.values().all(|c| *c == 1),
+        "duplicates: {mirrored:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the new veth was hooked only {took:?} after it was made"
+    );
+    // Nothing in the cluster changed: the pod is as it was, and nothing
+    // was written but the agent's own reports.
+    assert_eq!(server.get("v1", "Pod", Some("shop"), "web-1"), pod_before);
+    assert_eq!(writes(server), writes_before, "writes other than reports");
 }
 
 fn entry<'a>(obj: Option<&'a Value>, node: &str) -> Option<&'a Value> {

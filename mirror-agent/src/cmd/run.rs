@@ -2,15 +2,21 @@
 //! node's pods and the mirror's policies and collectors ([`watch`]), and on
 //! every change reconciles ([`Reconciler`]): works out what to mirror and
 //! moves the running mirror there ([`crate::datapath::mirror::Mirror::apply`]),
-//! writing each policy's status on this node ([`status`]). Hooks are pinned
+//! writing each policy's status on this node ([`status`]). A link made or
+//! deleted on the node ([`link_events`]) has pods looked for again with no
+//! change in the cluster ([`Reconciler::relocate`]). Hooks are pinned
 //! and kept on SIGTERM, so a restarted agent adopts them with no gap. This
 //! file wires those together and handles signals.
 //!
 //! [`watch`]: crate::controller::watch
+//! [`link_events`]: crate::kernel::link_events
 
-use std::{io, path::Path, time::Duration};
+use std::{io, path::Path, sync::Arc, time::Duration};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
 use tracing::info;
 
 use super::stop::StopSignals;
@@ -26,6 +32,7 @@ use crate::{
     discovery::{locate::Locator, podns::NetnsIndex},
     export::SocketMark,
     kernel::{
+        link_events::{self, LinkEventsError},
         netns::{self, Namespace, NetnsError},
         pin::{PinDir, PinError},
         privileges::{self, MissingPrivileges},
@@ -40,6 +47,11 @@ use crate::{
 const SETTLE: Duration = Duration::from_millis(50);
 /// How often statuses are looked at (each is written at most once per --status-interval).
 const STATUS_TICK: Duration = Duration::from_secs(1);
+/// How often pods' interfaces are looked at with no announcement: the
+/// kernel announces link changes of the agent's own namespace only, so an
+/// interface re-made inside a pod with no host end (ipvlan, macvlan) is
+/// found again within this.
+const RELOCATE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -60,6 +72,8 @@ pub enum RunError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    LinkEvents(#[from] LinkEventsError),
     #[error("--node-name: must not be empty")]
     NoNode,
     #[error("$POD_IP: {0}")]
@@ -75,7 +89,7 @@ impl RunError {
             Self::Io { .. } => 1,
             Self::Metrics(e) => e.exit_code(),
             Self::NoNode | Self::PodIp(_) => 2,
-            Self::Client(_) | Self::Netns(_) => 1,
+            Self::Client(_) | Self::Netns(_) | Self::LinkEvents(_) => 1,
         }
     }
 }
@@ -121,6 +135,10 @@ async fn agent(
     let client = kube::Client::try_default().await?;
     let cluster = Cluster::watch(&client, &node, &args.secrets_namespace);
     let host_cookie = netns::current_cookie()?;
+    // Subscribed before the first look, so no change after it is missed.
+    let links = Arc::new(Notify::new());
+    let notify = links.clone();
+    link_events::watch(move || notify.notify_one())?;
     let locator = Locator::new(
         NetnsIndex::new(args.netns_paths.clone(), Path::new("/proc/self/ns/net")),
         Namespace::current()?,
@@ -189,6 +207,9 @@ async fn agent(
     );
 
     let mut status_tick = tokio::time::interval(STATUS_TICK);
+    let mut relocate_tick = tokio::time::interval(RELOCATE_EVERY);
+    relocate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    relocate_tick.reset();
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -200,6 +221,13 @@ async fn agent(
                 tokio::time::sleep(SETTLE).await;
                 reconciler.reconcile(&cluster.snapshot(), &mut mirror);
             }
+            // A pod's interface may have gone or come back: a CNI
+            // re-plumbing it tells the API server nothing.
+            () = links.notified() => {
+                tokio::time::sleep(SETTLE).await;
+                reconciler.relocate(&cluster.snapshot(), &mut mirror);
+            }
+            _ = relocate_tick.tick() => reconciler.relocate(&cluster.snapshot(), &mut mirror),
             _ = status_tick.tick() => {
                 if writing.as_ref().is_none_or(|w| w.is_finished()) {
                     let due = writer.due(

@@ -97,12 +97,39 @@ impl Reconciler {
         if !self.incomplete && plan == self.current {
             return;
         }
+        self.apply(plan, mirror, "applied");
+    }
+
+    /// A link of this node came or went, or the periodic check is due,
+    /// with no change in the cluster: pods whose interface is gone are
+    /// looked for again (the [`Locator`] drops them), and the mirror moves
+    /// only if where they are changed. A plan still waiting for hooks that
+    /// failed is left to the next change, so this never retries them.
+    pub fn relocate(&mut self, snapshot: &Snapshot, mirror: &mut Mirror) {
+        // Interfaces deleted here stop being mirrored before their
+        // successors are hooked, with their last counters logged.
+        mirror.prune_vanished();
+        let before = self.outcomes.clone();
+        let plan = self.desire(snapshot);
+        if plan == self.current {
+            // The same plan: its standings, left-out hooks included, hold.
+            self.outcomes = before;
+            return;
+        }
+        self.apply(
+            plan,
+            mirror,
+            "a pod's interface changed on this node; hooks moved",
+        );
+    }
+
+    fn apply(&mut self, plan: Vec<Planned>, mirror: &mut Mirror, what: &'static str) {
         match mirror.apply(&plan) {
             Ok(()) => {
                 info!(
                     policies = plan.len(),
                     interfaces = mirror.interfaces(),
-                    "applied"
+                    "{what}"
                 );
                 self.current = plan;
                 self.incomplete = false;

@@ -23,7 +23,9 @@ pub mod selector;
 pub mod status;
 pub mod tenancy;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceConversion, CustomResourceDefinition,
+};
 use kube::CustomResourceExt;
 
 pub use collector::{
@@ -53,6 +55,26 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("mirrorpolicies.yaml", MirrorPolicy::crd()),
         ("clustermirrorpolicies.yaml", ClusterMirrorPolicy::crd()),
     ]
+    .into_iter()
+    .map(|(file, crd)| (file, with_defaults(crd)))
+    .collect()
+}
+
+/// States what the API server would fill in (`listKind`, no conversion),
+/// so `kubectl apply --server-side` after a client-side apply has nothing
+/// to disagree on (xtask/src/manifests/defaults.rs checks it).
+fn with_defaults(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let names = &mut crd.spec.names;
+    if names.list_kind.is_none() {
+        names.list_kind = Some(format!("{}List", names.kind));
+    }
+    if crd.spec.conversion.is_none() {
+        crd.spec.conversion = Some(CustomResourceConversion {
+            strategy: "None".into(),
+            webhook: None,
+        });
+    }
+    crd
 }
 
 #[cfg(test)]

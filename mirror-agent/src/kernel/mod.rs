@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod hooks;
 pub mod inspect;
+pub mod link_events;
 pub mod netlink;
 pub mod netns;
 pub mod pin;
