@@ -7,6 +7,7 @@ use pcap_file::pcapng::{
         enhanced_packet::EnhancedPacketOption, interface_description::InterfaceDescriptionOption,
     },
 };
+use std::time::UNIX_EPOCH;
 
 #[test]
 fn stamps() {
