@@ -273,7 +273,7 @@ const COLLECT_EXAMPLES: &str = "Examples:\n  \
     (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Packets are written as the agents sent \
     them: checksums finished and super-packets in wire-size segments by default, the hook's \
     bytes exactly from an agent output with `checksums=keep`. Stop with Ctrl-C or SIGTERM: \
-    the collector closes its file, prints a summary per listener and exits 0.";
+    the collector closes its files, prints a summary per listener and exits 0.";
 
 const RUN_EXAMPLES: &str = "Examples:\n  \
     mirror-agent run --node-name \"$NODE_NAME\" --metrics-addr \"$POD_IP:9464\"\n  \
@@ -497,7 +497,7 @@ pub struct CollectArgs {
     pub queue_bytes: usize,
 
     /// Hold each packet up to this many milliseconds and write them in order of
-    /// their time, so a file mixing tunnels, lanes and agents is in time order.
+    /// their time, so a file mixing one sender's tunnels and lanes is in time order.
     /// The time is the sender's capture time where the tunnel carries it (GENEVE,
     /// ERSPAN III, tcp://, tls://), else the time it was received (VXLAN, GRE,
     /// ERSPAN II). Packets later than this are written at once and counted
