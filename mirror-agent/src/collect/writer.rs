@@ -124,7 +124,7 @@ pub struct WriterSummary {
 /// A sender the writer knows.
 struct Slot {
     /// Its address as file names carry it.
-    key: String,
+    key: Arc<str>,
     file: Option<SenderFile>,
     /// When its last packet came.
     last: Instant,
@@ -272,7 +272,7 @@ impl Writer {
         }
         let age = self.rotation.age;
         let slot = self.slots.entry(source).or_insert_with(|| Slot {
-            key: retention::sender_key(source),
+            key: retention::sender_key(source).into(),
             file: None,
             last: now,
         });
