@@ -463,6 +463,12 @@ pub struct CollectArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_total_bytes: Option<NonZeroU64>,
 
+    /// Delete closed files (ours, earlier runs' included) last written this many seconds
+    /// ago, whoever sent them: time, not a sender's traffic, decides, and it frees what
+    /// senders that went away left. Default: keep them.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_age: Option<NonZeroU64>,
+
     /// Senders (source addresses) known at once, each with one open file. A new sender
     /// past it takes the place of one silent for 10 minutes, or has its packets dropped
     /// and counted (`dropped_packets{reason="senders"}`).

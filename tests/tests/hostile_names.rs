@@ -306,7 +306,7 @@ fn agent_next_to_a_flood(extra: &[&str], at: FloodAt) -> Flooded {
     let deletions: Vec<&str> = collected
         .stderr
         .lines()
-        .filter(|l| l.contains("deleted the sender's oldest file"))
+        .filter(|l| l.contains("deleted an old file"))
         .collect();
     assert_eq!(summary["files_deleted"], deletions.len() as u64);
     assert!(

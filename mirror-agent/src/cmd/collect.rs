@@ -85,6 +85,7 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         keep: Limits {
             max_files: args.max_files,
             max_total_bytes: args.max_total_bytes,
+            max_age: args.max_age.map(|s| Duration::from_secs(s.get())),
         },
         max_senders: Some(args.max_senders),
     };
@@ -165,6 +166,7 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         max_files = args.max_files.map_or(0, NonZeroUsize::get),
         max_total_bytes = args.max_total_bytes.map_or(0, NonZeroU64::get),
         max_senders = args.max_senders.get(),
+        max_age = args.max_age.map_or(0, NonZeroU64::get),
         max_connections = limits.max_connections,
         max_connections_per_source = limits.max_per_source,
         "collector started"

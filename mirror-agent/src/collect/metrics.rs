@@ -79,7 +79,7 @@ pub fn collect_families(
         (
             "mirror_collect_files_deleted",
             "Old pcapng files deleted by --max-files or --max-total-bytes (always the \
-             sender's own).",
+             writing sender's own), or by --max-age.",
             w.files_deleted,
         ),
         (

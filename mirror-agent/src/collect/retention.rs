@@ -8,13 +8,16 @@
 //! what all our files in the directory hold together; a packet that would
 //! pass it first deletes its own sender's oldest closed files, and when
 //! that sender has none left, the packet is dropped and counted. Another
-//! sender's files are never deleted to make room.
+//! sender's files are never deleted to make room. `--max-age` deletes
+//! closed files last written that long ago, whoever sent them: time, not
+//! any sender's traffic, decides it, and it frees what senders that went
+//! away left behind.
 //!
 //! Why not one ring for everything, as `tcpdump -C -W`, netsniff-ng or
 //! Arkime's free-space pruning do: there the busiest sender decides what
 //! everyone keeps, which is what an unauthenticated listener cannot allow.
-//! The decisions here are pure (the caller deletes the files), so they are
-//! tested without a disk.
+//! The decisions here are pure (the caller deletes the files; only `scan`
+//! reads the directory), so they are tested without a disk.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,6 +25,7 @@ use std::{
     net::IpAddr,
     num::{NonZeroU64, NonZeroUsize},
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 pub const PREFIX: &str = "collect-";
@@ -36,6 +40,8 @@ pub struct Limits {
     pub max_files: Option<NonZeroUsize>,
     /// Bytes of all our files in the directory together.
     pub max_total_bytes: Option<NonZeroU64>,
+    /// Closed files last written longer ago than this are deleted.
+    pub max_age: Option<Duration>,
 }
 
 /// The part of a file name that names its sender: the address, with `-`
@@ -66,6 +72,8 @@ pub fn parse_name(name: &str) -> Option<Option<&str>> {
 struct Kept {
     path: PathBuf,
     bytes: u64,
+    /// When it was last written (`None`: it is open, being written).
+    closed: Option<SystemTime>,
 }
 
 /// The answer to "may this sender write these bytes?".
@@ -83,6 +91,8 @@ pub struct Retention {
     limits: Limits,
     /// Each sender's files, oldest first; the one being written, if any, last.
     senders: HashMap<String, VecDeque<Kept>>,
+    /// Files of earlier versions, which name no sender, oldest first.
+    unnamed: VecDeque<Kept>,
     /// Bytes of all our files, those of earlier versions included.
     total: u64,
 }
@@ -97,32 +107,46 @@ impl Retention {
 
     /// A file of ours found in the directory at start, `bytes` long; the
     /// caller gives them in name order (oldest first for each sender).
-    pub fn existing(&mut self, sender: Option<&str>, path: PathBuf, bytes: u64) {
+    pub fn existing(
+        &mut self,
+        sender: Option<&str>,
+        path: PathBuf,
+        bytes: u64,
+        written: SystemTime,
+    ) {
         self.total += bytes;
-        if let Some(sender) = sender {
-            self.senders
+        let kept = Kept {
+            path,
+            bytes,
+            closed: Some(written),
+        };
+        match sender {
+            Some(sender) => self
+                .senders
                 .entry(sender.to_owned())
                 .or_default()
-                .push_back(Kept { path, bytes });
+                .push_back(kept),
+            None => self.unnamed.push_back(kept),
         }
     }
 
     /// Takes stock of the files of ours in `dir`.
     pub fn scan(dir: &Path, limits: Limits) -> io::Result<Self> {
-        let mut existing: Vec<(String, PathBuf, u64)> = fs::read_dir(dir)?
+        let mut existing: Vec<(String, PathBuf, u64, SystemTime)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 parse_name(&name)?;
-                let bytes = e.metadata().ok()?.len();
-                Some((name, e.path(), bytes))
+                let meta = e.metadata().ok()?;
+                let written = meta.modified().unwrap_or_else(|_| SystemTime::now());
+                Some((name, e.path(), meta.len(), written))
             })
             .collect();
         // Name order: each sender's oldest first.
         existing.sort();
         let mut kept = Self::new(limits);
-        for (name, path, bytes) in existing {
-            kept.existing(parse_name(&name).flatten(), path, bytes);
+        for (name, path, bytes, written) in existing {
+            kept.existing(parse_name(&name).flatten(), path, bytes, written);
         }
         Ok(kept)
     }
@@ -167,7 +191,11 @@ impl Retention {
     pub fn opened(&mut self, sender: &str, path: PathBuf, bytes: u64) -> Vec<PathBuf> {
         self.total += bytes;
         let files = self.senders.entry(sender.to_owned()).or_default();
-        files.push_back(Kept { path, bytes });
+        files.push_back(Kept {
+            path,
+            bytes,
+            closed: None,
+        });
         let mut delete = Vec::new();
         if let Some(max) = self.limits.max_files {
             while files.len() > max.get() {
@@ -187,6 +215,37 @@ impl Retention {
             newest.bytes += bytes;
             self.total += bytes;
         }
+    }
+
+    /// `sender`'s newest file was closed at `now`.
+    pub fn closed(&mut self, sender: &str, now: SystemTime) {
+        if let Some(newest) = self.senders.get_mut(sender).and_then(VecDeque::back_mut) {
+            newest.closed = Some(now);
+        }
+    }
+
+    /// Closed files last written `--max-age` ago or longer, forgotten here
+    /// for the caller to delete.
+    pub fn expire(&mut self, now: SystemTime) -> Vec<PathBuf> {
+        let Some(max_age) = self.limits.max_age else {
+            return Vec::new();
+        };
+        let old = |k: &Kept| {
+            k.closed
+                .is_some_and(|t| now.duration_since(t).is_ok_and(|age| age >= max_age))
+        };
+        let mut expired = Vec::new();
+        // Oldest first in each list: stop at the first one that stays.
+        for files in self.senders.values_mut().chain([&mut self.unnamed]) {
+            while files.front().is_some_and(old) {
+                if let Some(k) = files.pop_front() {
+                    self.total = self.total.saturating_sub(k.bytes);
+                    expired.push(k.path);
+                }
+            }
+        }
+        self.senders.retain(|_, files| !files.is_empty());
+        expired
     }
 
     /// `sender`'s newest file holds `bytes` after all (a failed write cut it
@@ -219,6 +278,7 @@ mod tests {
         Limits {
             max_files: NonZeroUsize::new(max_files),
             max_total_bytes: NonZeroU64::new(max_total),
+            max_age: None,
         }
     }
 
@@ -260,7 +320,7 @@ mod tests {
     #[test]
     fn max_files_counts_per_sender() {
         let mut r = Retention::new(limits(2, 0));
-        r.existing(Some("a"), p("a0"), 10);
+        r.existing(Some("a"), p("a0"), 10, SystemTime::now());
         assert!(r.opened("a", p("a1"), 10).is_empty());
         for i in 0..5 {
             let deleted = r.opened("flood", p(&format!("f{i}")), 10);
@@ -278,7 +338,7 @@ mod tests {
     #[test]
     fn the_total_frees_only_the_senders_own_closed_files() {
         let mut r = Retention::new(limits(0, 100));
-        r.existing(None, p("legacy"), 20);
+        r.existing(None, p("legacy"), 20, SystemTime::now());
         r.opened("a", p("a1"), 10);
         r.grew("a", 30);
         r.opened("flood", p("f1"), 10);
@@ -324,5 +384,31 @@ mod tests {
         r.settle("a", None);
         assert_eq!(r.total(), 0);
         assert!(r.opened("a", p("a2"), 10).is_empty());
+    }
+
+    /// Age deletes closed files of anyone, earlier versions' too, never an
+    /// open one.
+    #[test]
+    fn max_age_expires_closed_files_only() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        let mut r = Retention::new(Limits {
+            max_age: Some(hour),
+            ..Limits::default()
+        });
+        r.existing(None, p("legacy"), 5, t0);
+        r.existing(Some("gone"), p("g1"), 10, t0);
+        r.existing(Some("gone"), p("g2"), 10, t0 + hour);
+        r.opened("a", p("a1"), 10);
+        r.closed("a", t0);
+        r.opened("a", p("a2"), 10);
+        assert!(r.expire(t0 + hour / 2).is_empty());
+        let mut old = r.expire(t0 + hour);
+        old.sort();
+        assert_eq!(old, vec![p("a1"), p("g1"), p("legacy")]);
+        assert_eq!(r.total(), 20);
+        // a2 is open: never expired, however old.
+        assert_eq!(r.expire(t0 + 100 * hour), vec![p("g2")]);
+        assert_eq!(r.total(), 10);
     }
 }

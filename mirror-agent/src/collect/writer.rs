@@ -390,6 +390,8 @@ impl Writer {
 
     /// Writes what is buffered, and closes the files that are old enough.
     pub fn tick(&mut self) {
+        let expired = self.retention.expire(SystemTime::now());
+        self.delete(&expired, "--max-age");
         let age = self.rotation.age;
         let open: Vec<(IpAddr, bool)> = self
             .slots
@@ -467,6 +469,7 @@ impl Writer {
             }
         } else {
             self.retention.settle(&slot.key, Some(file.on_disk()));
+            self.retention.closed(&slot.key, SystemTime::now());
             file.log_closed();
         }
     }
@@ -490,8 +493,11 @@ impl Writer {
         if !self.flush(source) {
             return;
         }
-        if let Some(file) = self.slots.get_mut(&source).and_then(|s| s.file.take()) {
+        if let Some(slot) = self.slots.get_mut(&source)
+            && let Some(file) = slot.file.take()
+        {
             self.interfaces = self.interfaces.saturating_sub(file.ids.len());
+            self.retention.closed(&slot.key, SystemTime::now());
             file.log_closed();
         }
     }
@@ -531,12 +537,12 @@ impl Writer {
         true
     }
 
-    /// Deletes files of one sender that retention gave up.
+    /// Deletes files that retention gave up.
     fn delete(&mut self, files: &[PathBuf], why: &str) {
         for old in files {
             match fs::remove_file(old) {
                 Ok(()) => {
-                    info!(file = %old.display(), "deleted the sender's oldest file ({why})");
+                    info!(file = %old.display(), "deleted an old file ({why})");
                     self.summary.files_deleted += 1;
                 }
                 Err(error) => warn!(file = %old.display(), %error, "cannot delete an old file"),

@@ -234,6 +234,7 @@ fn a_flood_rotates_out_only_its_own_files() {
         keep: Limits {
             max_files: NonZeroUsize::new(2),
             max_total_bytes: NonZeroU64::new(20_000),
+            max_age: None,
         },
         ..Rotation::default()
     };
@@ -324,4 +325,33 @@ fn new_senders_past_the_limit_wait_for_an_idle_one() {
             .sum();
         assert_eq!(n, packets, "{sender}");
     }
+}
+
+/// --max-age deletes a closed file once it is that old, whoever sent it;
+/// an open one stays.
+#[test]
+fn max_age_deletes_closed_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotation = Rotation {
+        size: NonZeroU64::new(1000),
+        keep: Limits {
+            max_age: Some(Duration::from_millis(20)),
+            ..Limits::default()
+        },
+        ..Rotation::default()
+    };
+    let mut w = Writer::open(dir.path().into(), rotation).unwrap();
+    // Past the size at once: closed.
+    w.write(&from([198, 18, 0, 1], "a", 1200));
+    w.tick();
+    assert_eq!(files_of(dir.path(), "198.18.0.1").len(), 1);
+    std::thread::sleep(Duration::from_millis(30));
+    // Open, below the size.
+    w.write(&from([198, 18, 0, 2], "b", 10));
+    std::thread::sleep(Duration::from_millis(30));
+    w.tick();
+    assert!(files_of(dir.path(), "198.18.0.1").is_empty());
+    assert_eq!(files_of(dir.path(), "198.18.0.2").len(), 1);
+    let s = w.finish();
+    assert_eq!((s.files_deleted, s.packets), (1, 2), "{s:?}");
 }
