@@ -268,13 +268,15 @@ const COLLECT_EXAMPLES: &str = "Examples:\n  \
     mirror-agent collect --listen vxlan://0.0.0.0 --output pcapng:/var/lib/mirror\n  \
     mirror-agent collect -l geneve://0.0.0.0 -l gre://0.0.0.0 -l tcp://0.0.0.0:7000 -o pcapng:/data\n  \
     mirror-agent collect -l tcp://[::]:7000 -o pcapng:/data --rotate-size 50000000 --rotate-seconds 600 --max-files 48\n  \
+    mirror-agent collect -l vxlan://0.0.0.0 -o pcapng:/data --max-files 20 --max-total-bytes 50000000000\n  \
     mirror-agent collect -l 'tls://0.0.0.0:7443?ca=ca.pem&cert=collector.pem&key=collector.key' -o pcapng:/data\n\n\
-    Files are named collect-YYYYMMDDTHHMMSSZ-NNNNNN.pcapng. Interfaces are named SOURCE-IP/node/pod \
+    Each sender gets its own files, named collect-SENDER-YYYYMMDDTHHMMSSZ-NNNNNN.pcapng \
+    (mergecap -w all.pcapng DIR/collect-*.pcapng merges them in time order). Interfaces are named SOURCE-IP/node/pod \
     (GENEVE), SOURCE-IP/vni-N (VXLAN), SOURCE-IP/key-N (GRE), SOURCE-IP/erspan-session-N \
     (ERSPAN) and PEER-IP/INTERFACE (TCP streams). Packets are written as the agents sent \
     them: checksums finished and super-packets in wire-size segments by default, the hook's \
     bytes exactly from an agent output with `checksums=keep`. Stop with Ctrl-C or SIGTERM: \
-    the collector closes its file, prints a summary per listener and exits 0.";
+    the collector closes its files, prints a summary per listener and exits 0.";
 
 const RUN_EXAMPLES: &str = "Examples:\n  \
     mirror-agent run --node-name \"$NODE_NAME\" --metrics-addr \"$POD_IP:9464\"\n  \
@@ -447,12 +449,34 @@ pub struct CollectArgs {
     #[arg(long, value_name = "N")]
     pub rotate_seconds: Option<NonZeroU64>,
 
-    /// Keep at most N files in DIR (ours, earlier runs' included), deleting the oldest.
-    /// Only --rotate-size and --rotate-seconds start a file: new interfaces never do
-    /// (past 1,024 per source in a file they are filed under SOURCE-IP/other-interfaces).
+    /// Keep at most N files per sender in DIR (earlier runs' included), deleting that
+    /// sender's oldest: each sender (source address, or stream peer) has its own series
+    /// of files, so one sender's volume never rotates out another's captures. Only
+    /// --rotate-size and --rotate-seconds start a file: new interfaces never do (past
+    /// 1,024 in a file they are filed under SOURCE-IP/other-interfaces).
     /// Default: keep them all.
     #[arg(long, value_name = "N")]
     pub max_files: Option<NonZeroUsize>,
+
+    /// Cap on the bytes of all the collector's files in DIR together (earlier runs'
+    /// included). A packet that would pass it deletes its own sender's oldest closed
+    /// files; a sender with none left has its packets dropped and counted
+    /// (`dropped_packets{reason="retention"}`). Another sender's files are never deleted
+    /// for it. Default: no cap.
+    #[arg(long, value_name = "BYTES")]
+    pub max_total_bytes: Option<NonZeroU64>,
+
+    /// Delete closed files (ours, earlier runs' included) last written this many seconds
+    /// ago, whoever sent them: time, not a sender's traffic, decides, and it frees what
+    /// senders that went away left. Default: keep them.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_age: Option<NonZeroU64>,
+
+    /// Senders (source addresses) known at once, each with one open file. A new sender
+    /// past it takes the place of one silent for 10 minutes, or has its packets dropped
+    /// and counted (`dropped_packets{reason="senders"}`).
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN))]
+    pub max_senders: NonZeroUsize,
 
     /// Stream connections (tcp:// and tls://) open at once, per listener; past it a
     /// connection is closed at once and counted (`refused_connections{reason="limit"}`).
@@ -482,7 +506,7 @@ pub struct CollectArgs {
     pub queue_bytes: usize,
 
     /// Hold each packet up to this many milliseconds and write them in order of
-    /// their time, so a file mixing tunnels, lanes and agents is in time order.
+    /// their time, so a file mixing one sender's tunnels and lanes is in time order.
     /// The time is the sender's capture time where the tunnel carries it (GENEVE,
     /// ERSPAN III, tcp://, tls://), else the time it was received (VXLAN, GRE,
     /// ERSPAN II). Packets later than this are written at once and counted

@@ -19,6 +19,7 @@ use crate::{
         listen::Listen,
         queue,
         reorder::Reorder,
+        retention::Limits,
         stats::ListenerStats,
         tcp,
         writer::{Rotation, Writer, WriterError, WriterSummary},
@@ -81,7 +82,12 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
     let rotation = Rotation {
         size: Some(args.rotate_size),
         age: args.rotate_seconds.map(|s| Duration::from_secs(s.get())),
-        max_files: args.max_files,
+        keep: Limits {
+            max_files: args.max_files,
+            max_total_bytes: args.max_total_bytes,
+            max_age: args.max_age.map(|s| Duration::from_secs(s.get())),
+        },
+        max_senders: Some(args.max_senders),
     };
     let mut writer =
         Writer::open(args.output.0.clone(), rotation).map_err(|source| CollectError::Output {
@@ -108,7 +114,11 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         .filter(|(_, b)| matches!(b, Bound::Stream(..)))
         .count();
     let limits = StreamLimits {
-        max_connections: descriptor_headroom(args.max_connections.get(), streams),
+        max_connections: descriptor_headroom(
+            args.max_connections.get(),
+            streams,
+            args.max_senders.get(),
+        ),
         max_per_source: args.max_connections_per_source.get(),
         idle: Duration::from_secs(args.idle_timeout.get()),
         block: Duration::from_secs(args.read_timeout.get()),
@@ -154,6 +164,9 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
         rotate_size = args.rotate_size.get(),
         rotate_seconds = args.rotate_seconds.map_or(0, NonZeroU64::get),
         max_files = args.max_files.map_or(0, NonZeroUsize::get),
+        max_total_bytes = args.max_total_bytes.map_or(0, NonZeroU64::get),
+        max_senders = args.max_senders.get(),
+        max_age = args.max_age.map_or(0, NonZeroU64::get),
         max_connections = limits.max_connections,
         max_connections_per_source = limits.max_per_source,
         "collector started"
@@ -178,42 +191,40 @@ pub fn run(args: CollectArgs) -> Result<(), CollectError> {
     Ok(())
 }
 
-/// File descriptors kept beyond the stream connections: files, /metrics
-/// scrapes and probes, the datagram sockets.
+/// File descriptors kept beyond the stream connections and one open file
+/// per sender: /metrics scrapes and probes, the datagram sockets.
 const RESERVED_FDS: u64 = 128;
 
 /// The connection limit per stream listener that leaves [`RESERVED_FDS`]
-/// descriptors free: raises the soft RLIMIT_NOFILE toward the hard one, and
+/// descriptors free, and one per sender's file: raises the soft RLIMIT_NOFILE toward the hard one, and
 /// lowers the limit (with a warning) if even that is not enough, so a flood
 /// of connections can never starve /metrics, the probes or the files.
-fn descriptor_headroom(max_connections: usize, streams: usize) -> usize {
+fn descriptor_headroom(max_connections: usize, streams: usize, senders: usize) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if streams == 0 {
-        return max_connections;
-    }
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return max_connections;
     };
+    let reserved = RESERVED_FDS.saturating_add(senders as u64);
     let want = (max_connections as u64)
         .saturating_mul(streams as u64)
-        .saturating_add(RESERVED_FDS);
+        .saturating_add(reserved);
     let soft = if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard).is_ok() {
         want.min(hard)
     } else {
         soft
     };
-    if want <= soft {
+    if want <= soft || streams == 0 {
         return max_connections;
     }
-    let fit = usize::try_from(soft.saturating_sub(RESERVED_FDS) / streams as u64)
+    let fit = usize::try_from(soft.saturating_sub(reserved) / streams as u64)
         .unwrap_or(usize::MAX)
         .max(1);
     warn!(
         requested = max_connections,
         limit = fit,
         nofile = soft,
-        "--max-connections lowered so that files, /metrics and the probes keep file descriptors \
-         (raise the open-files limit to allow more)"
+        "--max-connections lowered so that one file per sender (--max-senders), /metrics and the \
+         probes keep file descriptors (raise the open-files limit to allow more)"
     );
     fit
 }
@@ -241,6 +252,8 @@ fn summarize(listeners: &[Arc<ListenerStats>], w: &WriterSummary) {
         files_deleted = w.files_deleted,
         write_errors = w.write_errors,
         folded = w.folded,
+        dropped_retention = w.dropped_retention,
+        dropped_senders = w.dropped_senders,
         late = w.late,
         "collector summary"
     );

@@ -78,7 +78,8 @@ pub fn collect_families(
         ),
         (
             "mirror_collect_files_deleted",
-            "Old pcapng files deleted by --max-files.",
+            "Old pcapng files deleted by --max-files or --max-total-bytes (always the \
+             writing sender's own), or by --max-age.",
             w.files_deleted,
         ),
         (
@@ -98,7 +99,24 @@ pub fn collect_families(
             w.late,
         ),
     ];
-    let mut all = vec![received, decoded, truncated, connections, refused, errors];
+    let mut dropped = Family::new(
+        "mirror_collect_dropped_packets",
+        "Decoded packets not written, by reason: retention (--max-total-bytes reached and \
+         the sender had no closed file of its own to delete), senders (a new sender past \
+         --max-senders).",
+        Counter,
+    );
+    dropped.with(&[("reason", "retention")], w.dropped_retention);
+    dropped.with(&[("reason", "senders")], w.dropped_senders);
+    let mut all = vec![
+        received,
+        decoded,
+        truncated,
+        connections,
+        refused,
+        errors,
+        dropped,
+    ];
     for (name, help, value) in writer_families {
         let mut f = Family::new(name, help, Counter);
         f.with(&[], value);

@@ -1,7 +1,8 @@
 //! The collector (`mirror-agent collect`, wired in `cmd::collect`): receive mirrored packets from many agents at once
 //! (VXLAN, GENEVE, GRE/TEB, ERSPAN II and III, pcapng streams over TCP),
-//! decapsulate them and write rotating pcapng files, one interface block per
-//! (agent, interface), named so a person sees the node and the pod.
+//! decapsulate them and write rotating pcapng files, one series per sender,
+//! one interface block per (agent, interface), named so a person sees the
+//! node and the pod.
 //!
 //! Threads: one per listener decodes (a stream listener runs its
 //! connections as tasks on its own single-threaded runtime, see `tcp.rs`),
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod queue;
 pub mod receive;
 pub mod reorder;
+pub mod retention;
 pub mod stats;
 pub mod stream;
 pub mod tcp;
