@@ -45,5 +45,6 @@ pub use filters::{Filters, Verdict};
 pub use rule::Rule;
 pub use tables::{PrefixTables, TablesFull};
 pub use types::{
-    Action, FilterExpr, InterfacePattern, PortRange, Protocol, RateLimit, TcpFlag, TcpFlags,
+    Action, FilterExpr, InterfacePattern, PortRange, Protocol, TcpFlag, TcpFlags,
 };
+pub use ratelimit::{Capped, Limit, RateLimit};

@@ -13,7 +13,6 @@ use crate::{
     },
     export::{self, Exporter, output::Output},
     model::record::IfaceId,
-    policy::ratelimit::RateLimiter,
 };
 
 /// How one output of a new plan is had.
@@ -125,7 +124,6 @@ pub(super) fn open_fanout(
         policies.push(Running::new(
             p.name.clone(),
             filters,
-            body.and_then(|b| RateLimiter::new(&b.rate_limit)),
             exporters,
             stats,
         ));
