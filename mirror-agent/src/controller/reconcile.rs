@@ -143,6 +143,7 @@ mod tests {
     use super::*;
     use crate::{
         controller::snapshot::PolicyRef,
+        k8s::Acceptance,
         export::output::Output,
         kernel::hooks::Interface,
         model::{
@@ -160,7 +161,7 @@ mod tests {
                 name: name.into(),
             },
             generation: Some(1),
-            accepted: Ok(()),
+            accepted: Ok(Acceptance::default()),
             matched: attached,
             attached,
             skipped_host_network: 0,

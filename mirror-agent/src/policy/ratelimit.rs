@@ -105,6 +105,18 @@ impl RateLimit {
         }
     }
 
+    /// The spec that reads back as this limit.
+    pub fn to_spec(&self) -> RateLimitSpec {
+        let rate = |l: Option<Limit>| l.map_or(0, |l| l.per_second.get());
+        let burst = |l: Option<Limit>| l.map_or(0, |l| l.burst.get());
+        RateLimitSpec {
+            packets_per_second: rate(self.packets),
+            packets_burst: burst(self.packets),
+            bytes_per_second: rate(self.bytes),
+            bytes_burst: burst(self.bytes),
+        }
+    }
+
     /// The hook's budget: its buckets full.
     pub fn budget(&self) -> Budget {
         let bucket = |l: Option<Limit>| l.map(Limit::bucket).unwrap_or_default();
@@ -192,6 +204,7 @@ mod tests {
         let l = RateLimit::from_spec(&spec(100, 0, 5000, 20_000)).expect("valid");
         assert_eq!(l.packets, limit(100, 100));
         assert_eq!(l.bytes, limit(5000, 20_000));
+        assert_eq!(RateLimit::from_spec(&l.to_spec()), Ok(l));
         assert!(
             RateLimit::from_spec(&RateLimitSpec::default())
                 .expect("valid")

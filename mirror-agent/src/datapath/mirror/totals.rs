@@ -131,7 +131,7 @@ mod tests {
         let clock = WallClock::now().expect("the clocks");
         let mut fanout = Fanout::new(vec![web], routes, clock);
         for ns in [1, 2, 3] {
-            fanout.record(&record(a, ns, DIR_INGRESS, &frame(ns != 2, 10)));
+            fanout.record(&record(a, ns, DIR_INGRESS, &frame(ns == 1, 10)));
         }
         fanout.close(Duration::from_secs(5));
 
