@@ -16,7 +16,7 @@
 //! bucket never fills and only the first bound applies.
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::map, maps::Array};
-use mirror_common::{Budget, Bucket, MAX_POLICIES};
+use mirror_common::{Bucket, Budget, MAX_POLICIES};
 
 #[map(name = "MIRROR_BUDGETS")]
 static BUDGETS: Array<Budget> = Array::with_max_entries(MAX_POLICIES, 0);
@@ -113,7 +113,11 @@ fn room(bucket: *mut Bucket, cost: u64, now: u64) -> Option<Charge> {
         )
     };
     if rate == 0 {
-        return Some(Charge { tat, was: now, ns: 0 });
+        return Some(Charge {
+            tat,
+            was: now,
+            ns: 0,
+        });
     }
     // Rounded up: rounding never lets more through than the rate.
     let ns = (cost * NS_PER_SEC + rate - 1) / rate;

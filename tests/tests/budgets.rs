@@ -90,7 +90,11 @@ fn accounted(c: &Captures) -> (u64, u64) {
     let s = c.exit.summary().expect("summary");
     let (seen, mirrored, limited) = (s["seen"], s["mirrored"], s["lost_rate_limit"]);
     let saw = c.oracle.len() as u64;
-    assert_eq!(seen, saw, "the hook saw what tcpdump saw\n{}", c.exit.stderr);
+    assert_eq!(
+        seen, saw,
+        "the hook saw what tcpdump saw\n{}",
+        c.exit.stderr
+    );
     assert_eq!(
         mirrored + limited,
         saw,
@@ -191,7 +195,12 @@ fn a_byte_budget_counts_the_bytes_of_frames_of_mixed_sizes() {
 /// No limit: the hook's budget lets everything through and counts nothing.
 #[test]
 fn no_rate_limit_keeps_everything() {
-    let c = flood("{packetsPerSecond: 0, bytesPerSecond: 0}", 5000, &[64], 50_000);
+    let c = flood(
+        "{packetsPerSecond: 0, bytesPerSecond: 0}",
+        5000,
+        &[64],
+        50_000,
+    );
     let (mirrored, limited) = accounted(&c);
     assert_eq!(limited, 0);
     assert_eq!(mirrored, c.oracle.len() as u64);

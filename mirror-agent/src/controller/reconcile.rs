@@ -143,8 +143,8 @@ mod tests {
     use super::*;
     use crate::{
         controller::snapshot::PolicyRef,
-        k8s::Acceptance,
         export::output::Output,
+        k8s::Acceptance,
         kernel::hooks::Interface,
         model::{
             direction::Directions,

@@ -31,8 +31,8 @@ pub use collector::{
     MirrorCollectorStatus, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY,
 };
 pub use policy::{
-    ClusterMirrorPolicy, ClusterMirrorPolicySpec, CollectorRef, MirrorPolicy, MirrorPolicySpec,
-    Capping, Scope, SpecError, ValidPolicy,
+    Capping, ClusterMirrorPolicy, ClusterMirrorPolicySpec, CollectorRef, MirrorPolicy,
+    MirrorPolicySpec, Scope, SpecError, ValidPolicy,
 };
 pub use selector::SelectorError;
 pub use status::{Condition, NodeStatus, PolicyStatus, conditions, reasons, set_condition};

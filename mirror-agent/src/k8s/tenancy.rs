@@ -364,7 +364,9 @@ spec:
         assert!(valid.selects("a", &prod, &labels(&[])));
         assert!(!valid.selects("b", &labels(&[("env", "dev")]), &labels(&[])));
         // Nor by a ceiling: an administrator's own policy.
-        let capped = collector(&format!("{TEAM_A}  maxRateLimit: {{packetsPerSecond: 10}}\n"));
+        let capped = collector(&format!(
+            "{TEAM_A}  maxRateLimit: {{packetsPerSecond: 10}}\n"
+        ));
         let valid = accept_cluster_policy(&p, Some(&capped)).expect("accepted");
         assert!(valid.body.rate_limit.is_unlimited() && valid.capped.is_none());
     }
@@ -380,10 +382,16 @@ spec:
 
     #[test]
     fn a_tenant_over_the_ceiling_or_unlimited_gets_the_ceiling_and_is_told() {
-        for asked in ["{}", "rateLimit: {packetsPerSecond: 5000, packetsBurst: 9000}"] {
+        for asked in [
+            "{}",
+            "rateLimit: {packetsPerSecond: 5000, packetsBurst: 9000}",
+        ] {
             let valid = accepted(asked).expect("accepted");
             let packets = valid.body.rate_limit.packets.expect("limited");
-            assert_eq!((packets.per_second.get(), packets.burst.get()), (1000, 1000));
+            assert_eq!(
+                (packets.per_second.get(), packets.burst.get()),
+                (1000, 1000)
+            );
             assert_eq!(valid.body.rate_limit.bytes, None);
             let capping = valid.capped.clone().expect("capped");
             let cond = accepted_condition(
@@ -396,7 +404,8 @@ spec:
                 ("True", "RateLimitCapped")
             );
             assert!(
-                cond.message.contains("MirrorCollector \"lab\"'s maxRateLimit")
+                cond.message
+                    .contains("MirrorCollector \"lab\"'s maxRateLimit")
                     && cond
                         .message
                         .ends_with("gets packetsPerSecond 1000 (packetsBurst 1000)"),
@@ -406,8 +415,8 @@ spec:
             assert_eq!(capping.limit, valid.body.rate_limit);
         }
         // Under the ceiling: as asked, and a plain Accepted.
-        let valid = accepted("rateLimit: {packetsPerSecond: 10, bytesPerSecond: 100}")
-            .expect("accepted");
+        let valid =
+            accepted("rateLimit: {packetsPerSecond: 10, bytesPerSecond: 100}").expect("accepted");
         assert_eq!(valid.capped, None);
         assert_eq!(
             valid.body.rate_limit.packets.map(|l| l.per_second.get()),
@@ -423,12 +432,9 @@ spec:
 
     #[test]
     fn a_bad_ceiling_blames_the_collector() {
-        let c = collector(&format!(
-            "{TEAM_A}  maxRateLimit: {{bytesBurst: 1500}}\n"
-        ));
-        let refusal =
-            accept_policy(&policy("shop", "lab"), &labels(&[("team", "a")]), Some(&c))
-                .expect_err("refused");
+        let c = collector(&format!("{TEAM_A}  maxRateLimit: {{bytesBurst: 1500}}\n"));
+        let refusal = accept_policy(&policy("shop", "lab"), &labels(&[("team", "a")]), Some(&c))
+            .expect_err("refused");
         assert_eq!(refusal.reason, reasons::INVALID_COLLECTOR);
         assert_eq!(
             refusal.message,

@@ -2,9 +2,9 @@
 
 use super::{
     error::{PolicyError, Problem, Where},
+    ratelimit::RateLimit,
     rule::Rule,
     spec::BodySpec,
-    ratelimit::RateLimit,
     types::FilterExpr,
     yaml,
 };

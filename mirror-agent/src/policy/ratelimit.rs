@@ -253,7 +253,10 @@ mod tests {
         let got = asked.within(&ceiling);
         assert!(got.capped);
         assert_eq!(got.limit.packets, limit(1000, 1500));
-        assert_eq!(got.limit.bytes, asked.bytes, "the ceiling sets no bytes limit");
+        assert_eq!(
+            got.limit.bytes, asked.bytes,
+            "the ceiling sets no bytes limit"
+        );
         // Asking for less is left alone.
         let asked = RateLimit {
             packets: limit(10, 10),

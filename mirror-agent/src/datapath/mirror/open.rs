@@ -121,12 +121,7 @@ pub(super) fn open_fanout(
             routes.insert(id, (name, index));
         }
         let stats = old.map(Running::take_stats).unwrap_or_default();
-        policies.push(Running::new(
-            p.name.clone(),
-            filters,
-            exporters,
-            stats,
-        ));
+        policies.push(Running::new(p.name.clone(), filters, exporters, stats));
     }
     // Nothing can fail from here: the running fanout's counters go on.
     let stats = running

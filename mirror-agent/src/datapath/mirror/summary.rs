@@ -61,11 +61,8 @@ pub(super) fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fan
     }
     let lost_output = summarize_outputs(fanout);
     let stats = fanout.stats();
-    let lost = total.rate_limited
-        + total.ring_full
-        + total.load_failed
-        + stats.malformed
-        + lost_output;
+    let lost =
+        total.rate_limited + total.ring_full + total.load_failed + stats.malformed + lost_output;
     info!(
         seen = total.seen_packets,
         mirrored = total.mirrored_packets,

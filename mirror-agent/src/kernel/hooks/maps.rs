@@ -11,9 +11,9 @@ use aya::{
     },
 };
 use mirror_common::{
-    Budget, Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_BUDGETS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
-    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES,
-    MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
+    Budget, Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_BUDGETS, MAP_CONFIG, MAP_COUNTERS,
+    MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES,
+    MAX_INTERFACES, MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
 };
 
 use super::{HookError, Hooks, Interface, Slot, map_err};

@@ -131,7 +131,10 @@ fn a_cluster_policy_selects_namespaces_by_their_labels() {
         vec![host_end(1, "prod-a/web"), host_end(3, "prod-b/web")]
     );
     let o = outcome_of(&d, "all-web");
-    assert_eq!((o.matched, o.attached, &o.accepted), (2, 2, &Ok(Acceptance::default())));
+    assert_eq!(
+        (o.matched, o.attached, &o.accepted),
+        (2, 2, &Ok(Acceptance::default()))
+    );
 }
 
 #[test]
@@ -278,7 +281,9 @@ fn a_tenant_policy_is_planned_under_its_collectors_ceiling() {
         ..RateLimitSpec::default()
     });
     snapshot.collectors = vec![Arc::new(capped)];
-    snapshot.pods.extend(pods(vec![pod("ops", "web", 3, json!({"app": "web"}))]));
+    snapshot
+        .pods
+        .extend(pods(vec![pod("ops", "web", 3, json!({"app": "web"}))]));
     snapshot
         .namespaces
         .push(namespace("ops", json!({"env": "prod"})));
@@ -295,7 +300,10 @@ fn a_tenant_policy_is_planned_under_its_collectors_ceiling() {
     let limit = planned("shop/web");
     let (packets, bytes) = (limit.packets.expect("packets"), limit.bytes.expect("bytes"));
     assert_eq!((packets.per_second.get(), packets.burst.get()), (500, 500));
-    assert_eq!((bytes.per_second.get(), bytes.burst.get()), (1_000_000, 3_000_000));
+    assert_eq!(
+        (bytes.per_second.get(), bytes.burst.get()),
+        (1_000_000, 3_000_000)
+    );
     let budget = limit.budget();
     assert_eq!((budget.limited, budget.packets.rate), (1, 500));
     let capping = outcome_of(&d, "shop/web")
