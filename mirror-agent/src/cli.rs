@@ -308,7 +308,9 @@ pub struct AttachArgs {
 
     /// Mirror by a policy file instead of the flags: policies with interfaces (names or
     /// globs), collectors, direction, ordered accept/reject rules, a pcap-filter
-    /// expression, snaplen, sampling and a rate limit (see deploy/examples/policy-web.yaml).
+    /// expression, snaplen, sampling and a rate limit, which the hook enforces before the
+    /// ring buffer (rateLimit: packetsPerSecond, packetsBurst, bytesPerSecond, bytesBurst;
+    /// see deploy/examples/policy-web.yaml).
     #[arg(
         long,
         value_name = "FILE",

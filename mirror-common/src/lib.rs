@@ -10,7 +10,7 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
@@ -24,10 +24,11 @@ pub const MAP_LPM_SRC6: &str = "MIRROR_LPM_SRC6";
 pub const MAP_LPM_DST6: &str = "MIRROR_LPM_DST6";
 pub const MAP_NS_SCRATCH: &str = "MIRROR_NS_SCRATCH";
 pub const MAP_MAINS: &str = "MIRROR_MAINS";
+pub const MAP_BUDGETS: &str = "MIRROR_BUDGETS";
 /// In each entry object, its own (never pinned): the namespace it serves.
 pub const MAP_NS_SELF: &str = "MIRROR_NS_SELF";
 /// Every map, as pinned by name under the agent's pin directory.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 12] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_RECORDS,
@@ -39,6 +40,7 @@ pub const MAPS: [&str; 11] = [
     MAP_LPM_DST6,
     MAP_NS_SCRATCH,
     MAP_MAINS,
+    MAP_BUDGETS,
 ];
 /// The mirror programs' global (u64) the agent sets at load time to its own
 /// netns cookie: that of the interfaces they are attached to directly.
@@ -192,8 +194,10 @@ pub struct Counters {
     pub own_traffic: u64,
     /// Packets the policy's kernel prefilter ruled out (no Accept rule can match).
     pub filtered: u64,
+    /// Packets over the policy's budget ([`Budget`]), never copied.
+    pub rate_limited: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 80);
+const _: () = assert!(core::mem::size_of::<Counters>() == 88);
 
 impl Counters {
     /// Sum of per-CPU values.
@@ -208,6 +212,7 @@ impl Counters {
         self.load_failed += other.load_failed;
         self.own_traffic += other.own_traffic;
         self.filtered += other.filtered;
+        self.rate_limited += other.rate_limited;
     }
 }
 
@@ -230,6 +235,39 @@ pub struct PolicyFilter {
     pub dst_any: u64,
 }
 const _: () = assert!(core::mem::size_of::<PolicyFilter>() == 40);
+
+/// One dimension (packets or bytes) of a policy's [`Budget`]: a token
+/// bucket kept as a theoretical arrival time (GCRA): `tat_ns` is when the
+/// bucket would be full again had nothing more arrived. A packet of cost
+/// `c` passes when `max(tat, now) + c * 10^9 / rate <= now + depth_ns`,
+/// which is a bucket of `burst = depth_ns * rate / 10^9` tokens refilled at
+/// `rate` per second, in one word the hook can move with an atomic add.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Units (packets or bytes) per second; 0: this dimension has no limit.
+    pub rate: u64,
+    /// Nanoseconds the bucket takes to fill from empty: `burst * 10^9 / rate`.
+    pub depth_ns: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds; 0 (the agent's write) is a full bucket.
+    /// Written by the hook only.
+    pub tat_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Bucket>() == 24);
+
+/// A policy's budget, in [`MAP_BUDGETS`] at the policy id: checked after
+/// the prefilter and sampling, before a copy takes ring space. Shared by
+/// all CPUs (not per-CPU), so the limit is the policy's on the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Zero: no limit at all; the hook reads nothing else (the cheap path).
+    pub limited: u32,
+    pub _pad: u32,
+    pub packets: Bucket,
+    pub bytes: Bucket,
+}
+const _: () = assert!(core::mem::size_of::<Budget>() == 56);
 
 /// An inclusive port range.
 #[repr(C)]
@@ -315,4 +353,5 @@ mod user {
     unsafe impl aya::Pod for super::KernelRule {}
     unsafe impl aya::Pod for super::Lpm4 {}
     unsafe impl aya::Pod for super::Lpm6 {}
+    unsafe impl aya::Pod for super::Budget {}
 }

@@ -3,7 +3,11 @@
 //! so production traffic is the same with or without them, whatever fails here.
 #![no_std]
 #![no_main]
+// BPF's atomic add is reached through asm: the target has no atomic
+// read-modify-write in `core` (see budget.rs).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+mod budget;
 mod filter;
 mod ns;
 
@@ -116,6 +120,13 @@ fn mirror(ctx: &TcContext, direction: u32) {
             counters.sampled_out += 1;
             return;
         }
+    }
+
+    // After sampling and the prefilter, so neither spends the budget; before
+    // the reservation, so what is over it takes no ring space.
+    if !budget::allows(config.policy_id, len) {
+        counters.rate_limited += 1;
+        return;
     }
 
     let cap = u64::from(if len < config.snaplen {

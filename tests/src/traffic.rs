@@ -79,6 +79,47 @@ pub fn udp_flood(from: &Netns, dst: SocketAddr, count: usize, size: usize) -> Re
     }))
 }
 
+/// Sends `count` UDP datagrams at `per_second`, their payload sizes taken
+/// from `sizes` in turn, without waiting for them to arrive: a flood of a
+/// known rate and duration (for rate limits). The pace is kept against the
+/// start, so a stall is caught up at once rather than stretching the flood.
+/// Returns the seconds it took.
+pub fn udp_paced(
+    from: &Netns,
+    dst: SocketAddr,
+    count: usize,
+    sizes: &[usize],
+    per_second: u32,
+) -> Result<f64> {
+    ensure!(!sizes.is_empty() && per_second > 0, "no sizes or no rate");
+    let payloads: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0x5a; *n]).collect();
+    join(from.spawn(move || {
+        let sock = UdpSocket::bind(match dst {
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+        })?;
+        let start = std::time::Instant::now();
+        for i in 0..count {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(per_second));
+            loop {
+                let now = std::time::Instant::now();
+                if now >= due {
+                    break;
+                }
+                // Sleep only when well ahead: a sleep overshoots by tens
+                // of microseconds, more than the gap at high rates.
+                if due - now > Duration::from_micros(200) {
+                    std::thread::sleep(due - now - Duration::from_micros(100));
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            sock.send_to(&payloads[i % payloads.len()], dst)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }))
+}
+
 /// Moves `bytes` over one TCP connection from `client` to `server` at `dst`;
 /// on veth, the kernel hands the hook GSO packets of up to 64 KiB.
 pub fn tcp_bulk(

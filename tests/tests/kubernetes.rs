@@ -1639,3 +1639,69 @@ fn run_leaves_a_pod_with_its_own_sidecar_to_it_and_the_pod_is_mirrored_once() {
         of_pod1.len()
     );
 }
+
+/// A tenant's policy with no rate limit, on a collector whose
+/// `maxRateLimit` is 100 packets a second, is accepted with the ceiling
+/// (`Accepted=True`, reason `RateLimitCapped`, naming it), and the hook
+/// holds the pod's flood to it: the node's entry counts the rest as
+/// `rateLimited`. (The bound to the packet is `tests/tests/budgets.rs`'s.)
+#[test]
+fn run_caps_a_tenant_policy_at_its_collectors_ceiling() {
+    let bed = Bed::new(1);
+    let (node, link, server) = (&bed.node, &bed.link, &bed.server);
+    link.kernel_vxlan(VNI).expect("kernel vxlan");
+    let pod1 = &node.pods[0];
+    for obj in [
+        namespace("shop", "shop"),
+        json!({"apiVersion": MIRROR, "kind": "MirrorCollector", "metadata": {"name": "lab"},
+               "spec": {"protocol": "vxlan", "address": link.collector_v4.to_string(), "vni": VNI,
+                        "allowedNamespaces": {"matchLabels": {"tenant": "shop"}},
+                        "maxRateLimit": {"packetsPerSecond": 100}}}),
+        policy("shop", "web", 0),
+        pod("shop", "web-1", "web", Some(&pod1.v4.to_string()), false),
+    ] {
+        server.create(obj).expect("create");
+    }
+    let agent = bed.agent(&[]);
+    wait_attached(node, &pod1.host_if, true);
+    let web = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            condition(o, "Accepted").is_some_and(|c| c["reason"] == "RateLimitCapped")
+        })
+        .expect("web accepted under the ceiling");
+    let accepted = condition(web.as_ref(), "Accepted").expect("Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(
+        accepted["message"],
+        "the collector admits this policy, but spec.rateLimit (no limit) is above \
+         MirrorCollector \"lab\"'s maxRateLimit: this policy gets packetsPerSecond 100 \
+         (packetsBurst 100)"
+    );
+
+    const FLOOD: u64 = 3000;
+    let start = Instant::now();
+    traffic::udp_flood(
+        &pod1.ns,
+        std::net::SocketAddr::new(IpAddr::from([198, 18, 0, 1]), 9),
+        FLOOD as usize,
+        64,
+    )
+    .expect("flood");
+    // A bound from the test's own clock: longer than the flood, so looser.
+    let most = 100 + (100.0 * start.elapsed().as_secs_f64()).ceil() as u64;
+    let limited =
+        |o: Option<&Value>| node_status(o).and_then(|n| n["dropped"]["rateLimited"].as_u64());
+    let web = server
+        .wait_for(MIRROR, "MirrorPolicy", Some("shop"), "web", WAIT, |o| {
+            limited(o).is_some_and(|n| n >= FLOOD - most)
+        })
+        .unwrap_or_else(|p| panic!("the flood's excess counted as rateLimited: {p:#?}"));
+    let n = node_status(web.as_ref()).expect("this node's entry");
+    // The flood's copies and the few others (ARP, ICMP errors back to the pod).
+    let mirrored = n["mirrored"].as_u64().expect("mirrored");
+    assert!(
+        mirrored <= most + 10,
+        "{mirrored} mirrored under a ceiling of 100/s (at most {most} of the flood): {n}"
+    );
+    agent.stop().expect("agent stops");
+}

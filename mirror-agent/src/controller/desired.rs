@@ -29,7 +29,7 @@ use crate::{
     discovery::locate::{Located, LocatedPod, PodAddr},
     export::output::Output,
     k8s::{
-        MirrorCollector, Refusal, ValidPolicy, accept_cluster_policy, accept_policy,
+        Acceptance, MirrorCollector, Refusal, ValidPolicy, accept_cluster_policy, accept_policy,
         inject::SIDECAR_NAME, reasons,
     },
     kernel::hooks::Interface,
@@ -56,7 +56,7 @@ pub struct Node {
 pub struct Outcome {
     pub policy: PolicyRef,
     pub generation: Option<i64>,
-    pub accepted: Result<(), Refusal>,
+    pub accepted: Result<Acceptance, Refusal>,
     /// Pods on this node it selects (hostNetwork ones not included).
     pub matched: u64,
     /// Of those, the pods whose hooks are planned.
@@ -339,7 +339,11 @@ pub fn compute(
         let mut outcome = Outcome {
             policy: policy.clone(),
             generation: checked.generation,
-            accepted: checked.decision.as_ref().map(drop).map_err(Clone::clone),
+            accepted: checked
+                .decision
+                .as_ref()
+                .map(|u| Acceptance::from(&u.valid))
+                .map_err(Clone::clone),
             matched: 0,
             attached: 0,
             skipped_host_network: 0,

@@ -171,6 +171,7 @@ mod tests {
     use crate::{
         controller::snapshot::PolicyRef,
         export::output::Output,
+        k8s::Acceptance,
         kernel::hooks::Interface,
         model::{
             direction::Directions,
@@ -187,7 +188,7 @@ mod tests {
                 name: name.into(),
             },
             generation: Some(1),
-            accepted: Ok(()),
+            accepted: Ok(Acceptance::default()),
             matched: attached,
             attached,
             skipped_host_network: 0,

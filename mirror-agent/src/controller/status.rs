@@ -122,6 +122,7 @@ impl StatusWriter {
             let summary = summarize(o.accepted.is_ok(), &nodes);
             let content = json!({
                 "accepted": o.accepted.as_ref().err().map(|r| (r.reason, r.message.clone())),
+                "capped": o.accepted.as_ref().ok().and_then(|a| a.capped.as_ref().map(ToString::to_string)),
                 "ready": (summary.ready, summary.reason, &summary.message),
                 "matched": summary.matched,
                 "own": &own,
@@ -176,7 +177,7 @@ impl StatusWriter {
             });
             let warning = match (&o.accepted, o.problems.is_empty()) {
                 (Err(r), _) => Some((r.reason.to_owned(), r.message.clone())),
-                (Ok(()), false) => Some((
+                (Ok(_), false) => Some((
                     reasons::ATTACH_FAILED.to_owned(),
                     format!("on node {}: {}", self.node, o.problems.join("; ")),
                 )),
@@ -438,6 +439,7 @@ fn summarize(accepted: bool, nodes: &[&NodeStatus]) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::Acceptance;
 
     fn node(name: &str, matched: u64, attached: u64, problems: &[&str]) -> NodeStatus {
         NodeStatus {
@@ -536,7 +538,7 @@ mod tests {
                 name: "web".into(),
             },
             generation: Some(1),
-            accepted: Ok(()),
+            accepted: Ok(Acceptance::default()),
             matched: 1,
             attached: 1,
             skipped_host_network: 0,

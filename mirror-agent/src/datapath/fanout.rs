@@ -1,6 +1,7 @@
 //! From a ring-buffer record to the outputs: parse it, find its interface's
-//! policy, apply the policy's rules, pcap-filter and rate limit, and hand it
-//! to each of the policy's exporters. Runs on the drain thread, per record,
+//! policy, apply the policy's rules and pcap-filter, and hand it to each of
+//! the policy's exporters (its rate limit is the hook's, before the ring).
+//! Runs on the drain thread, per record,
 //! with no allocation.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -14,7 +15,7 @@ use crate::{
         own::{Matcher, OwnConnections},
     },
     model::record::{IfaceId, Record, WallClock},
-    policy::{Filters, Verdict, ratelimit::RateLimiter},
+    policy::{Filters, Verdict},
 };
 
 /// What the agent itself did with the records it read.
@@ -33,14 +34,12 @@ pub struct AgentStats {
 pub struct PolicyStats {
     pub rejected_by_rules: u64,
     pub rejected_by_filter: u64,
-    pub rate_limited: u64,
 }
 
-/// One policy at run time: its filters, rate limit and outputs.
+/// One policy at run time: its filters and outputs.
 pub struct Running {
     name: String,
     filters: Option<Filters>,
-    limiter: Option<RateLimiter>,
     exporters: Vec<Exporter>,
     stats: PolicyStats,
 }
@@ -51,14 +50,12 @@ impl Running {
     pub fn new(
         name: String,
         filters: Option<Filters>,
-        limiter: Option<RateLimiter>,
         exporters: Vec<Exporter>,
         stats: PolicyStats,
     ) -> Self {
         Self {
             name,
             filters,
-            limiter,
             exporters,
             stats,
         }
@@ -105,12 +102,6 @@ impl Running {
                     return false;
                 }
             }
-        }
-        if let Some(limiter) = &mut self.limiter
-            && !limiter.allow(record.boot_ns, record.orig_len)
-        {
-            self.stats.rate_limited += 1;
-            return false;
         }
         for exporter in &mut self.exporters {
             exporter.push(record, unix_ns, interface);
@@ -245,7 +236,6 @@ mod tests {
         Running::new(
             name.into(),
             Some(body.filters().expect("filters compile")),
-            RateLimiter::new(&body.rate_limit),
             exporters,
             PolicyStats::default(),
         )
@@ -295,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn each_record_goes_to_its_interfaces_policy_through_its_filter_and_rate_limit() {
+    fn each_record_goes_to_its_interfaces_policy_through_its_filter() {
         let dir = tempfile::tempdir().expect("tempdir");
         let progress = Arc::new(Notify::new());
         let (a, b) = (iface(7), iface(8));
@@ -305,7 +295,7 @@ mod tests {
         let routes = HashMap::from([(a, ("veth-a".into(), 0)), (b, ("veth-b".into(), 1))]);
         let policies = vec![
             policy("dns", "filter: 'udp'", vec![out_a]),
-            policy("web", "rateLimit: {packetsPerSecond: 1}", vec![out_b]),
+            policy("web", "{}", vec![out_b]),
         ];
         let mut fanout = Fanout::new(policies, routes, clock());
 
@@ -314,22 +304,14 @@ mod tests {
         fanout.record(&record(a, second, DIR_INGRESS, &udp));
         fanout.record(&record(a, second, DIR_INGRESS, &tcp));
         fanout.record(&record(b, second, DIR_INGRESS, &tcp));
-        // Within the same second: over one packet per second.
-        fanout.record(&record(b, second + 1, DIR_INGRESS, &udp));
         fanout.record(&record(b, 3 * second, DIR_INGRESS, &udp));
         fanout.close(Duration::from_secs(5));
 
         let [dns, web] = fanout.policies() else {
             panic!("two policies");
         };
-        assert_eq!(
-            (dns.stats().rejected_by_filter, dns.stats().rate_limited),
-            (1, 0)
-        );
-        assert_eq!(
-            (web.stats().rejected_by_filter, web.stats().rate_limited),
-            (0, 1)
-        );
+        assert_eq!(dns.stats().rejected_by_filter, 1);
+        assert_eq!(web.stats().rejected_by_filter, 0);
         assert_eq!(fanout.stats().delivered, 3);
         let data = |w: Vec<Written>| -> Vec<(String, Vec<u8>)> {
             w.into_iter().map(|w| (w.interface, w.data)).collect()
@@ -409,11 +391,10 @@ mod tests {
         let path = dir.path().join("a.pcapng");
         let out = pcapng_output(&path, &[(a, "veth-a".into())], &progress);
         let routes = HashMap::from([(a, ("veth-a".into(), 0))]);
-        let limited = "rateLimit: {packetsPerSecond: 1}";
-        let mut fanout = Fanout::new(vec![policy("web", limited, vec![out])], routes, clock());
-        let f = frame(true, 10);
-        fanout.record(&record(a, 5, DIR_INGRESS, &f));
-        fanout.record(&record(a, 6, DIR_INGRESS, &f));
+        let udp_only = "filter: 'udp'";
+        let mut fanout = Fanout::new(vec![policy("web", udp_only, vec![out])], routes, clock());
+        fanout.record(&record(a, 5, DIR_INGRESS, &frame(true, 10)));
+        fanout.record(&record(a, 6, DIR_INGRESS, &frame(false, 10)));
 
         assert!(fanout.policy_mut("dns").is_none());
         let web = fanout.policy_mut("web").expect("web runs");
@@ -421,9 +402,9 @@ mod tests {
         assert!(web.sends_to(&output));
         assert!(!web.sends_to(&Output::PcapngFile(dir.path().join("other"))));
         let mut taken = web.take_exporter(&output).expect("its output");
-        assert_eq!(web.take_stats().rate_limited, 1);
+        assert_eq!(web.take_stats().rejected_by_filter, 1);
         assert!(!web.sends_to(&output));
-        assert_eq!(web.stats().rate_limited, 0);
+        assert_eq!(web.stats().rejected_by_filter, 0);
         // The output taken still holds, and sends, what it was handed.
         taken.close(Duration::from_secs(5));
         assert_eq!(written(&path).len(), 1);

@@ -67,6 +67,7 @@ impl AgentMetrics {
             f.truncated.with(&l, c.truncated);
             f.own_traffic.with(&l, c.own_traffic);
             for (reason, value) in [
+                ("rate_limit", c.rate_limited),
                 ("ring_full", c.ring_full),
                 ("copy_failed", c.load_failed),
                 ("sampling", c.sampled_out),
@@ -82,19 +83,13 @@ impl AgentMetrics {
             let policy = p.name();
             let stats = p.stats();
             for (reason, stage, value) in [
-                ("filter", Some("rules"), stats.rejected_by_rules),
-                ("filter", Some("pcap_filter"), stats.rejected_by_filter),
-                ("rate_limit", None, stats.rate_limited),
+                ("filter", "rules", stats.rejected_by_rules),
+                ("filter", "pcap_filter", stats.rejected_by_filter),
             ] {
-                match stage {
-                    Some(stage) => f.dropped.with(
-                        &[("policy", policy), ("reason", reason), ("stage", stage)],
-                        value,
-                    ),
-                    None => f
-                        .dropped
-                        .with(&[("policy", policy), ("reason", reason)], value),
-                };
+                f.dropped.with(
+                    &[("policy", policy), ("reason", reason), ("stage", stage)],
+                    value,
+                );
             }
             for e in p.exporters() {
                 let s = e.stats();

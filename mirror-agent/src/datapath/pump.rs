@@ -269,7 +269,7 @@ mod tests {
             pcapng_output(&dir.join("file.pcapng"), &listed, &progress),
             pcapng_output(&dir.join("pipe"), &listed, &progress),
         ];
-        let policy = Running::new("web".into(), None, None, outputs, PolicyStats::default());
+        let policy = Running::new("web".into(), None, outputs, PolicyStats::default());
         let routes = HashMap::from([(a, ("veth-a".to_owned(), 0))]);
         let clock = WallClock::now().expect("the clocks");
         (Fanout::new(vec![policy], routes, clock), stuck)

@@ -30,7 +30,7 @@ pub fn render(state: &PinnedState, format: Format) -> Result<String, RenderError
     })
 }
 
-const HEADERS: [&str; 11] = [
+const HEADERS: [&str; 12] = [
     "POLICY",
     "POD/INTERFACE",
     "NETNS:IFINDEX",
@@ -40,6 +40,7 @@ const HEADERS: [&str; 11] = [
     "TRUNCATED",
     "SAMPLED_OUT",
     "FILTERED",
+    "RATE_LIMITED",
     "RING_FULL",
     "LOAD_FAILED",
 ];
@@ -128,6 +129,7 @@ fn row(i: &InterfaceState) -> Vec<String> {
         n(|c| c.truncated),
         n(|c| c.sampled_out),
         n(|c| c.filtered),
+        n(|c| c.rate_limited),
         n(|c| c.ring_full),
         n(|c| c.load_failed),
     ]
@@ -225,6 +227,7 @@ mod tests {
                 "10",
                 "0",
                 "2",
+                "0",
                 "0",
                 "0",
                 "0"

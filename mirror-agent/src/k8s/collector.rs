@@ -29,6 +29,7 @@ use crate::export::{
     },
     output::{DEFAULT_MTU, Endpoint, MIN_MTU, Output, TlsFiles, Tunnel},
 };
+use crate::policy::{Problem, RateLimit, spec::RateLimitSpec};
 
 /// The keys of a collector's TLS Secret, as in a `kubernetes.io/tls` Secret
 /// (with the CA that cert-manager also writes as `ca.crt`): the CA that
@@ -107,6 +108,13 @@ pub struct MirrorCollectorSpec {
     /// ClusterMirrorPolicies, being an administrator's too, are not limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_namespaces: Option<LabelSelector>,
+    /// The most any one MirrorPolicy (a tenant's) sending here may mirror
+    /// per node: its `rateLimit` is lowered to this, rate and burst, and a
+    /// policy with no limit gets this one; its `Accepted` condition then
+    /// says so. The same fields as a policy's `rateLimit`. Left out: no
+    /// ceiling. ClusterMirrorPolicies are not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate_limit: Option<RateLimitSpec>,
 }
 
 /// The wire protocol toward a collector; the names of the URI schemes.
@@ -189,6 +197,11 @@ pub enum CollectorError {
     Range { field: &'static str, reason: String },
     #[error("address: \"{0}\" is not a host name or an IP address")]
     Address(String),
+    #[error("maxRateLimit.{field}: {problem}")]
+    Ceiling {
+        field: &'static str,
+        problem: Problem,
+    },
 }
 
 fn range(field: &'static str, reason: impl fmt::Display) -> CollectorError {
@@ -325,7 +338,17 @@ impl MirrorCollectorSpec {
     /// Checks the spec as [`Self::output`] does, for a status before any
     /// Secret is read.
     pub fn validate(&self) -> Result<(), CollectorError> {
+        self.ceiling()?;
         self.output(&PathBuf::new()).map(drop)
+    }
+
+    /// `maxRateLimit`, checked as a policy's `rateLimit`; no limit when
+    /// left out.
+    pub fn ceiling(&self) -> Result<RateLimit, CollectorError> {
+        self.max_rate_limit
+            .as_ref()
+            .map_or(Ok(RateLimit::default()), RateLimit::from_spec)
+            .map_err(|(field, problem)| CollectorError::Ceiling { field, problem })
     }
 }
 

@@ -33,13 +33,14 @@ pub use collector::{
     MirrorCollectorStatus, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY,
 };
 pub use policy::{
-    ClusterMirrorPolicy, ClusterMirrorPolicySpec, CollectorRef, MirrorPolicy, MirrorPolicySpec,
-    Scope, SpecError, ValidPolicy,
+    Capping, ClusterMirrorPolicy, ClusterMirrorPolicySpec, CollectorRef, MirrorPolicy,
+    MirrorPolicySpec, Scope, SpecError, ValidPolicy,
 };
 pub use selector::SelectorError;
 pub use status::{Condition, NodeStatus, PolicyStatus, conditions, reasons, set_condition};
 pub use tenancy::{
-    Refusal, accept_cluster_policy, accept_policy, accepted_condition, check_collector,
+    Acceptance, Refusal, accept_cluster_policy, accept_policy, accepted_condition, apply_ceiling,
+    check_collector,
 };
 
 /// The API group of every kind here.

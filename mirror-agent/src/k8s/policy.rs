@@ -19,7 +19,7 @@ use super::{
     selector::{self, SelectorError},
     status::PolicyStatus,
 };
-use crate::policy::{PolicyBody, PolicyError, PrefixTables, Problem, spec::BodySpec};
+use crate::policy::{PolicyBody, PolicyError, PrefixTables, Problem, RateLimit, spec::BodySpec};
 
 /// A tenant's mirror: pods of its own namespace, to an approved collector.
 // Each printcolumn(...) repeats `type_ = "string"`, which clippy takes for
@@ -171,7 +171,32 @@ pub struct ValidPolicy {
     pub pod_selector: Selector,
     /// The `MirrorCollector`'s name.
     pub collector: String,
+    /// Its `rateLimit` already lowered to the collector's ceiling, once
+    /// accepted (`tenancy::accept_policy`).
     pub body: PolicyBody,
+    /// Whether that ceiling lowered it, and to what.
+    pub capped: Option<Capping>,
+}
+
+/// A tenant's `rateLimit` lowered to its collector's `maxRateLimit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capping {
+    pub collector: String,
+    /// What the spec asked for.
+    pub asked: RateLimit,
+    /// What the hook enforces.
+    pub limit: RateLimit,
+}
+
+impl std::fmt::Display for Capping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "spec.rateLimit ({}) is above MirrorCollector \"{}\"'s maxRateLimit: this policy \
+             gets {}",
+            self.asked, self.collector, self.limit
+        )
+    }
 }
 
 impl ValidPolicy {
@@ -220,6 +245,7 @@ impl MirrorPolicy {
             pod_selector: parse_selector("podSelector", &self.spec.pod_selector)?,
             collector: self.spec.collector_ref.name.clone(),
             body: body(&self.name_any(), &self.spec.body)?,
+            capped: None,
         })
     }
 }
@@ -235,6 +261,7 @@ impl ClusterMirrorPolicy {
             pod_selector: parse_selector("podSelector", &self.spec.pod_selector)?,
             collector: self.spec.collector_ref.name.clone(),
             body: body(&self.name_any(), &self.spec.body)?,
+            capped: None,
         })
     }
 }

@@ -27,6 +27,8 @@ pub mod conditions {
 pub mod reasons {
     /// Accepted=True.
     pub const ACCEPTED: &str = "Accepted";
+    /// Accepted=True, its `rateLimit` lowered to the collector's `maxRateLimit`.
+    pub const RATE_LIMIT_CAPPED: &str = "RateLimitCapped";
     /// The collector's `allowedNamespaces` does not admit the policy's namespace.
     pub const COLLECTOR_NOT_ALLOWED: &str = "CollectorNotAllowed";
     /// No `MirrorCollector` has the name in `collectorRef`.

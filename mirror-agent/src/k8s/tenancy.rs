@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use crate::policy::{Capped, RateLimit};
+
 use super::{
     collector::MirrorCollector,
-    policy::{ClusterMirrorPolicy, MirrorPolicy, ValidPolicy},
+    policy::{Capping, ClusterMirrorPolicy, MirrorPolicy, ValidPolicy},
     selector,
     status::{Condition, condition, conditions, reasons},
 };
@@ -80,7 +82,7 @@ pub fn accept_policy(
     namespace_labels: &BTreeMap<String, String>,
     collector: Option<&MirrorCollector>,
 ) -> Result<ValidPolicy, Refusal> {
-    let valid = policy
+    let mut valid = policy
         .validate()
         .map_err(|e| Refusal::new(reasons::INVALID_SPEC, format!("spec.{e}")))?;
     let collector = usable_collector(&valid, collector)?;
@@ -89,7 +91,38 @@ pub fn accept_policy(
         namespace_labels,
         collector,
     )?;
+    // usable_collector checked the ceiling.
+    let ceiling = collector.spec.ceiling().unwrap_or_default();
+    apply_ceiling(&mut valid, &ceiling);
     Ok(valid)
+}
+
+/// Lowers a tenant's `rateLimit` to its collector's ceiling, noting it
+/// when that changed anything.
+pub fn apply_ceiling(valid: &mut ValidPolicy, ceiling: &RateLimit) {
+    let asked = valid.body.rate_limit;
+    let Capped { limit, capped } = asked.within(ceiling);
+    valid.body.rate_limit = limit;
+    valid.capped = capped.then(|| Capping {
+        collector: valid.collector.clone(),
+        asked,
+        limit,
+    });
+}
+
+/// What an accepted policy's `Accepted` condition has to say beyond yes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acceptance {
+    /// Its rate limit, lowered to its collector's ceiling.
+    pub capped: Option<Capping>,
+}
+
+impl From<&ValidPolicy> for Acceptance {
+    fn from(valid: &ValidPolicy) -> Self {
+        Self {
+            capped: valid.capped.clone(),
+        }
+    }
 }
 
 /// The same for a `ClusterMirrorPolicy`, which no `allowedNamespaces` limits.
@@ -125,12 +158,22 @@ fn usable_collector<'a>(
 
 /// The `Accepted` condition for a decision of [`accept_policy`] or
 /// [`accept_cluster_policy`].
-pub fn accepted_condition<T>(
-    decision: &Result<T, Refusal>,
+pub fn accepted_condition(
+    decision: &Result<Acceptance, Refusal>,
     generation: Option<i64>,
     now: Time,
 ) -> Condition {
     match decision {
+        Ok(Acceptance {
+            capped: Some(capping),
+        }) => condition(
+            conditions::ACCEPTED,
+            true,
+            reasons::RATE_LIMIT_CAPPED,
+            format!("the collector admits this policy, but {capping}"),
+            generation,
+            now,
+        ),
         Ok(_) => condition(
             conditions::ACCEPTED,
             true,
@@ -220,7 +263,7 @@ spec:
             "MirrorCollector \"lab\" does not admit namespace \"intruder\": its allowedNamespaces \
              selector does not match the namespace's labels"
         );
-        let cond = accepted_condition(&Err::<(), _>(refusal), Some(4), Time(Default::default()));
+        let cond = accepted_condition(&Err(refusal), Some(4), Time(Default::default()));
         assert_eq!(
             (
                 cond.type_.as_str(),
@@ -320,5 +363,83 @@ spec:
         let prod = labels(&[("env", "prod")]);
         assert!(valid.selects("a", &prod, &labels(&[])));
         assert!(!valid.selects("b", &labels(&[("env", "dev")]), &labels(&[])));
+        // Nor by a ceiling: an administrator's own policy.
+        let capped = collector(&format!(
+            "{TEAM_A}  maxRateLimit: {{packetsPerSecond: 10}}\n"
+        ));
+        let valid = accept_cluster_policy(&p, Some(&capped)).expect("accepted");
+        assert!(valid.body.rate_limit.is_unlimited() && valid.capped.is_none());
+    }
+
+    const CEILING: &str = "  maxRateLimit: {packetsPerSecond: 1000, bytesBurst: 0}\n";
+
+    fn accepted(limit: &str) -> Result<ValidPolicy, Refusal> {
+        let c = collector(&format!("{TEAM_A}{CEILING}"));
+        let mut p = policy("shop", "lab");
+        p.spec.body = serde_norway::from_str(limit).expect("body");
+        accept_policy(&p, &labels(&[("team", "a")]), Some(&c))
+    }
+
+    #[test]
+    fn a_tenant_over_the_ceiling_or_unlimited_gets_the_ceiling_and_is_told() {
+        for asked in [
+            "{}",
+            "rateLimit: {packetsPerSecond: 5000, packetsBurst: 9000}",
+        ] {
+            let valid = accepted(asked).expect("accepted");
+            let packets = valid.body.rate_limit.packets.expect("limited");
+            assert_eq!(
+                (packets.per_second.get(), packets.burst.get()),
+                (1000, 1000)
+            );
+            assert_eq!(valid.body.rate_limit.bytes, None);
+            let capping = valid.capped.clone().expect("capped");
+            let cond = accepted_condition(
+                &Ok(Acceptance::from(&valid)),
+                Some(2),
+                Time(Default::default()),
+            );
+            assert_eq!(
+                (cond.status.as_str(), cond.reason.as_str()),
+                ("True", "RateLimitCapped")
+            );
+            assert!(
+                cond.message
+                    .contains("MirrorCollector \"lab\"'s maxRateLimit")
+                    && cond
+                        .message
+                        .ends_with("gets packetsPerSecond 1000 (packetsBurst 1000)"),
+                "{}",
+                cond.message
+            );
+            assert_eq!(capping.limit, valid.body.rate_limit);
+        }
+        // Under the ceiling: as asked, and a plain Accepted.
+        let valid =
+            accepted("rateLimit: {packetsPerSecond: 10, bytesPerSecond: 100}").expect("accepted");
+        assert_eq!(valid.capped, None);
+        assert_eq!(
+            valid.body.rate_limit.packets.map(|l| l.per_second.get()),
+            Some(10)
+        );
+        let cond = accepted_condition(
+            &Ok(Acceptance::from(&valid)),
+            Some(2),
+            Time(Default::default()),
+        );
+        assert_eq!(cond.reason, "Accepted");
+    }
+
+    #[test]
+    fn a_bad_ceiling_blames_the_collector() {
+        let c = collector(&format!("{TEAM_A}  maxRateLimit: {{bytesBurst: 1500}}\n"));
+        let refusal = accept_policy(&policy("shop", "lab"), &labels(&[("team", "a")]), Some(&c))
+            .expect_err("refused");
+        assert_eq!(refusal.reason, reasons::INVALID_COLLECTOR);
+        assert_eq!(
+            refusal.message,
+            "MirrorCollector \"lab\": spec.maxRateLimit.bytesBurst: a burst needs bytesPerSecond \
+             (0 or absent is no limit, which has no burst)"
+        );
     }
 }

@@ -126,6 +126,8 @@ pub struct CounterState {
     pub load_failed: u64,
     pub own_traffic: u64,
     pub filtered: u64,
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 impl From<Counters> for CounterState {
@@ -141,6 +143,7 @@ impl From<Counters> for CounterState {
             load_failed: c.load_failed,
             own_traffic: c.own_traffic,
             filtered: c.filtered,
+            rate_limited: c.rate_limited,
         }
     }
 }

@@ -1,12 +1,11 @@
 //! The validated policy body: what to mirror and how much of it.
 
-use std::num::NonZeroU64;
-
 use super::{
     error::{PolicyError, Problem, Where},
+    ratelimit::RateLimit,
     rule::Rule,
     spec::BodySpec,
-    types::{FilterExpr, RateLimit},
+    types::FilterExpr,
     yaml,
 };
 use crate::{
@@ -94,10 +93,9 @@ impl PolicyBody {
             filter,
             snaplen,
             sampling,
-            rate_limit: RateLimit {
-                packets_per_second: NonZeroU64::new(spec.rate_limit.packets_per_second),
-                bytes_per_second: NonZeroU64::new(spec.rate_limit.bytes_per_second),
-            },
+            rate_limit: RateLimit::from_spec(&spec.rate_limit).map_err(|(field, problem)| {
+                PolicyError::invalid(at, format!("rateLimit.{field}"), problem)
+            })?,
         })
     }
 }
@@ -124,11 +122,9 @@ mod tests {
         .expect("valid");
         assert_eq!((body.snaplen.get(), body.sampling.get()), (128, 10));
         assert_eq!(body.filter, None);
-        assert_eq!(
-            body.rate_limit.packets_per_second.map(NonZeroU64::get),
-            Some(5)
-        );
-        assert_eq!(body.rate_limit.bytes_per_second, None);
+        let packets = body.rate_limit.packets.expect("a packets limit");
+        assert_eq!((packets.per_second.get(), packets.burst.get()), (5, 5));
+        assert_eq!(body.rate_limit.bytes, None);
     }
 
     #[test]
@@ -212,6 +208,25 @@ mod tests {
         let e = err("filter: 'tcp port 99999'");
         assert!(
             e.starts_with("policy \"web\": filter: ") && e.contains("99999"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_errors_name_the_field() {
+        assert_eq!(
+            err("rateLimit: {bytesBurst: 9000}"),
+            "policy \"web\": rateLimit.bytesBurst: a burst needs bytesPerSecond (0 or absent is \
+             no limit, which has no burst)"
+        );
+        assert_eq!(
+            err("rateLimit: {packetsPerSecond: 2000000000}"),
+            "policy \"web\": rateLimit.packetsPerSecond: 2000000000 is more than a budget takes \
+             (1000000000)"
+        );
+        let e = err("rateLimit: {packetsPerSecond: 5, packetsBurst: -5}");
+        assert!(
+            e.starts_with("policy \"web\": rateLimit.packetsBurst: invalid type: integer `-5`"),
             "{e}"
         );
     }

@@ -146,6 +146,16 @@ pub enum Problem {
     Snaplen(u64),
     #[error("{0} is not from 1 (every packet) to 4294967295")]
     Sampling(u64),
+    #[error("a burst needs {0} (0 or absent is no limit, which has no burst)")]
+    BurstWithoutRate(&'static str),
+    #[error("{value} is more than a budget takes ({max})")]
+    RateTooHigh { value: u64, max: u64 },
+    #[error("{value} is more than an hour's worth at {rate_field} ({most})")]
+    BurstTooLarge {
+        value: u64,
+        rate_field: &'static str,
+        most: u64,
+    },
     /// libpcap's own message, verbatim.
     #[error("{0}")]
     Filter(String),

@@ -42,8 +42,7 @@ pub use body::PolicyBody;
 pub use error::{PolicyError, Problem, Where};
 pub use file::{Policy, PolicyFile, valid_name};
 pub use filters::{Filters, Verdict};
+pub use ratelimit::{Capped, Limit, RateLimit};
 pub use rule::Rule;
 pub use tables::{PrefixTables, TablesFull};
-pub use types::{
-    Action, FilterExpr, InterfacePattern, PortRange, Protocol, RateLimit, TcpFlag, TcpFlags,
-};
+pub use types::{Action, FilterExpr, InterfacePattern, PortRange, Protocol, TcpFlag, TcpFlags};

@@ -1,120 +1,289 @@
-//! A policy's `rateLimit`: token buckets for packets and bytes per second,
-//! each holding at most one second's worth, clocked by the records' own
-//! kernel timestamps (no clock read per packet, and exact under replay).
+//! A policy's `rateLimit`: packets and bytes per second, each with a burst,
+//! enforced by the hook before a copy takes ring space (a
+//! `mirror_common::Budget` per policy, which [`RateLimit::budget`] makes).
+//! An administrator's ceiling (a `MirrorCollector`'s `maxRateLimit`) caps
+//! it with [`RateLimit::within`].
 
 use std::num::NonZeroU64;
 
-use crate::policy::RateLimit;
+use mirror_common::{Bucket, Budget};
 
-const NS_PER_SEC: u128 = 1_000_000_000;
+use super::{error::Problem, spec::RateLimitSpec};
 
-#[derive(Debug)]
-struct Bucket {
-    per_sec: u64,
-    /// Tokens scaled by 10^9, so refills need no floating point.
-    nano_tokens: u128,
-    last_ns: u64,
+/// Most packets per second a budget takes: one per nanosecond, the hook's
+/// clock tick.
+pub const MAX_PACKETS_PER_SECOND: u64 = 1_000_000_000;
+/// Most bytes per second a budget takes (8 Tbit/s), so that the hook's
+/// `cost * 10^9 + rate` never overflows.
+pub const MAX_BYTES_PER_SECOND: u64 = 1_000_000_000_000;
+/// A burst holds at most this many seconds' worth, so the bucket's depth in
+/// nanoseconds stays far from overflowing.
+pub const MAX_BURST_SECONDS: u64 = 3600;
+
+/// One dimension's limit: a rate, and the burst the bucket holds (by
+/// default one second's worth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub per_second: NonZeroU64,
+    pub burst: NonZeroU64,
 }
 
-impl Bucket {
-    fn new(per_sec: NonZeroU64) -> Self {
-        let per_sec = per_sec.get();
+impl Limit {
+    fn bucket(self) -> Bucket {
+        let rate = self.per_second.get();
+        let depth = u128::from(self.burst.get()) * 1_000_000_000 / u128::from(rate);
+        Bucket {
+            rate,
+            // Bounded by MAX_BURST_SECONDS when parsed; saturate regardless.
+            depth_ns: u64::try_from(depth).unwrap_or(u64::MAX / 4),
+            tat_ns: 0,
+        }
+    }
+
+    /// The lower of the two, rate and burst each.
+    fn min(self, other: Self) -> Self {
         Self {
-            per_sec,
-            nano_tokens: u128::from(per_sec) * NS_PER_SEC,
-            last_ns: 0,
+            per_second: self.per_second.min(other.per_second),
+            burst: self.burst.min(other.burst),
         }
-    }
-
-    fn refill(&mut self, now_ns: u64) {
-        let full = u128::from(self.per_sec) * NS_PER_SEC;
-        if self.last_ns == 0 {
-            self.last_ns = now_ns;
-        }
-        let elapsed = u128::from(now_ns.saturating_sub(self.last_ns));
-        self.nano_tokens = (self.nano_tokens + elapsed * u128::from(self.per_sec)).min(full);
-        self.last_ns = self.last_ns.max(now_ns);
-    }
-
-    fn has(&self, cost: u64) -> bool {
-        self.nano_tokens >= u128::from(cost) * NS_PER_SEC
-    }
-
-    fn take(&mut self, cost: u64) {
-        self.nano_tokens -= u128::from(cost) * NS_PER_SEC;
     }
 }
 
-/// Packets and bytes buckets; a packet passes only if both have room.
-#[derive(Debug)]
-pub struct RateLimiter {
-    packets: Option<Bucket>,
-    bytes: Option<Bucket>,
+/// A rate limit; `None` in a dimension is no limit there (written as 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub packets: Option<Limit>,
+    pub bytes: Option<Limit>,
 }
 
-impl RateLimiter {
-    /// `None` when the limit is unlimited in both dimensions.
-    pub fn new(limit: &RateLimit) -> Option<Self> {
-        let packets = limit.packets_per_second.map(Bucket::new);
-        let bytes = limit.bytes_per_second.map(Bucket::new);
-        (packets.is_some() || bytes.is_some()).then_some(Self { packets, bytes })
+/// A rate limit under a ceiling, and whether the ceiling lowered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capped {
+    pub limit: RateLimit,
+    pub capped: bool,
+}
+
+impl RateLimit {
+    pub fn is_unlimited(&self) -> bool {
+        self.packets.is_none() && self.bytes.is_none()
     }
 
-    /// Whether a packet of `len` original bytes seen at `now_ns` may pass.
-    pub fn allow(&mut self, now_ns: u64, len: u32) -> bool {
-        let len = u64::from(len);
-        for (bucket, _) in [(&mut self.packets, 1), (&mut self.bytes, len)] {
-            if let Some(b) = bucket {
-                b.refill(now_ns);
-            }
-        }
-        let ok = self.packets.as_ref().is_none_or(|b| b.has(1))
-            && self.bytes.as_ref().is_none_or(|b| b.has(len));
-        if ok {
-            if let Some(b) = &mut self.packets {
-                b.take(1);
-            }
-            if let Some(b) = &mut self.bytes {
-                b.take(len);
-            }
-        }
-        ok
+    /// Validates a spec; the error names the field under `rateLimit`.
+    pub fn from_spec(spec: &RateLimitSpec) -> Result<Self, (&'static str, Problem)> {
+        Ok(Self {
+            packets: dimension(
+                spec.packets_per_second,
+                spec.packets_burst,
+                MAX_PACKETS_PER_SECOND,
+                ("packetsPerSecond", "packetsBurst"),
+            )?,
+            bytes: dimension(
+                spec.bytes_per_second,
+                spec.bytes_burst,
+                MAX_BYTES_PER_SECOND,
+                ("bytesPerSecond", "bytesBurst"),
+            )?,
+        })
     }
+
+    /// This limit under `ceiling`: in each dimension the ceiling limits,
+    /// the lower rate and the lower burst; a dimension this one leaves
+    /// unlimited gets the ceiling's.
+    pub fn within(self, ceiling: &RateLimit) -> Capped {
+        let cap = |mine: Option<Limit>, max: Option<Limit>| match (mine, max) {
+            (m, None) => m,
+            (None, Some(max)) => Some(max),
+            (Some(m), Some(max)) => Some(m.min(max)),
+        };
+        let limit = Self {
+            packets: cap(self.packets, ceiling.packets),
+            bytes: cap(self.bytes, ceiling.bytes),
+        };
+        Capped {
+            limit,
+            capped: limit != self,
+        }
+    }
+
+    /// The spec that reads back as this limit.
+    pub fn to_spec(&self) -> RateLimitSpec {
+        let rate = |l: Option<Limit>| l.map_or(0, |l| l.per_second.get());
+        let burst = |l: Option<Limit>| l.map_or(0, |l| l.burst.get());
+        RateLimitSpec {
+            packets_per_second: rate(self.packets),
+            packets_burst: burst(self.packets),
+            bytes_per_second: rate(self.bytes),
+            bytes_burst: burst(self.bytes),
+        }
+    }
+
+    /// The hook's budget: its buckets full.
+    pub fn budget(&self) -> Budget {
+        let bucket = |l: Option<Limit>| l.map(Limit::bucket).unwrap_or_default();
+        Budget {
+            limited: u32::from(!self.is_unlimited()),
+            _pad: 0,
+            packets: bucket(self.packets),
+            bytes: bucket(self.bytes),
+        }
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    /// As the spec writes it: `packetsPerSecond 1000 (burst 1000)`, ...
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (name, l) in [("packets", self.packets), ("bytes", self.bytes)] {
+            if let Some(l) = l {
+                parts.push(format!(
+                    "{name}PerSecond {} ({name}Burst {})",
+                    l.per_second, l.burst
+                ));
+            }
+        }
+        if parts.is_empty() {
+            f.write_str("no limit")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
+fn dimension(
+    rate: u64,
+    burst: u64,
+    max: u64,
+    (rate_field, burst_field): (&'static str, &'static str),
+) -> Result<Option<Limit>, (&'static str, Problem)> {
+    let Some(per_second) = NonZeroU64::new(rate) else {
+        if burst != 0 {
+            return Err((burst_field, Problem::BurstWithoutRate(rate_field)));
+        }
+        return Ok(None);
+    };
+    if rate > max {
+        return Err((rate_field, Problem::RateTooHigh { value: rate, max }));
+    }
+    let burst = NonZeroU64::new(burst).unwrap_or(per_second);
+    let most = rate.saturating_mul(MAX_BURST_SECONDS);
+    if burst.get() > most {
+        return Err((
+            burst_field,
+            Problem::BurstTooLarge {
+                value: burst.get(),
+                rate_field,
+                most,
+            },
+        ));
+    }
+    Ok(Some(Limit { per_second, burst }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn limit(pps: u64, bps: u64) -> RateLimit {
-        RateLimit {
-            packets_per_second: NonZeroU64::new(pps),
-            bytes_per_second: NonZeroU64::new(bps),
+    fn spec(pps: u64, pb: u64, bps: u64, bb: u64) -> RateLimitSpec {
+        RateLimitSpec {
+            packets_per_second: pps,
+            packets_burst: pb,
+            bytes_per_second: bps,
+            bytes_burst: bb,
         }
     }
 
-    #[test]
-    fn unlimited_is_none() {
-        assert!(RateLimiter::new(&limit(0, 0)).is_none());
+    fn limit(rate: u64, burst: u64) -> Option<Limit> {
+        Some(Limit {
+            per_second: NonZeroU64::new(rate)?,
+            burst: NonZeroU64::new(burst)?,
+        })
     }
 
     #[test]
-    fn packets_per_second_over_three_seconds() {
-        let mut r = RateLimiter::new(&limit(100, 0)).expect("limited");
-        // 10 000 packets evenly over 3 s: a burst of 100, then 100 per second.
-        let passed = (0..10_000u64)
-            .filter(|i| r.allow(1 + i * 300_000, 64))
-            .count();
-        assert!((399..=401).contains(&passed), "{passed}");
+    fn bursts_default_to_one_seconds_worth() {
+        let l = RateLimit::from_spec(&spec(100, 0, 5000, 20_000)).expect("valid");
+        assert_eq!(l.packets, limit(100, 100));
+        assert_eq!(l.bytes, limit(5000, 20_000));
+        assert_eq!(RateLimit::from_spec(&l.to_spec()), Ok(l));
+        assert!(
+            RateLimit::from_spec(&RateLimitSpec::default())
+                .expect("valid")
+                .is_unlimited()
+        );
     }
 
     #[test]
-    fn bytes_bound_large_packets() {
-        let mut r = RateLimiter::new(&limit(0, 10_000)).expect("limited");
-        // 1000-byte packets every millisecond for 2 s: 10 kB burst + 10 kB/s.
-        let passed = (0..2000u64)
-            .filter(|i| r.allow(1 + i * 1_000_000, 1000))
-            .count();
-        assert!((29..=31).contains(&passed), "{passed}");
+    fn a_burst_without_a_rate_or_too_large_is_refused() {
+        let err = |s| RateLimit::from_spec(&s).expect_err("refused");
+        let (field, problem) = err(spec(0, 10, 0, 0));
+        assert_eq!(
+            format!("{field}: {problem}"),
+            "packetsBurst: a burst needs packetsPerSecond (0 or absent is no limit, which has no \
+             burst)"
+        );
+        let (field, problem) = err(spec(0, 0, 0, 1500));
+        assert_eq!(field, "bytesBurst");
+        assert!(problem.to_string().contains("bytesPerSecond"), "{problem}");
+        let (field, problem) = err(spec(10, 36_001, 0, 0));
+        assert_eq!(
+            format!("{field}: {problem}"),
+            "packetsBurst: 36001 is more than an hour's worth at packetsPerSecond (36000)"
+        );
+        let (field, problem) = err(spec(0, 0, MAX_BYTES_PER_SECOND + 1, 0));
+        assert_eq!(
+            format!("{field}: {problem}"),
+            "bytesPerSecond: 1000000000001 is more than a budget takes (1000000000000)"
+        );
+    }
+
+    #[test]
+    fn a_ceiling_lowers_each_dimension_and_fills_the_unlimited_ones() {
+        let ceiling = RateLimit {
+            packets: limit(1000, 2000),
+            bytes: None,
+        };
+        // Asking for nothing gets the ceiling.
+        let got = RateLimit::default().within(&ceiling);
+        assert_eq!((got.limit, got.capped), (ceiling, true));
+        // Asking for more gets the ceiling's rate, and the lower burst.
+        let asked = RateLimit {
+            packets: limit(5000, 1500),
+            bytes: limit(1_000_000, 1_000_000),
+        };
+        let got = asked.within(&ceiling);
+        assert!(got.capped);
+        assert_eq!(got.limit.packets, limit(1000, 1500));
+        assert_eq!(
+            got.limit.bytes, asked.bytes,
+            "the ceiling sets no bytes limit"
+        );
+        // Asking for less is left alone.
+        let asked = RateLimit {
+            packets: limit(10, 10),
+            bytes: None,
+        };
+        assert_eq!(
+            asked.within(&ceiling),
+            Capped {
+                limit: asked,
+                capped: false
+            }
+        );
+        // No ceiling changes nothing.
+        assert!(!asked.within(&RateLimit::default()).capped);
+    }
+
+    #[test]
+    fn the_budget_holds_the_burst_as_time() {
+        let b = RateLimit {
+            packets: limit(1000, 250),
+            bytes: None,
+        }
+        .budget();
+        assert_eq!(b.limited, 1);
+        // 250 packets at 1 ms each.
+        assert_eq!((b.packets.rate, b.packets.depth_ns), (1000, 250_000_000));
+        assert_eq!(b.bytes, Bucket::default());
+        assert_eq!(RateLimit::default().budget(), Budget::default());
     }
 }

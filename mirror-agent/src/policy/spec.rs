@@ -120,14 +120,26 @@ pub struct PortRangeSpec {
     pub to: Option<u64>,
 }
 
-/// 0 = unlimited.
+/// A budget the hook enforces before a copy takes ring space; 0 = no limit.
+/// A burst (0 = one second's worth) needs its rate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
     #[serde(default)]
     pub packets_per_second: u64,
+    /// Packets the bucket holds; 0 = packetsPerSecond.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_burst: u64,
     #[serde(default)]
     pub bytes_per_second: u64,
+    /// Bytes the bucket holds; 0 = bytesPerSecond. A packet larger than
+    /// this never passes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_burst: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The policy file: `policies: [...]`.

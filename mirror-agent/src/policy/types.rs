@@ -1,7 +1,7 @@
 //! Validated value types of a policy. Each one can only hold a value that
 //! makes sense, so code past the parser never re-checks.
 
-use std::{fmt, num::NonZeroU64};
+use std::fmt;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -248,13 +248,6 @@ impl TcpFlags {
     pub fn all_set_in(self, packet: TcpFlags) -> bool {
         packet.0 & self.0 == self.0
     }
-}
-
-/// A rate limit; `None` is unlimited (written as 0).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RateLimit {
-    pub packets_per_second: Option<NonZeroU64>,
-    pub bytes_per_second: Option<NonZeroU64>,
 }
 
 /// A pcap-filter expression that libpcap compiled when the policy was read,

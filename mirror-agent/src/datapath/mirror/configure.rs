@@ -1,5 +1,5 @@
-//! The kernel's side of a plan: each policy's prefilter and each
-//! interface's config, written before any hook of theirs runs.
+//! The kernel's side of a plan: each policy's prefilter and budget, and
+//! each interface's config, written before any hook of theirs runs.
 
 use std::collections::HashMap;
 
@@ -14,7 +14,7 @@ use crate::{
     policy::kfilter,
 };
 
-/// Writes each policy's kernel prefilter and each interface's config, and
+/// Writes each policy's kernel prefilter and budget and each interface's config, and
 /// returns each interface's counter slot, in plan order. Prefixes of
 /// policies not in the plan are taken out first.
 pub(super) fn configure(
@@ -30,6 +30,8 @@ pub(super) fn configure(
     for p in plan {
         let rules = p.body.as_ref().map(|b| &b.rules);
         hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
+        let limit = p.body.as_ref().map(|b| b.rate_limit).unwrap_or_default();
+        hooks.configure_budget(p.id, limit.budget())?;
         for iface in &p.interfaces {
             let slot = hooks.configure(
                 iface,

@@ -284,6 +284,7 @@ impl Mirror {
                 ifindex = iface.index.0,
                 seen = c.seen_packets,
                 mirrored = c.mirrored_packets,
+                lost_rate_limit = c.rate_limited,
                 lost_ring_full = c.ring_full,
                 "interface gone; no longer mirrored"
             );

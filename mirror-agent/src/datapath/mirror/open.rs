@@ -13,7 +13,6 @@ use crate::{
     },
     export::{self, Exporter, output::Output, own::OwnConnections},
     model::record::IfaceId,
-    policy::ratelimit::RateLimiter,
 };
 
 /// How one output of a new plan is had.
@@ -125,13 +124,7 @@ pub(super) fn open_fanout(
             routes.insert(id, (name, index));
         }
         let stats = old.map(Running::take_stats).unwrap_or_default();
-        policies.push(Running::new(
-            p.name.clone(),
-            filters,
-            body.and_then(|b| RateLimiter::new(&b.rate_limit)),
-            exporters,
-            stats,
-        ));
+        policies.push(Running::new(p.name.clone(), filters, exporters, stats));
     }
     // Nothing can fail from here: the running fanout's counters go on.
     let stats = running

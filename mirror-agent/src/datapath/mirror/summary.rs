@@ -40,6 +40,7 @@ pub(super) fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fan
                     sampled_out = c.sampled_out,
                     own_traffic = c.own_traffic,
                     filtered = c.filtered,
+                    lost_rate_limit = c.rate_limited,
                     lost_ring_full = c.ring_full,
                     lost_copy_failed = c.load_failed,
                     "summary"
@@ -55,13 +56,13 @@ pub(super) fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fan
             policy = %p.name(),
             rejected_by_rules = stats.rejected_by_rules,
             rejected_by_filter = stats.rejected_by_filter,
-            rate_limited = stats.rate_limited,
             "policy summary"
         );
     }
     let lost_output = summarize_outputs(fanout);
     let stats = fanout.stats();
-    let lost = total.ring_full + total.load_failed + stats.malformed + lost_output;
+    let lost =
+        total.rate_limited + total.ring_full + total.load_failed + stats.malformed + lost_output;
     info!(
         seen = total.seen_packets,
         mirrored = total.mirrored_packets,
@@ -72,6 +73,7 @@ pub(super) fn summarize(hooks: &Hooks, slots: &[(Interface, Slot)], fanout: &Fan
         own_connections = stats.own_traffic,
         filtered = total.filtered,
         lost,
+        lost_rate_limit = total.rate_limited,
         lost_ring_full = total.ring_full,
         lost_copy_failed = total.load_failed,
         lost_malformed = stats.malformed,

@@ -18,7 +18,7 @@ pub enum Loss {
     RingFull,
     /// The hook could not copy the packet into its reservation.
     CopyFailed,
-    /// Over the policy's rate limit.
+    /// Over the policy's rate limit (its budget in the hook).
     RateLimited,
     /// Over an output's queue bound.
     QueueFull,
@@ -52,9 +52,8 @@ impl PolicyTotals {
             truncated: kernel.truncated,
             ..Self::default()
         };
-        let (mut queue_full, mut send_error, mut rate_limited) = (0, 0, 0);
+        let (mut queue_full, mut send_error) = (0, 0);
         for p in running {
-            rate_limited += p.stats().rate_limited;
             for e in p.exporters() {
                 let s = e.stats();
                 t.mirrored += Stats::get(&s.sent_packets);
@@ -66,7 +65,7 @@ impl PolicyTotals {
         for (reason, n) in [
             (Loss::RingFull, kernel.ring_full),
             (Loss::CopyFailed, kernel.load_failed),
-            (Loss::RateLimited, rate_limited),
+            (Loss::RateLimited, kernel.rate_limited),
             (Loss::QueueFull, queue_full),
             (Loss::SendError, send_error),
         ] {
@@ -107,7 +106,7 @@ mod tests {
             testing::{frame, iface, pcapng_output, record},
         },
         model::record::WallClock,
-        policy::{PolicyBody, ratelimit::RateLimiter},
+        policy::PolicyBody,
     };
 
     #[test]
@@ -121,11 +120,10 @@ mod tests {
             pcapng_output(&dir.path().join("a.pcapng"), &listed, &progress),
             pcapng_output(Path::new("/dev/full"), &listed, &progress),
         ];
-        let body = PolicyBody::from_yaml("web", "rateLimit: {packetsPerSecond: 1}").expect("body");
+        let body = PolicyBody::from_yaml("web", "filter: 'udp'").expect("body");
         let web = Running::new(
             "web".into(),
-            None,
-            RateLimiter::new(&body.rate_limit),
+            Some(body.filters().expect("filters compile")),
             outputs,
             PolicyStats::default(),
         );
@@ -133,12 +131,13 @@ mod tests {
         let clock = WallClock::now().expect("the clocks");
         let mut fanout = Fanout::new(vec![web], routes, clock);
         for ns in [1, 2, 3] {
-            fanout.record(&record(a, ns, DIR_INGRESS, &frame(true, 10)));
+            fanout.record(&record(a, ns, DIR_INGRESS, &frame(ns == 1, 10)));
         }
         fanout.close(Duration::from_secs(5));
 
         let kernel = Counters {
             ring_full: 4,
+            rate_limited: 2,
             truncated: 2,
             ..Counters::default()
         };

@@ -21,8 +21,12 @@ use kube::{
 };
 
 use self::annotations::{Asked, Choice};
-use super::{collector::MirrorCollector, policy::MirrorPolicy, tenancy};
-use crate::policy::spec::{FilePolicySpec, FileSpec};
+use super::{
+    collector::{CollectorProtocol, MirrorCollector},
+    policy::MirrorPolicy,
+    tenancy,
+};
+use crate::policy::spec::{BodySpec, FilePolicySpec, FileSpec};
 
 /// The injected container's name; a pod that has one is left alone.
 pub const SIDECAR_NAME: &str = "mirror-sidecar";
@@ -187,7 +191,7 @@ impl Injector {
             .find(|c| c.name_any() == policy.spec.collector_ref.name);
         // The node agent's own decision: valid spec, collector found,
         // valid, and admitting this namespace.
-        tenancy::accept_policy(policy, cluster.namespace_labels, collector)
+        let valid = tenancy::accept_policy(policy, cluster.namespace_labels, collector)
             .map_err(|refusal| format!("MirrorPolicy \"{name}\": {}", refusal.message))?;
         let collector =
             collector.ok_or_else(|| format!("MirrorPolicy \"{name}\": no collector"))?;
@@ -201,7 +205,11 @@ impl Injector {
         let uri = uri::collector_uri(&collector.spec, &self.tls_dir)
             .map_err(|e| format!("MirrorCollector \"{}\": {e}", collector.name_any()))?;
         let raw = collector.spec.protocol.needs_raw_socket();
-        let body = &policy.spec.body;
+        // The rate limit as accepted: under the collector's ceiling.
+        let body = &BodySpec {
+            rate_limit: valid.body.rate_limit.to_spec(),
+            ..policy.spec.body.clone()
+        };
         let interfaces = if asked.interfaces.is_empty() {
             vec!["*".to_owned()]
         } else {

@@ -11,9 +11,9 @@ use aya::{
     },
 };
 use mirror_common::{
-    Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
-    MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES,
-    MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
+    Budget, Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_BUDGETS, MAP_CONFIG, MAP_COUNTERS,
+    MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES,
+    MAX_INTERFACES, MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
 };
 
 use super::{HookError, Hooks, Interface, Slot, map_err};
@@ -136,6 +136,38 @@ impl Hooks {
             self.lpm_replace(MAP_LPM_DST6, PolicyId(id), &none.dst6, ident6, true)?;
         }
         Ok(())
+    }
+
+    /// Writes a policy's budget, its buckets full, unless the map holds
+    /// this very budget already (rates and depths): a new plan, or the
+    /// next agent on pinned maps, then leaves its buckets as they are,
+    /// rather than granting a fresh burst on every change elsewhere.
+    pub fn configure_budget(&mut self, id: PolicyId, budget: Budget) -> Result<(), HookError> {
+        if id.0 >= MAX_POLICIES {
+            return Err(HookError::TooManyPolicies(id.0));
+        }
+        let mut budgets: Array<_, Budget> = self.map(MAP_BUDGETS)?;
+        let held = budgets
+            .get(&id.0, 0)
+            .map_err(|source| map_err(MAP_BUDGETS, source))?;
+        let same = |a: &Budget, b: &Budget| {
+            let dims = |x: &Budget| {
+                (
+                    x.limited,
+                    x.packets.rate,
+                    x.packets.depth_ns,
+                    x.bytes.rate,
+                    x.bytes.depth_ns,
+                )
+            };
+            dims(a) == dims(b)
+        };
+        if same(&held, &budget) {
+            return Ok(());
+        }
+        budgets
+            .set(id.0, budget, 0)
+            .map_err(|source| map_err(MAP_BUDGETS, source))
     }
 
     fn set_filter(&mut self, id: PolicyId, filter: PolicyFilter) -> Result<(), HookError> {

@@ -25,11 +25,11 @@ mod tests {
     use aya::maps::lpm_trie::Key;
     use aya_obj::{Object, ParseError, generated::bpf_map_type as Kind};
     use mirror_common::{
-        Counters, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, KernelRule, Lpm4, Lpm6, MAIN_EGRESS,
-        MAIN_INGRESS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4,
-        MAP_LPM_SRC6, MAP_MAINS, MAP_NS_SCRATCH, MAP_NS_SELF, MAP_POLICIES, MAP_RECORDS, MAP_RULES,
-        MAPS, MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, NsScratch, PROG_EGRESS, PROG_INGRESS,
-        PROG_NS_EGRESS, PROG_NS_INGRESS, PolicyFilter,
+        Budget, Counters, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, KernelRule, Lpm4, Lpm6,
+        MAIN_EGRESS, MAIN_INGRESS, MAP_BUDGETS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
+        MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_MAINS, MAP_NS_SCRATCH, MAP_NS_SELF,
+        MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES,
+        NsScratch, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS, PROG_NS_INGRESS, PolicyFilter,
     };
 
     use super::{EBPF_OBJECT, ENTRY_OBJECT, ENTRY_PINS};
@@ -109,6 +109,13 @@ mod tests {
                 4,
                 size_of::<KernelRule>(),
                 MAX_POLICIES * MAX_KERNEL_RULES,
+            ),
+            (
+                MAP_BUDGETS,
+                Kind::BPF_MAP_TYPE_ARRAY,
+                4,
+                size_of::<Budget>(),
+                MAX_POLICIES,
             ),
             (MAP_LPM_SRC4, Kind::BPF_MAP_TYPE_LPM_TRIE, lpm4, 8, 1),
             (MAP_LPM_DST4, Kind::BPF_MAP_TYPE_LPM_TRIE, lpm4, 8, 1),

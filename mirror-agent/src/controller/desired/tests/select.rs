@@ -2,6 +2,7 @@
 //! the plan changes.
 
 use super::*;
+use crate::policy::spec::RateLimitSpec;
 
 #[test]
 fn a_policy_selects_running_pods_of_its_namespace_by_label() {
@@ -53,7 +54,7 @@ fn a_policy_selects_running_pods_of_its_namespace_by_label() {
                 name: "web".into(),
             },
             generation: Some(3),
-            accepted: Ok(()),
+            accepted: Ok(Acceptance::default()),
             matched: 1,
             attached: 1,
             skipped_host_network: 1,
@@ -130,7 +131,10 @@ fn a_cluster_policy_selects_namespaces_by_their_labels() {
         vec![host_end(1, "prod-a/web"), host_end(3, "prod-b/web")]
     );
     let o = outcome_of(&d, "all-web");
-    assert_eq!((o.matched, o.attached, &o.accepted), (2, 2, &Ok(())));
+    assert_eq!(
+        (o.matched, o.attached, &o.accepted),
+        (2, 2, &Ok(Acceptance::default()))
+    );
 }
 
 #[test]
@@ -260,4 +264,59 @@ fn the_plan_changes_with_the_selected_pods_and_nothing_else() {
     secret.metadata.name = Some("unused".into());
     unrelated.secrets.push(Arc::new(secret));
     assert_eq!(plan(&unrelated), before, "nothing mirrored changed");
+}
+
+/// A tenant's policy with no rate limit, sent to a collector with a
+/// ceiling, is planned with the ceiling as its budget, and its outcome (the
+/// `Accepted` condition) says so; a cluster policy on the same collector
+/// is not limited.
+#[test]
+fn a_tenant_policy_is_planned_under_its_collectors_ceiling() {
+    let mut snapshot = shop();
+    let mut capped = (*collector("lab", team_a())).clone();
+    capped.spec.max_rate_limit = Some(RateLimitSpec {
+        packets_per_second: 500,
+        bytes_per_second: 1_000_000,
+        bytes_burst: 3_000_000,
+        ..RateLimitSpec::default()
+    });
+    snapshot.collectors = vec![Arc::new(capped)];
+    snapshot
+        .pods
+        .extend(pods(vec![pod("ops", "web", 3, json!({"app": "web"}))]));
+    snapshot
+        .namespaces
+        .push(namespace("ops", json!({"env": "prod"})));
+    snapshot.cluster_policies = vec![cluster_policy(
+        "all-web",
+        json!({"matchLabels": {"env": "prod"}}),
+        json!({"matchLabels": {"app": "web"}}),
+    )];
+    let d = desired(&snapshot, &veths(), &node(AttachPoint::Auto));
+    let planned = |name: &str| {
+        let p = d.plan.iter().find(|p| p.name == name).expect(name);
+        p.body.as_ref().expect("a body").rate_limit
+    };
+    let limit = planned("shop/web");
+    let (packets, bytes) = (limit.packets.expect("packets"), limit.bytes.expect("bytes"));
+    assert_eq!((packets.per_second.get(), packets.burst.get()), (500, 500));
+    assert_eq!(
+        (bytes.per_second.get(), bytes.burst.get()),
+        (1_000_000, 3_000_000)
+    );
+    let budget = limit.budget();
+    assert_eq!((budget.limited, budget.packets.rate), (1, 500));
+    let capping = outcome_of(&d, "shop/web")
+        .accepted
+        .clone()
+        .expect("accepted")
+        .capped
+        .expect("capped");
+    assert_eq!((capping.collector.as_str(), capping.limit), ("lab", limit));
+    assert!(capping.asked.is_unlimited());
+    assert!(planned("all-web").is_unlimited());
+    assert_eq!(
+        outcome_of(&d, "all-web").accepted,
+        Ok(Acceptance::default())
+    );
 }

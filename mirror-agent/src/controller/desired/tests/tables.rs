@@ -40,7 +40,11 @@ fn a_policy_past_the_shared_tables_is_left_out_and_the_others_run() {
     let d = desired(&snapshot, &veths(), &node(AttachPoint::Auto));
     assert_eq!(planned_names(&d), ["shop/a", "shop/c"]);
     let b = outcome_of(&d, "shop/b");
-    assert_eq!(b.accepted, Ok(()), "the spec is fine; this node is full");
+    assert_eq!(
+        b.accepted,
+        Ok(Acceptance::default()),
+        "the spec is fine; this node is full"
+    );
     assert_eq!((b.matched, b.attached), (1, 0));
     let [problem] = b.problems.as_slice() else {
         panic!("one problem: {:?}", b.problems);
