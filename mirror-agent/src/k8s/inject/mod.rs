@@ -21,11 +21,7 @@ use kube::{
 };
 
 use self::annotations::{Asked, Choice};
-use super::{
-    collector::{CollectorProtocol, MirrorCollector},
-    policy::MirrorPolicy,
-    tenancy,
-};
+use super::{collector::MirrorCollector, policy::MirrorPolicy, tenancy};
 use crate::policy::spec::{BodySpec, FilePolicySpec, FileSpec};
 
 /// The injected container's name; a pod that has one is left alone.
