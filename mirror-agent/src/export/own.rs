@@ -8,8 +8,9 @@
 //! collector acknowledges again, a loop. The drain matches records against
 //! these connections ([`Matcher`]) and counts what it passes over.
 
+use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -174,80 +175,47 @@ impl Matcher {
     }
 }
 
-/// The source and destination of a TCP segment in an Ethernet frame (one
-/// VLAN tag at most; IPv4 first fragments, IPv6 with TCP as the first
-/// header, as the agent's own connections are).
+/// The source and destination of a TCP segment in an Ethernet frame, by
+/// etherparse's lax slicer (as `export/wire` reads frames): VLAN tags and
+/// IPv6 extension headers skipped, later fragments and frames cut inside
+/// the TCP header not TCP.
 fn tcp_ends(frame: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
-    let be16 = |at: usize| Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?));
-    let mut l3 = 14;
-    let mut ethertype = be16(12)?;
-    if ethertype == 0x8100 {
-        ethertype = be16(16)?;
-        l3 = 18;
-    }
-    let (src, dst, l4) = match ethertype {
-        0x0800 => {
-            let ihl = usize::from(frame.get(l3)? & 0x0f) * 4;
-            let fragment_offset = be16(l3 + 6)? & 0x1fff;
-            if *frame.get(l3 + 9)? != 6 || fragment_offset != 0 || ihl < 20 {
-                return None;
-            }
-            let v4 = |at: usize| -> Option<IpAddr> {
-                let b: [u8; 4] = frame.get(at..at + 4)?.try_into().ok()?;
-                Some(Ipv4Addr::from(b).into())
-            };
-            (v4(l3 + 12)?, v4(l3 + 16)?, l3 + ihl)
-        }
-        0x86dd => {
-            if *frame.get(l3 + 6)? != 6 {
-                return None;
-            }
-            let v6 = |at: usize| -> Option<IpAddr> {
-                let b: [u8; 16] = frame.get(at..at + 16)?.try_into().ok()?;
-                Some(Ipv6Addr::from(b).into())
-            };
-            (v6(l3 + 8)?, v6(l3 + 24)?, l3 + 40)
-        }
-        _ => return None,
+    let packet = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    let (src, dst): (IpAddr, IpAddr) = match packet.net.as_ref()? {
+        LaxNetSlice::Ipv4(v4) => (
+            v4.header().source_addr().into(),
+            v4.header().destination_addr().into(),
+        ),
+        LaxNetSlice::Ipv6(v6) => (
+            v6.header().source_addr().into(),
+            v6.header().destination_addr().into(),
+        ),
+        LaxNetSlice::Arp(_) => return None,
     };
-    Some((
-        SocketAddr::new(src, be16(l4)?),
-        SocketAddr::new(dst, be16(l4 + 2)?),
-    ))
+    match packet.transport.as_ref()? {
+        TransportSlice::Tcp(tcp) => Some((
+            SocketAddr::new(src, tcp.source_port()),
+            SocketAddr::new(dst, tcp.destination_port()),
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// An Ethernet/IPv4/TCP header from `src` to `dst`.
-    fn tcp4(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-        let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-            panic!("IPv4 only");
+    /// An Ethernet/IP/TCP frame from `src` to `dst`, built by etherparse.
+    fn tcp(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+        let eth = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]);
+        let ip = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+            _ => panic!("one IP version"),
         };
-        let mut f = vec![0u8; 14 + 20 + 20];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[14] = 0x45;
-        f[23] = 6;
-        f[26..30].copy_from_slice(&s.octets());
-        f[30..34].copy_from_slice(&d.octets());
-        f[34..36].copy_from_slice(&src.port().to_be_bytes());
-        f[36..38].copy_from_slice(&dst.port().to_be_bytes());
-        f
-    }
-
-    fn tcp6(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-        let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
-            panic!("IPv6 only");
-        };
-        let mut f = vec![0u8; 14 + 40 + 20];
-        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        f[14] = 0x60;
-        f[20] = 6;
-        f[22..38].copy_from_slice(&s.octets());
-        f[38..54].copy_from_slice(&d.octets());
-        f[54..56].copy_from_slice(&src.port().to_be_bytes());
-        f[56..58].copy_from_slice(&dst.port().to_be_bytes());
+        let builder = ip.tcp(src.port(), dst.port(), 1, 1024);
+        let mut f = Vec::with_capacity(builder.size(0));
+        builder.write(&mut f, &[]).expect("writes to a Vec");
         f
     }
 
@@ -260,20 +228,20 @@ mod tests {
         let all = Arc::new(OwnConnections::default());
         let mut matcher = Matcher::new(all.clone());
         let (me, collector) = (addr("198.18.0.2:40000"), addr("198.18.0.1:7000"));
-        assert!(!matcher.is_own(&tcp4(me, collector)), "nothing known yet");
+        assert!(!matcher.is_own(&tcp(me, collector)), "nothing known yet");
         let owner = all.owner();
         owner.connection(Connection {
             local: addr("0.0.0.0:40000"),
             peer: collector,
         });
         // While connecting, any local address with that port.
-        assert!(matcher.is_own(&tcp4(me, collector)));
-        assert!(matcher.is_own(&tcp4(collector, me)));
+        assert!(matcher.is_own(&tcp(me, collector)));
+        assert!(matcher.is_own(&tcp(collector, me)));
         owner.connection(Connection {
             local: me,
             peer: collector,
         });
-        assert!(matcher.is_own(&tcp4(collector, me)));
+        assert!(matcher.is_own(&tcp(collector, me)));
         for (src, dst) in [
             // Another port of ours, another collector port, another host.
             (addr("198.18.0.2:40001"), collector),
@@ -282,29 +250,29 @@ mod tests {
             // Both ends ours, or both the collector's: not this connection.
             (me, me),
         ] {
-            assert!(!matcher.is_own(&tcp4(src, dst)), "{src} -> {dst}");
-            assert!(!matcher.is_own(&tcp4(dst, src)), "{dst} -> {src}");
+            assert!(!matcher.is_own(&tcp(src, dst)), "{src} -> {dst}");
+            assert!(!matcher.is_own(&tcp(dst, src)), "{dst} -> {src}");
         }
         // UDP between the same ends is someone else's.
-        let mut udp = tcp4(me, collector);
+        let mut udp = tcp(me, collector);
         udp[23] = 17;
         assert!(!matcher.is_own(&udp));
         // Behind a VLAN tag, and over IPv6.
-        let mut tagged = tcp4(collector, me);
+        let mut tagged = tcp(collector, me);
         tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
         assert!(matcher.is_own(&tagged));
         let (me6, collector6) = (
             addr("[fd00:198:18::2]:40002"),
             addr("[fd00:198:18::1]:7000"),
         );
-        assert!(!matcher.is_own(&tcp6(collector6, me6)));
+        assert!(!matcher.is_own(&tcp(collector6, me6)));
         owner.connection(Connection {
             local: me6,
             peer: collector6,
         });
-        assert!(matcher.is_own(&tcp6(collector6, me6)));
+        assert!(matcher.is_own(&tcp(collector6, me6)));
         // Short frames are nobody's.
-        assert!(!matcher.is_own(&tcp4(me, collector)[..30]));
+        assert!(!matcher.is_own(&tcp(me, collector)[..30]));
     }
 
     #[test]
@@ -326,13 +294,13 @@ mod tests {
             });
         }
         let kept: Vec<u16> = (100..110)
-            .filter(|p| matcher.is_own(&tcp4(collector, local(*p))))
+            .filter(|p| matcher.is_own(&tcp(collector, local(*p))))
             .collect();
         assert_eq!(kept, [106, 107, 108, 109]);
         // Another output's connection is not pushed out by this one's.
-        assert!(matcher.is_own(&tcp4(collector, local(1))));
+        assert!(matcher.is_own(&tcp(collector, local(1))));
         // A stopped output's connections stay known, for their last packets.
         drop(owner);
-        assert!(matcher.is_own(&tcp4(collector, local(109))));
+        assert!(matcher.is_own(&tcp(collector, local(109))));
     }
 }
