@@ -2,12 +2,15 @@
 //! ring space (issue #15): a token bucket per policy, `burst` deep, refilled
 //! at the rate. Checked against a paced flood on a veth:
 //!
-//! - how much it kept, against the rate over the window the copies' own
-//!   (kernel) timestamps span: the bucket starts full, so a policy limited
-//!   to N a second with burst B keeps B + N·W, W from its first kept copy
-//!   to its last. The bound is one packet below (the last token may accrue
-//!   just after the last kept copy) and one packet plus one per other CPU
-//!   above (the hook's overshoot bound, `mirror-ebpf/src/budget.rs`);
+//! - how much it kept, against what a textbook token bucket keeps of the
+//!   frames tcpdump saw, at tcpdump's times: the bucket starts full, so a
+//!   policy limited to N a second with burst B keeps B + N·W over a window
+//!   W, less what a sender's pause longer than B/N leaves unused (on a
+//!   loaded machine that happens). The bound is two units below and one
+//!   plus one per other CPU above: tcpdump's clock and the hook's differ
+//!   by microseconds, which can move the last token across the last frame
+//!   (and one more at a pause), and the hook may overshoot by one per
+//!   other CPU (`mirror-ebpf/src/budget.rs`);
 //! - the kernel's accounting, exactly: every frame tcpdump saw on the
 //!   interface is mirrored or counted as `rate_limit`, and what was
 //!   mirrored is what the agent wrote, each a frame tcpdump saw.
@@ -77,6 +80,38 @@ fn of_flood(frames: &[Frame]) -> Vec<&Frame> {
         .collect()
 }
 
+/// What a token bucket of `rate` units a second, `burst` deep and full at
+/// the first frame, keeps of `frames` as tcpdump timed them, each costing
+/// `cost(frame)` units: the textbook bucket, in floating point. Unlike
+/// `burst + rate * window`, it holds when the sender stalls for longer
+/// than the bucket takes to fill (on a loaded machine it does: the refill
+/// beyond the burst is lost, as it should be).
+fn bucket_keeps(frames: &[Frame], rate: f64, burst: f64, cost: impl Fn(&Frame) -> f64) -> f64 {
+    let mut tokens = burst;
+    let mut last = frames.first().map_or(0, |f| f.ts_ns);
+    let mut kept = 0.0;
+    for f in frames {
+        tokens = (tokens + rate * (f.ts_ns.saturating_sub(last)) as f64 / 1e9).min(burst);
+        last = f.ts_ns;
+        let c = cost(f);
+        if tokens >= c {
+            tokens -= c;
+            kept += c;
+        }
+    }
+    kept
+}
+
+/// The longest pause between two of `frames`, in seconds.
+fn longest_gap(frames: &[&Frame]) -> f64 {
+    frames
+        .windows(2)
+        .map(|w| w[1].ts_ns.saturating_sub(w[0].ts_ns))
+        .max()
+        .unwrap_or(0) as f64
+        / 1e9
+}
+
 /// Seconds from the first to the last of `frames`.
 fn span(frames: &[&Frame]) -> f64 {
     let first = frames.iter().map(|f| f.ts_ns).min().expect("frames");
@@ -115,8 +150,9 @@ fn accounted(c: &Captures) -> (u64, u64) {
 }
 
 /// 2,000 packets a second, burst 1,000, under 30,000 datagrams at 20,000
-/// a second (1.5 s): about 1,000 + 3,000 kept. The burst covers a sender
-/// stall of half a second, so the bucket never fills again mid-flood.
+/// a second (1.5 s): about 1,000 + 3,000 kept, fewer if the sender pauses
+/// for more than half a second (the bucket fills and the rest of the pause
+/// is lost: a CI run once kept 3,997 where B + R·W said 3,999.7).
 #[test]
 fn a_packet_budget_keeps_the_burst_and_the_rate_over_the_window() {
     const RATE: f64 = 2000.0;
@@ -132,17 +168,20 @@ fn a_packet_budget_keeps_the_burst_and_the_rate_over_the_window() {
     // is the policy's, whatever the packet.
     let kept: Vec<&Frame> = c.mirror.iter().collect();
     let window = span(&kept);
-    let expected = BURST + RATE * window;
     let k = kept.len() as f64;
+    let expected = bucket_keeps(&c.oracle, RATE, BURST, |_| 1.0);
     eprintln!(
-        "packet budget: kept {k} over {window:.4} s (expected {expected:.1}), {limited} \
-         rate-limited, flood {:.4} s by tcpdump",
-        span(&of_flood(&c.oracle))
+        "packet budget: kept {k} over {window:.4} s (a bucket keeps {expected:.1} of \
+         tcpdump's frames; B + R*W {:.1}), {limited} rate-limited, flood {:.4} s by \
+         tcpdump, its longest pause {:.4} s",
+        BURST + RATE * window,
+        span(&of_flood(&c.oracle)),
+        longest_gap(&of_flood(&c.oracle))
     );
     assert!(
-        k >= expected - 1.0 && k <= expected + cpus(),
-        "kept {k}, expected {expected:.1} - 1 to + {} over {window:.4} s",
-        cpus()
+        k >= expected - 2.0 && k <= expected + 1.0 + cpus(),
+        "kept {k}, a bucket keeps {expected:.1} - 2 to + {} over {window:.4} s",
+        1.0 + cpus()
     );
     // The copies span the flood: the budget limited, never stopped, it.
     assert!(
@@ -155,10 +194,11 @@ fn a_packet_budget_keeps_the_burst_and_the_rate_over_the_window() {
 
 /// 400,000 bytes a second, burst 100,000, under 6,000 datagrams of 1,042
 /// and 106 bytes on the wire in turn at 4,000 a second (1.5 s, ~2.3 MB/s):
-/// the budget counts bytes, so it keeps 100,000 + 400,000·W bytes, W over
-/// the copies' own timestamps, within two large frames below (what is left
-/// in the bucket when the flood ends is less than one; the last gap's
-/// refill less than another) and a large frame per CPU above.
+/// the budget counts bytes, so it keeps about 100,000 + 400,000·W bytes
+/// (as a token bucket keeps of tcpdump's frames), within two large frames
+/// below (what is left in the bucket when the flood ends is less than one;
+/// the last gap's refill less than another) and one large frame plus one
+/// per CPU above.
 #[test]
 fn a_byte_budget_counts_the_bytes_of_frames_of_mixed_sizes() {
     const RATE: f64 = 400_000.0;
@@ -175,18 +215,21 @@ fn a_byte_budget_counts_the_bytes_of_frames_of_mixed_sizes() {
     let window = span(&kept);
     // The frames' original length, as the hook charges them (skb->len).
     let bytes: f64 = kept.iter().map(|f| f64::from(f.orig_len)).sum();
-    let expected = BURST + RATE * window;
+    let expected = bucket_keeps(&c.oracle, RATE, BURST, |f| f64::from(f.orig_len));
     let large = kept.iter().filter(|f| f.orig_len == 1042).count();
     eprintln!(
         "byte budget: kept {bytes} bytes in {} frames ({large} large) over {window:.4} s \
-         (expected {expected:.0}), {limited} rate-limited",
-        kept.len()
+         (a bucket keeps {expected:.0} of tcpdump's; B + R*W {:.0}), {limited} rate-limited, \
+         longest pause {:.4} s",
+        kept.len(),
+        BURST + RATE * window,
+        longest_gap(&of_flood(&c.oracle))
     );
     assert!(
-        bytes >= expected - 2.0 * LARGE && bytes <= expected + LARGE * cpus(),
-        "kept {bytes} bytes, expected {expected:.0} - {} to + {} over {window:.4} s",
+        bytes >= expected - 2.0 * LARGE && bytes <= expected + LARGE * (1.0 + cpus()),
+        "kept {bytes} bytes, a bucket keeps {expected:.0} - {} to + {} over {window:.4} s",
         2.0 * LARGE,
-        LARGE * cpus()
+        LARGE * (1.0 + cpus())
     );
     // Both sizes pass: the bucket is charged by size, not by packet.
     assert!(large > 0 && large < kept.len(), "{large} of {}", kept.len());
