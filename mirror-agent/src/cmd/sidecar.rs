@@ -25,7 +25,10 @@ use crate::{
         privileges,
     },
     metrics,
-    model::budget::MemoryBudget,
+    model::{
+        budget::MemoryBudget,
+        rings::{RingLayout, RingSlots},
+    },
     policy::{InterfacePattern, PolicyError, PolicyFile},
 };
 
@@ -94,7 +97,7 @@ pub fn run(args: SidecarArgs) -> Result<(), SidecarError> {
         },
         queue_bytes,
         attach_mode: args.attach_mode,
-        ring,
+        ring: RingLayout::new(ring, RingSlots::ALL),
         pin_dir: None,
         keep: false,
     };

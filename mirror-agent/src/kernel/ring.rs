@@ -125,7 +125,13 @@ impl Ring {
     /// Hands every complete record after the read position to `f`, in order,
     /// and moves the read position past them. Stops at a record the kernel is
     /// still writing. Nothing is released; returns how many were read.
-    pub fn read(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    pub fn read(&mut self, f: impl FnMut(&[u8])) -> usize {
+        self.read_some(usize::MAX, f)
+    }
+
+    /// As [`Ring::read`], but at most `limit` records: a reader of many
+    /// rings takes a share of each in turn.
+    pub fn read_some(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
         let producer = self.producer_pos().load(Ordering::Acquire);
         let data = self
             .producer
@@ -133,7 +139,7 @@ impl Ring {
             .cast::<u8>()
             .wrapping_add(self.page.get());
         let mut n = 0;
-        while self.read < producer {
+        while self.read < producer && n < limit {
             let offset = (self.read & self.mask) as usize;
             // SAFETY: offset < data_len, and the header is 8-byte aligned inside
             // the data pages, which are mapped while self lives.

@@ -27,7 +27,8 @@ use crate::{
     metrics::{self, Endpoint, MetricsError, Requests},
     model::{
         record::WallClock,
-        values::{AttachMode, RingSize},
+        rings::RingLayout,
+        values::AttachMode,
     },
 };
 
@@ -108,7 +109,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
         },
         queue_bytes: args.queue_bytes,
         attach_mode: args.attach_mode,
-        ring: args.ring_size,
+        ring: RingLayout::new(args.ring_size, args.ring_slots),
         pin_dir: args.pin_dir.clone(),
         keep: !args.cleanup_on_exit,
     };
@@ -164,7 +165,7 @@ pub(super) struct Local {
     pub mark: SocketMark,
     pub queue_bytes: usize,
     pub attach_mode: AttachMode,
-    pub ring: RingSize,
+    pub ring: RingLayout,
     pub pin_dir: Option<PathBuf>,
     /// Keep the pinned hooks on exit.
     pub keep: bool,
@@ -213,7 +214,7 @@ async fn mirror(
     let started = Mirror::start(
         &plan,
         settings,
-        local.ring.get(),
+        local.ring,
         pins,
         local.keep,
         true,
@@ -241,7 +242,9 @@ async fn mirror(
         policies = plan.len(),
         interfaces = mirror.interfaces(),
         outputs = plan.iter().map(|p| p.outputs.len()).sum::<usize>(),
-        ring_bytes = local.ring.get(),
+        ring_bytes = local.ring.total(),
+        rings = local.ring.slots(),
+        tenants_per_ring = mirror.tenants_per_ring(),
         "mirroring started"
     );
 
