@@ -75,9 +75,14 @@ struct Outcome {
 /// with the agent stopped and then running; then the agent stopped.
 /// Returns how many B sent, how the agent ended, and how many frames
 /// tcpdump saw on A's interface.
-fn traffic_and_stop(node: &BridgedNode, mut agent: Agent, dir: &std::path::Path) -> (u32, Exit, u64) {
+fn traffic_and_stop(
+    node: &BridgedNode,
+    mut agent: Agent,
+    dir: &std::path::Path,
+) -> (u32, Exit, u64) {
     let (a, b) = (&node.pods[0], &node.pods[1]);
     let node_v4 = IpAddr::from([198, 18, 0, 1]);
+    pin_neighbours(node);
     let at_a = Tcpdump::start(&node.node, &a.host_if, dir.join("a.pcap"), &SMALL_FRAMES)
         .expect("tcpdump on A");
     let stream = NumberedStream::start_every(
@@ -114,6 +119,47 @@ fn traffic_and_stop(node: &BridgedNode, mut agent: Agent, dir: &std::path::Path)
     (sent, exit, oracle.len() as u64)
 }
 
+/// The MAC address of `iface` in `ns`.
+fn mac(ns: &testbed::netns::Netns, iface: &str) -> String {
+    let shown = ns.ip(&["-j", "link", "show", iface]).expect("ip link");
+    let links: Value = serde_json::from_str(&shown).expect("ip's JSON");
+    links[0]["address"].as_str().expect("an address").to_owned()
+}
+
+/// Fixed neighbour entries between the node and pod A, both ways: no ARP
+/// exchange then joins A's traffic after the agent has stopped (a probe of
+/// an entry the flood left stale), where tcpdump would see it and the hook
+/// not.
+fn pin_neighbours(node: &BridgedNode) {
+    let a = &node.pods[0];
+    let (bridge_mac, a_mac) = (mac(&node.node, &node.bridge), mac(&a.ns, "eth0"));
+    node.node
+        .ip(&[
+            "neigh",
+            "replace",
+            &a.v4.to_string(),
+            "lladdr",
+            &a_mac,
+            "dev",
+            &node.bridge,
+            "nud",
+            "permanent",
+        ])
+        .expect("the node's entry for A");
+    a.ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.1",
+        "lladdr",
+        &bridge_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])
+    .expect("A's entry for the node");
+}
+
 /// B's sequence numbers missing from `frames`.
 fn missing(frames: &[Frame], sent: u32) -> Vec<u32> {
     let seen = sequence_numbers(frames, STREAM_PORT);
@@ -148,7 +194,10 @@ fn assert_isolated(o: &Outcome, what: &str) {
         &o.missing[..o.missing.len().min(10)],
         o.exit.stderr
     );
-    assert_eq!(a["seen"], o.a_tcpdump, "{what}: A's hook saw what tcpdump saw");
+    assert_eq!(
+        a["seen"], o.a_tcpdump,
+        "{what}: A's hook saw what tcpdump saw"
+    );
     assert!(
         a["lost_ring_full"] > 0,
         "{what}: A's ring never filled, so this run shows nothing\n{}",
@@ -159,7 +208,12 @@ fn assert_isolated(o: &Outcome, what: &str) {
         a["lost_ring_full"],
         "{what}: every copy of A's not mirrored is counted as ring_full: {a:?}"
     );
-    for other in ["lost_rate_limit", "lost_copy_failed", "sampled_out", "filtered"] {
+    for other in [
+        "lost_rate_limit",
+        "lost_copy_failed",
+        "sampled_out",
+        "filtered",
+    ] {
         assert_eq!(a[other], 0, "{what}: {other}: {a:?}");
     }
 }

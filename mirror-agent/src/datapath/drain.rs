@@ -69,7 +69,11 @@ impl Drain {
                     Poll::Pending => {}
                 }
             }
-            if any { Poll::Ready(Ok(())) } else { Poll::Pending }
+            if any {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
         })
         .await
     }

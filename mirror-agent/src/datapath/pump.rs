@@ -70,10 +70,12 @@ impl Pump {
     }
 
     pub fn fill(&self) -> RingFill {
-        self.drain.rings().fold(RingFill::default(), |f, r| RingFill {
-            size: f.size + r.size(),
-            pending: f.pending + r.pending(),
-        })
+        self.drain
+            .rings()
+            .fold(RingFill::default(), |f, r| RingFill {
+                size: f.size + r.size(),
+                pending: f.pending + r.pending(),
+            })
     }
 
     /// Waits for records, then moves those that are ready.
@@ -424,6 +426,60 @@ mod tests {
         assert_eq!(finished(&fanout, PIPE), 0);
         assert_eq!(space.released.get(), 2000, "2000 bytes held: past it");
         stuck.read_until(|| finished(&fanout, PIPE) == 2);
+    }
+
+    /// Two tenants: policy "quiet" on `b` into a file, policy "loud" on
+    /// `a` into the stuck pipe, each tenant's records from its own ring.
+    #[test]
+    fn another_tenants_stuck_output_does_not_hold_this_ring() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (iface(7), iface(8));
+        let progress = Arc::new(Notify::new());
+        let mut stuck = Stuck::open(&dir.path().join("pipe"));
+        let loud = Running::new(
+            "loud".into(),
+            None,
+            vec![pcapng_output(
+                &dir.path().join("pipe"),
+                &[(a, "veth-a".to_owned())],
+                &progress,
+            )],
+            PolicyStats::default(),
+        );
+        let quiet = Running::new(
+            "quiet".into(),
+            None,
+            vec![pcapng_output(
+                &dir.path().join("b.pcapng"),
+                &[(b, "veth-b".to_owned())],
+                &progress,
+            )],
+            PolicyStats::default(),
+        );
+        let routes = HashMap::from([(a, ("veth-a".to_owned(), 0)), (b, ("veth-b".to_owned(), 1))]);
+        let clock = WallClock::now().expect("the clocks");
+        let mut fanout = Fanout::new(vec![loud, quiet], routes, clock);
+        let (ring_a, ring_b) = (Fake::default(), Fake::default());
+        let (mut ra, mut rb) = (Releaser::new(PATIENT), Releaser::new(PATIENT));
+
+        ra.begin(&fanout);
+        drain_round(&mut ra, &ring_a, &mut fanout, a, 2 * stuck.capacity, 1000);
+        assert_eq!(finished(&fanout, 0), 0, "the pipe cannot hold A's batch");
+        rb.begin(&fanout);
+        drain_round(&mut rb, &ring_b, &mut fanout, b, 3000, 500);
+        // B's ring waits for B's output only.
+        eventually("B's ring is released", || {
+            rb.release(&ring_b, &fanout);
+            ring_b.released.get() == 500
+        });
+        assert_eq!(
+            ring_a.released.get(),
+            0,
+            "A's ring waits for A's stuck output"
+        );
+        stuck.read_until(|| finished(&fanout, 0) == 1);
+        assert!(ra.release(&ring_a, &fanout));
+        assert_eq!(ring_a.released.get(), 1000);
     }
 
     #[test]

@@ -47,10 +47,7 @@ impl Tenants {
 
     /// The ring of a tenant [`Tenants::assign`] was given.
     pub fn ring(&self, tenant: &Tenant) -> u32 {
-        self.assigned
-            .get(tenant)
-            .copied()
-            .unwrap_or(self.rings[0])
+        self.assigned.get(tenant).copied().unwrap_or(self.rings[0])
     }
 
     /// How many tenants share the busiest ring (1: every tenant has its own).

@@ -124,7 +124,11 @@ mod tests {
     #[test]
     fn slots_out_of_range_are_refused_by_name() {
         assert!("0".parse::<RingSlots>().is_err());
-        assert!("9".parse::<RingSlots>().unwrap_err().contains("from 1 to 8"));
+        assert!(
+            "9".parse::<RingSlots>()
+                .unwrap_err()
+                .contains("from 1 to 8")
+        );
         assert_eq!("8".parse::<RingSlots>(), Ok(RingSlots::ALL));
     }
 }

@@ -25,11 +25,7 @@ use crate::{
         privileges::{self, MissingPrivileges},
     },
     metrics::{self, Endpoint, MetricsError, Requests},
-    model::{
-        record::WallClock,
-        rings::RingLayout,
-        values::AttachMode,
-    },
+    model::{record::WallClock, rings::RingLayout, values::AttachMode},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -211,15 +207,9 @@ async fn mirror(
             .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
     };
     let pins = local.pin_dir.as_deref().map(PinDir::open).transpose()?;
-    let started = Mirror::start(
-        &plan,
-        settings,
-        local.ring,
-        pins,
-        local.keep,
-        true,
-        &|| stop.raised(),
-    )?;
+    let started = Mirror::start(&plan, settings, local.ring, pins, local.keep, true, &|| {
+        stop.raised()
+    })?;
     let Some((mut mirror, adopted)) = started else {
         stopped_early();
         return Ok(());
