@@ -415,11 +415,12 @@ pub struct AttachArgs {
     #[arg(long, value_name = "BYTES", default_value_t = ATTACH_RING)]
     pub ring_size: RingSize,
 
-    /// How many rings the ring space is split into, 1 to 8: each policy of
-    /// --policy copies into a ring of its own, so one policy's flood or slow
-    /// collector cannot take the ring space another's copies need. More policies
-    /// than rings share them, evenly. Each ring gets at least 1 MiB: a smaller
-    /// --ring-size makes fewer rings. 1: one ring shared by all.
+    /// At most how many rings the ring space is split into, 1 to 8: each policy
+    /// of --policy copies into a ring of its own, so one policy's flood or slow
+    /// collector cannot take the ring space another's copies need. No more rings
+    /// than the policies at start (one policy: the whole space); policies added
+    /// on SIGHUP, or more than rings, share them, evenly. Each ring gets at least
+    /// 1 MiB: a smaller --ring-size makes fewer rings. 1: one ring shared by all.
     #[arg(long, value_name = "N", default_value_t = RingSlots::ALL)]
     pub ring_slots: RingSlots,
 

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     cli::SidecarArgs,
-    datapath::plan::Planned,
+    datapath::plan::{Planned, tenants},
     export::SocketMark,
     kernel::{
         cgroup::{self, CgroupError},
@@ -97,7 +97,7 @@ pub fn run(args: SidecarArgs) -> Result<(), SidecarError> {
         },
         queue_bytes,
         attach_mode: args.attach_mode,
-        ring: RingLayout::new(ring, RingSlots::ALL),
+        ring: RingLayout::new(ring, RingSlots::ALL.at_most(tenants(&plan))),
         pin_dir: None,
         keep: false,
     };

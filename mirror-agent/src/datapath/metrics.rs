@@ -236,7 +236,7 @@ impl Families {
             ),
             ring_pending: Family::new(
                 "mirror_ring_buffer_pending_bytes",
-                "Bytes in the ring buffer not yet released: written by the hooks and not yet \
+                "Bytes in the ring buffers not yet released: written by the hooks and not yet \
                  read, or read and not yet sent by every output.",
                 Gauge,
             ),

@@ -41,3 +41,11 @@ pub struct Planned {
     pub body: Option<PolicyBody>,
     pub outputs: Vec<Output>,
 }
+
+/// How many tenants a plan has.
+pub fn tenants(plan: &[Planned]) -> usize {
+    plan.iter()
+        .map(|p| &p.tenant)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}

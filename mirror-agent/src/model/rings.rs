@@ -27,6 +27,14 @@ impl RingSlots {
     pub fn get(self) -> u32 {
         self.0
     }
+
+    /// No more slots than `tenants` (at least one): `attach` and `sidecar`
+    /// know their tenants (policies) from the start, and a single one then
+    /// keeps the whole ring space, as before rings were per tenant.
+    pub fn at_most(self, tenants: usize) -> Self {
+        let tenants = u32::try_from(tenants).unwrap_or(u32::MAX).max(1);
+        Self(self.0.min(tenants))
+    }
 }
 
 impl FromStr for RingSlots {
@@ -119,6 +127,14 @@ mod tests {
     fn unused_rings_take_a_page() {
         let l = RingLayout::new("8388608".parse().expect("size"), RingSlots(2));
         assert_eq!(l.sizes()[..3], [4 << 20, 4 << 20, UNUSED_RING]);
+    }
+
+    #[test]
+    fn no_more_slots_than_tenants() {
+        assert_eq!(RingSlots::ALL.at_most(1), RingSlots(1));
+        assert_eq!(RingSlots::ALL.at_most(0), RingSlots(1));
+        assert_eq!(RingSlots::ALL.at_most(3), RingSlots(3));
+        assert_eq!(RingSlots(2).at_most(5), RingSlots(2));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::{
     cli::{AttachArgs, FileChecksums},
     datapath::{
         mirror::{Mirror, MirrorError, Settings},
-        plan::Planned,
+        plan::{Planned, tenants},
     },
     export::{
         SocketMark,
@@ -105,7 +105,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
         },
         queue_bytes: args.queue_bytes,
         attach_mode: args.attach_mode,
-        ring: RingLayout::new(args.ring_size, args.ring_slots),
+        ring: RingLayout::new(args.ring_size, args.ring_slots.at_most(tenants(&plan))),
         pin_dir: args.pin_dir.clone(),
         keep: !args.cleanup_on_exit,
     };

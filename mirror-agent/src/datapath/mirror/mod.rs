@@ -134,10 +134,11 @@ impl Mirror {
         let progress = Arc::new(Notify::new());
         let own = Arc::default();
         let fanout = open_fanout(plan, &settings, &progress, &own, None)?;
-        let mut hooks = Hooks::load(rings, pins)?;
+        let layout = rings;
+        let mut hooks = Hooks::load(layout, pins)?;
         hooks.keep_pins(keep_pins);
         let rings = hooks.take_rings()?;
-        let mut tenants = Tenants::new(tenant_rings(&rings));
+        let mut tenants = Tenants::new(tenant_rings(&rings, layout));
         let slots = configure(&mut hooks, plan, &mut tenants, settings.mark)?;
         let pump = Pump::new(rings).map_err(io_err("polling the ring buffer"))?;
         let mut mirror = Self {
@@ -320,10 +321,17 @@ impl Mirror {
     }
 }
 
-/// The rings tenants may use: the largest. Those are the ones the layout
-/// sized, or, in rings adopted from pins (which keep their sizes), the
-/// ones the agent that made them sized.
-fn tenant_rings(rings: &[crate::kernel::ring::Ring]) -> Vec<u32> {
+/// The rings tenants may use: the layout's slots, if the rings are as it
+/// sized them; else (rings adopted from pins keep their sizes) the
+/// largest, which are those the agent that made them sized.
+fn tenant_rings(rings: &[crate::kernel::ring::Ring], layout: RingLayout) -> Vec<u32> {
+    let as_laid_out = rings
+        .iter()
+        .map(|r| r.size())
+        .eq(layout.sizes().iter().map(|s| u64::from(*s)));
+    if as_laid_out {
+        return (0..layout.slots()).collect();
+    }
     let largest = rings.iter().map(|r| r.size()).max().unwrap_or(0);
     (0u32..)
         .zip(rings)
