@@ -13,7 +13,7 @@ use crate::{
         fanout::Fanout,
         hold::{Holds, Limits},
     },
-    kernel::ring::Ring,
+    kernel::ring::{Ring, largest},
 };
 
 /// While ring space is held, the kernel does not wake the reader (it wakes
@@ -69,13 +69,14 @@ impl Pump {
         })
     }
 
+    /// The tenants' rings' fill (those no slot uses, a page each, hold nothing).
     pub fn fill(&self) -> RingFill {
-        self.drain
-            .rings()
-            .fold(RingFill::default(), |f, r| RingFill {
-                size: f.size + r.size(),
-                pending: f.pending + r.pending(),
-            })
+        let rings: Vec<&Ring> = self.drain.rings().collect();
+        let sizes: Vec<u64> = rings.iter().map(|r| r.size()).collect();
+        largest(&sizes).fold(RingFill::default(), |f, i| RingFill {
+            size: f.size + rings[i].size(),
+            pending: f.pending + rings[i].pending(),
+        })
     }
 
     /// Waits for records, then moves those that are ready.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     kernel::{
         pin::{PinDir, PinError},
-        ring::Ring,
+        ring::{Ring, largest},
     },
     model::record::IfaceId,
 };
@@ -216,7 +216,7 @@ pub fn read(root: &Path) -> Result<PinnedState, InspectError> {
             }
         })
         .collect();
-    let mut ring: Option<RingFill> = None;
+    let mut rings = Vec::new();
     for name in MAP_RECORDS {
         let ring_path = maps.join(name);
         if !ring_path.exists() {
@@ -225,14 +225,22 @@ pub fn read(root: &Path) -> Result<PinnedState, InspectError> {
         let Map::RingBuf(data) = open(&ring_path)? else {
             return Err(map_err(&ring_path, "not a ring buffer"));
         };
-        let one = Ring::new(data).map_err(|e| map_err(&ring_path, e))?;
-        let sum = ring.get_or_insert(RingFill {
-            used_bytes: 0,
-            size_bytes: 0,
-        });
-        sum.used_bytes += one.pending();
-        sum.size_bytes += one.size();
+        rings.push(Ring::new(data).map_err(|e| map_err(&ring_path, e))?);
     }
+    // The tenants' rings; those no slot uses (a page each) hold nothing.
+    let sizes: Vec<u64> = rings.iter().map(Ring::size).collect();
+    let ring = (!rings.is_empty()).then(|| {
+        largest(&sizes).fold(
+            RingFill {
+                used_bytes: 0,
+                size_bytes: 0,
+            },
+            |f, i| RingFill {
+                used_bytes: f.used_bytes + rings[i].pending(),
+                size_bytes: f.size_bytes + rings[i].size(),
+            },
+        )
+    });
     Ok(PinnedState {
         pin_dir: root.display().to_string(),
         abi_version: ABI_VERSION,

@@ -52,6 +52,7 @@ use crate::{
     kernel::{
         hooks::{Adopted, Hooks, Interface, Slot},
         pin::PinDir,
+        ring::{Ring, largest},
     },
     metrics::Family,
     model::{
@@ -324,7 +325,7 @@ impl Mirror {
 /// The rings tenants may use: the layout's slots, if the rings are as it
 /// sized them; else (rings adopted from pins keep their sizes) the
 /// largest, which are those the agent that made them sized.
-fn tenant_rings(rings: &[crate::kernel::ring::Ring], layout: RingLayout) -> Vec<u32> {
+fn tenant_rings(rings: &[Ring], layout: RingLayout) -> Vec<u32> {
     let as_laid_out = rings
         .iter()
         .map(|r| r.size())
@@ -332,10 +333,6 @@ fn tenant_rings(rings: &[crate::kernel::ring::Ring], layout: RingLayout) -> Vec<
     if as_laid_out {
         return (0..layout.slots()).collect();
     }
-    let largest = rings.iter().map(|r| r.size()).max().unwrap_or(0);
-    (0u32..)
-        .zip(rings)
-        .filter(|(_, r)| r.size() == largest)
-        .map(|(i, _)| i)
-        .collect()
+    let sizes: Vec<u64> = rings.iter().map(Ring::size).collect();
+    largest(&sizes).map(|i| i as u32).collect()
 }
