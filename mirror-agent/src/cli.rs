@@ -14,6 +14,7 @@ use crate::{
     export::output::Output,
     model::{
         direction::Directions,
+        rings::RingSlots,
         values::{AttachMode, MarkArg, RingSize, SampleRate, Snaplen},
     },
 };
@@ -155,11 +156,20 @@ pub struct Tuning {
     #[arg(long, value_enum, default_value_t = AttachMode::Tcx)]
     pub attach_mode: AttachMode,
 
-    /// Size of the BPF ring buffer in bytes (a pinned ring keeps its size). Smaller
-    /// than `attach`'s default: the kernel maps the ring's pages twice, and all of
-    /// them count in the agent's RSS from the start (32 MiB: about 64 MiB of RSS).
+    /// Total size of the BPF ring buffers in bytes, split evenly over --ring-slots
+    /// rings (pinned rings keep their sizes). Smaller than `attach`'s default: the
+    /// kernel maps the rings' pages twice, and all of them count in the agent's RSS
+    /// from the start (32 MiB: about 64 MiB of RSS).
     #[arg(long, value_name = "BYTES", default_value_t = RUN_RING)]
     pub ring_size: RingSize,
+
+    /// How many rings the ring space is split into, 1 to 8: each namespace (and
+    /// each ClusterMirrorPolicy) copies into a ring of its own, so one tenant's
+    /// flood or slow collector cannot take the ring space another's copies need.
+    /// More tenants than rings share them, evenly. Each ring gets at least 1 MiB:
+    /// a smaller --ring-size makes fewer rings. 1: one ring shared by all.
+    #[arg(long, value_name = "N", default_value_t = RingSlots::ALL)]
+    pub ring_slots: RingSlots,
 }
 
 /// `sidecar`'s default `--metrics-addr`: every address of the pod, on a port
@@ -399,10 +409,20 @@ pub struct AttachArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
 
-    /// Size of the BPF ring buffer in bytes: a power of two, at least one page.
-    /// A ring adopted from --pin-dir keeps the size it was made with.
+    /// Total size of the BPF ring buffers in bytes: a power of two, at least one
+    /// page, split evenly over --ring-slots rings. Rings adopted from --pin-dir keep
+    /// the sizes they were made with.
     #[arg(long, value_name = "BYTES", default_value_t = ATTACH_RING)]
     pub ring_size: RingSize,
+
+    /// At most how many rings the ring space is split into, 1 to 8: each policy
+    /// of --policy copies into a ring of its own, so one policy's flood or slow
+    /// collector cannot take the ring space another's copies need. No more rings
+    /// than the policies at start (one policy: the whole space); policies added
+    /// on SIGHUP, or more than rings, share them, evenly. Each ring gets at least
+    /// 1 MiB: a smaller --ring-size makes fewer rings. 1: one ring shared by all.
+    #[arg(long, value_name = "N", default_value_t = RingSlots::ALL)]
+    pub ring_slots: RingSlots,
 
     /// Pin the hooks, maps and ring buffer under DIR, on a bpf filesystem (e.g.
     /// /sys/fs/bpf/mirror), so they outlive this process: if it is killed, the hooks

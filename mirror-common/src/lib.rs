@@ -10,12 +10,29 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
 pub const MAP_COUNTERS: &str = "MIRROR_COUNTERS";
-pub const MAP_RECORDS: &str = "MIRROR_RECORDS";
+/// The ring buffers, one per ring slot ([`IfaceConfig::ring`]): tenants'
+/// copies take space in their own ring only.
+pub const MAP_RECORDS: [&str; RINGS as usize] = [
+    "MIRROR_RECORDS_0",
+    "MIRROR_RECORDS_1",
+    "MIRROR_RECORDS_2",
+    "MIRROR_RECORDS_3",
+    "MIRROR_RECORDS_4",
+    "MIRROR_RECORDS_5",
+    "MIRROR_RECORDS_6",
+    "MIRROR_RECORDS_7",
+];
+/// How many ring buffers the hook has (static maps: a BPF map of ring
+/// buffers is beyond aya-ebpf 0.2). Tenants beyond this share rings.
+pub const RINGS: u32 = 8;
+/// The single ring of ABI versions before 7, by which a retired map set's
+/// leftover records are still counted.
+pub const MAP_RECORDS_SHARED: &str = "MIRROR_RECORDS";
 pub const MAP_POLICIES: &str = "MIRROR_POLICIES";
 pub const MAP_RULES: &str = "MIRROR_RULES";
 pub const MAP_LPM_SRC4: &str = "MIRROR_LPM_SRC4";
@@ -28,10 +45,17 @@ pub const MAP_BUDGETS: &str = "MIRROR_BUDGETS";
 /// In each entry object, its own (never pinned): the namespace it serves.
 pub const MAP_NS_SELF: &str = "MIRROR_NS_SELF";
 /// Every map, as pinned by name under the agent's pin directory.
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 19] = [
     MAP_CONFIG,
     MAP_COUNTERS,
-    MAP_RECORDS,
+    MAP_RECORDS[0],
+    MAP_RECORDS[1],
+    MAP_RECORDS[2],
+    MAP_RECORDS[3],
+    MAP_RECORDS[4],
+    MAP_RECORDS[5],
+    MAP_RECORDS[6],
+    MAP_RECORDS[7],
     MAP_POLICIES,
     MAP_RULES,
     MAP_LPM_SRC4,
@@ -70,7 +94,8 @@ pub const FLAG_TRUNCATED: u32 = 1;
 pub const MAX_SNAPLEN: u32 = 262_144;
 /// How many interfaces one agent can hook (config and counter slots).
 pub const MAX_INTERFACES: u32 = 1024;
-/// Default ring buffer size in bytes; must be a power of two and a page multiple.
+/// Default total size of the ring buffers in bytes (`attach --ring-size`);
+/// each ring's must be a power of two and a page multiple.
 pub const DEFAULT_RING_BYTES: u32 = 64 << 20;
 
 /// Policy ids index [`MAP_POLICIES`]: 1..MAX_POLICIES (0 is "none").
@@ -166,7 +191,9 @@ pub struct IfaceConfig {
     /// disables the check.
     pub skip_mark: u32,
     pub skip_mask: u32,
-    pub _pad: u32,
+    /// Which ring (`0..RINGS`, an index into [`MAP_RECORDS`]) this
+    /// interface's copies go to: its tenant's. Out of range: the last.
+    pub ring: u32,
 }
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 32);
 
@@ -186,7 +213,7 @@ pub struct Counters {
     pub truncated: u64,
     /// Packets passed over by 1-in-N sampling.
     pub sampled_out: u64,
-    /// Packets lost because the ring buffer had no room.
+    /// Packets lost because the interface's ring buffer (its tenant's) had no room.
     pub ring_full: u64,
     /// Packets lost because copying from the packet failed.
     pub load_failed: u64,

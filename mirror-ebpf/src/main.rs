@@ -15,12 +15,12 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::TcContext,
 };
 use mirror_common::{
-    Counters, DEFAULT_RING_BYTES, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig, IfaceKey,
-    MAX_INTERFACES, RecordHeader, SIZE_CLASSES,
+    Counters, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig, IfaceKey, MAX_INTERFACES,
+    RINGS, RecordHeader, SIZE_CLASSES,
 };
 
 #[map(name = "MIRROR_CONFIG")]
@@ -35,9 +35,44 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_INTER
 #[unsafe(no_mangle)]
 static NETNS_COOKIE: u64 = 0;
 
-/// The agent resizes this at load time (`--ring-size`).
-#[map(name = "MIRROR_RECORDS")]
-static RECORDS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+/// The rings, one per tenant slot (`IfaceConfig::ring`), so that one
+/// tenant's copies cannot take the space another's need. Their size here is
+/// a placeholder: the agent sets each one's at load time (`--ring-size`
+/// split over the slots it uses).
+const RING_BYTES: u32 = 1 << 20;
+#[map(name = "MIRROR_RECORDS_0")]
+static RECORDS_0: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_1")]
+static RECORDS_1: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_2")]
+static RECORDS_2: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_3")]
+static RECORDS_3: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_4")]
+static RECORDS_4: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_5")]
+static RECORDS_5: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_6")]
+static RECORDS_6: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map(name = "MIRROR_RECORDS_7")]
+static RECORDS_7: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+const _: () = assert!(RINGS == 8, "one static ring per slot");
+
+/// A record's space in ring `ring`. Each arm names its map as a constant,
+/// as the verifier requires of a reservation; past the last, the last.
+#[inline(always)]
+fn reserve<T: 'static>(ring: u32) -> Option<RingBufEntry<T>> {
+    match ring {
+        0 => RECORDS_0.reserve::<T>(0),
+        1 => RECORDS_1.reserve::<T>(0),
+        2 => RECORDS_2.reserve::<T>(0),
+        3 => RECORDS_3.reserve::<T>(0),
+        4 => RECORDS_4.reserve::<T>(0),
+        5 => RECORDS_5.reserve::<T>(0),
+        6 => RECORDS_6.reserve::<T>(0),
+        _ => RECORDS_7.reserve::<T>(0),
+    }
+}
 
 #[classifier]
 pub fn mirror_ingress(ctx: TcContext) -> i32 {
@@ -140,6 +175,7 @@ fn mirror(ctx: &TcContext, direction: u32) {
         key,
         direction,
         policy_id: config.policy_id,
+        ring: config.ring,
         len,
         cap,
     };
@@ -174,6 +210,7 @@ struct Out<'a> {
     key: IfaceKey,
     direction: u32,
     policy_id: u32,
+    ring: u32,
     len: u32,
     cap: u64,
 }
@@ -181,7 +218,7 @@ struct Out<'a> {
 impl Out<'_> {
     #[inline(always)]
     fn emit<const N: usize>(self) {
-        let Some(mut entry) = RECORDS.reserve::<Record<N>>(0) else {
+        let Some(mut entry) = reserve::<Record<N>>(self.ring) else {
             self.counters.ring_full += 1;
             return;
         };

@@ -40,6 +40,16 @@ impl NumberedStream {
     /// Starts sending from `from` to `to`, where `to_ns` listens (so no ICMP
     /// port-unreachable joins the traffic).
     pub fn start(from: &Netns, to_ns: &Netns, to: SocketAddr) -> Result<Self> {
+        Self::start_every(from, to_ns, to, EVERY)
+    }
+
+    /// As [`NumberedStream::start`], one datagram per `every`.
+    pub fn start_every(
+        from: &Netns,
+        to_ns: &Netns,
+        to: SocketAddr,
+        every: Duration,
+    ) -> Result<Self> {
         let socket = join(to_ns.spawn(move || Ok(UdpSocket::bind(to)?)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU32::new(0));
@@ -67,7 +77,7 @@ impl NumberedStream {
                 sock.send_to(&n.to_be_bytes(), to)?;
                 n += 1;
                 counter.store(n, Ordering::Relaxed);
-                thread::sleep(EVERY);
+                thread::sleep(every);
             }
             Ok(n)
         });

@@ -29,6 +29,7 @@ use mirror_agent::{
     model::{
         direction::Direction,
         record::{IfIndex, PolicyId, Record},
+        rings::{RingLayout, RingSlots},
         values::End,
     },
     policy::{PolicyBody, kfilter},
@@ -73,10 +74,17 @@ struct Bed {
 impl Bed {
     fn new() -> Self {
         let own = netns::current_cookie().expect("this thread's network namespace");
-        let mut hooks = Hooks::load(1 << 20, None).unwrap_or_else(|e| {
+        // One ring (ring 0, where the config below sends copies).
+        let layout = RingLayout::new("1048576".parse().expect("a size"), RingSlots::ALL);
+        let mut hooks = Hooks::load(layout, None).unwrap_or_else(|e| {
             panic!("loading the agent's eBPF object failed (this test needs root, CAP_BPF): {e}")
         });
-        let ring = hooks.take_ring().expect("the ring");
+        let ring = hooks
+            .take_rings()
+            .expect("the rings")
+            .into_iter()
+            .next()
+            .expect("ring 0");
         // BPF_PROG_TEST_RUN builds its skb on the loopback device (ifindex 1)
         // of the caller's namespace. The program is attached nowhere: only
         // the test's runs reach it.
@@ -105,7 +113,7 @@ impl Bed {
             counter_slot: 0,
             skip_mark: 0,
             skip_mask: 0,
-            _pad: 0,
+            ring: 0,
         };
         self.slot = Some(
             self.hooks

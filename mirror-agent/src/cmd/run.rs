@@ -38,7 +38,7 @@ use crate::{
         privileges::{self, MissingPrivileges},
     },
     metrics::{self, MetricsAddr, MetricsError, Requests},
-    model::record::WallClock,
+    model::{record::WallClock, rings::RingLayout},
 };
 
 /// Changes arriving together are applied together: a reconcile waits this
@@ -184,7 +184,7 @@ async fn agent(
     let started = Mirror::start(
         &plan,
         settings,
-        args.tuning.ring_size.get(),
+        RingLayout::new(args.tuning.ring_size, args.tuning.ring_slots),
         Some(pins),
         !args.cleanup_on_exit,
         false,

@@ -18,14 +18,17 @@ use super::{
 };
 use crate::{
     cli::SidecarArgs,
-    datapath::plan::Planned,
+    datapath::plan::{Planned, tenants},
     export::SocketMark,
     kernel::{
         cgroup::{self, CgroupError},
         privileges,
     },
     metrics,
-    model::budget::MemoryBudget,
+    model::{
+        budget::MemoryBudget,
+        rings::{RingLayout, RingSlots},
+    },
     policy::{InterfacePattern, PolicyError, PolicyFile},
 };
 
@@ -94,7 +97,7 @@ pub fn run(args: SidecarArgs) -> Result<(), SidecarError> {
         },
         queue_bytes,
         attach_mode: args.attach_mode,
-        ring,
+        ring: RingLayout::new(ring, RingSlots::ALL.at_most(tenants(&plan))),
         pin_dir: None,
         keep: false,
     };

@@ -202,6 +202,7 @@ mod tests {
         Planned {
             id: PolicyId(1),
             name: name.into(),
+            tenant: crate::datapath::plan::Tenant::Policy(name.into()),
             interfaces: interfaces
                 .iter()
                 .map(|(pod, index)| Interface {

@@ -32,6 +32,17 @@ pub struct PolicyRef {
 }
 
 impl PolicyRef {
+    /// Whose ring its copies take: its namespace's, or its own if it is
+    /// cluster-wide.
+    pub fn tenant(&self) -> crate::datapath::plan::Tenant {
+        use crate::datapath::plan::Tenant;
+        if self.cluster {
+            Tenant::Policy(self.name.clone())
+        } else {
+            Tenant::Namespace(self.namespace.clone())
+        }
+    }
+
     /// The policy's name in the plan, the log and metrics.
     pub fn plan_name(&self) -> String {
         if self.cluster {

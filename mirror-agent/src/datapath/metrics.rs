@@ -3,12 +3,9 @@
 //! agent's own counters, and the exporters' atomics and queue depths.
 
 use crate::{
-    datapath::{fanout::Fanout, plan::Planned},
+    datapath::{fanout::Fanout, plan::Planned, pump::RingFill},
     export::Stats,
-    kernel::{
-        hooks::{Hooks, Interface, Slot},
-        ring::Ring,
-    },
+    kernel::hooks::{Hooks, Interface, Slot},
 };
 
 use crate::metrics::{Family, Kind};
@@ -46,7 +43,7 @@ impl AgentMetrics {
         &self,
         hooks: &Hooks,
         fanout: &Fanout,
-        ring: &Ring,
+        ring: &RingFill,
         attached: usize,
     ) -> Vec<Family> {
         let mut f = Families::new();
@@ -234,12 +231,12 @@ impl Families {
             ),
             ring_size: Family::new(
                 "mirror_ring_buffer_size_bytes",
-                "Size of the BPF ring buffer.",
+                "Size of the BPF ring buffers, summed over the tenants' rings.",
                 Gauge,
             ),
             ring_pending: Family::new(
                 "mirror_ring_buffer_pending_bytes",
-                "Bytes in the ring buffer not yet released: written by the hooks and not yet \
+                "Bytes in the ring buffers not yet released: written by the hooks and not yet \
                  read, or read and not yet sent by every output.",
                 Gauge,
             ),

@@ -10,6 +10,7 @@ pub mod mirror;
 pub mod plan;
 pub mod pump;
 pub mod status;
+pub mod tenants;
 
 #[cfg(test)]
 mod testing;

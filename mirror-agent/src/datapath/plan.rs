@@ -14,11 +14,23 @@ use crate::{
     policy::PolicyBody,
 };
 
+/// Whose ring a policy's copies take space in: tenants never take each
+/// other's (as long as there are rings enough; see `--ring-slots`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tenant {
+    /// Every MirrorPolicy of a namespace (`run`).
+    Namespace(String),
+    /// One policy on its own: a ClusterMirrorPolicy, or each policy of
+    /// `attach` and `sidecar`.
+    Policy(String),
+}
+
 /// One policy, resolved against the interfaces of this network namespace.
 #[derive(Debug, PartialEq)]
 pub struct Planned {
     pub id: PolicyId,
     pub name: String,
+    pub tenant: Tenant,
     pub interfaces: Vec<Interface>,
     /// As the pods see them; each interface turns them into its hook's
     /// ([`Interface::hook_bits`]).
@@ -28,4 +40,12 @@ pub struct Planned {
     /// Rules, pcap-filter and rate limit; the flags have none of them.
     pub body: Option<PolicyBody>,
     pub outputs: Vec<Output>,
+}
+
+/// How many tenants a plan has.
+pub fn tenants(plan: &[Planned]) -> usize {
+    plan.iter()
+        .map(|p| &p.tenant)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }

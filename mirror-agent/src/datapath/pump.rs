@@ -1,6 +1,6 @@
-//! Moves records from the ring buffer through the fanout to the outputs,
-//! and gives their ring space back to the kernel only once every output has
-//! sent them (or the hold limits say to stop waiting; see
+//! Moves records from the ring buffers (one per tenant slot) through the
+//! fanout to the outputs, and gives their ring space back to the kernel
+//! only once every output they went to has sent them (or the hold limits say to stop waiting; see
 //! [`crate::datapath::hold`]). An agent killed at any moment thus leaves what
 //! it had not sent in the ring, and the next agent sends it: a copy may be
 //! sent twice across a crash, but none is lost to it.
@@ -9,54 +9,99 @@ use std::{io, time::Duration, time::Instant};
 
 use crate::{
     datapath::{
-        drain::Drain,
+        drain::{Drain, ROUND_RECORDS},
         fanout::Fanout,
         hold::{Holds, Limits},
     },
-    kernel::ring::Ring,
+    kernel::ring::{Ring, largest},
 };
 
 /// While ring space is held, the kernel does not wake the reader (it wakes
 /// it only when the released position has caught up), so the drain loop
-/// polls the ring this often instead.
+/// polls the rings this often instead.
 pub const HOLDING_POLL: Duration = Duration::from_millis(2);
 /// A stuck output holds ring space at most this long...
 const HOLD_AGE: Duration = Duration::from_millis(250);
-/// ...or while the held bytes are at most this share of the ring.
+/// ...or while the held bytes are at most this share of its ring.
 const HOLD_SHARE: u64 = 4;
+
+/// The rings' fill, summed over them, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingFill {
+    size: u64,
+    pending: u64,
+}
+
+impl RingFill {
+    /// Bytes of ring space in all.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes the hooks have written and the agent not yet released.
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+}
 
 pub struct Pump {
     drain: Drain,
-    releaser: Releaser,
+    /// One per ring, in the drain's order: each ring's space is held and
+    /// released on its own, so a tenant whose output is slow holds only
+    /// its own ring's.
+    releasers: Vec<Releaser>,
 }
 
 impl Pump {
-    pub fn new(ring: Ring) -> io::Result<Self> {
-        let limits = Limits {
-            age: HOLD_AGE,
-            bytes: ring.size() / HOLD_SHARE,
-        };
+    pub fn new(rings: Vec<Ring>) -> io::Result<Self> {
+        let releasers = rings
+            .iter()
+            .map(|ring| {
+                Releaser::new(Limits {
+                    age: HOLD_AGE,
+                    bytes: ring.size() / HOLD_SHARE,
+                })
+            })
+            .collect();
         Ok(Self {
-            drain: Drain::new(ring)?,
-            releaser: Releaser::new(limits),
+            drain: Drain::new(rings)?,
+            releasers,
         })
     }
 
-    pub fn ring(&self) -> &Ring {
-        self.drain.ring()
+    /// The tenants' rings' fill (those no slot uses, a page each, hold nothing).
+    pub fn fill(&self) -> RingFill {
+        let rings: Vec<&Ring> = self.drain.rings().collect();
+        let sizes: Vec<u64> = rings.iter().map(|r| r.size()).collect();
+        largest(&sizes).fold(RingFill::default(), |f, i| RingFill {
+            size: f.size + rings[i].size(),
+            pending: f.pending + rings[i].pending(),
+        })
     }
 
-    /// Waits for records, then moves all that are ready.
+    /// Waits for records, then moves those that are ready.
     pub async fn wait(&mut self, fanout: &mut Fanout) -> io::Result<()> {
-        self.drain.next_batch(|r| fanout.record(r)).await?;
-        self.releaser.handed_over(self.drain.ring(), fanout);
+        self.drain.ready().await?;
+        self.poll(fanout);
         Ok(())
     }
 
-    /// Moves whatever records are ready now, without waiting.
+    /// Moves whatever records are ready now, without waiting: the rings in
+    /// turn, a share of each, each turn's records handed to the outputs
+    /// and marked on its own ring.
     pub fn poll(&mut self, fanout: &mut Fanout) {
-        self.drain.drain_now(|r| fanout.record(r));
-        self.releaser.handed_over(self.drain.ring(), fanout);
+        let releasers = &mut self.releasers;
+        self.drain.rounds(|i, ring| {
+            let from = ring.position();
+            let releaser = &mut releasers[i];
+            releaser.begin(fanout);
+            let n = ring.read_some(ROUND_RECORDS, |r| fanout.record(r));
+            // Discarded records move the position too, with nothing read.
+            if ring.position() != from {
+                releaser.handed_over(ring, fanout);
+            }
+            n
+        });
     }
 
     /// An output finished a batch (or a timer fired): release what has been
@@ -64,7 +109,9 @@ impl Pump {
     /// released position had caught up with them, so after a release, read
     /// again for those written while space was held.
     pub fn progress(&mut self, fanout: &mut Fanout) {
-        self.releaser.release(self.drain.ring(), fanout);
+        for (releaser, ring) in self.releasers.iter_mut().zip(self.drain.rings()) {
+            releaser.release(ring, fanout);
+        }
         self.poll(fanout);
     }
 
@@ -72,17 +119,19 @@ impl Pump {
     /// not wake the reader for new ones: the drain loop then polls
     /// ([`HOLDING_POLL`]).
     pub fn holding(&self) -> bool {
-        self.drain.ring().held() > 0
+        self.drain.rings().any(|r| r.held() > 0)
     }
 
     /// The outputs were replaced: what was read so far belongs to the old
     /// ones, which finish sending it on their own; stop holding it.
     pub fn forget_holds(&mut self) {
-        self.releaser.forget(self.drain.ring());
+        for (releaser, ring) in self.releasers.iter_mut().zip(self.drain.rings()) {
+            releaser.forget(ring);
+        }
     }
 }
 
-/// The ring's space as the pump gives it back: kept apart from reading
+/// A ring's space as the pump gives it back: kept apart from reading
 /// records, so that when space is released can be tested without a BPF
 /// ring buffer (making one takes privileges).
 trait Space {
@@ -108,12 +157,14 @@ impl Space for Ring {
     }
 }
 
-/// Marks what each drain round handed to the outputs, and releases ring
-/// space as they send it.
+/// Marks what each turn of one ring handed to the outputs, and releases
+/// its space as they send it.
 struct Releaser {
     holds: Holds,
     limits: Limits,
-    /// Per output: batches handed over, and finished; reused every round.
+    /// Per output: batches handed over before this turn ([`Releaser::begin`]),
+    /// after it, and finished; reused every turn.
+    before: Vec<u64>,
     handed: Vec<u64>,
     done: Vec<u64>,
 }
@@ -123,18 +174,33 @@ impl Releaser {
         Self {
             holds: Holds::default(),
             limits,
+            before: Vec::new(),
             handed: Vec::new(),
             done: Vec::new(),
         }
     }
 
-    /// A drain round has handed records up to the space's position to the
-    /// fanout: send them on, mark the round, and release what can be.
+    /// A turn of this ring starts: notes what each output had been handed.
+    fn begin(&mut self, fanout: &Fanout) {
+        self.before.clear();
+        self.before
+            .extend(fanout.exporters().map(|e| e.progress().0));
+    }
+
+    /// A turn has handed records up to the space's position to the
+    /// fanout: send them on, mark the turn, and release what can be. Only
+    /// the outputs this turn handed something wait for it: another
+    /// tenant's slow output never holds this ring's space.
     fn handed_over(&mut self, space: &impl Space, fanout: &mut Fanout) {
         fanout.flush();
         self.handed.clear();
+        let before = &self.before;
         self.handed
-            .extend(fanout.exporters().map(|e| e.progress().0));
+            .extend(fanout.exporters().enumerate().map(|(i, e)| {
+                let now = e.progress().0;
+                if before.get(i) == Some(&now) { 0 } else { now }
+            }));
+        self.before.clear();
         self.holds
             .mark(space.position(), Instant::now(), &self.handed);
         self.release(space, fanout);
@@ -361,6 +427,60 @@ mod tests {
         assert_eq!(finished(&fanout, PIPE), 0);
         assert_eq!(space.released.get(), 2000, "2000 bytes held: past it");
         stuck.read_until(|| finished(&fanout, PIPE) == 2);
+    }
+
+    /// Two tenants: policy "quiet" on `b` into a file, policy "loud" on
+    /// `a` into the stuck pipe, each tenant's records from its own ring.
+    #[test]
+    fn another_tenants_stuck_output_does_not_hold_this_ring() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (iface(7), iface(8));
+        let progress = Arc::new(Notify::new());
+        let mut stuck = Stuck::open(&dir.path().join("pipe"));
+        let loud = Running::new(
+            "loud".into(),
+            None,
+            vec![pcapng_output(
+                &dir.path().join("pipe"),
+                &[(a, "veth-a".to_owned())],
+                &progress,
+            )],
+            PolicyStats::default(),
+        );
+        let quiet = Running::new(
+            "quiet".into(),
+            None,
+            vec![pcapng_output(
+                &dir.path().join("b.pcapng"),
+                &[(b, "veth-b".to_owned())],
+                &progress,
+            )],
+            PolicyStats::default(),
+        );
+        let routes = HashMap::from([(a, ("veth-a".to_owned(), 0)), (b, ("veth-b".to_owned(), 1))]);
+        let clock = WallClock::now().expect("the clocks");
+        let mut fanout = Fanout::new(vec![loud, quiet], routes, clock);
+        let (ring_a, ring_b) = (Fake::default(), Fake::default());
+        let (mut ra, mut rb) = (Releaser::new(PATIENT), Releaser::new(PATIENT));
+
+        ra.begin(&fanout);
+        drain_round(&mut ra, &ring_a, &mut fanout, a, 2 * stuck.capacity, 1000);
+        assert_eq!(finished(&fanout, 0), 0, "the pipe cannot hold A's batch");
+        rb.begin(&fanout);
+        drain_round(&mut rb, &ring_b, &mut fanout, b, 3000, 500);
+        // B's ring waits for B's output only.
+        eventually("B's ring is released", || {
+            rb.release(&ring_b, &fanout);
+            ring_b.released.get() == 500
+        });
+        assert_eq!(
+            ring_a.released.get(),
+            0,
+            "A's ring waits for A's stuck output"
+        );
+        stuck.read_until(|| finished(&fanout, 0) == 1);
+        assert!(ra.release(&ring_a, &fanout));
+        assert_eq!(ring_a.released.get(), 1000);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     kernel::{
         pin::{PinDir, PinError},
-        ring::Ring,
+        ring::{Ring, largest},
     },
     model::record::IfaceId,
 };
@@ -72,7 +72,8 @@ pub struct PinnedState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RingFill {
-    /// Bytes written by the hooks and not yet released by an agent.
+    /// Bytes written by the hooks and not yet released by an agent, over
+    /// every tenant's ring.
     pub used_bytes: u64,
     pub size_bytes: u64,
 }
@@ -215,19 +216,31 @@ pub fn read(root: &Path) -> Result<PinnedState, InspectError> {
             }
         })
         .collect();
-    let ring_path = maps.join(MAP_RECORDS);
-    let ring = if ring_path.exists() {
+    let mut rings = Vec::new();
+    for name in MAP_RECORDS {
+        let ring_path = maps.join(name);
+        if !ring_path.exists() {
+            continue;
+        }
         let Map::RingBuf(data) = open(&ring_path)? else {
             return Err(map_err(&ring_path, "not a ring buffer"));
         };
-        let ring = Ring::new(data).map_err(|e| map_err(&ring_path, e))?;
-        Some(RingFill {
-            used_bytes: ring.pending(),
-            size_bytes: ring.size(),
-        })
-    } else {
-        None
-    };
+        rings.push(Ring::new(data).map_err(|e| map_err(&ring_path, e))?);
+    }
+    // The tenants' rings; those no slot uses (a page each) hold nothing.
+    let sizes: Vec<u64> = rings.iter().map(Ring::size).collect();
+    let ring = (!rings.is_empty()).then(|| {
+        largest(&sizes).fold(
+            RingFill {
+                used_bytes: 0,
+                size_bytes: 0,
+            },
+            |f, i| RingFill {
+                used_bytes: f.used_bytes + rings[i].pending(),
+                size_bytes: f.size_bytes + rings[i].size(),
+            },
+        )
+    });
     Ok(PinnedState {
         pin_dir: root.display().to_string(),
         abi_version: ABI_VERSION,

@@ -125,7 +125,13 @@ impl Ring {
     /// Hands every complete record after the read position to `f`, in order,
     /// and moves the read position past them. Stops at a record the kernel is
     /// still writing. Nothing is released; returns how many were read.
-    pub fn read(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    pub fn read(&mut self, f: impl FnMut(&[u8])) -> usize {
+        self.read_some(usize::MAX, f)
+    }
+
+    /// As [`Ring::read`], but at most `limit` records: a reader of many
+    /// rings takes a share of each in turn.
+    pub fn read_some(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
         let producer = self.producer_pos().load(Ordering::Acquire);
         let data = self
             .producer
@@ -133,7 +139,7 @@ impl Ring {
             .cast::<u8>()
             .wrapping_add(self.page.get());
         let mut n = 0;
-        while self.read < producer {
+        while self.read < producer && n < limit {
             let offset = (self.read & self.mask) as usize;
             // SAFETY: offset < data_len, and the header is 8-byte aligned inside
             // the data pages, which are mapped while self lives.
@@ -196,6 +202,18 @@ impl Ring {
     }
 }
 
+/// Of rings of these sizes, those tenants use: the largest. The agent
+/// sizes every slot's ring alike and leaves the others a page (rings
+/// adopted from pins keep the sizes the agent that made them chose).
+pub fn largest(sizes: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    sizes
+        .iter()
+        .enumerate()
+        .filter(move |(_, s)| **s == max)
+        .map(|(i, _)| i)
+}
+
 impl AsRawFd for Ring {
     fn as_raw_fd(&self) -> RawFd {
         self.map.fd().as_fd().as_raw_fd()
@@ -215,5 +233,19 @@ impl Drop for Ring {
             let _ = munmap(self.consumer, self.page.get());
             let _ = munmap(self.producer, self.page.get() + 2 * self.data_len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest;
+
+    #[test]
+    fn the_tenants_rings_are_the_largest() {
+        let sizes = [1 << 20, 1 << 20, 4096, 4096];
+        assert_eq!(largest(&sizes).collect::<Vec<_>>(), [0, 1]);
+        // All alike (one slot per ring, or every ring a page): all of them.
+        assert_eq!(largest(&[4096; 3]).count(), 3);
+        assert_eq!(largest(&[]).count(), 0);
     }
 }

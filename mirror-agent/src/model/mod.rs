@@ -4,4 +4,5 @@
 pub mod budget;
 pub mod direction;
 pub mod record;
+pub mod rings;
 pub mod values;

@@ -13,7 +13,7 @@ use crate::{
     cli::{AttachArgs, FileChecksums},
     datapath::{
         mirror::{Mirror, MirrorError, Settings},
-        plan::Planned,
+        plan::{Planned, tenants},
     },
     export::{
         SocketMark,
@@ -25,10 +25,7 @@ use crate::{
         privileges::{self, MissingPrivileges},
     },
     metrics::{self, Endpoint, MetricsError, Requests},
-    model::{
-        record::WallClock,
-        values::{AttachMode, RingSize},
-    },
+    model::{record::WallClock, rings::RingLayout, values::AttachMode},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +105,7 @@ pub fn run(args: AttachArgs) -> Result<(), AttachError> {
         },
         queue_bytes: args.queue_bytes,
         attach_mode: args.attach_mode,
-        ring: args.ring_size,
+        ring: RingLayout::new(args.ring_size, args.ring_slots.at_most(tenants(&plan))),
         pin_dir: args.pin_dir.clone(),
         keep: !args.cleanup_on_exit,
     };
@@ -164,7 +161,7 @@ pub(super) struct Local {
     pub mark: SocketMark,
     pub queue_bytes: usize,
     pub attach_mode: AttachMode,
-    pub ring: RingSize,
+    pub ring: RingLayout,
     pub pin_dir: Option<PathBuf>,
     /// Keep the pinned hooks on exit.
     pub keep: bool,
@@ -210,15 +207,9 @@ async fn mirror(
             .map_err(|e| io_err("reading the clocks")(io::Error::from_raw_os_error(e as i32)))?,
     };
     let pins = local.pin_dir.as_deref().map(PinDir::open).transpose()?;
-    let started = Mirror::start(
-        &plan,
-        settings,
-        local.ring.get(),
-        pins,
-        local.keep,
-        true,
-        &|| stop.raised(),
-    )?;
+    let started = Mirror::start(&plan, settings, local.ring, pins, local.keep, true, &|| {
+        stop.raised()
+    })?;
     let Some((mut mirror, adopted)) = started else {
         stopped_early();
         return Ok(());
@@ -241,7 +232,9 @@ async fn mirror(
         policies = plan.len(),
         interfaces = mirror.interfaces(),
         outputs = plan.iter().map(|p| p.outputs.len()).sum::<usize>(),
-        ring_bytes = local.ring.get(),
+        ring_bytes = local.ring.total(),
+        rings = local.ring.slots(),
+        tenants_per_ring = mirror.tenants_per_ring(),
         "mirroring started"
     );
 

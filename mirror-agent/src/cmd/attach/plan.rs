@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::{
     cli::AttachArgs,
-    datapath::plan::Planned,
+    datapath::plan::{Planned, Tenant},
     export::{
         output::{Output, OutputError},
         wire::Wire,
@@ -69,6 +69,7 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
     Ok(vec![Planned {
         id: PolicyId(1),
         name: "command-line".into(),
+        tenant: Tenant::Policy("command-line".into()),
         interfaces,
         directions: args.direction,
         snaplen: args.snaplen,
@@ -164,6 +165,7 @@ pub fn from_policy(
             // Ids start at 1; 0 stays free to mean "none" in the kernel.
             id: PolicyId(i as u32 + 1),
             name: policy.name.clone(),
+            tenant: Tenant::Policy(policy.name.clone()),
             interfaces,
             // The named interface stands in for the pod's own.
             directions: body.direction,

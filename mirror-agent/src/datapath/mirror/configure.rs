@@ -7,21 +7,23 @@ use mirror_common::IfaceConfig;
 
 use super::MirrorError;
 use crate::{
-    datapath::plan::Planned,
+    datapath::{plan::Planned, tenants::Tenants},
     export::SocketMark,
     kernel::hooks::{Hooks, Interface, Slot},
     model::record::PolicyId,
     policy::kfilter,
 };
 
-/// Writes each policy's kernel prefilter and budget and each interface's config, and
-/// returns each interface's counter slot, in plan order. Prefixes of
-/// policies not in the plan are taken out first.
+/// Writes each policy's kernel prefilter and budget and each interface's config
+/// (with its tenant's ring), and returns each interface's counter slot, in
+/// plan order. Prefixes of policies not in the plan are taken out first.
 pub(super) fn configure(
     hooks: &mut Hooks,
     plan: &[Planned],
+    tenants: &mut Tenants,
     mark: SocketMark,
 ) -> Result<Vec<(Interface, Slot)>, MirrorError> {
+    tenants.assign(plan);
     let mut slots = Vec::new();
     // Policies of an earlier plan give their room back first: the
     // controller checked that this plan's prefixes fit the tables.
@@ -32,6 +34,7 @@ pub(super) fn configure(
         hooks.configure_policy(p.id, &kfilter::compile(p.id, rules))?;
         let limit = p.body.as_ref().map(|b| b.rate_limit).unwrap_or_default();
         hooks.configure_budget(p.id, limit.budget())?;
+        let ring = tenants.ring(&p.tenant);
         for iface in &p.interfaces {
             let slot = hooks.configure(
                 iface,
@@ -44,7 +47,7 @@ pub(super) fn configure(
                     counter_slot: 0,
                     skip_mark: mark.value,
                     skip_mask: mark.mask,
-                    _pad: 0,
+                    ring,
                 },
             )?;
             slots.push((iface.clone(), slot));

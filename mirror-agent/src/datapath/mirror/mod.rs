@@ -46,15 +46,18 @@ use crate::{
         metrics::AgentMetrics,
         plan::Planned,
         pump::{HOLDING_POLL, Pump},
+        tenants::Tenants,
     },
     export::{SocketMark, own::OwnConnections},
     kernel::{
         hooks::{Adopted, Hooks, Interface, Slot},
         pin::PinDir,
+        ring::{Ring, largest},
     },
     metrics::Family,
     model::{
         record::{IfaceId, WallClock},
+        rings::RingLayout,
         values::AttachMode,
     },
 };
@@ -78,6 +81,8 @@ pub struct Settings {
 pub struct Mirror {
     hooks: Hooks,
     pump: Pump,
+    /// Each tenant's ring.
+    tenants: Tenants,
     fanout: Fanout,
     slots: Vec<(Interface, Slot)>,
     /// Each policy's counter slots, by name.
@@ -118,7 +123,7 @@ impl Mirror {
     pub fn start(
         plan: &[Planned],
         settings: Settings,
-        ring_bytes: u32,
+        rings: RingLayout,
         pins: Option<PinDir>,
         keep_pins: bool,
         strict: bool,
@@ -130,11 +135,15 @@ impl Mirror {
         let progress = Arc::new(Notify::new());
         let own = Arc::default();
         let fanout = open_fanout(plan, &settings, &progress, &own, None)?;
-        let mut hooks = Hooks::load(ring_bytes, pins)?;
+        let layout = rings;
+        let mut hooks = Hooks::load(layout, pins)?;
         hooks.keep_pins(keep_pins);
-        let slots = configure(&mut hooks, plan, settings.mark)?;
-        let pump = Pump::new(hooks.take_ring()?).map_err(io_err("polling the ring buffer"))?;
+        let rings = hooks.take_rings()?;
+        let mut tenants = Tenants::new(tenant_rings(&rings, layout));
+        let slots = configure(&mut hooks, plan, &mut tenants, settings.mark)?;
+        let pump = Pump::new(rings).map_err(io_err("polling the ring buffer"))?;
         let mut mirror = Self {
+            tenants,
             view: AgentMetrics::new(plan, &slots),
             policy_slots: policy_slots(plan, &slots),
             streams: stream_keys(plan),
@@ -206,7 +215,7 @@ impl Mirror {
         let old = std::mem::replace(&mut self.fanout, fanout);
         self.pump.forget_holds();
         close_in_background(old);
-        self.slots = configure(&mut self.hooks, plan, self.settings.mark)?;
+        self.slots = configure(&mut self.hooks, plan, &mut self.tenants, self.settings.mark)?;
         self.view = AgentMetrics::new(plan, &self.slots);
         self.policy_slots = policy_slots(plan, &self.slots);
         self.streams = stream_keys(plan);
@@ -245,16 +254,21 @@ impl Mirror {
         Ok(())
     }
 
-    /// Bytes in the ring buffer not yet released.
+    /// Bytes in the ring buffers not yet released.
     pub fn ring_pending(&self) -> u64 {
-        self.pump.ring().pending()
+        self.pump.fill().pending()
+    }
+
+    /// How many tenants share the busiest ring (1: none shares).
+    pub fn tenants_per_ring(&self) -> usize {
+        self.tenants.most_per_ring()
     }
 
     pub fn families(&self) -> Vec<Family> {
         self.view.families(
             &self.hooks,
             &self.fanout,
-            self.pump.ring(),
+            &self.pump.fill(),
             // Hooked, not merely planned: a new plan's interfaces are
             // hooked a few per drain turn, and wait in `pending` until then.
             self.slots.len().saturating_sub(self.pending.len()),
@@ -306,4 +320,19 @@ impl Mirror {
         summarize(&self.hooks, &self.slots, &self.fanout);
         self.hooks.remove_pins();
     }
+}
+
+/// The rings tenants may use: the layout's slots, if the rings are as it
+/// sized them; else (rings adopted from pins keep their sizes) the
+/// largest, which are those the agent that made them sized.
+fn tenant_rings(rings: &[Ring], layout: RingLayout) -> Vec<u32> {
+    let as_laid_out = rings
+        .iter()
+        .map(|r| r.size())
+        .eq(layout.sizes().iter().map(|s| u64::from(*s)));
+    if as_laid_out {
+        return (0..layout.slots()).collect();
+    }
+    let sizes: Vec<u64> = rings.iter().map(Ring::size).collect();
+    largest(&sizes).map(|i| i as u32).collect()
 }

@@ -178,6 +178,7 @@ mod tests {
         vec![Planned {
             id: PolicyId(1),
             name: "web".into(),
+            tenant: crate::datapath::plan::Tenant::Policy("web".into()),
             interfaces,
             directions: Directions::Ingress,
             snaplen: snaplen.parse().expect("a snaplen"),

@@ -11,7 +11,7 @@ use aya::{
         tc::SchedClassifierLink,
     },
 };
-use mirror_common::{IfaceConfig, IfaceKey, MAP_CONFIG, MAP_RECORDS};
+use mirror_common::{IfaceConfig, IfaceKey, MAP_CONFIG, MAP_RECORDS, MAP_RECORDS_SHARED};
 use tracing::{debug, info, warn};
 
 use super::{Adopted, Attachment, HookError, Hooks, Interface, Mode};
@@ -171,14 +171,14 @@ impl Hooks {
     }
 }
 
-/// How many records a retired ring of another ABI version still holds
-/// (their layout is not ours, but the ring's own framing is the kernel's).
+/// How many records the retired rings of another ABI version still hold
+/// (their layout is not ours, but the ring's own framing is the kernel's):
+/// the one shared ring of versions before 7, or the rings of later ones.
 fn other_ring_records(dir: &std::path::Path) -> u64 {
-    let Ok(map) = MapData::from_pin(dir.join(MAP_RECORDS)) else {
-        return 0;
-    };
-    match Ring::new(map) {
-        Ok(mut ring) => ring.read(|_| {}) as u64,
-        Err(_) => 0,
-    }
+    std::iter::once(MAP_RECORDS_SHARED)
+        .chain(MAP_RECORDS)
+        .filter_map(|name| MapData::from_pin(dir.join(name)).ok())
+        .filter_map(|map| Ring::new(map).ok())
+        .map(|mut ring| ring.read(|_| {}) as u64)
+        .sum()
 }

@@ -21,7 +21,10 @@ use super::{
 };
 use crate::{
     kernel::{netns, pin::PinDir},
-    model::record::{IfaceId, NetnsCookie},
+    model::{
+        record::{IfaceId, NetnsCookie},
+        rings::RingLayout,
+    },
 };
 
 impl Hooks {
@@ -29,9 +32,9 @@ impl Hooks {
     /// directory, maps already pinned there for this ABI version are used
     /// (with what they hold: config, counters, records not yet read), and
     /// new ones are pinned.
-    pub fn load(ring_bytes: u32, pins: Option<PinDir>) -> Result<Self, HookError> {
+    pub fn load(rings: RingLayout, pins: Option<PinDir>) -> Result<Self, HookError> {
         let own = netns::current_cookie().map_err(HookError::OwnNetns)?;
-        let mut ebpf = load_object(ring_bytes, pins.as_ref(), own)?;
+        let mut ebpf = load_object(rings, pins.as_ref(), own)?;
         // An earlier agent's entry programs, pinned in pods' namespaces,
         // run these mirror programs from now on.
         let mut mains_set = false;
@@ -169,12 +172,14 @@ fn load_entry(loader: &mut EbpfLoader<'static>, netns: NetnsCookie) -> Result<Eb
 /// namespace `netns`, with the maps pinned under `pins` (made there if
 /// missing).
 fn load_object(
-    ring_bytes: u32,
+    rings: RingLayout,
     pins: Option<&PinDir>,
     netns: NetnsCookie,
 ) -> Result<Ebpf, HookError> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(MAP_RECORDS, ring_bytes);
+    for (name, size) in MAP_RECORDS.iter().zip(rings.sizes()) {
+        loader.map_max_entries(name, size);
+    }
     let cookie = netns.0;
     loader.override_global(GLOBAL_NETNS_COOKIE, &cookie, true);
     let paths: Vec<(&str, PathBuf)> = match pins {

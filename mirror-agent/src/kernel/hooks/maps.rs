@@ -276,16 +276,19 @@ impl Hooks {
         T::try_from(map).map_err(|source| map_err(name, source))
     }
 
-    /// Hands the ring buffer to its reader.
-    pub fn take_ring(&mut self) -> Result<Ring, HookError> {
-        let map = self
-            .ebpf
-            .take_map(MAP_RECORDS)
-            .ok_or(HookError::Missing(MAP_RECORDS))?;
-        let aya::maps::Map::RingBuf(data) = map else {
-            return Err(HookError::Missing(MAP_RECORDS));
-        };
-        Ok(Ring::new(data)?)
+    /// Hands the ring buffers to their reader, every one, in slot order
+    /// (a pinned one may hold records of an earlier agent's tenants).
+    pub fn take_rings(&mut self) -> Result<Vec<Ring>, HookError> {
+        MAP_RECORDS
+            .iter()
+            .map(|name| {
+                let map = self.ebpf.take_map(name).ok_or(HookError::Missing(name))?;
+                let aya::maps::Map::RingBuf(data) = map else {
+                    return Err(HookError::Missing(name));
+                };
+                Ok(Ring::new(data)?)
+            })
+            .collect()
     }
 
     /// One interface's counters, summed over CPUs.

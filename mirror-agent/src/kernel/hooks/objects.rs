@@ -94,8 +94,6 @@ mod tests {
                 size_of::<Counters>(),
                 MAX_INTERFACES,
             ),
-            // Its size is the loader's (`--ring-bytes`).
-            (MAP_RECORDS, Kind::BPF_MAP_TYPE_RINGBUF, 0, 0, 0),
             (
                 MAP_POLICIES,
                 Kind::BPF_MAP_TYPE_ARRAY,
@@ -130,6 +128,13 @@ mod tests {
             ),
         ] {
             assert_eq!(fits(&obj, name, kind, key, value, entries), Ok(()));
+        }
+        // Their sizes are the loader's (`--ring-size`, `--ring-slots`).
+        for name in MAP_RECORDS {
+            assert_eq!(
+                fits(&obj, name, Kind::BPF_MAP_TYPE_RINGBUF, 0, 0, 0),
+                Ok(())
+            );
         }
         if let Err(e) = set_global(&obj, GLOBAL_NETNS_COOKIE, &0u64.to_ne_bytes()) {
             panic!("the global {GLOBAL_NETNS_COOKIE}, a u64: {e}");
