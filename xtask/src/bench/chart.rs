@@ -12,7 +12,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{configs::Config, report::Summary};
+use super::{configs::Config, summary::Summary};
 
 const FONT_FILES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
