@@ -35,8 +35,8 @@ pub enum Config {
     BudgetOpen,
     /// The same with a budget of [`TIGHT_BUDGET_PPS`].
     BudgetTight,
-    /// `mirror-agent sidecar` in the client's namespace (the pod's), on the
-    /// pod's end of the link, into pcapng: beside [`Config::Pcapng`].
+    /// `mirror-agent sidecar` in the server's namespace (the pod's), on the
+    /// pod's own interface, into pcapng: beside [`Config::Pcapng`].
     Sidecar,
     /// Configurations 2 to 4 with `--baseline`'s agent.
     BaselineNothing,

@@ -361,8 +361,10 @@ const METHOD: &str = "
   and server are routed through the node (198.18.2.0/24, 198.18.3.0/24), the
   collector sits on its own link (198.18.1.0/24), of MTU 1500 except for the
   rows that say 9000. Every hook sits on the client's host-side veth in the
-  node, but the sidecar's, which runs in the client's namespace (the pod's) on
-  the client's end of the same link. Neighbours are static; IPv6 is off.
+  node, but the sidecar's, which runs in the server's namespace (the pod's) on
+  the server's own interface, where the same flows arrive (the client's end
+  would not do: trafgen's packet socket bypasses the qdisc layer, and with it
+  the egress hook); its completeness counts that interface's frames. Neighbours are static; IPv6 is off.
 - Defaults: the agent runs as typed with no options but the interface and
   the output (`attach -i IF --output vxlan://C?vni=42` or `pcapng:FILE`):
   whole packets, the default ring (64 MiB), no `gso=`. tcpdump -s 0 gets

@@ -75,8 +75,8 @@ struct Counts {
 }
 
 impl Counts {
-    fn now(net: &BenchNet) -> Result<Self> {
-        let hook = net.hook_stats()?;
+    fn now(net: &BenchNet, config: Config) -> Result<Self> {
+        let hook = net.site_stats(config.role() == Config::Sidecar)?;
         Ok(Self {
             hook_frames: hook.rx_packets + hook.tx_packets,
             hook_bytes: hook.rx_bytes + hook.tx_bytes,
@@ -89,7 +89,8 @@ impl Counts {
 /// what each party counted.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// Frames received plus sent by the hooked interface (kernel counters).
+    /// Frames received plus sent by the hooked interface (kernel counters;
+    /// the sidecar's own interface for the sidecar).
     pub hook_frames: u64,
     /// Their bytes (Ethernet header included, as a capture counts them).
     pub hook_bytes: u64,
@@ -205,7 +206,8 @@ impl<'a> Session<'a> {
             }
             Config::Sidecar => {
                 let file = s.scratch_file("sidecar", "pcapng");
-                s.agent = Some(start_sidecar(env, &net.client, &file)?);
+                let (pod, _) = net.hook_site(true);
+                s.agent = Some(start_sidecar(env, pod, &file)?);
                 s.capture = Some(file);
             }
             // `role` maps these to the configurations above.
@@ -218,7 +220,7 @@ impl<'a> Session<'a> {
             (None, Some(p)) => p.pid(),
             (None, None) => None,
         };
-        s.at_start = Counts::now(net)?;
+        s.at_start = Counts::now(net, config)?;
         Ok(s)
     }
 
@@ -263,7 +265,7 @@ impl<'a> Session<'a> {
     /// bytes its copies hold (a pass over the capture files).
     pub fn stop(mut self, count_bytes: bool) -> Result<Outcome> {
         let net = self.env.net;
-        let now = Counts::now(net)?;
+        let now = Counts::now(net, self.config)?;
         let mut out = Outcome {
             hook_frames: now.hook_frames.saturating_sub(self.at_start.hook_frames),
             hook_bytes: now.hook_bytes.saturating_sub(self.at_start.hook_bytes),

@@ -122,23 +122,27 @@ impl BenchNet {
     /// Frames received and sent by the hooked interface (both directions
     /// cross the hook).
     pub fn hook_frames(&self) -> Result<(u64, u64)> {
-        let s = self.hook_stats()?;
+        let s = self.site_stats(false)?;
         Ok((s.rx_packets, s.tx_packets))
     }
 
     /// Where our programs hook: the node's end of the client's link, or
-    /// (`in_pod`, the sidecar) the client's own end, in its namespace.
+    /// (`in_pod`, the sidecar) the server's own interface, in its namespace,
+    /// where the same flows arrive. (Not the client's: trafgen's packet
+    /// socket bypasses the qdisc layer, so the client's egress hook never
+    /// sees its frames.)
     pub fn hook_site(&self, in_pod: bool) -> (&Netns, &str) {
         if in_pod {
-            (&self.client, &self.client_if)
+            (&self.server, &self.server_if)
         } else {
             (&self.node, &self.host_if)
         }
     }
 
-    /// The hooked interface's counters.
-    pub fn hook_stats(&self) -> Result<LinkStats> {
-        link_stats(&self.node, &self.host_if)
+    /// The counters of the interface [`BenchNet::hook_site`] names.
+    pub fn site_stats(&self, in_pod: bool) -> Result<LinkStats> {
+        let (ns, dev) = self.hook_site(in_pod);
+        link_stats(ns, dev)
     }
 
     /// Sets the MTU of both ends of the collector's link.
