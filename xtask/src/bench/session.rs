@@ -28,9 +28,9 @@ const AGENT_VNI: u32 = 42;
 const UNUSED_CIDR: &str = "198.19.255.0/24";
 /// A little over tcpdump's packet-buffer timeout (`-B`/`to_ms`, 1000 ms).
 const TCPDUMP_BLOCK_TIMEOUT: Duration = Duration::from_millis(1200);
-/// The agent's ring when `--ring-size` is not given (mirror_common's
-/// DEFAULT_RING_BYTES): tcpdump -s 0 gets a buffer of the same size.
-const AGENT_DEFAULT_RING: u64 = 64 << 20;
+/// The agent's ring when `--ring-size` is not given: tcpdump -s 0 gets a
+/// buffer of the same size.
+const AGENT_DEFAULT_RING: u64 = mirror_common::DEFAULT_RING_BYTES as u64;
 /// The webhook's default memory limit for an injected sidecar (`webhook
 /// --memory`), from which the sidecar sizes its ring and queues.
 const SIDECAR_MEMORY: u64 = 64 << 20;
