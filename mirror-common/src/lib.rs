@@ -260,8 +260,42 @@ pub struct PolicyFilter {
     /// Rules with no source (destination) CIDR list: any address matches.
     pub src_any: u64,
     pub dst_any: u64,
+    /// The IPv4 addresses the source (destination) trie's entries cover,
+    /// first to last as host-order numbers: an address outside matches no
+    /// entry, so the hook skips the lookup (the costliest step of a packet
+    /// that matches nothing). Empty (`first > last`) for an empty trie.
+    pub src4: AddrSpan,
+    pub dst4: AddrSpan,
 }
-const _: () = assert!(core::mem::size_of::<PolicyFilter>() == 40);
+const _: () = assert!(core::mem::size_of::<PolicyFilter>() == 56);
+
+/// The smallest range of IPv4 addresses holding a set of prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrSpan {
+    pub first: u32,
+    pub last: u32,
+}
+const _: () = assert!(core::mem::size_of::<AddrSpan>() == 8);
+
+impl AddrSpan {
+    /// Holds no address.
+    pub const EMPTY: Self = Self {
+        first: u32::MAX,
+        last: 0,
+    };
+
+    #[inline(always)]
+    pub fn holds(&self, addr: u32) -> bool {
+        self.first <= addr && addr <= self.last
+    }
+}
+
+impl Default for AddrSpan {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
 
 /// One dimension (packets or bytes) of a policy's [`Budget`]: a token
 /// bucket kept as a theoretical arrival time (GCRA): `tat_ns` is when the

@@ -140,8 +140,12 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
                 .copied()
                 .unwrap_or(0)
             };
-            let src = if need_src {
-                lookup(&SRC4, [h[12], h[13], h[14], h[15]])
+            // An address outside every entry's span matches none: no
+            // lookup (a trie walk is most of what a packet that matches
+            // nothing costs).
+            let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
+            let src = if need_src && pf.src4.holds(u32::from_be_bytes(src)) {
+                lookup(&SRC4, src)
             } else {
                 0
             };
@@ -149,8 +153,8 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
             if c == 0 {
                 return false;
             }
-            let dst = if need_dst {
-                lookup(&DST4, [h[16], h[17], h[18], h[19]])
+            let dst = if need_dst && pf.dst4.holds(u32::from_be_bytes(dst)) {
+                lookup(&DST4, dst)
             } else {
                 0
             };

@@ -62,6 +62,10 @@ enum Command {
         /// same repetitions, as extra rows: a change's before and after.
         #[arg(long, value_name = "AGENT_BINARY")]
         baseline: Option<std::path::PathBuf>,
+        /// Only these configurations (keys as in samples.csv: nothing,
+        /// vxlan, pcapng, tcpdump, sidecar, budget-open...), beside no hook.
+        #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Check that the agent's modules use only layers below their own
     /// (xtask/src/layers.rs lists the ranks; part of `cargo xtask test`).
@@ -132,11 +136,13 @@ fn main() -> ExitCode {
             reps,
             seconds,
             baseline,
+            only,
         } => bench::run(&bench::Options {
             smoke,
             reps,
             seconds,
             baseline,
+            only,
         }),
         Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Crds { check } => crds::run(check),

@@ -159,10 +159,12 @@ impl fmt::Display for CollectorProtocol {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorTls {
-    /// A Secret in the agent's own namespace (mirror-system), so the agent
-    /// reads no Secret elsewhere, with keys ca.crt (the CA that signed the
-    /// collector's certificate), tls.crt and tls.key (the agent's client
-    /// certificate and key), all PEM.
+    /// The name of a Secret with keys ca.crt (the CA that signed the
+    /// collector's certificate), tls.crt and tls.key (the client
+    /// certificate and key), all PEM. The node agent reads it in its own
+    /// namespace (mirror-system) and reads no Secret elsewhere; an injected
+    /// sidecar mounts the Secret of this name from its pod's namespace, so
+    /// each tenant namespace that uses the collector holds its own copy.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
     /// The name to verify in the collector's certificate; default: address.

@@ -4,7 +4,8 @@
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use mirror_common::{
-    KernelRule, Lpm4, Lpm6, MAX_RULE_PORTS, PORTS_UNCHECKED, PROTO_ANY, PolicyFilter, PortSpan,
+    AddrSpan, KernelRule, Lpm4, Lpm6, MAX_RULE_PORTS, PORTS_UNCHECKED, PROTO_ANY, PolicyFilter,
+    PortSpan,
 };
 
 use crate::{
@@ -39,6 +40,8 @@ pub fn compile(id: PolicyId, rules: Option<&RuleSet>) -> Compiled {
         non_ip: bits(&|i| plan.rules[i].unconditional),
         src_any: plan.lpm_v4(Side::Source).any,
         dst_any: plan.lpm_v4(Side::Destination).any,
+        src4: span4(&plan, Side::Source),
+        dst4: span4(&plan, Side::Destination),
     };
     let v4 = |side| lpm4(&plan, side, policy);
     let v6 = |side| lpm6(&plan, side, policy);
@@ -61,6 +64,17 @@ fn lpm4(plan: &PrefilterPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm4, u6
         (32 + u32::from(net.prefix_len()), key, *bits)
     };
     plan.lpm_v4(side).entries.iter().map(entry).collect()
+}
+
+/// The addresses a side's IPv4 entries cover, first to last.
+fn span4(plan: &PrefilterPlan, side: Side) -> AddrSpan {
+    plan.lpm_v4(side)
+        .entries
+        .iter()
+        .fold(AddrSpan::EMPTY, |s, (net, _)| AddrSpan {
+            first: s.first.min(u32::from(net.network())),
+            last: s.last.max(u32::from(net.broadcast())),
+        })
 }
 
 fn lpm6(plan: &PrefilterPlan, side: Side, policy: [u8; 4]) -> Vec<(u32, Lpm6, u64)> {
@@ -136,6 +150,16 @@ mod tests {
         assert_eq!(c.filter.non_ip, 0b100);
         assert_eq!(c.filter.src_any, 0b110);
         assert_eq!(c.filter.dst_any, 0b111);
+        // The Reject rule's one address is the source trie's only entry.
+        let one = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            c.filter.src4,
+            AddrSpan {
+                first: one,
+                last: one
+            }
+        );
+        assert_eq!(c.filter.dst4, AddrSpan::EMPTY);
         assert_eq!(c.rules[1].protocol, 6);
         assert_eq!(c.rules[1].dst_port_count, 2);
         assert_eq!(

@@ -12,14 +12,16 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{configs::Config, report::Summary};
+use super::{configs::Config, summary::Summary};
 
 const FONT_FILES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
-const WIDTH: u32 = 1400;
-const HEIGHT: u32 = 640;
+const WIDTH: u32 = 1600;
+/// The two charts one above the other, each the full width: a dozen and
+/// more rows need it for their names.
+const HEIGHT: u32 = 1200;
 const COLORS: [RGBColor; 3] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
@@ -41,7 +43,7 @@ pub fn draw(s: &Summary, path: &Path) -> Result<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let (left, right) = root.split_horizontally(WIDTH * 11 / 20);
+    let (top, bottom) = root.split_vertically(HEIGHT / 2);
 
     let ratios = Bars {
         title: "Production traffic with each configuration, ÷ no hook",
@@ -65,7 +67,7 @@ pub fn draw(s: &Summary, path: &Path) -> Result<()> {
         reference: Some(1.0),
         value_format: |v| format!("{v:.2}"),
     };
-    bars(&left, &ratios)?;
+    bars(&top, &ratios)?;
 
     let kpps = |v: Option<f64>| v.map(|x| x / 1000.0);
     let copies = Bars {
@@ -90,7 +92,7 @@ pub fn draw(s: &Summary, path: &Path) -> Result<()> {
         reference: None,
         value_format: |v| format!("{v:.0}"),
     };
-    bars(&right, &copies)?;
+    bars(&bottom, &copies)?;
     root.present()
         .map_err(plot_err)
         .with_context(|| format!("writing {}", path.display()))

@@ -346,13 +346,11 @@ impl BpfStats {
     }
 }
 
-/// Summed `(run_time_ns, run_cnt)` of the tcx programs on the hooked
-/// interface (our mirror_ingress and mirror_egress), as `bpftool prog show`
-/// reports them.
-pub fn hook_run_time(net: &BenchNet) -> Result<(u64, u64)> {
-    let iface = net.host_if.clone();
-    let node: &Netns = &net.node;
-    join(node.spawn(move || {
+/// Summed `(run_time_ns, run_cnt)` of the tcx programs on `iface` in `ns`
+/// (our mirror_ingress and mirror_egress), as `bpftool prog show` reports them.
+pub fn hook_run_time(ns: &Netns, iface: &str) -> Result<(u64, u64)> {
+    let iface = iface.to_owned();
+    join(ns.spawn(move || {
         let (mut ns, mut cnt) = (0u64, 0u64);
         let mut names = Vec::new();
         for kind in [TcAttachType::Ingress, TcAttachType::Egress] {

@@ -12,10 +12,14 @@
 
 mod chart;
 pub(crate) mod configs;
+mod kernel_mirror;
 pub(crate) mod measure;
+mod progrun;
 pub(crate) mod report;
 pub(crate) mod scrape;
+pub(crate) mod session;
 pub(crate) mod soak;
+pub(crate) mod summary;
 pub(crate) mod topology;
 
 use std::{
@@ -25,8 +29,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use configs::{Config, Env, Outcome, Session};
+use configs::Config;
 use measure::UdpRun;
+use session::{Env, Outcome, Session};
 
 use crate::{
     build, paths, run, setup,
@@ -43,6 +48,8 @@ pub struct Options {
     pub seconds: u64,
     /// An earlier build of the agent, measured beside this one.
     pub baseline: Option<PathBuf>,
+    /// Only these configurations (their keys), beside no hook.
+    pub only: Vec<String>,
 }
 
 pub const DEFAULT_REPS: usize = 3;
@@ -52,6 +59,7 @@ const SMOKE: Options = Options {
     reps: 1,
     seconds: 1,
     baseline: None,
+    only: Vec::new(),
 };
 
 /// What one invocation measures.
@@ -60,6 +68,8 @@ pub(crate) struct Plan {
     pub(crate) tcp_configs: Vec<Config>,
     pub(crate) udp_configs: Vec<Config>,
     pub(crate) cost_configs: Vec<Config>,
+    /// The program alone, by `BPF_PROG_TEST_RUN`.
+    pub(crate) prog_run_configs: Vec<Config>,
     pub(crate) sweep_configs: Vec<Config>,
     /// Sweep rates as fractions of the no-hook sender's top rate.
     pub(crate) fractions: Vec<f64>,
@@ -71,17 +81,18 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(o: &Options) -> Self {
-        let mirroring: Vec<Config> = Config::ALL.into_iter().filter(|c| c.mirrors()).collect();
-        let hooked: Vec<Config> = Config::ALL.into_iter().filter(|c| c.our_hook()).collect();
-        if o.smoke {
+    pub(crate) fn new(o: &Options) -> Result<Self> {
+        let of =
+            |f: fn(&Config) -> bool| -> Vec<Config> { Config::ALL.into_iter().filter(f).collect() };
+        let mut plan = if o.smoke {
             // Every configuration once, and every kind of measurement once.
             Self {
                 tcp_streams: vec![1],
-                tcp_configs: vec![Config::NoHook, Config::MirrorPcapng],
+                tcp_configs: vec![Config::NoHook, Config::Pcapng],
                 udp_configs: Config::ALL.to_vec(),
                 cost_configs: vec![Config::HookNothing],
-                sweep_configs: vec![Config::MirrorVxlan],
+                prog_run_configs: vec![Config::HookNothing],
+                sweep_configs: vec![Config::Vxlan],
                 fractions: vec![0.1],
                 seconds: o.seconds,
                 sweep_seconds: o.seconds as f64,
@@ -96,20 +107,54 @@ impl Plan {
             } else {
                 &[]
             };
-            let with = |v: Vec<Config>| [v, baseline.to_vec()].concat();
+            let with = |v: Vec<Config>| {
+                let extra = baseline.iter().filter(|c| v.contains(&c.role()));
+                v.iter().chain(extra).copied().collect::<Vec<_>>()
+            };
             Self {
                 tcp_streams: vec![1, 4],
                 tcp_configs: with(Config::ALL.to_vec()),
                 udp_configs: with(Config::ALL.to_vec()),
-                cost_configs: with(hooked),
-                sweep_configs: mirroring,
+                cost_configs: with(of(|c| c.our_hook())),
+                prog_run_configs: with(of(|c| c.prog_run())),
+                // A budget's or the sidecar's knee is that of the rows they
+                // stand beside.
+                sweep_configs: of(|c| {
+                    c.complete_by_design() && !matches!(c, Config::BudgetOpen | Config::Sidecar)
+                }),
                 fractions: vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
                 seconds: o.seconds,
                 sweep_seconds: 2.0,
                 cost_seconds: 2.0,
                 ring_size: None,
             }
+        };
+        if !o.only.is_empty() {
+            let mut keep = vec![Config::NoHook];
+            for key in &o.only {
+                let c = Config::EVERY
+                    .into_iter()
+                    .find(|c| c.key() == key)
+                    .with_context(|| {
+                        let keys: Vec<&str> = Config::EVERY.iter().map(|c| c.key()).collect();
+                        format!(
+                            "--only {key}: no such configuration (one of {})",
+                            keys.join(", ")
+                        )
+                    })?;
+                keep.push(c);
+            }
+            for set in [
+                &mut plan.tcp_configs,
+                &mut plan.udp_configs,
+                &mut plan.cost_configs,
+                &mut plan.prog_run_configs,
+                &mut plan.sweep_configs,
+            ] {
+                set.retain(|c| keep.contains(c));
+            }
         }
+        Ok(plan)
     }
 }
 
@@ -121,6 +166,8 @@ pub enum Measure {
     UdpMax,
     /// The same with BPF run-time statistics on (they cost time themselves).
     Cost,
+    /// No traffic: the ingress program alone, by `BPF_PROG_TEST_RUN`.
+    ProgRun,
     /// trafgen paced at this many packets/s.
     Sweep(u64),
 }
@@ -131,6 +178,7 @@ impl fmt::Display for Measure {
             Self::Tcp(n) => write!(f, "tcp-{n}"),
             Self::UdpMax => f.write_str("udp-max"),
             Self::Cost => f.write_str("bpf-cost"),
+            Self::ProgRun => f.write_str("prog-run"),
             Self::Sweep(r) => write!(f, "udp-{r}pps"),
         }
     }
@@ -153,6 +201,8 @@ pub struct Sample {
     pub memory_kib: Option<(u64, u64)>,
     /// `(run_time_ns, run_cnt)` of our programs (Cost runs only).
     pub hook_run: Option<(u64, u64)>,
+    /// ns per run of the ingress program alone (ProgRun only).
+    pub prog_run_ns: Option<f64>,
 }
 
 impl Sample {
@@ -164,6 +214,11 @@ impl Sample {
         let extra = out("segments").saturating_sub(out("super_packets"));
         let captured = self.outcome.captured?.saturating_sub(extra);
         (self.outcome.hook_frames > 0).then(|| captured as f64 / self.outcome.hook_frames as f64)
+    }
+
+    /// Bytes captured ÷ bytes that crossed the hook (TCP runs of whole-packet rows).
+    pub fn byte_completeness(&self) -> Option<f64> {
+        self.outcome.byte_completeness()
     }
 }
 
@@ -210,7 +265,7 @@ fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
             b.display()
         );
     }
-    let plan = Plan::new(options);
+    let plan = Plan::new(options)?;
     let machine = report::Machine::probe()?;
     // The smoke run (every `cargo xtask test`) must not overwrite a real report.
     let mut out_dir = paths::target_dir().join("bench");
@@ -228,15 +283,20 @@ fn bench(options: &Options, agent_bin: &Path, stop: &StopFlag) -> Result<()> {
             .as_ref()
             .map(|b| format!(" --baseline {}", b.display()))
             .unwrap_or_default();
+        let only = if options.only.is_empty() {
+            String::new()
+        } else {
+            format!(" --only {}", options.only.join(","))
+        };
         format!(
-            "cargo xtask bench --reps {} --seconds {}{baseline}",
+            "cargo xtask bench --reps {} --seconds {}{baseline}{only}",
             options.reps, options.seconds
         )
     };
     if options.smoke {
         ensure_copies_arrived(&samples)?;
     }
-    let summary = report::Summary::new(&samples);
+    let summary = summary::Summary::new(&samples);
     let md = out_dir.join("report.md");
     let png = out_dir.join("chart.png");
     let csv = out_dir.join("samples.csv");
@@ -369,6 +429,11 @@ impl Runner<'_> {
                 samples.push(self.sample(rep, c, Measure::Cost)?);
             }
         }
+        // With the statistics off: they would add their own clock reads to
+        // every run timed.
+        for c in order(&plan.prog_run_configs) {
+            samples.push(self.sample(rep, c, Measure::ProgRun)?);
+        }
         // The sweep's rates follow this repetition's no-hook sender.
         let top = samples
             .iter()
@@ -380,7 +445,7 @@ impl Runner<'_> {
             let rate = (top * f).round().max(1000.0) as u64;
             for c in sweeping.clone() {
                 let s = self.sample(rep, c, Measure::Sweep(rate))?;
-                let lossy = s.completeness().is_some_and(|x| x < report::COMPLETE);
+                let lossy = s.completeness().is_some_and(|x| x < summary::COMPLETE);
                 // trafgen's paced mode sends a packet per syscall and tops
                 // out below its TX-ring rate: above that, nothing new is learnt.
                 let capped = s.udp.is_some_and(|u| u.offered_pps < 0.9 * rate as f64);
@@ -407,7 +472,7 @@ impl Runner<'_> {
         let pid = session.copier_pid();
         let cpu0 = pid.map(measure::process_cpu_ns).transpose()?;
         let soft0 = measure::softirq_ns()?;
-        let (mut tcp_gbps, mut udp) = (None, None);
+        let (mut tcp_gbps, mut udp, mut prog_run_ns) = (None, None, None);
         match measure {
             Measure::Tcp(n) => tcp_gbps = Some(measure::tcp(net, n, plan.seconds, stop)?),
             Measure::UdpMax => {
@@ -428,6 +493,11 @@ impl Runner<'_> {
                     stop,
                 )?);
             }
+            Measure::ProgRun => {
+                let (ns, iface) = net.hook_site(config.role() == Config::Sidecar);
+                let frame = progrun::udp_frame(net);
+                prog_run_ns = Some(progrun::ns_per_run(ns, iface, frame)?);
+            }
             Measure::Sweep(rate) => {
                 udp = Some(measure::udp(
                     net,
@@ -440,7 +510,8 @@ impl Runner<'_> {
         }
         let soft1 = measure::softirq_ns()?;
         let hook_run = if measure == Measure::Cost {
-            Some(measure::hook_run_time(net)?)
+            let (ns, iface) = net.hook_site(config.role() == Config::Sidecar);
+            Some(measure::hook_run_time(ns, iface)?)
         } else {
             None
         };
@@ -451,7 +522,10 @@ impl Runner<'_> {
             copier_cpu_ns = Some(measure::process_cpu_ns(pid)? - cpu0);
             memory_kib = Some(measure::memory_kib(pid)?);
         }
-        let outcome = session.stop()?;
+        // Bytes only where whole packets make them mean completeness, and
+        // for TCP: counting them reads every capture file.
+        let count_bytes = config.whole_packets() && matches!(measure, Measure::Tcp(_));
+        let outcome = session.stop(count_bytes)?;
         let s = Sample {
             rep,
             config,
@@ -463,6 +537,7 @@ impl Runner<'_> {
             softirq_ns: soft1 - soft0,
             memory_kib,
             hook_run,
+            prog_run_ns,
         };
         println!("bench:   {}", report::one_line(&s));
         Ok(s)

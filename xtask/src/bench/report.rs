@@ -1,14 +1,12 @@
 //! From samples to `target/bench/report.md` (medians, ratios to no hook,
 //! the issue's targets) and `samples.csv` (every run, for a second look).
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 
-use super::{Measure, Sample, configs::Config};
-
-/// "Complete" for the knee: at least 99.9% of the frames arrived.
-pub const COMPLETE: f64 = 0.999;
+pub(crate) use super::summary::{COMPLETE, Knee, knee, median};
+use super::{Sample, configs::Config, summary::Summary};
 
 /// The machine the numbers come from.
 pub struct Machine {
@@ -44,221 +42,6 @@ impl Machine {
     }
 }
 
-/// The highest offered rate still complete, in one repetition.
-#[derive(Clone, Copy, Debug)]
-pub struct Knee {
-    pub pps: f64,
-    /// No rate above it was measured incomplete: the real knee may be higher.
-    pub lower_bound: bool,
-}
-
-/// Medians of one configuration.
-#[derive(Clone, Debug, Default)]
-pub struct Row {
-    pub tcp1: Option<f64>,
-    pub tcp4: Option<f64>,
-    /// Frames/s the server got with trafgen flat out.
-    pub udp_pps: Option<f64>,
-    /// Frames/s into the hooked interface then.
-    pub offered_pps: Option<f64>,
-    /// Completeness at that full rate.
-    pub completeness_max: Option<f64>,
-    /// Copies delivered per second at that full rate.
-    pub mirrored_pps: Option<f64>,
-    pub knee: Option<Knee>,
-    /// Lowest completeness among sweep points at or below each repetition's knee.
-    pub below_knee_min: Option<f64>,
-    /// Our programs' ns per run (BPF statistics).
-    pub hook_ns: Option<f64>,
-    /// Agent or tcpdump CPU per copy delivered, ns.
-    pub copier_ns_per_copy: Option<f64>,
-    /// Softirq time of all CPUs per frame offered, ns.
-    pub softirq_ns_per_pkt: Option<f64>,
-    pub rss_mib: Option<f64>,
-    pub hwm_mib: Option<f64>,
-    /// Share of frames the kernel prefilter kept from the ring (config 2).
-    pub filtered_share: Option<f64>,
-    /// Share of frames the agent lost, and where (full-rate runs).
-    pub lost_share: Option<f64>,
-    pub lost_ring_share: Option<f64>,
-    pub lost_queue_share: Option<f64>,
-    pub lost_send_share: Option<f64>,
-}
-
-pub struct Summary {
-    pub rows: BTreeMap<Config, Row>,
-    /// The configurations measured, in the report's order.
-    pub configs: Vec<Config>,
-    pub reps: usize,
-    /// The sweep's points: (config, offered pps, completeness), for the report.
-    pub sweep: Vec<(Config, usize, f64, f64)>,
-}
-
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    })
-}
-
-impl Summary {
-    pub fn new(samples: &[Sample]) -> Self {
-        let reps = samples.iter().map(|s| s.rep + 1).max().unwrap_or(0);
-        let mut rows = BTreeMap::new();
-        let configs: Vec<Config> = Config::EVERY
-            .into_iter()
-            .filter(|c| samples.iter().any(|s| s.config == *c))
-            .collect();
-        for c in configs.iter().copied() {
-            let of = |m: fn(&Measure) -> bool| -> Vec<&Sample> {
-                samples
-                    .iter()
-                    .filter(|s| s.config == c && m(&s.measure))
-                    .collect()
-            };
-            let tcp = |n: u32| {
-                median(
-                    samples
-                        .iter()
-                        .filter(|s| s.config == c && s.measure == Measure::Tcp(n))
-                        .filter_map(|s| s.tcp_gbps)
-                        .collect(),
-                )
-            };
-            let max = of(|m| *m == Measure::UdpMax);
-            let cost = of(|m| *m == Measure::Cost);
-            let med = |f: &dyn Fn(&Sample) -> Option<f64>| {
-                median(max.iter().filter_map(|s| f(s)).collect())
-            };
-            // A counter of the agent's summary (or its output's) ÷ frames it saw.
-            let agent_share = |key: &str| {
-                median(
-                    max.iter()
-                        .filter_map(|s| {
-                            let seen = *s.outcome.agent.get("seen")?;
-                            let v = s
-                                .outcome
-                                .agent
-                                .get(key)
-                                .or_else(|| s.outcome.output.get(key))?;
-                            (seen > 0).then(|| *v as f64 / seen as f64)
-                        })
-                        .collect(),
-                )
-            };
-            let knees: Vec<Knee> = (0..reps).filter_map(|r| knee(samples, c, r)).collect();
-            let knee_median = median(knees.iter().map(|k| k.pps).collect()).map(|pps| Knee {
-                pps,
-                lower_bound: knees.iter().filter(|k| k.lower_bound).count() * 2 > knees.len(),
-            });
-            let below_knee_min = (0..reps)
-                .filter_map(|r| {
-                    let k = knee(samples, c, r)?;
-                    sweep_points(samples, c, r)
-                        .into_iter()
-                        .filter(|(pps, _)| *pps <= k.pps)
-                        .map(|(_, x)| x)
-                        .min_by(f64::total_cmp)
-                })
-                .min_by(f64::total_cmp);
-            let row = Row {
-                tcp1: tcp(1),
-                tcp4: tcp(4),
-                udp_pps: med(&|s| s.udp.map(|u| u.delivered_pps)),
-                offered_pps: med(&|s| s.udp.map(|u| u.offered_pps)),
-                completeness_max: med(&Sample::completeness),
-                mirrored_pps: med(&|s| Some(s.outcome.captured? as f64 / s.udp?.seconds)),
-                knee: knee_median,
-                below_knee_min,
-                hook_ns: median(
-                    cost.iter()
-                        .filter_map(|s| {
-                            let (ns, cnt) = s.hook_run?;
-                            (cnt > 0).then(|| ns as f64 / cnt as f64)
-                        })
-                        .collect(),
-                ),
-                copier_ns_per_copy: med(&|s| {
-                    let copies = s
-                        .outcome
-                        .captured
-                        .or_else(|| s.outcome.agent.get("mirrored").copied())?;
-                    Some(s.copier_cpu_ns? / copies as f64).filter(|_| copies > 0)
-                }),
-                softirq_ns_per_pkt: med(&|s| {
-                    let frames = s.outcome.hook_frames;
-                    (frames > 0).then(|| s.softirq_ns / frames as f64)
-                }),
-                rss_mib: med(&|s| Some(s.memory_kib?.0 as f64 / 1024.0)),
-                hwm_mib: med(&|s| Some(s.memory_kib?.1 as f64 / 1024.0)),
-                filtered_share: agent_share("filtered"),
-                lost_share: agent_share("lost"),
-                lost_ring_share: agent_share("lost_ring_full"),
-                lost_queue_share: agent_share("lost_queue_full"),
-                lost_send_share: agent_share("lost_send_error"),
-            };
-            rows.insert(c, row);
-        }
-        let sweep = samples
-            .iter()
-            .filter(|s| {
-                matches!(s.measure, Measure::Sweep(_) | Measure::UdpMax) && s.config.mirrors()
-            })
-            .filter_map(|s| Some((s.config, s.rep, s.udp?.offered_pps, s.completeness()?)))
-            .collect();
-        Self {
-            rows,
-            configs,
-            reps,
-            sweep,
-        }
-    }
-
-    pub fn row(&self, c: Config) -> &Row {
-        static EMPTY: std::sync::OnceLock<Row> = std::sync::OnceLock::new();
-        self.rows
-            .get(&c)
-            .unwrap_or_else(|| EMPTY.get_or_init(Row::default))
-    }
-
-    /// `value(config) / value(no hook)`.
-    pub fn ratio(&self, c: Config, value: impl Fn(&Row) -> Option<f64>) -> Option<f64> {
-        let base = value(self.row(Config::NoHook))?;
-        (base > 0.0).then_some(value(self.row(c))? / base)
-    }
-}
-
-/// (offered pps, completeness) of a configuration's UDP runs in one repetition.
-fn sweep_points(samples: &[Sample], c: Config, rep: usize) -> Vec<(f64, f64)> {
-    samples
-        .iter()
-        .filter(|s| s.config == c && s.rep == rep)
-        .filter(|s| matches!(s.measure, Measure::Sweep(_) | Measure::UdpMax))
-        .filter_map(|s| Some((s.udp?.offered_pps, s.completeness()?)))
-        .collect()
-}
-
-/// The top of the run of complete rates from the lowest one up: a mirror
-/// that loses copies at some rate does not "keep up" above it, even if a
-/// faster run happened to be complete (batching makes loss non-monotonic).
-pub(crate) fn knee(samples: &[Sample], c: Config, rep: usize) -> Option<Knee> {
-    let mut points = sweep_points(samples, c, rep);
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let complete = points.iter().take_while(|(_, x)| *x >= COMPLETE).count();
-    let pps = points[..complete].last()?.0;
-    Some(Knee {
-        pps,
-        lower_bound: complete == points.len(),
-    })
-}
-
 /// A line per run, as the bench goes.
 pub fn one_line(s: &Sample) -> String {
     let mut out = String::new();
@@ -274,6 +57,12 @@ pub fn one_line(s: &Sample) -> String {
     }
     if let Some(x) = s.completeness() {
         let _ = write!(out, ", complete {:.2}%", 100.0 * x);
+    }
+    if let Some(x) = s.byte_completeness() {
+        let _ = write!(out, ", bytes {:.2}%", 100.0 * x);
+    }
+    if let Some(ns) = s.prog_run_ns {
+        let _ = write!(out, "program alone {ns:.1} ns/run");
     }
     if let Some((ns, cnt)) = s.hook_run
         && cnt > 0
@@ -327,14 +116,14 @@ fn knee_text(k: Option<Knee>) -> String {
 pub fn ratio_table(s: &Summary) -> String {
     let mut t = String::new();
     t.push_str(
-        "| configuration | UDP 64 B pps | TCP ×1 | TCP ×4 | complete at full rate | knee (≥ 99.9%) | hook ns/pkt |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| configuration | UDP 64 B pps | TCP ×1 | TCP ×4 | complete at full rate (UDP) | bytes captured ÷ at hook, TCP ×1 / ×4 | knee (≥ 99.9%) | hook ns/pkt (BPF stats) | program alone ns/run (test run) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for c in s.configs.iter().copied() {
         let r = s.row(c);
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.label(),
             ratio(s.ratio(c, |r| r.udp_pps)),
             ratio(s.ratio(c, |r| r.tcp1)),
@@ -344,12 +133,18 @@ pub fn ratio_table(s: &Summary) -> String {
             } else {
                 "–".into()
             },
-            if c.mirrors() {
+            if c.whole_packets() {
+                format!("{} / {}", pct(r.bytes_tcp1), pct(r.bytes_tcp4))
+            } else {
+                "–".into()
+            },
+            if c.mirrors() && s.sweep.iter().any(|p| p.0 == c) {
                 knee_text(r.knee)
             } else {
                 "–".into()
             },
             f(r.hook_ns, 1),
+            f(r.prog_ns, 1),
         );
     }
     t
@@ -420,7 +215,7 @@ pub fn markdown(s: &Summary, m: &Machine, command: &str, elapsed: Duration, smok
             pct(Some(share))
         );
     }
-    t.push_str("\n## Targets (issue #6)\n\n");
+    t.push_str("\n## Targets\n\n");
     t.push_str(&targets(s));
     t.push_str("\n## Sweep points (offered pps at the hook → completeness)\n\n");
     for c in s.configs.iter().copied().filter(|c| c.mirrors()) {
@@ -445,9 +240,9 @@ fn verdict(ok: Option<bool>) -> &'static str {
 }
 
 fn targets(s: &Summary) -> String {
-    let mut t = String::new();
+    let mut t = String::from("Issue #19, defaults first:\n\n");
     let nothing = s.ratio(Config::HookNothing, |r| r.udp_pps);
-    let hook_ns = s.row(Config::HookNothing).hook_ns;
+    let prog_ns = s.row(Config::HookNothing).prog_ns;
     let _ = writeln!(
         t,
         "- Hook matching nothing, UDP rate ≥ 0.98×: {} ({}).",
@@ -456,12 +251,41 @@ fn targets(s: &Summary) -> String {
     );
     let _ = writeln!(
         t,
-        "- Hook matching nothing, ≤ 50 ns per packet in the program: {} ({} ns).",
-        verdict(hook_ns.map(|x| x <= 50.0)),
-        f(hook_ns, 1)
+        "- Hook matching nothing, ≤ 50 ns per packet for the program alone: {} ({} ns by test run; {} ns under the BPF statistics).",
+        verdict(prog_ns.map(|x| x <= 50.0)),
+        f(prog_ns, 1),
+        f(s.row(Config::HookNothing).hook_ns, 1)
     );
-    let tcpdump = s.row(Config::Tcpdump);
-    for c in [Config::MirrorVxlan, Config::MirrorPcapng] {
+    let vxlan = s.row(Config::Vxlan);
+    let prod = |a: Config, b: Config| match (s.row(a).udp_pps, s.row(b).udp_pps) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let vs128 = prod(Config::Vxlan, Config::Tcpdump128);
+    let _ = writeln!(
+        t,
+        "- Defaults, VXLAN to `collect`, 64-byte UDP at full rate: ≥ 99.9% complete: {} ({}); production ≥ tcpdump -s 128's: {} ({}).",
+        verdict(vxlan.completeness_max.map(|x| x >= COMPLETE)),
+        pct(vxlan.completeness_max),
+        verdict(vs128.map(|x| x >= 1.0)),
+        ratio(vs128)
+    );
+    let pcapng = s.row(Config::Pcapng);
+    let tcp_vs = match (pcapng.tcp1, s.row(Config::TcpdumpWhole).tcp1) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let _ = writeln!(
+        t,
+        "- Whole packets, one TCP stream, pcapng on tmpfs: 100% complete (bytes): {} ({}); production ≥ tcpdump with an equal buffer: {} ({}).",
+        verdict(pcapng.bytes_tcp1.map(|x| x >= 0.9995)),
+        pct(pcapng.bytes_tcp1),
+        verdict(tcp_vs.map(|x| x >= 1.0)),
+        ratio(tcp_vs)
+    );
+    t.push_str("\nIssue #6's, on the tuned rows (snaplen 128):\n\n");
+    let tcpdump = s.row(Config::Tcpdump128);
+    for c in [Config::VxlanTuned, Config::PcapngTuned] {
         let r = s.row(c);
         let _ = writeln!(t, "- {}:", c.label());
         let swept = s.sweep.iter().any(|p| p.0 == c);
@@ -492,17 +316,14 @@ fn targets(s: &Summary) -> String {
             knee_text(tcpdump.knee),
             ratio(knee_ratio)
         );
-        let prod = match (r.udp_pps, tcpdump.udp_pps) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
+        let p = prod(c, Config::Tcpdump128);
         let _ = writeln!(
             t,
             "  - production packet rate ≥ tcpdump's: {} ({} vs {} pps: {}).",
-            verdict(prod.map(|x| x >= 1.0)),
+            verdict(p.map(|x| x >= 1.0)),
             kpps(r.udp_pps),
             kpps(tcpdump.udp_pps),
-            ratio(prod)
+            ratio(p)
         );
         let tcp = [s.ratio(c, |r| r.tcp1), s.ratio(c, |r| r.tcp4)];
         let _ = writeln!(
@@ -516,7 +337,7 @@ fn targets(s: &Summary) -> String {
             ratio(tcp[1])
         );
     }
-    let ours = s.row(Config::MirrorVxlan).mirrored_pps;
+    let ours = s.row(Config::VxlanTuned).mirrored_pps;
     let kernel = s.row(Config::KernelMirror).mirrored_pps;
     let vs = match (ours, kernel) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -538,8 +359,19 @@ const METHOD: &str = "
 
 - Topology: client, node, server and collector network namespaces; the client
   and server are routed through the node (198.18.2.0/24, 198.18.3.0/24), the
-  collector sits on its own link (198.18.1.0/24, MTU 9000). Every hook sits on
-  the client's host-side veth in the node. Neighbours are static; IPv6 is off.
+  collector sits on its own link (198.18.1.0/24), of MTU 1500 except for the
+  rows that say 9000. Every hook sits on the client's host-side veth in the
+  node, but the sidecar's, which runs in the server's namespace (the pod's) on
+  the server's own interface, where the same flows arrive (the client's end
+  would not do: trafgen's packet socket bypasses the qdisc layer, and with it
+  the egress hook); its completeness counts that interface's frames. Neighbours are static; IPv6 is off.
+- Defaults: the agent runs as typed with no options but the interface and
+  the output (`attach -i IF --output vxlan://C?vni=42` or `pcapng:FILE`):
+  whole packets, the default ring (64 MiB), no `gso=`. tcpdump -s 0 gets
+  `-B` equal to that ring, in KiB. The tuned rows add snaplen 128 (and
+  `gso=true` and MTU 9000 for VXLAN). Budget rows: a policy mirroring
+  everything with `rateLimit: {packetsPerSecond: N}`. The sidecar: `mirror-agent
+  sidecar` with the webhook's default memory limit (64 MiB: a 16 MiB ring).
 - Runs: each measurement runs every configuration before the next one starts,
   in forward order on odd repetitions and backward on even ones; each run sets
   its configuration up afresh (agent, collector, tcpdump or tc filters) and
@@ -553,7 +385,11 @@ const METHOD: &str = "
 - Completeness: copies delivered ÷ frames that crossed the hooked interface
   (its rx + tx counters): `written` of `mirror-agent collect` (configurations 3
   and 6, the same receiver), the agent's pcapng output `sent` (4), tcpdump's
-  `packets captured` (5). Mirroring configurations use snaplen 128.
+  `packets captured` (5). Bytes (TCP runs of the whole-packet rows): the
+  capture files' packet data as `capinfos -d` counts it ÷ the hooked
+  interface's rx + tx bytes; an output that cuts super-packets into wire-size
+  segments repeats 66 bytes of Ethernet, IPv4 and TCP headers per extra
+  segment, which are subtracted. A copy cut to fit the path MTU counts short.
 - Knee: the highest offered rate still ≥ 99.9% complete with every lower
   measured rate complete too, over a sweep paced by `trafgen --rate` at 5%, 10%,
   20%, ... of the no-hook sender's rate plus the full-rate run. The sweep of a
@@ -566,6 +402,9 @@ const METHOD: &str = "
   mirror_egress, read from the kernel's prog info (what `bpftool prog show` reports).
   It is wall time inside the program, so it includes interrupts that land there,
   such as the ring buffer's wakeup of the agent (an irq_work) after a submit.
+  The program alone: `BPF_PROG_TEST_RUN` on the attached mirror_ingress, 10^6
+  repeats of the bench's 64-byte UDP frame as if received on the hooked
+  interface, statistics off; the kernel's mean ns per run.
 - CPU: the copier's (agent or tcpdump) user + system time from
   /proc/PID/stat over the full-rate run and its drain, ÷ copies delivered; and
   the softirq time of all CPUs from /proc/stat over the traffic ÷ frames
@@ -577,7 +416,7 @@ const METHOD: &str = "
 pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
     let mut t = String::from(
         "rep,config,measure,tcp_gbps,seconds,offered_pps,delivered_pps,hook_frames,captured,completeness,\
-         copier_cpu_ns,softirq_ns,rss_kib,hwm_kib,hook_run_ns,hook_run_cnt,agent_seen,agent_mirrored,\
+         copier_cpu_ns,softirq_ns,rss_kib,hwm_kib,hook_run_ns,hook_run_cnt,prog_run_ns,hook_bytes,captured_bytes,byte_completeness,agent_seen,agent_mirrored,\
          agent_filtered,agent_lost,agent_lost_ring_full,agent_lost_output,output_lost_queue_full,output_lost_send_error,tcpdump_dropped_by_kernel,collector_link_frames\n",
     );
     let opt = |v: Option<String>| v.unwrap_or_default();
@@ -586,7 +425,7 @@ pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
         let o = |k: &str| opt(s.outcome.output.get(k).map(u64::to_string));
         let _ = writeln!(
             t,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             s.rep + 1,
             s.config.key(),
             s.measure,
@@ -603,6 +442,10 @@ pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
             opt(s.memory_kib.map(|m| m.1.to_string())),
             opt(s.hook_run.map(|h| h.0.to_string())),
             opt(s.hook_run.map(|h| h.1.to_string())),
+            opt(s.prog_run_ns.map(|x| format!("{x:.1}"))),
+            s.outcome.hook_bytes,
+            opt(s.outcome.captured_bytes.map(|c| c.to_string())),
+            opt(s.byte_completeness().map(|x| format!("{x:.5}"))),
             a("seen"),
             a("mirrored"),
             a("filtered"),

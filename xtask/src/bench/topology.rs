@@ -25,9 +25,6 @@ pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
 /// Where trafgen's UDP goes; a socket that is never read sits on it, so the
 /// server drops the datagrams quietly instead of answering with ICMP.
 pub const UDP_SINK_PORT: u16 = 9001;
-/// The collector link carries whole mirrored frames plus 50 bytes of
-/// VXLAN, as a real mirror network would with jumbo frames.
-const COLLECTOR_MTU: &str = "9000";
 
 pub struct BenchNet {
     pub client_if: String,
@@ -67,11 +64,9 @@ impl BenchNet {
         client.ip(&["route", "add", "default", "via", "198.18.2.1"])?;
         server.ip(&["route", "add", "default", "via", "198.18.3.1"])?;
 
+        // Its MTU is each session's (configs.rs: ordinary, or jumbo for
+        // the tuned rows).
         let collector = CollectorLink::new(&node)?;
-        node.ip(&["link", "set", &collector.node_if, "mtu", COLLECTOR_MTU])?;
-        collector
-            .ns
-            .ip(&["link", "set", &collector.collector_if, "mtu", COLLECTOR_MTU])?;
 
         let client_mac = mac(&client, &client_if)?;
         let host_mac = mac(&node, &host_if)?;
@@ -127,32 +122,77 @@ impl BenchNet {
     /// Frames received and sent by the hooked interface (both directions
     /// cross the hook).
     pub fn hook_frames(&self) -> Result<(u64, u64)> {
-        link_packets(&self.node, &self.host_if)
+        let s = self.site_stats(false)?;
+        Ok((s.rx_packets, s.tx_packets))
+    }
+
+    /// Where our programs hook: the node's end of the client's link, or
+    /// (`in_pod`, the sidecar) the server's own interface, in its namespace,
+    /// where the same flows arrive. (Not the client's: trafgen's packet
+    /// socket bypasses the qdisc layer, so the client's egress hook never
+    /// sees its frames.)
+    pub fn hook_site(&self, in_pod: bool) -> (&Netns, &str) {
+        if in_pod {
+            (&self.server, &self.server_if)
+        } else {
+            (&self.node, &self.host_if)
+        }
+    }
+
+    /// The counters of the interface [`BenchNet::hook_site`] names.
+    pub fn site_stats(&self, in_pod: bool) -> Result<LinkStats> {
+        let (ns, dev) = self.hook_site(in_pod);
+        link_stats(ns, dev)
+    }
+
+    /// Sets the MTU of both ends of the collector's link.
+    pub fn set_collector_mtu(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        self.node
+            .ip(&["link", "set", &self.collector.node_if, "mtu", &mtu])?;
+        self.collector
+            .ns
+            .ip(&["link", "set", &self.collector.collector_if, "mtu", &mtu])?;
+        Ok(())
     }
 
     /// Frames the server received: production traffic that got through.
     pub fn server_rx(&self) -> Result<u64> {
-        Ok(link_packets(&self.server, &self.server_if)?.0)
+        Ok(link_stats(&self.server, &self.server_if)?.rx_packets)
     }
 
     /// Frames that arrived on the collector's link.
     pub fn collector_rx(&self) -> Result<u64> {
-        Ok(link_packets(&self.collector.ns, &self.collector.collector_if)?.0)
+        Ok(link_stats(&self.collector.ns, &self.collector.collector_if)?.rx_packets)
     }
 }
 
-/// `(rx_packets, tx_packets)` of `dev` in `ns`, from `ip -s -j link`.
-pub fn link_packets(ns: &Netns, dev: &str) -> Result<(u64, u64)> {
+/// A link's packet and byte counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The counters of `dev` in `ns`, from `ip -s -j link`.
+pub fn link_stats(ns: &Netns, dev: &str) -> Result<LinkStats> {
     let text = ns.ip(&["-s", "-j", "link", "show", "dev", dev])?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing `ip -s -j link` of {dev}"))?;
     let stats = &json[0]["stats64"];
-    let get = |dir: &str| {
-        stats[dir]["packets"]
+    let get = |dir: &str, what: &str| {
+        stats[dir][what]
             .as_u64()
-            .with_context(|| format!("no {dir} packet count for {dev} in: {text}"))
+            .with_context(|| format!("no {dir} {what} count for {dev} in: {text}"))
     };
-    Ok((get("rx")?, get("tx")?))
+    Ok(LinkStats {
+        rx_packets: get("rx", "packets")?,
+        tx_packets: get("tx", "packets")?,
+        rx_bytes: get("rx", "bytes")?,
+        tx_bytes: get("tx", "bytes")?,
+    })
 }
 
 fn mac(ns: &Netns, dev: &str) -> Result<[u8; 6]> {

@@ -31,10 +31,11 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     Measure, Options as BenchOptions, Plan, Runner,
-    configs::{Config, Env, Session},
+    configs::Config,
     measure,
     report::{self as bench_report, Knee},
     scrape::{METRICS_ADDR, Metrics, Scrape},
+    session::{Env, Session},
     topology::{BenchNet, UdpSink},
 };
 use crate::{
@@ -168,11 +169,13 @@ fn knee_search(env: &Env<'_>, stop: &StopFlag) -> Result<RateChoice> {
         reps: 1,
         seconds: PROBE_SECONDS,
         baseline: None,
-    });
+        only: Vec::new(),
+    })?;
     plan.tcp_streams.clear();
     plan.udp_configs = vec![Config::NoHook];
     plan.cost_configs.clear();
-    plan.sweep_configs = vec![Config::MirrorVxlan];
+    plan.prog_run_configs.clear();
+    plan.sweep_configs = vec![Config::VxlanTuned];
     plan.sweep_seconds = PROBE_SECONDS as f64;
     let runner = Runner {
         env,
@@ -182,12 +185,12 @@ fn knee_search(env: &Env<'_>, stop: &StopFlag) -> Result<RateChoice> {
     };
     let mut samples = Vec::new();
     runner.rep(0, &mut samples)?;
-    if let Some(k) = bench_report::knee(&samples, Config::MirrorVxlan, 0) {
+    if let Some(k) = bench_report::knee(&samples, Config::VxlanTuned, 0) {
         return Ok(RateChoice::HalfKnee(k));
     }
     let mut rate = samples
         .iter()
-        .filter(|s| s.config == Config::MirrorVxlan)
+        .filter(|s| s.config == Config::VxlanTuned)
         .filter_map(|s| s.udp.map(|u| u.offered_pps))
         .min_by(f64::total_cmp)
         .context("the knee search measured no mirrored run")?;
@@ -201,8 +204,8 @@ fn knee_search(env: &Env<'_>, stop: &StopFlag) -> Result<RateChoice> {
                 2.0 * rate
             );
         }
-        samples.push(runner.sample(0, Config::MirrorVxlan, Measure::Sweep(rate as u64))?);
-        if let Some(k) = bench_report::knee(&samples, Config::MirrorVxlan, 0) {
+        samples.push(runner.sample(0, Config::VxlanTuned, Measure::Sweep(rate as u64))?);
+        if let Some(k) = bench_report::knee(&samples, Config::VxlanTuned, 0) {
             return Ok(RateChoice::HalfKnee(k));
         }
     }
@@ -251,7 +254,7 @@ struct SoakRun {
     send_errors: u64,
     /// Agent CPU over the traffic, ns.
     agent_cpu_ns: f64,
-    outcome: super::configs::Outcome,
+    outcome: super::session::Outcome,
     /// Why /metrics gave no figures, the first few times.
     scrape_errors: Vec<String>,
 }
@@ -259,7 +262,7 @@ struct SoakRun {
 /// Starts configuration 3, sends `pps` for `duration` and samples it.
 fn mirror(env: &Env<'_>, pps: u64, duration: Duration, stop: &StopFlag) -> Result<SoakRun> {
     let net = env.net;
-    let session = Session::start(Config::MirrorVxlan, env).context("starting the mirror")?;
+    let session = Session::start(Config::VxlanTuned, env).context("starting the mirror")?;
     let pid = session.copier_pid().context("the agent has no pid")?;
     let (offered0, _) = net.hook_frames()?;
     let link0 = net.collector_rx()?;
@@ -312,7 +315,7 @@ fn mirror(env: &Env<'_>, pps: u64, duration: Duration, stop: &StopFlag) -> Resul
     // CPU with the drain of what is left, as the bench counts it.
     measure::wait_idle(pid, Duration::from_secs(5), stop)?;
     let agent_cpu_ns = measure::process_cpu_ns(pid)? - cpu0;
-    let outcome = session.stop().context("stopping the mirror")?;
+    let outcome = session.stop(false).context("stopping the mirror")?;
     Ok(SoakRun {
         pps,
         samples,
