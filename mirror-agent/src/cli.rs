@@ -343,8 +343,9 @@ pub struct AttachArgs {
     /// tunnel can; tunnels and streams take `&checksums=keep` to send the bytes exactly as
     /// the hook saw them (by default checksums are finished and super-packets cut into wire
     /// segments; files finish checksums and keep super-packets whole: see --segment and
-    /// --checksums); vxlan and geneve take `&gso=true` to send runs of copies as UDP GSO messages (for
-    /// collectors behind a real NIC or reading with a socket, not sniffing a veth).
+    /// --checksums); vxlan and geneve send runs of copies as UDP GSO messages, which the NIC or
+    /// kernel cuts into datagrams (`&gso=false` for a receiver sniffing a veth, where they stay
+    /// merged).
     #[arg(
         short,
         long = "output",

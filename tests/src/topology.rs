@@ -167,6 +167,24 @@ impl CollectorLink {
         })
     }
 
+    /// Makes the node's end of the link (in `node`) cut UDP GSO messages
+    /// into datagrams before sending them, as a NIC does on a wire: a veth
+    /// otherwise passes them on whole, so a capture at the collector would
+    /// see one merged packet where a wire carries many.
+    pub fn segment_like_a_nic(&self, node: &Netns) -> Result<()> {
+        node.exec(&[
+            "ethtool",
+            "-K",
+            &self.node_if,
+            "gso",
+            "off",
+            "tx-udp-segmentation",
+            "off",
+        ])
+        .map(drop)
+        .context("ethtool -K (`cargo xtask setup` installs ethtool)")
+    }
+
     /// A pod, its node, and a collector host on a 9000-byte link, so no copy
     /// is ever cut to fit the path (the agent would count and cut it).
     pub fn jumbo_with_pod() -> (PodPair, CollectorLink) {

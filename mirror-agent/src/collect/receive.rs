@@ -1,16 +1,28 @@
 //! Datagram listeners: VXLAN and GENEVE on UDP sockets, GRE (with ERSPAN)
 //! on a raw `IPPROTO_GRE` socket. One blocking thread each; a short read
 //! timeout lets the thread notice shutdown.
+//!
+//! Reads come in batches: one `recvmmsg` takes up to [`BATCH`] slots, and
+//! UDP sockets ask for UDP GRO, so a slot may hold a run of datagrams of one
+//! sender's port joined by the kernel (an agent's UDP GSO message arrives
+//! whole), which is split again here. Each datagram is then decoded and
+//! counted on its own, in the order it arrived.
 
 use std::{
-    io,
+    io::{self, IoSliceMut},
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use nix::sys::socket::{SockaddrStorage, recvfrom, setsockopt, sockopt::RcvBufForce};
+use nix::{
+    cmsg_space,
+    sys::socket::{
+        ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt,
+        sockopt::{RcvBufForce, UdpGroSegment},
+    },
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::warn;
 
@@ -27,8 +39,11 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// rather than being dropped by the kernel.
 const RCVBUF: usize = 8 << 20;
 const IPPROTO_GRE: i32 = 47;
-/// The largest IP datagram.
+/// The largest IP datagram, and the most UDP GRO joins into one slot.
 const MAX_DATAGRAM: usize = 65_535;
+/// Slots per `recvmmsg` call: with UDP GRO each holds up to 64 datagrams.
+/// The buffers' pages are touched only as far as datagrams fill them.
+const BATCH: usize = 32;
 
 /// A bound datagram socket and how to read it.
 pub struct DatagramSocket {
@@ -43,6 +58,10 @@ pub fn bind_udp(addr: SocketAddr, tunnel: Tunnel) -> io::Result<DatagramSocket> 
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&addr.into())?;
     prepare(&socket)?;
+    // Older kernels (before 5.0) lack it: datagrams then come one a slot.
+    if let Err(error) = setsockopt(&socket, UdpGroSegment, &true) {
+        warn!(%addr, %error, "no UDP GRO on this kernel; reading datagrams one by one");
+    }
     Ok(DatagramSocket {
         socket,
         tunnel,
@@ -87,12 +106,15 @@ pub fn now_ns() -> u64 {
 impl DatagramSocket {
     /// Receives until `stop` is set or the writer is gone.
     pub fn run(self, stats: &ListenerStats, packets: &QueueTx, stop: &AtomicBool) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(cmsg_space!(i32)));
+        let mut got: Vec<Received> = Vec::with_capacity(BATCH);
         let mut names = Names::default();
         let mut logged = false;
         while !stop.load(Ordering::Relaxed) {
-            let (n, from) = match recvfrom::<SockaddrStorage>(self.socket.as_raw_fd(), &mut buf) {
-                Ok((n, from)) => (n, from.as_ref().and_then(ip_of)),
+            match receive(self.socket.as_raw_fd(), &mut headers, &mut bufs, &mut got) {
+                Ok(()) => stats.read(),
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(error) => {
                     if !logged {
@@ -102,42 +124,108 @@ impl DatagramSocket {
                     std::thread::sleep(POLL);
                     continue;
                 }
-            };
-            let received_ns = now_ns();
-            stats.received();
-            let bytes = buf.get(..n).unwrap_or_default();
-            let unknown = IpAddr::from([0, 0, 0, 0]);
-            let (from, payload) = if self.ip_header {
-                match datagram::ipv4_payload(bytes) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        stats.skip(e.reason(), from.unwrap_or(unknown), &e);
-                        continue;
-                    }
-                }
-            } else {
-                (from.unwrap_or(unknown), bytes)
-            };
-            match datagram::decode(self.tunnel, from, payload, received_ns, &mut names) {
-                Ok(d) => {
-                    let truncated = d.truncated;
-                    let packet = Packet {
-                        interface: d.interface,
-                        source: from,
-                        unix_ns: d.unix_ns,
-                        orig_len: d.orig_len,
-                        direction: d.direction,
-                        data: d.frame.to_vec(),
-                    };
-                    if packets.send_blocking(packet).is_err() {
+            }
+            for (r, buf) in got.iter().zip(&bufs) {
+                let bytes = buf.get(..r.len).unwrap_or_default();
+                for datagram in datagram::split_coalesced(bytes, r.segment) {
+                    if !self.deliver(datagram, r.from, stats, packets, &mut names) {
                         return;
                     }
-                    stats.decoded(truncated);
                 }
-                Err(e) => stats.skip(e.reason(), from, &e),
             }
         }
     }
+
+    /// Decodes one datagram and hands its packet to the writer: false
+    /// once the writer is gone.
+    fn deliver(
+        &self,
+        bytes: &[u8],
+        from: Option<IpAddr>,
+        stats: &ListenerStats,
+        packets: &QueueTx,
+        names: &mut Names,
+    ) -> bool {
+        let received_ns = now_ns();
+        stats.received();
+        let unknown = IpAddr::from([0, 0, 0, 0]);
+        let (from, payload) = if self.ip_header {
+            match datagram::ipv4_payload(bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    stats.skip(e.reason(), from.unwrap_or(unknown), &e);
+                    return true;
+                }
+            }
+        } else {
+            (from.unwrap_or(unknown), bytes)
+        };
+        match datagram::decode(self.tunnel, from, payload, received_ns, names) {
+            Ok(d) => {
+                let truncated = d.truncated;
+                let packet = Packet {
+                    interface: d.interface,
+                    source: from,
+                    unix_ns: d.unix_ns,
+                    orig_len: d.orig_len,
+                    direction: d.direction,
+                    data: d.frame.to_vec(),
+                };
+                if packets.send_blocking(packet).is_err() {
+                    return false;
+                }
+                stats.decoded(truncated);
+            }
+            Err(e) => stats.skip(e.reason(), from, &e),
+        }
+        true
+    }
+}
+
+/// What one slot of a `recvmmsg` call received.
+struct Received {
+    len: usize,
+    from: Option<IpAddr>,
+    /// With UDP GRO, the size of each datagram the kernel joined into the
+    /// slot (the last may be shorter); `None` for a single datagram.
+    segment: Option<usize>,
+}
+
+/// One `recvmmsg` call: blocks (up to the socket's read timeout) for the
+/// first datagram, then takes whatever else is queued, into `got`.
+fn receive(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    bufs: &mut [Vec<u8>],
+    got: &mut Vec<Received>,
+) -> nix::Result<()> {
+    got.clear();
+    let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+        bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+    let results = recvmmsg(
+        fd,
+        headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    )?;
+    for r in results {
+        let mut segment = None;
+        // Unreadable control data (cut by MSG_CTRUNC) only loses the split.
+        if let Ok(cmsgs) = r.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::UdpGroSegments(size) = c {
+                    segment = usize::try_from(size).ok().filter(|&s| s > 0);
+                }
+            }
+        }
+        got.push(Received {
+            len: r.bytes,
+            from: r.address.as_ref().and_then(ip_of),
+            segment,
+        });
+    }
+    Ok(())
 }
 
 fn ip_of(addr: &SockaddrStorage) -> Option<IpAddr> {
