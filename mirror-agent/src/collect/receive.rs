@@ -9,7 +9,7 @@
 //! counted on its own, in the order it arrived.
 
 use std::{
-    io::{self, IoSliceMut},
+    io,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
@@ -17,9 +17,10 @@ use std::{
 };
 
 use nix::{
-    cmsg_space,
+    errno::Errno,
+    libc,
     sys::socket::{
-        ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt,
+        SockaddrLike, SockaddrStorage, setsockopt,
         sockopt::{RcvBufForce, UdpGroSegment},
     },
 };
@@ -106,16 +107,13 @@ pub fn now_ns() -> u64 {
 impl DatagramSocket {
     /// Receives until `stop` is set or the writer is gone.
     pub fn run(self, stats: &ListenerStats, packets: &QueueTx, stop: &AtomicBool) {
-        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
-        let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(cmsg_space!(i32)));
-        let mut got: Vec<Received> = Vec::with_capacity(BATCH);
+        let mut slots = Slots::new();
         let mut names = Names::default();
         let mut logged = false;
         while !stop.load(Ordering::Relaxed) {
-            match receive(self.socket.as_raw_fd(), &mut headers, &mut bufs, &mut got) {
-                Ok(()) => stats.read(),
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            let n = match slots.receive(self.socket.as_raw_fd()) {
+                Ok(n) => n,
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
                 Err(error) => {
                     if !logged {
                         warn!(listener = %stats.name, %error, "receiving failed; later failures are only counted");
@@ -124,11 +122,12 @@ impl DatagramSocket {
                     std::thread::sleep(POLL);
                     continue;
                 }
-            }
-            for (r, buf) in got.iter().zip(&bufs) {
-                let bytes = buf.get(..r.len).unwrap_or_default();
-                for datagram in datagram::split_coalesced(bytes, r.segment) {
-                    if !self.deliver(datagram, r.from, stats, packets, &mut names) {
+            };
+            stats.read();
+            for i in 0..n {
+                let (bytes, from, segment) = slots.get(i);
+                for datagram in datagram::split_coalesced(bytes, segment) {
+                    if !self.deliver(datagram, from, stats, packets, &mut names) {
                         return;
                     }
                 }
@@ -182,50 +181,115 @@ impl DatagramSocket {
     }
 }
 
-/// What one slot of a `recvmmsg` call received.
-struct Received {
-    len: usize,
-    from: Option<IpAddr>,
-    /// With UDP GRO, the size of each datagram the kernel joined into the
-    /// slot (the last may be shorter); `None` for a single datagram.
-    segment: Option<usize>,
+/// The `UDP_GRO` control message (`CMSG_SPACE(sizeof(int))` bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GroCmsg {
+    header: libc::cmsghdr,
+    segment: i32,
+    _pad: [u8; 4],
 }
 
-/// One `recvmmsg` call: blocks (up to the socket's read timeout) for the
-/// first datagram, then takes whatever else is queued, into `got`.
-fn receive(
-    fd: RawFd,
-    headers: &mut MultiHeaders<SockaddrStorage>,
-    bufs: &mut [Vec<u8>],
-    got: &mut Vec<Received>,
-) -> nix::Result<()> {
-    got.clear();
-    let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-        bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-    let results = recvmmsg(
-        fd,
-        headers,
-        slices.iter_mut(),
-        MsgFlags::MSG_WAITFORONE,
-        None,
-    )?;
-    for r in results {
-        let mut segment = None;
-        // Unreadable control data (cut by MSG_CTRUNC) only loses the split.
-        if let Ok(cmsgs) = r.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::UdpGroSegments(size) = c {
-                    segment = usize::try_from(size).ok().filter(|&s| s > 0);
-                }
-            }
+/// The buffers of one `recvmmsg` call, reused for every call. The headers
+/// point into the other vectors, which never grow after [`Slots::new`].
+struct Slots {
+    data: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<GroCmsg>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Self {
+            data: vec![0; BATCH * MAX_DATAGRAM],
+            iov: Vec::with_capacity(BATCH),
+            // SAFETY: all-zero bytes are valid for these plain C structs.
+            addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            cmsgs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            headers: Vec::with_capacity(BATCH),
         }
-        got.push(Received {
-            len: r.bytes,
-            from: r.address.as_ref().and_then(ip_of),
-            segment,
-        });
     }
-    Ok(())
+
+    /// One `recvmmsg` call: blocks (up to the socket's read timeout) for
+    /// the first datagram, then takes whatever else is queued. Returns how
+    /// many slots were filled.
+    fn receive(&mut self, fd: RawFd) -> Result<usize, Errno> {
+        // Lengths are set again each call: the kernel writes back what it used.
+        self.iov.clear();
+        self.iov.extend(
+            self.data
+                .chunks_exact_mut(MAX_DATAGRAM)
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                }),
+        );
+        self.headers.clear();
+        for ((iov, addr), cmsg) in self
+            .iov
+            .iter_mut()
+            .zip(self.addrs.iter_mut())
+            .zip(self.cmsgs.iter_mut())
+        {
+            // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = std::ptr::from_mut(addr).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as _;
+            h.msg_iov = std::ptr::from_mut(iov);
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::from_mut(cmsg).cast();
+            h.msg_controllen = size_of::<GroCmsg>() as _;
+            self.headers.push(libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            });
+        }
+        // SAFETY: each header points at its own address, iovec (into
+        // `data`) and control buffer, all live and unmoved for the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                self.headers.len() as _,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
+    /// Slot `i` of the last call: its bytes, where they came from, and the
+    /// UDP GRO segment size if the kernel joined several datagrams into it.
+    fn get(&self, i: usize) -> (&[u8], Option<IpAddr>, Option<usize>) {
+        let h = &self.headers[i];
+        let start = i * MAX_DATAGRAM;
+        let len = (h.msg_len as usize).min(MAX_DATAGRAM);
+        let bytes = &self.data[start..start + len];
+        // SAFETY: the kernel wrote a socket address of `msg_namelen` bytes
+        // into the slot's storage, which is large enough for any.
+        let from = unsafe {
+            SockaddrStorage::from_raw(
+                std::ptr::from_ref(&self.addrs[i]).cast(),
+                Some(h.msg_hdr.msg_namelen),
+            )
+        };
+        let c = &self.cmsgs[i];
+        // Only one control message is asked for; a cut or other one is
+        // ignored, and the slot is then taken as one datagram.
+        let segment = (h.msg_hdr.msg_controllen >= size_of::<libc::cmsghdr>() as _
+            && c.header.cmsg_level == libc::SOL_UDP
+            && c.header.cmsg_type == libc::UDP_GRO)
+            .then(|| usize::try_from(c.segment).ok())
+            .flatten()
+            .filter(|&s| s > 0);
+        (bytes, from.as_ref().and_then(ip_of), segment)
+    }
 }
 
 fn ip_of(addr: &SockaddrStorage) -> Option<IpAddr> {
