@@ -210,6 +210,10 @@ impl CollectorLink {
 
     /// A kernel VXLAN device in the collector namespace that decapsulates
     /// VNI `vni` arriving on UDP 4789: the independent receiver for our tunnel.
+    /// Its GRO is off, as an IDS's capture interface has it: otherwise the
+    /// kernel joins the TCP segments of a burst of datagrams (an agent's UDP
+    /// GSO message arrives as one) back into a super-packet before tcpdump
+    /// sees them there.
     pub fn kernel_vxlan(&self, vni: u32) -> Result<String> {
         let dev = unique_name("mtv");
         self.ns.ip(&[
@@ -226,6 +230,9 @@ impl CollectorLink {
             &self.collector_if,
             "nolearning",
         ])?;
+        self.ns
+            .exec(&["ethtool", "-K", &dev, "gro", "off"])
+            .context("ethtool -K (`cargo xtask setup` installs ethtool)")?;
         self.ns.ip(&["link", "set", &dev, "up"])?;
         Ok(dev)
     }
