@@ -59,9 +59,9 @@ pub fn bind_udp(addr: SocketAddr, tunnel: Tunnel) -> io::Result<DatagramSocket> 
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&addr.into())?;
     prepare(&socket)?;
-    // Older kernels (before 5.0) lack it: datagrams then come one a slot.
+    // Older kernels (before 5.0) lack it: datagrams then come one per slot.
     if let Err(error) = setsockopt(&socket, UdpGroSegment, &true) {
-        warn!(%addr, %error, "no UDP GRO on this kernel; reading datagrams one by one");
+        warn!(%addr, %error, "no UDP GRO on this kernel; reading one datagram per slot");
     }
     Ok(DatagramSocket {
         socket,
