@@ -401,7 +401,8 @@ pub struct AttachArgs {
     pub attach_mode: AttachMode,
 
     /// Size of the BPF ring buffer in bytes: a power of two, at least one page.
-    /// A ring adopted from --pin-dir keeps the size it was made with.
+    /// A ring adopted from --pin-dir keeps the size it was made with. For whole
+    /// packets at full rate, give it tcpdump's buffer (268435456, as `-B 262144`).
     #[arg(long, value_name = "BYTES", default_value_t = ATTACH_RING)]
     pub ring_size: RingSize,
 
