@@ -353,8 +353,9 @@ pub struct AttachArgs {
     /// tunnel can; tunnels and streams take `&checksums=keep` to send the bytes exactly as
     /// the hook saw them (by default checksums are finished and super-packets cut into wire
     /// segments; files finish checksums and keep super-packets whole: see --segment and
-    /// --checksums); vxlan and geneve take `&gso=true` to send runs of copies as UDP GSO messages (for
-    /// collectors behind a real NIC or reading with a socket, not sniffing a veth).
+    /// --checksums); vxlan and geneve send runs of copies as UDP GSO messages, which the NIC or
+    /// kernel cuts into datagrams (`&gso=false` for a receiver sniffing a veth, where they stay
+    /// merged).
     #[arg(
         short,
         long = "output",
@@ -411,7 +412,8 @@ pub struct AttachArgs {
 
     /// Total size of the BPF ring buffers in bytes: a power of two, at least one
     /// page, split evenly over --ring-slots rings. Rings adopted from --pin-dir keep
-    /// the sizes they were made with.
+    /// the sizes they were made with. For whole packets at full rate, give each
+    /// tenant tcpdump's buffer (268435456 a ring, as `-B 262144`).
     #[arg(long, value_name = "BYTES", default_value_t = ATTACH_RING)]
     pub ring_size: RingSize,
 

@@ -167,6 +167,24 @@ impl CollectorLink {
         })
     }
 
+    /// Makes the node's end of the link (in `node`) cut UDP GSO messages
+    /// into datagrams before sending them, as a NIC does on a wire: a veth
+    /// otherwise passes them on whole, so a capture at the collector would
+    /// see one merged packet where a wire carries many.
+    pub fn segment_like_a_nic(&self, node: &Netns) -> Result<()> {
+        node.exec(&[
+            "ethtool",
+            "-K",
+            &self.node_if,
+            "gso",
+            "off",
+            "tx-udp-segmentation",
+            "off",
+        ])
+        .map(drop)
+        .context("ethtool -K (`cargo xtask setup` installs ethtool)")
+    }
+
     /// A pod, its node, and a collector host on a 9000-byte link, so no copy
     /// is ever cut to fit the path (the agent would count and cut it).
     pub fn jumbo_with_pod() -> (PodPair, CollectorLink) {
@@ -192,6 +210,10 @@ impl CollectorLink {
 
     /// A kernel VXLAN device in the collector namespace that decapsulates
     /// VNI `vni` arriving on UDP 4789: the independent receiver for our tunnel.
+    /// Its GRO is off, as an IDS's capture interface has it: otherwise the
+    /// kernel joins the TCP segments of a burst of datagrams (an agent's UDP
+    /// GSO message arrives as one) back into a super-packet before tcpdump
+    /// sees them there.
     pub fn kernel_vxlan(&self, vni: u32) -> Result<String> {
         let dev = unique_name("mtv");
         self.ns.ip(&[
@@ -208,6 +230,9 @@ impl CollectorLink {
             &self.collector_if,
             "nolearning",
         ])?;
+        self.ns
+            .exec(&["ethtool", "-K", &dev, "gro", "off"])
+            .context("ethtool -K (`cargo xtask setup` installs ethtool)")?;
         self.ns.ip(&["link", "set", &dev, "up"])?;
         Ok(dev)
     }

@@ -255,6 +255,10 @@ fn scapy_timestamps_are_filed() {
 #[test]
 fn wireshark_names_every_geneve_option() {
     let (pair, link) = CollectorLink::jumbo_with_pod();
+    // GENEVE sends UDP GSO messages: cut into datagrams on the way out, as
+    // on a wire, for tcpdump at the collector.
+    link.segment_like_a_nic(&pair.node)
+        .expect("software UDP segmentation");
     let collector =
         Collector::start(&link.ns, &["geneve://198.18.1.2"], &[]).expect("collector starts");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -40,14 +40,15 @@ struct Run {
     _dir: TempDir,
 }
 
-/// How the path to the collector is set up.
+/// How the path to the collector is set up. Either way the node's end of
+/// the link has no UDP segmentation offload: the kernel itself cuts each
+/// UDP GSO message (UDP tunnels send them by default) into datagrams
+/// before tcpdump and the collector see them, as a NIC would on a wire.
 #[derive(Clone, Copy, PartialEq)]
 enum CollectorPath {
     /// 1500 bytes, the MTU taken from the route (no `mtu=`).
     Narrow,
-    /// 9000 bytes, `mtu=9000`, and the node's end of the link without UDP
-    /// segmentation offload: the kernel itself cuts each UDP GSO message
-    /// into datagrams before tcpdump and the collector see them.
+    /// 9000 bytes, `mtu=9000`, and a count of the packets leaving the node.
     JumboSoftwareGso,
 }
 
@@ -82,18 +83,10 @@ fn run(
         for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
             ns.ip(&["link", "set", dev, "mtu", "9000"]).expect("mtu");
         }
-        pair.node
-            .exec(&[
-                "ethtool",
-                "-K",
-                &link.node_if,
-                "gso",
-                "off",
-                "tx-udp-segmentation",
-                "off",
-            ])
-            .expect("ethtool -K (`cargo xtask setup` installs ethtool)");
     }
+    // UDP tunnels send GSO messages by default, on the narrow path too.
+    link.segment_like_a_nic(&pair.node)
+        .expect("software UDP segmentation");
     let counting = (path == CollectorPath::JumboSoftwareGso).then(|| {
         let stats = Stats::enable().expect("BPF run statistics");
         let prog = TcProgram::pass().expect("a counting program");
@@ -390,4 +383,59 @@ fn geneve_gso_messages_arrive_as_one_clean_copy_per_datagram() {
     assert_eq!(output_field(&r.exit, "sent"), packets.len() as u64);
     assert_eq!(output_field(&r.exit, "mtu_truncated"), 0);
     assert_eq!(output_field(&r.exit, "lost_send_error"), 0);
+}
+
+/// The URI as a user types it (no `gso=`): VXLAN sends UDP GSO messages,
+/// which the kernel cuts into datagrams that tshark dissects cleanly, one
+/// copy of a frame of the pod's veth each, all of them there.
+#[test]
+fn vxlan_sends_gso_messages_by_default() {
+    let r = run(
+        "vxlan",
+        "vni=42&mtu=9000",
+        CollectorPath::JumboSoftwareGso,
+        "udp port 4789",
+        Some(4789),
+    );
+    Tshark::new(&r.outer)
+        .check_checksums(&["ip"])
+        .assert_clean(Severity::Warning);
+    let packets = dissect(&r, &["vxlan.vni"]);
+    assert_same_frames(&r.pod_veth, &inner_frames(&packets));
+    assert!(
+        !r.exit.stderr.contains("UDP GSO refused"),
+        "the kernel refused the GSO messages:\n{}",
+        r.exit.stderr
+    );
+    let egress = r.egress_packets.expect("counted");
+    assert!(
+        egress < packets.len() as u64,
+        "{egress} packets left for {} copies: no GSO messages by default",
+        packets.len()
+    );
+    eprintln!("{} copies left the node in {egress} packets", packets.len());
+    assert_eq!(output_field(&r.exit, "sent"), packets.len() as u64);
+    assert_eq!(output_field(&r.exit, "lost_send_error"), 0);
+}
+
+/// `gso=false`: one packet leaves the node per copy.
+#[test]
+fn gso_false_sends_one_datagram_per_copy() {
+    let r = run(
+        "vxlan",
+        "vni=42&mtu=9000&gso=false",
+        CollectorPath::JumboSoftwareGso,
+        "udp port 4789",
+        Some(4789),
+    );
+    let packets = dissect(&r, &["vxlan.vni"]);
+    assert_same_frames(&r.pod_veth, &inner_frames(&packets));
+    // The hook also runs for the node's own ARP and the like on this
+    // link: at least one packet per copy.
+    let egress = r.egress_packets.expect("counted");
+    assert!(
+        egress >= packets.len() as u64,
+        "{egress} packets left for {} copies: GSO was used",
+        packets.len()
+    );
 }

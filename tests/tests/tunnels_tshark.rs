@@ -7,7 +7,8 @@
 //! tcpdump saw on the pod's veth.
 //!
 //! The path to the collector has a 9000-byte MTU and the URIs say `mtu=9000`,
-//! so no copy is cut. TCP is left out: on veth the hook sees GSO packets of
+//! so no copy is cut; its node end cuts UDP GSO messages (the default of
+//! UDP tunnels) into datagrams, as a NIC does. TCP is left out: on veth the hook sees GSO packets of
 //! up to 64 KiB, which no 9000-byte path carries whole.
 
 use std::{
@@ -110,6 +111,10 @@ fn run(scheme: &str, params: &str, filter: &str, udp_port: Option<u16>) -> Run {
     for (ns, dev) in [(&pair.node, &link.node_if), (&link.ns, &link.collector_if)] {
         ns.ip(&["link", "set", dev, "mtu", MTU]).expect("mtu");
     }
+    // UDP tunnels send GSO messages by default: cut on the way out, as a NIC
+    // would, so tcpdump at the collector sees the datagrams a wire carries.
+    link.segment_like_a_nic(&pair.node)
+        .expect("software UDP segmentation");
     // A collector listens on its port. Without a socket there, the collector
     // namespace answers with ICMP port unreachable, which the agent's
     // connected UDP socket reports as ECONNREFUSED on its next send, losing

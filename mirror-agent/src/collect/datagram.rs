@@ -136,6 +136,18 @@ pub fn ipv4_payload(packet: &[u8]) -> Result<(IpAddr, &[u8]), DatagramError> {
     Ok((IpAddr::from([s0, s1, s2, s3]), payload))
 }
 
+/// The datagrams in what one receive returned: with UDP GRO (`segment`
+/// is the size the kernel reports in its `UDP_GRO` control message) a run
+/// of datagrams of that size, the last possibly shorter, back to back;
+/// otherwise the one datagram.
+pub fn split_coalesced(bytes: &[u8], segment: Option<usize>) -> impl Iterator<Item = &[u8]> {
+    let size = segment.filter(|&s| s > 0).unwrap_or(bytes.len()).max(1);
+    // An empty datagram is still one datagram (counted, then skipped as
+    // short), though `chunks` yields nothing for it.
+    let empty = bytes.is_empty().then_some(bytes);
+    bytes.chunks(size).chain(empty)
+}
+
 /// Most distinct names one receiver remembers; past it the cache starts
 /// over (names stay right, they are only allocated again), so garbage with
 /// ever new names cannot grow it without end.

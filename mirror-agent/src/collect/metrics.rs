@@ -18,6 +18,13 @@ pub fn collect_families(
         "Datagrams, or stream packet blocks, that arrived at a listener.",
         Counter,
     );
+    let mut reads = Family::new(
+        "mirror_collect_reads",
+        "Receive system calls of a datagram listener that returned datagrams (one \
+         recvmmsg call, with UDP GRO, brings many): received_packets / reads is the \
+         datagrams per call.",
+        Counter,
+    );
     let mut decoded = Family::new(
         "mirror_collect_decoded_packets",
         "Packets decoded and handed to the writer.",
@@ -48,6 +55,7 @@ pub fn collect_families(
         let s = l.snapshot();
         let label = [("listener", l.name.as_str())];
         received.with(&label, s.received);
+        reads.with(&label, s.reads);
         decoded.with(&label, s.decoded);
         truncated.with(&label, s.truncated);
         connections.with(&label, s.connections);
@@ -110,6 +118,7 @@ pub fn collect_families(
     dropped.with(&[("reason", "senders")], w.dropped_senders);
     let mut all = vec![
         received,
+        reads,
         decoded,
         truncated,
         connections,

@@ -50,6 +50,7 @@ impl fmt::Display for Reason {
 #[derive(Clone, Debug, Default)]
 pub struct ListenerSnapshot {
     pub received: u64,
+    pub reads: u64,
     pub decoded: u64,
     pub truncated: u64,
     pub connections: u64,
@@ -65,6 +66,9 @@ pub struct ListenerStats {
     pub name: String,
     /// Datagrams, or for streams packet blocks, that arrived.
     received: AtomicU64,
+    /// Datagram listeners: receive calls that returned datagrams (each
+    /// `recvmmsg` call, however many datagrams it brought).
+    reads: AtomicU64,
     /// Packets handed to the writer.
     decoded: AtomicU64,
     /// Packets the sender marked as cut (ERSPAN T bit, GENEVE or pcapng
@@ -87,6 +91,7 @@ impl ListenerStats {
         Self {
             name,
             received: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             decoded: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -100,6 +105,10 @@ impl ListenerStats {
 
     pub fn received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn decoded(&self, truncated: bool) {
@@ -152,6 +161,7 @@ impl ListenerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ListenerSnapshot {
             received: get(&self.received),
+            reads: get(&self.reads),
             decoded: get(&self.decoded),
             truncated: get(&self.truncated),
             connections: get(&self.connections),
@@ -171,6 +181,7 @@ impl ListenerStats {
         info!(
             listener = %self.name,
             received = get(&self.received),
+            reads = get(&self.reads),
             decoded = get(&self.decoded),
             truncated = get(&self.truncated),
             connections = get(&self.connections),

@@ -17,8 +17,8 @@
 //! checksums but keep super-packets whole, as tcpdump writes them; `attach
 //! --segment` and `--checksums keep` change that ([`Output::with_file_wire`]).
 //! Tunnels also take `mtu=BYTES` (default: the route's path MTU): a copy whose encapsulated
-//! size would exceed it is cut to fit rather than IP-fragmented; vxlan and
-//! geneve take `gso=true` to send runs of copies as UDP GSO messages.
+//! size would exceed it is cut to fit rather than IP-fragmented. vxlan and
+//! geneve send runs of copies as UDP GSO messages unless `gso=false`.
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
@@ -91,10 +91,12 @@ pub enum Output {
         tunnel: Tunnel,
         to: Endpoint,
         mtu: u16,
-        /// `gso=true` (vxlan and geneve): runs of equal-size copies leave as
-        /// one UDP GSO message. Only for collectors behind a real NIC or
-        /// reading with a socket: the kernel splits GSO messages there, but
-        /// a sniffer on a virtual link (a veth) sees them merged.
+        /// vxlan and geneve, unless `gso=false`: runs of equal-size copies
+        /// leave as one UDP GSO message, which a NIC (or the kernel, for a
+        /// device without UDP segmentation offload) cuts into datagrams and
+        /// a receiving socket gets as datagrams (or whole, with UDP GRO). A
+        /// sniffer on a virtual link that passes them on whole (a veth)
+        /// sees them merged: `gso=false` is for that.
         gso: bool,
     },
     Tcp(Endpoint),
@@ -261,10 +263,14 @@ impl FromStr for Output {
                             .map_err(|e| param("hwid", e))?,
                     },
                 };
-                let gso = params.number::<bool>("gso")?.unwrap_or(false);
-                if gso && !matches!(tunnel, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. }) {
-                    return Err(param("gso", "only vxlan and geneve go over UDP".to_owned()));
-                }
+                let udp = matches!(tunnel, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. });
+                let gso = match params.number::<bool>("gso")? {
+                    Some(true) if !udp => {
+                        return Err(param("gso", "only vxlan and geneve go over UDP".to_owned()));
+                    }
+                    Some(gso) => gso,
+                    None => udp,
+                };
                 Self::Tunnel {
                     tunnel,
                     to,
@@ -364,13 +370,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gso_is_for_udp_tunnels_only() {
-        let o: Output = "vxlan://198.18.0.9?vni=42&gso=true"
-            .parse()
-            .expect("parses");
-        assert!(matches!(o, Output::Tunnel { gso: true, .. }));
-        let o: Output = "geneve://198.18.0.9?vni=42".parse().expect("parses");
-        assert!(matches!(o, Output::Tunnel { gso: false, .. }));
+    fn gso_is_on_by_default_for_udp_tunnels_only() {
+        let gso = |uri: &str| match uri.parse::<Output>().expect("parses") {
+            Output::Tunnel { gso, .. } => gso,
+            other => panic!("{other:?}"),
+        };
+        assert!(gso("vxlan://198.18.0.9?vni=42"));
+        assert!(gso("geneve://198.18.0.9?vni=42&gso=true"));
+        assert!(!gso("geneve://198.18.0.9?vni=42&gso=false"));
+        assert!(!gso("gre://198.18.0.9"));
+        assert!(!gso("erspan2://198.18.0.9?session=1&gso=false"));
         let e = "gre://198.18.0.9?gso=true".parse::<Output>().unwrap_err();
         assert!(e.to_string().contains("gso"), "{e}");
     }

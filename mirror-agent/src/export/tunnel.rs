@@ -67,7 +67,7 @@ pub struct Sender {
     sockets: Vec<Socket>,
     to: SockAddr,
     /// UDP tunnels send runs of equal-size datagrams as one message each
-    /// (UDP GSO), until the kernel refuses.
+    /// (UDP GSO; on unless `gso=false`), until the kernel refuses.
     gso: bool,
     logged: bool,
 }
@@ -269,7 +269,12 @@ impl Sender {
                     // The path cannot take UDP GSO (no checksum offload, a
                     // smaller MTU, an old kernel): send one datagram per
                     // message from here on, starting again with this one.
-                    warn!(output = %self.name, %error, "UDP GSO refused; sending datagrams one by one");
+                    warn!(
+                        output = %self.name,
+                        %error,
+                        reason = gso_refusal(error),
+                        "UDP GSO refused; sending datagrams one by one (gso=false says so up front)"
+                    );
                     self.gso = false;
                     let from = chunk[0].iov_start;
                     s.msgs.truncate(at);
@@ -296,6 +301,16 @@ const GSO_REFUSED: [Errno; 4] = [
     Errno::EMSGSIZE,
     Errno::ENOPROTOOPT,
 ];
+
+/// Why the kernel refuses a UDP GSO message, for the one warning.
+fn gso_refusal(error: Errno) -> &'static str {
+    match error {
+        Errno::EIO => "the route's device does not offload checksums (ethtool -k: tx-checksumming)",
+        Errno::EMSGSIZE => "the message is larger than the path allows",
+        Errno::ENOPROTOOPT => "this kernel has no UDP GSO (Linux 4.18 or later has it)",
+        _ => "the kernel does not take this message as UDP GSO",
+    }
+}
 
 /// One message of a `sendmmsg` call: `count` datagrams of a lane, from
 /// `iov_start`, coalesced with UDP GSO when `gso_size` is not zero.

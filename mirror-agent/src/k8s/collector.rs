@@ -330,10 +330,11 @@ impl MirrorCollectorSpec {
             }
         };
         Ok(Output::Tunnel {
+            // UDP GSO, as a `vxlan://` or `geneve://` URI has it by default.
+            gso: matches!(tunnel, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. }),
             tunnel,
             to,
             mtu,
-            gso: false,
         })
     }
 

@@ -242,3 +242,52 @@ fn the_name_cache_is_bounded() {
     }
     assert!(names.known.len() <= MAX_NAMES);
 }
+
+#[test]
+fn gro_buffers_split_into_their_datagrams() {
+    let split = |bytes: &[u8], segment| -> Vec<Vec<u8>> {
+        split_coalesced(bytes, segment)
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    // Three of 4 bytes and a shorter last one, in order.
+    let joined: Vec<u8> = (0..14).collect();
+    assert_eq!(
+        split(&joined, Some(4)),
+        vec![
+            vec![0, 1, 2, 3],
+            vec![4, 5, 6, 7],
+            vec![8, 9, 10, 11],
+            vec![12, 13]
+        ]
+    );
+    // Exact multiples leave no empty tail.
+    assert_eq!(split(&joined[..8], Some(4)).len(), 2);
+    // No control message, or a segment as large as the buffer: one datagram.
+    assert_eq!(split(&joined, None), vec![joined.clone()]);
+    assert_eq!(split(&joined, Some(14)), vec![joined.clone()]);
+    assert_eq!(split(&joined, Some(1500)), vec![joined.clone()]);
+    // A nonsensical zero size does not loop or vanish.
+    assert_eq!(split(&joined, Some(0)), vec![joined.clone()]);
+    // An empty datagram is still one (to be counted and skipped as short).
+    assert_eq!(split(&[], None), vec![Vec::<u8>::new()]);
+    assert_eq!(split(&[], Some(4)), vec![Vec::<u8>::new()]);
+}
+
+#[test]
+fn every_datagram_of_a_gro_buffer_decodes_on_its_own() {
+    let mut enc = Vxlan::new(Vni::new(42).unwrap());
+    let one = encode(&mut enc, "pod", Direction::Ingress, &frame(100, 114));
+    let last = encode(&mut enc, "pod", Direction::Ingress, &frame(60, 74));
+    let joined = [one.clone(), one.clone(), last.clone()].concat();
+    let mut names = Names::default();
+    let frames: Vec<usize> = split_coalesced(&joined, Some(one.len()))
+        .map(|d| {
+            decode(Tunnel::Vxlan, FROM, d, RECEIVED, &mut names)
+                .unwrap()
+                .frame
+                .len()
+        })
+        .collect();
+    assert_eq!(frames, vec![114, 114, 74]);
+}
