@@ -434,6 +434,7 @@ pub fn compute(
                 // Ids start at 1; 0 stays free to mean "none" in the kernel.
                 id: PolicyId(i as u32 + 1),
                 name: policy.plan_name(),
+                namespace: (!policy.cluster).then(|| policy.namespace.clone()),
                 interfaces,
                 // As the pod sees them; a host end swaps them.
                 directions: body.direction,

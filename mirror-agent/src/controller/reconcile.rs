@@ -202,6 +202,7 @@ mod tests {
         Planned {
             id: PolicyId(1),
             name: name.into(),
+            namespace: None,
             interfaces: interfaces
                 .iter()
                 .map(|(pod, index)| Interface {

@@ -19,6 +19,9 @@ use crate::{
 pub struct Planned {
     pub id: PolicyId,
     pub name: String,
+    /// The namespace of a MirrorPolicy under `run`; none for cluster-wide
+    /// policies and under `attach`. Metrics carry it, to charge a tenant.
+    pub namespace: Option<String>,
     pub interfaces: Vec<Interface>,
     /// As the pods see them; each interface turns them into its hook's
     /// ([`Interface::hook_bits`]).

@@ -69,6 +69,7 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
     Ok(vec![Planned {
         id: PolicyId(1),
         name: "command-line".into(),
+        namespace: None,
         interfaces,
         directions: args.direction,
         snaplen: args.snaplen,
@@ -164,6 +165,7 @@ pub fn from_policy(
             // Ids start at 1; 0 stays free to mean "none" in the kernel.
             id: PolicyId(i as u32 + 1),
             name: policy.name.clone(),
+            namespace: None,
             interfaces,
             // The named interface stands in for the pod's own.
             directions: body.direction,
