@@ -10,9 +10,9 @@
 //!
 //! Checked: every one of Y's sequence numbers arrives, each within
 //! [`DELAY_BOUND`] of tcpdump's timestamp for it on Y's interface; X's
-//! CPU time in `mirror_policy_cpu_seconds` (scraped from /metrics) is a
-//! clear multiple of Y's; and the packet counts in the same scrape against
-//! tcpdump's on each interface.
+//! drain-thread CPU time in `mirror_policy_cpu_seconds` (scraped from
+//! /metrics) is a clear multiple of Y's; and the packet counts in the same
+//! scrape against tcpdump's on each interface.
 
 use std::{
     collections::BTreeMap,
@@ -50,9 +50,10 @@ const METRICS: &str = "127.0.0.1:9464";
 const CHAIN: u16 = 300;
 /// Most a copy of Y's may take, from the hook (tcpdump's timestamp on the
 /// interface) to its arrival at the collector socket, while X's flood runs
-/// through the same drain thread. Measured: see the test's output line.
+/// through the same drain thread. Measured 55 to 183 ms at worst (four
+/// runs, debug build, loaded 2-CPU VM); see the test's output line.
 const DELAY_BOUND: Duration = Duration::from_millis(400);
-/// X's CPU time is at least this many times Y's.
+/// X's drain-thread CPU time is at least this many times Y's.
 const CPU_FACTOR: f64 = 4.0;
 
 /// The sum of every sample `name{...}` whose line holds each of `with`.
@@ -229,25 +230,33 @@ fn a_costly_filter_is_charged_to_its_policy_and_does_not_delay_another() {
         )
     };
     let (x_cpu, y_cpu) = (cpu("x"), cpu("y"));
-    let x_drain = sum(
-        &body,
-        "mirror_policy_cpu_seconds_total",
-        &["policy=\"x\"", "thread=\"drain\""],
-    );
+    let drain = |policy: &str| {
+        sum(
+            &body,
+            "mirror_policy_cpu_seconds_total",
+            &[&format!("policy=\"{policy}\""), "thread=\"drain\""],
+        )
+    };
+    let (x_drain, y_drain) = (drain("x"), drain("y"));
     eprintln!(
         "usage: y's copies {} of {sent}, delay p50 {p50:?} p99 {p99:?} max {max:?} (bound \
          {DELAY_BOUND:?}); cpu x {x_cpu:.4} s (drain {x_drain:.4} s) for {FLOOD} copies, y \
-         {y_cpu:.4} s for {sent}",
+         {y_cpu:.4} s (drain {y_drain:.4} s) for {sent}",
         copies.len()
     );
     assert!(
         max <= DELAY_BOUND,
         "a copy of Y's took {max:?} (p99 {p99:?}), over {DELAY_BOUND:?}"
     );
+    // The filter runs on the drain thread: there X pays many times Y.
+    // Both threads together, X still pays more, though Y's tunnel sends
+    // each of its sparse copies in a batch of its own (a system call and
+    // a wakeup each), where X's file takes thousands at a time.
     assert!(
-        x_cpu > CPU_FACTOR * y_cpu && y_cpu > 0.0,
-        "x {x_cpu} s is not {CPU_FACTOR} times y's {y_cpu} s\n{body}"
+        x_drain > CPU_FACTOR * y_drain && y_drain > 0.0,
+        "x's drain {x_drain} s is not {CPU_FACTOR} times y's {y_drain} s\n{body}"
     );
+    assert!(x_cpu > y_cpu, "x {x_cpu} s, y {y_cpu} s\n{body}");
 
     // Packet counts against tcpdump's, from the same scrape.
     let of = |policy: &str, name: &str, extra: &[&str]| -> u64 {

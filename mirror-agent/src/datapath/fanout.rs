@@ -262,8 +262,8 @@ impl Fanout {
         self.policies.iter_mut().flat_map(|p| &mut p.exporters)
     }
 
-    /// Hands every output its batch; ends the drain round, charging each
-    /// policy its share of the thread's CPU time.
+    /// Hands every output its batch; ends the drain round (and charges
+    /// each policy its share of the thread's CPU time when a period ends).
     pub fn flush(&mut self) {
         if !self.meter.is_open() {
             // No record since the last round: nothing to charge.
@@ -292,6 +292,9 @@ impl Fanout {
             exporter.close(timeout);
         }
         self.end_round();
+        let policies = &mut self.policies;
+        self.meter
+            .settle(|i, cpu| policies[i].stats.drain_cpu += cpu);
     }
 }
 

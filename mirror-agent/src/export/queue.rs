@@ -84,6 +84,8 @@ pub struct Inbox {
     queued_packets: Arc<AtomicUsize>,
     finished: Arc<AtomicU64>,
     sender_cpu: Arc<AtomicU64>,
+    /// When `sender_cpu` was last read from the thread's clock.
+    cpu_read: std::cell::Cell<Option<std::time::Instant>>,
     /// Woken after each finished batch: the drain may release ring space.
     progress: Arc<Notify>,
 }
@@ -114,6 +116,7 @@ pub fn channel(limit_bytes: usize, progress: Arc<Notify>) -> (Outbox, Inbox) {
             queued_packets,
             finished,
             sender_cpu,
+            cpu_read: std::cell::Cell::new(None),
             progress,
         },
     )
@@ -206,9 +209,19 @@ impl Inbox {
 
     /// Returns a batch that has been sent (or given up on) for reuse.
     pub fn done(&self, mut batch: Batch) {
-        // Once per batch: the clock is a system call.
-        let used = cpu::nanos(cpu::thread_cpu());
-        self.sender_cpu.store(used, Ordering::Relaxed);
+        // At most once a millisecond, never per packet: the clock is a
+        // system call. What the last millisecond's batches cost shows with
+        // the next read.
+        let now = std::time::Instant::now();
+        if self
+            .cpu_read
+            .get()
+            .is_none_or(|at| now - at >= cpu::READ_EVERY)
+        {
+            self.cpu_read.set(Some(now));
+            let used = cpu::nanos(cpu::thread_cpu());
+            self.sender_cpu.store(used, Ordering::Relaxed);
+        }
         self.queued.fetch_sub(batch.counted, Ordering::Relaxed);
         let packets = batch.packets.len();
         let left = self

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 
+/// How often a busy thread reads its clock at most.
+pub const READ_EVERY: Duration = Duration::from_millis(1);
+
 /// CPU time the calling thread has used since it started; zero if the
 /// clock cannot be read (it always can on Linux: a zero only undercounts).
 pub fn thread_cpu() -> Duration {
