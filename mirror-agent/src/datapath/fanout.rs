@@ -292,6 +292,9 @@ impl Fanout {
             exporter.close(timeout);
         }
         self.end_round();
+        // On another thread (a replaced plan's outputs close in the
+        // background) the clock is that thread's: the charge is then off,
+        // but by at most the open period's slices, under a millisecond.
         let policies = &mut self.policies;
         self.meter
             .settle(|i, cpu| policies[i].stats.drain_cpu += cpu);
