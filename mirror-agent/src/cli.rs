@@ -123,7 +123,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/mirror/tls")]
     pub tls_dir: PathBuf,
 
-    /// Least time between two status writes of one policy by this node.
+    /// Least time between two status writes of one policy by this node, and
+    /// the window of each policy's usage rates in its status.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub status_interval: u64,
 

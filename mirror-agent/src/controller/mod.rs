@@ -18,4 +18,5 @@ pub mod retry;
 pub mod secrets;
 pub mod snapshot;
 pub mod status;
+pub mod usage;
 pub mod watch;

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::{
-    controller::{desired::Outcome, snapshot::PolicyRef},
+    controller::{desired::Outcome, snapshot::PolicyRef, usage::Windows},
     datapath::mirror::{Loss, PolicyTotals},
     k8s::{
         ClusterMirrorPolicy, GROUP, MirrorPolicy, NodeStatus, PolicyStatus, VERSION,
@@ -61,6 +61,7 @@ pub struct StatusWriter {
     /// What was last written per policy (without times), and when.
     last: HashMap<PolicyRef, (Value, Instant)>,
     warned: HashMap<PolicyRef, String>,
+    usage: Windows,
 }
 
 impl StatusWriter {
@@ -71,6 +72,7 @@ impl StatusWriter {
             stale_after,
             last: HashMap::new(),
             warned: HashMap::new(),
+            usage: Windows::default(),
         }
     }
 
@@ -103,6 +105,7 @@ impl StatusWriter {
                 truncated: t.truncated,
                 mtu_truncated: t.mtu_truncated,
                 dropped: dropped(&t.lost),
+                usage: self.usage.usage(&o.policy, &t, self.interval, now),
                 problems: o
                     .problems
                     .iter()
@@ -198,6 +201,8 @@ impl StatusWriter {
         // Policies gone: forget them, so a new one of the same name starts afresh.
         self.last
             .retain(|p, _| outcomes.iter().any(|o| &o.policy == p));
+        self.usage
+            .retain(|p| outcomes.iter().any(|o| &o.policy == p));
         due
     }
 }

@@ -2,13 +2,15 @@
 //! policy, apply the policy's rules and pcap-filter, and hand it to each of
 //! the policy's exporters (its rate limit is the hook's, before the ring).
 //! Runs on the drain thread, per record,
-//! with no allocation.
+//! with no allocation. Each policy is charged the thread's CPU time its
+//! records take ([`charge`]).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tracing::warn;
 
 use crate::{
+    datapath::charge::Meter,
     export::{
         Exporter,
         output::Output,
@@ -34,11 +36,33 @@ pub struct AgentStats {
 pub struct PolicyStats {
     pub rejected_by_rules: u64,
     pub rejected_by_filter: u64,
+    /// The drain thread's CPU time on its records.
+    pub drain_cpu: Duration,
+    /// Sender-thread CPU time of its outputs that have since closed.
+    pub retired_output_cpu: Duration,
+}
+
+/// The agent CPU time a policy has cost so far, by thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PolicyCpu {
+    /// The drain thread: its pcap-filter and rules, and encoding its copies.
+    pub drain: Duration,
+    /// Its outputs' sender threads: segmenting, checksums, sending.
+    pub output: Duration,
+}
+
+impl PolicyCpu {
+    pub fn total(&self) -> Duration {
+        self.drain + self.output
+    }
 }
 
 /// One policy at run time: its filters and outputs.
 pub struct Running {
     name: String,
+    /// The namespace it belongs to (a MirrorPolicy's, under `run`), for
+    /// labels that charge it to a tenant.
+    namespace: Option<String>,
     filters: Option<Filters>,
     exporters: Vec<Exporter>,
     stats: PolicyStats,
@@ -55,14 +79,39 @@ impl Running {
     ) -> Self {
         Self {
             name,
+            namespace: None,
             filters,
             exporters,
             stats,
         }
     }
 
+    /// The policy belongs to `namespace`.
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its namespace, or `""` (cluster-wide, or under `attach`).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or_default()
+    }
+
+    /// The CPU time it has cost so far.
+    pub fn cpu(&self) -> PolicyCpu {
+        PolicyCpu {
+            drain: self.stats.drain_cpu,
+            output: self.stats.retired_output_cpu
+                + self
+                    .exporters
+                    .iter()
+                    .map(Exporter::sender_cpu)
+                    .sum::<Duration>(),
+        }
     }
 
     pub fn stats(&self) -> &PolicyStats {
@@ -84,9 +133,16 @@ impl Running {
         Some(self.exporters.swap_remove(at))
     }
 
-    /// Takes its counters, for the policy that replaces it.
+    /// Takes its counters, for the policy that replaces it. The outputs
+    /// it still has are closing: their CPU time so far goes with them.
     pub fn take_stats(&mut self) -> PolicyStats {
-        std::mem::take(&mut self.stats)
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.retired_output_cpu += self
+            .exporters
+            .iter()
+            .map(Exporter::sender_cpu)
+            .sum::<Duration>();
+        stats
     }
 
     fn record(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) -> bool {
@@ -118,6 +174,7 @@ pub struct Fanout {
     clock: WallClock,
     stats: AgentStats,
     own: Matcher,
+    meter: Meter,
 }
 
 impl Fanout {
@@ -132,6 +189,7 @@ impl Fanout {
             clock,
             stats: AgentStats::default(),
             own: Matcher::new(Arc::default()),
+            meter: Meter::default(),
         }
     }
 
@@ -161,6 +219,7 @@ impl Fanout {
             self.stats.unknown_interface += 1;
             return;
         };
+        self.meter.enter(*policy);
         let ts = self.clock.unix_ns(record.boot_ns);
         if self.policies[*policy].record(&record, ts, name) {
             self.stats.delivered += 1;
@@ -203,8 +262,27 @@ impl Fanout {
         self.policies.iter_mut().flat_map(|p| &mut p.exporters)
     }
 
+    /// Hands every output its batch; ends the drain round (and charges
+    /// each policy its share of the thread's CPU time when a period ends).
     pub fn flush(&mut self) {
-        self.exporters_mut().for_each(Exporter::flush);
+        if !self.meter.is_open() {
+            // No record since the last round: nothing to charge.
+            self.exporters_mut().for_each(Exporter::flush);
+            return;
+        }
+        for (i, p) in self.policies.iter_mut().enumerate() {
+            if !p.exporters.is_empty() {
+                self.meter.enter(i);
+                p.exporters.iter_mut().for_each(Exporter::flush);
+            }
+        }
+        self.end_round();
+    }
+
+    fn end_round(&mut self) {
+        let policies = &mut self.policies;
+        self.meter
+            .close(|i, cpu| policies[i].stats.drain_cpu += cpu);
     }
 
     /// Every output sends what it holds and stops, each waiting at most
@@ -213,6 +291,13 @@ impl Fanout {
         for exporter in self.exporters_mut() {
             exporter.close(timeout);
         }
+        self.end_round();
+        // On another thread (a replaced plan's outputs close in the
+        // background) the clock is that thread's: the charge is then off,
+        // but by at most the open period's slices, under a millisecond.
+        let policies = &mut self.policies;
+        self.meter
+            .settle(|i, cpu| policies[i].stats.drain_cpu += cpu);
     }
 }
 

@@ -13,6 +13,7 @@ use crate::metrics::{Family, Kind};
 struct Hooked {
     interface: String,
     policy: String,
+    namespace: String,
     slot: Slot,
 }
 
@@ -25,13 +26,16 @@ impl AgentMetrics {
     pub fn new(plan: &[Planned], slots: &[(Interface, Slot)]) -> Self {
         let hooked = slots
             .iter()
-            .map(|(iface, slot)| Hooked {
-                interface: iface.label.clone(),
-                policy: plan
-                    .iter()
-                    .find(|p| p.interfaces.contains(iface))
-                    .map_or_else(String::new, |p| p.name.clone()),
-                slot: *slot,
+            .map(|(iface, slot)| {
+                let planned = plan.iter().find(|p| p.interfaces.contains(iface));
+                Hooked {
+                    interface: iface.label.clone(),
+                    policy: planned.map_or_else(String::new, |p| p.name.clone()),
+                    namespace: planned
+                        .and_then(|p| p.namespace.clone())
+                        .unwrap_or_default(),
+                    slot: *slot,
+                }
             })
             .collect();
         Self { hooked }
@@ -56,6 +60,7 @@ impl AgentMetrics {
             let l = [
                 ("interface", h.interface.as_str()),
                 ("policy", h.policy.as_str()),
+                ("namespace", h.namespace.as_str()),
             ];
             f.seen_packets.with(&l, c.seen_packets);
             f.seen_bytes.with(&l, c.seen_bytes);
@@ -69,28 +74,50 @@ impl AgentMetrics {
                 ("copy_failed", c.load_failed),
                 ("sampling", c.sampled_out),
             ] {
-                f.dropped.with(&[l[0], l[1], ("reason", reason)], value);
+                f.dropped
+                    .with(&[l[0], l[1], l[2], ("reason", reason)], value);
             }
             f.dropped.with(
-                &[l[0], l[1], ("reason", "filter"), ("stage", "kernel")],
+                &[l[0], l[1], l[2], ("reason", "filter"), ("stage", "kernel")],
                 c.filtered,
             );
         }
         for p in fanout.policies() {
             let policy = p.name();
+            let namespace = p.namespace();
             let stats = p.stats();
+            let cpu = p.cpu();
+            for (thread, used) in [("drain", cpu.drain), ("output", cpu.output)] {
+                f.cpu.with_seconds(
+                    &[
+                        ("policy", policy),
+                        ("namespace", namespace),
+                        ("thread", thread),
+                    ],
+                    used,
+                );
+            }
             for (reason, stage, value) in [
                 ("filter", "rules", stats.rejected_by_rules),
                 ("filter", "pcap_filter", stats.rejected_by_filter),
             ] {
                 f.dropped.with(
-                    &[("policy", policy), ("reason", reason), ("stage", stage)],
+                    &[
+                        ("policy", policy),
+                        ("namespace", namespace),
+                        ("reason", reason),
+                        ("stage", stage),
+                    ],
                     value,
                 );
             }
             for e in p.exporters() {
                 let s = e.stats();
-                let l = [("output", e.name()), ("policy", policy)];
+                let l = [
+                    ("output", e.name()),
+                    ("policy", policy),
+                    ("namespace", namespace),
+                ];
                 f.sent_packets.with(&l, Stats::get(&s.sent_packets));
                 f.sent_bytes.with(&l, Stats::get(&s.sent_bytes));
                 f.mtu_truncated.with(&l, Stats::get(&s.mtu_truncated));
@@ -103,7 +130,8 @@ impl AgentMetrics {
                     ("queue_full", Stats::get(&s.queue_full)),
                     ("send_error", Stats::get(&s.send_errors)),
                 ] {
-                    f.dropped.with(&[l[0], l[1], ("reason", reason)], value);
+                    f.dropped
+                        .with(&[l[0], l[1], l[2], ("reason", reason)], value);
                 }
             }
         }
@@ -135,6 +163,7 @@ struct Families {
     segments: Family,
     checksums_finished: Family,
     queue_bytes: Family,
+    cpu: Family,
     attached: Family,
     ring_size: Family,
     ring_pending: Family,
@@ -224,6 +253,14 @@ impl Families {
                 "Bytes waiting in an output's queue.",
                 Gauge,
             ),
+            cpu: Family::new(
+                "mirror_policy_cpu_seconds",
+                "Agent CPU time spent on a policy's copies, by thread: drain (its rules and \
+                 pcap-filter, encoding its copies; the drain thread's CPU clock read per drain \
+                 round, split by the policy's share of the round) or output (its outputs' \
+                 sender threads: segmenting, checksums, sending).",
+                Counter,
+            ),
             attached: Family::new(
                 "mirror_attached_interfaces",
                 "Interfaces with the hooks attached.",
@@ -260,6 +297,7 @@ impl Families {
             self.segments,
             self.checksums_finished,
             self.queue_bytes,
+            self.cpu,
             self.attached,
             self.ring_size,
             self.ring_pending,

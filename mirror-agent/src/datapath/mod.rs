@@ -2,6 +2,7 @@
 //! filters, and hand it to the exporters; a [`mirror::Mirror`] owns it all
 //! and moves it from plan to plan. Knows no Kubernetes.
 
+pub mod charge;
 pub mod drain;
 pub mod fanout;
 pub mod hold;

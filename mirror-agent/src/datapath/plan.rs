@@ -31,6 +31,9 @@ pub struct Planned {
     pub id: PolicyId,
     pub name: String,
     pub tenant: Tenant,
+    /// The namespace of a MirrorPolicy under `run`; none for cluster-wide
+    /// policies and under `attach`. Metrics carry it, to charge a tenant.
+    pub namespace: Option<String>,
     pub interfaces: Vec<Interface>,
     /// As the pods see them; each interface turns them into its hook's
     /// ([`Interface::hook_bits`]).

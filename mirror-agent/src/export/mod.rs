@@ -229,6 +229,11 @@ impl Exporter {
         (self.outbox.handed(), self.outbox.finished())
     }
 
+    /// CPU time its sender thread has used so far.
+    pub fn sender_cpu(&self) -> Duration {
+        self.outbox.sender_cpu()
+    }
+
     /// Bytes waiting in this exporter's queue.
     pub fn queued_bytes(&self) -> usize {
         self.outbox.queued()

@@ -14,6 +14,7 @@ use std::sync::{
 use tokio::sync::Notify;
 
 use super::Stats;
+use crate::metrics::cpu;
 
 /// Encoded packets: one buffer, and where each packet lies in it.
 #[derive(Default)]
@@ -70,6 +71,8 @@ pub struct Outbox {
     /// Batches handed to the sender so far.
     handed: u64,
     finished: Arc<AtomicU64>,
+    /// The sender thread's CPU time (ns), as of its last finished batch.
+    sender_cpu: Arc<AtomicU64>,
     pub current: Batch,
 }
 
@@ -80,6 +83,9 @@ pub struct Inbox {
     queued: Arc<AtomicUsize>,
     queued_packets: Arc<AtomicUsize>,
     finished: Arc<AtomicU64>,
+    sender_cpu: Arc<AtomicU64>,
+    /// When `sender_cpu` was last read from the thread's clock.
+    cpu_read: std::cell::Cell<Option<std::time::Instant>>,
     /// Woken after each finished batch: the drain may release ring space.
     progress: Arc<Notify>,
 }
@@ -90,6 +96,7 @@ pub fn channel(limit_bytes: usize, progress: Arc<Notify>) -> (Outbox, Inbox) {
     let queued = Arc::new(AtomicUsize::new(0));
     let queued_packets = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicU64::new(0));
+    let sender_cpu = Arc::new(AtomicU64::new(0));
     (
         Outbox {
             tx: Some(tx),
@@ -99,6 +106,7 @@ pub fn channel(limit_bytes: usize, progress: Arc<Notify>) -> (Outbox, Inbox) {
             limit: limit_bytes,
             handed: 0,
             finished: finished.clone(),
+            sender_cpu: sender_cpu.clone(),
             current: Batch::default(),
         },
         Inbox {
@@ -107,6 +115,8 @@ pub fn channel(limit_bytes: usize, progress: Arc<Notify>) -> (Outbox, Inbox) {
             queued,
             queued_packets,
             finished,
+            sender_cpu,
+            cpu_read: std::cell::Cell::new(None),
             progress,
         },
     )
@@ -179,6 +189,12 @@ impl Outbox {
         self.queued_packets.load(Ordering::Relaxed)
     }
 
+    /// CPU time the sender thread has used, as of its last finished batch
+    /// (its sending, segmenting and checksums: all for this output's policy).
+    pub fn sender_cpu(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.sender_cpu.load(Ordering::Relaxed))
+    }
+
     /// No more batches: the sender finishes what it has and stops.
     pub fn close(&mut self) {
         self.tx = None;
@@ -193,6 +209,19 @@ impl Inbox {
 
     /// Returns a batch that has been sent (or given up on) for reuse.
     pub fn done(&self, mut batch: Batch) {
+        // At most once a millisecond, never per packet: the clock is a
+        // system call. What the last millisecond's batches cost shows with
+        // the next read.
+        let now = std::time::Instant::now();
+        if self
+            .cpu_read
+            .get()
+            .is_none_or(|at| now - at >= cpu::READ_EVERY)
+        {
+            self.cpu_read.set(Some(now));
+            let used = cpu::nanos(cpu::thread_cpu());
+            self.sender_cpu.store(used, Ordering::Relaxed);
+        }
         self.queued.fetch_sub(batch.counted, Ordering::Relaxed);
         let packets = batch.packets.len();
         let left = self

@@ -37,7 +37,9 @@ pub use policy::{
     MirrorPolicySpec, Scope, SpecError, ValidPolicy,
 };
 pub use selector::SelectorError;
-pub use status::{Condition, NodeStatus, PolicyStatus, conditions, reasons, set_condition};
+pub use status::{
+    Condition, NodeStatus, NodeUsage, PolicyStatus, conditions, reasons, set_condition,
+};
 pub use tenancy::{
     Acceptance, Refusal, accept_cluster_policy, accept_policy, accepted_condition, apply_ceiling,
     check_collector,

@@ -102,6 +102,11 @@ pub struct NodeStatus {
     /// Copies lost, by reason (ringFull, queueFull, sendError, rateLimited, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, u64>,
+    /// What mirroring this policy costs on this node, to charge it back to
+    /// its tenant: rates over the last status interval, and the agent CPU
+    /// time spent on it. Absent until the agent has watched one interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<NodeUsage>,
     /// Why selected pods on this node are not mirrored, one line each (at
     /// most 10; the node's Events have them all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -110,6 +115,27 @@ pub struct NodeStatus {
     /// When the agent wrote this entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
+}
+
+/// A policy's usage on one node (`nodes[].usage`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeUsage {
+    /// The window the rates are over: the agent's `--status-interval`, or
+    /// longer when its writes were held up.
+    pub interval_seconds: u64,
+    /// Copies sent (to every output of the policy) per second.
+    pub packets_per_second: u64,
+    /// Bytes sent per second, the outputs' own headers (tunnel, pcapng)
+    /// included.
+    pub bytes_per_second: u64,
+    /// Agent CPU time spent on the policy over the window, in thousandths
+    /// of a CPU (as a container's CPU request).
+    pub cpu_millicores: u64,
+    /// Agent CPU time spent on the policy since the agent started, in
+    /// seconds: its rules and pcap-filter, encoding, segmenting and sending
+    /// its copies.
+    pub cpu_seconds: f64,
 }
 
 impl PolicyStatus {

@@ -11,6 +11,7 @@
 //! its programs (`/readyz` says 503 until it is mirroring), however busy the
 //! drain loop is, and under `collect`'s blocking threads alike.
 
+pub mod cpu;
 mod http;
 mod text;
 
@@ -27,7 +28,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::text::{Family, Kind, Sample, encode};
+pub use self::text::{Family, Kind, Sample, Value, encode};
 
 /// The default `--metrics-addr` of `attach` and `collect`: loopback, so
 /// nothing is exposed unless asked. `run` defaults to the pod IP instead

@@ -16,11 +16,18 @@ pub enum Kind {
     Gauge,
 }
 
+/// A sample's value: a count, or seconds (CPU time) as a float.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Count(u64),
+    Seconds(f64),
+}
+
 /// One value of a family, with its labels.
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub labels: Vec<(&'static str, String)>,
-    pub value: u64,
+    pub value: Value,
 }
 
 /// One metric family. Counter names are given without `_total`: the
@@ -47,6 +54,19 @@ impl Family {
     /// state, and escaped here because prometheus-client writes them as given
     /// (an output URI or file path may hold a quote or a backslash).
     pub fn with(&mut self, labels: &[(&'static str, &str)], value: u64) -> &mut Self {
+        self.push(labels, Value::Count(value))
+    }
+
+    /// Adds a sample in seconds.
+    pub fn with_seconds(
+        &mut self,
+        labels: &[(&'static str, &str)],
+        value: std::time::Duration,
+    ) -> &mut Self {
+        self.push(labels, Value::Seconds(value.as_secs_f64()))
+    }
+
+    fn push(&mut self, labels: &[(&'static str, &str)], value: Value) -> &mut Self {
         self.samples.push(Sample {
             labels: labels.iter().map(|(k, v)| (*k, escape(v))).collect(),
             value,
@@ -96,10 +116,12 @@ impl Collector for Snapshot {
     }
 }
 
-fn encode_value(m: &mut MetricEncoder<'_>, kind: Kind, value: u64) -> Result<(), fmt::Error> {
-    match kind {
-        Kind::Counter => m.encode_counter::<NoLabelSet, _, u64>(&value, None),
-        Kind::Gauge => m.encode_gauge(&value),
+fn encode_value(m: &mut MetricEncoder<'_>, kind: Kind, value: Value) -> Result<(), fmt::Error> {
+    match (kind, value) {
+        (Kind::Counter, Value::Count(v)) => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        (Kind::Counter, Value::Seconds(v)) => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        (Kind::Gauge, Value::Count(v)) => m.encode_gauge(&v),
+        (Kind::Gauge, Value::Seconds(v)) => m.encode_gauge(&v),
     }
 }
 
@@ -126,7 +148,13 @@ mod tests {
         c.with(&[("interface", "veth\"1"), ("reason", "ring_full")], 7);
         let mut g = Family::new("mirror_y_bytes", "Y.", Kind::Gauge);
         g.with(&[], 3);
-        let text = encode(vec![c, g, Family::new("mirror_z", "Z.", Kind::Counter)]);
+        let mut s = Family::new("mirror_cpu_seconds", "S.", Kind::Counter);
+        s.with_seconds(&[("policy", "web")], std::time::Duration::from_millis(1500));
+        let text = encode(vec![c, g, s, Family::new("mirror_z", "Z.", Kind::Counter)]);
+        assert!(
+            text.contains("mirror_cpu_seconds_total{policy=\"web\"} 1.5\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE mirror_x_packets counter\n"), "{text}");
         assert!(
             text.contains(

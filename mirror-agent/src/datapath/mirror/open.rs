@@ -1,7 +1,7 @@
 //! The fanout of a plan: its outputs, filters and rate limits, opened anew
 //! or, when a plan replaces another, taken running from the old fanout.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::sync::Notify;
 
@@ -89,6 +89,8 @@ pub(super) fn open_fanout(
             });
         }
         let mut exporters = Vec::with_capacity(plans.len());
+        // Sender CPU time of the outputs closed here, still the policy's.
+        let mut retired = Duration::ZERO;
         for (opened, o) in plans.into_iter().zip(&p.outputs) {
             let mut take = || old.as_mut()?.take_exporter(o);
             exporters.push(match opened {
@@ -100,6 +102,7 @@ pub(super) fn open_fanout(
                         } else {
                             // Too many interfaces for one section: a new one.
                             e.close(CLOSE_TIMEOUT);
+                            retired += e.sender_cpu();
                             Exporter::open(o, &ctx)?
                         }
                     }
@@ -110,6 +113,7 @@ pub(super) fn open_fanout(
                     // finishes first, so the two never interleave.
                     if let Some(mut e) = take() {
                         e.close(CLOSE_TIMEOUT);
+                        retired += e.sender_cpu();
                     }
                     Exporter::open(o, &ctx)?
                 }
@@ -123,8 +127,12 @@ pub(super) fn open_fanout(
         for (id, name) in listed {
             routes.insert(id, (name, index));
         }
-        let stats = old.map(Running::take_stats).unwrap_or_default();
-        policies.push(Running::new(p.name.clone(), filters, exporters, stats));
+        let mut stats = old.map(Running::take_stats).unwrap_or_default();
+        stats.retired_output_cpu += retired;
+        policies.push(
+            Running::new(p.name.clone(), filters, exporters, stats)
+                .in_namespace(p.namespace.clone()),
+        );
     }
     // Nothing can fail from here: the running fanout's counters go on.
     let stats = running
@@ -179,6 +187,7 @@ mod tests {
             id: PolicyId(1),
             name: "web".into(),
             tenant: crate::datapath::plan::Tenant::Policy("web".into()),
+            namespace: None,
             interfaces,
             directions: Directions::Ingress,
             snaplen: snaplen.parse().expect("a snaplen"),

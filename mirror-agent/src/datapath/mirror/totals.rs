@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use mirror_common::Counters;
 
 use super::Mirror;
-use crate::{datapath::fanout::Running, export::Stats};
+use crate::{
+    datapath::fanout::{PolicyCpu, Running},
+    export::Stats,
+};
 
 /// Why copies of a policy's packets were lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,6 +34,10 @@ pub struct PolicyTotals {
     /// Its interfaces still waiting to be hooked.
     pub queued: u64,
     pub mirrored: u64,
+    /// Bytes its outputs sent, their own headers included.
+    pub mirrored_bytes: u64,
+    /// Agent CPU time spent on it.
+    pub cpu: PolicyCpu,
     /// Copies the hook cut to the policy's snaplen.
     pub truncated: u64,
     /// Copies a tunnel cut to fit its MTU (sent all the same).
@@ -54,9 +61,13 @@ impl PolicyTotals {
         };
         let (mut queue_full, mut send_error) = (0, 0);
         for p in running {
+            let cpu = p.cpu();
+            t.cpu.drain += cpu.drain;
+            t.cpu.output += cpu.output;
             for e in p.exporters() {
                 let s = e.stats();
                 t.mirrored += Stats::get(&s.sent_packets);
+                t.mirrored_bytes += Stats::get(&s.sent_bytes);
                 t.mtu_truncated += Stats::get(&s.mtu_truncated);
                 queue_full += Stats::get(&s.queue_full);
                 send_error += Stats::get(&s.send_errors);
@@ -142,11 +153,21 @@ mod tests {
             ..Counters::default()
         };
         let totals = PolicyTotals::new(&kernel, 1, fanout.policies());
+        // One enhanced packet block: the 52-byte UDP frame, the block's 32
+        // bytes around it, and its flags option (direction) with the end
+        // of options, 12.
+        assert_eq!(totals.mirrored_bytes, 96);
+        // Both threads did the policy's work: reading the clock once a
+        // batch or round charges it something.
+        assert!(totals.cpu.drain > std::time::Duration::ZERO, "{totals:?}");
+        assert!(totals.cpu.output > std::time::Duration::ZERO, "{totals:?}");
         assert_eq!(
             totals,
             PolicyTotals {
                 queued: 1,
                 mirrored: 1,
+                mirrored_bytes: 96,
+                cpu: totals.cpu,
                 truncated: 2,
                 mtu_truncated: 0,
                 lost: BTreeMap::from([
