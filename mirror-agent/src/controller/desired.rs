@@ -435,7 +435,6 @@ pub fn compute(
                 id: PolicyId(i as u32 + 1),
                 name: policy.plan_name(),
                 tenant: policy.tenant(),
-                namespace: (!policy.cluster).then(|| policy.namespace.clone()),
                 interfaces,
                 // As the pod sees them; a host end swaps them.
                 directions: body.direction,

@@ -203,7 +203,6 @@ mod tests {
             id: PolicyId(1),
             name: name.into(),
             tenant: crate::datapath::plan::Tenant::Policy(name.into()),
-            namespace: None,
             interfaces: interfaces
                 .iter()
                 .map(|(pod, index)| Interface {

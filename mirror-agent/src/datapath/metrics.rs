@@ -32,8 +32,9 @@ impl AgentMetrics {
                     interface: iface.label.clone(),
                     policy: planned.map_or_else(String::new, |p| p.name.clone()),
                     namespace: planned
-                        .and_then(|p| p.namespace.clone())
-                        .unwrap_or_default(),
+                        .and_then(Planned::namespace)
+                        .unwrap_or_default()
+                        .to_owned(),
                     slot: *slot,
                 }
             })

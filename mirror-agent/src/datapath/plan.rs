@@ -31,9 +31,6 @@ pub struct Planned {
     pub id: PolicyId,
     pub name: String,
     pub tenant: Tenant,
-    /// The namespace of a MirrorPolicy under `run`; none for cluster-wide
-    /// policies and under `attach`. Metrics carry it, to charge a tenant.
-    pub namespace: Option<String>,
     pub interfaces: Vec<Interface>,
     /// As the pods see them; each interface turns them into its hook's
     /// ([`Interface::hook_bits`]).
@@ -43,6 +40,17 @@ pub struct Planned {
     /// Rules, pcap-filter and rate limit; the flags have none of them.
     pub body: Option<PolicyBody>,
     pub outputs: Vec<Output>,
+}
+
+impl Planned {
+    /// The namespace of a MirrorPolicy under `run`; none for cluster-wide
+    /// policies and under `attach`. Metrics carry it, to charge a tenant.
+    pub fn namespace(&self) -> Option<&str> {
+        match &self.tenant {
+            Tenant::Namespace(namespace) => Some(namespace),
+            Tenant::Policy(_) => None,
+        }
+    }
 }
 
 /// How many tenants a plan has.

@@ -70,7 +70,6 @@ pub fn from_flags(args: &AttachArgs) -> Result<Vec<Planned>, PlanError> {
         id: PolicyId(1),
         name: "command-line".into(),
         tenant: Tenant::Policy("command-line".into()),
-        namespace: None,
         interfaces,
         directions: args.direction,
         snaplen: args.snaplen,
@@ -167,7 +166,6 @@ pub fn from_policy(
             id: PolicyId(i as u32 + 1),
             name: policy.name.clone(),
             tenant: Tenant::Policy(policy.name.clone()),
-            namespace: None,
             interfaces,
             // The named interface stands in for the pod's own.
             directions: body.direction,

@@ -131,7 +131,7 @@ pub(super) fn open_fanout(
         stats.retired_output_cpu += retired;
         policies.push(
             Running::new(p.name.clone(), filters, exporters, stats)
-                .in_namespace(p.namespace.clone()),
+                .in_namespace(p.namespace().map(str::to_owned)),
         );
     }
     // Nothing can fail from here: the running fanout's counters go on.
@@ -187,7 +187,6 @@ mod tests {
             id: PolicyId(1),
             name: "web".into(),
             tenant: crate::datapath::plan::Tenant::Policy("web".into()),
-            namespace: None,
             interfaces,
             directions: Directions::Ingress,
             snaplen: snaplen.parse().expect("a snaplen"),
