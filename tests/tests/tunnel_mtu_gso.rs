@@ -152,6 +152,24 @@ fn output_field(exit: &Exit, field: &str) -> u64 {
     exit.fields_of("output summary").expect("output summary")[field]
 }
 
+/// The kernel took the output's GSO messages: fewer packets left the node
+/// than there were `copies`, every copy was sent, and none failed.
+fn assert_sent_as_gso_messages(r: &Run, copies: usize) {
+    assert!(
+        !r.exit.stderr.contains("UDP GSO refused"),
+        "the kernel refused the GSO messages:\n{}",
+        r.exit.stderr
+    );
+    let egress = r.egress_packets.expect("counted");
+    assert!(
+        egress < copies as u64,
+        "{egress} packets left for {copies} copies: no GSO messages"
+    );
+    eprintln!("{copies} copies left the node in {egress} packets");
+    assert_eq!(output_field(&r.exit, "sent"), copies as u64);
+    assert_eq!(output_field(&r.exit, "lost_send_error"), 0);
+}
+
 /// Each packet tshark dissected, with `fields`: every one holds exactly
 /// an outer and an inner Ethernet frame, and the counts agree.
 fn dissect(r: &Run, fields: &[&str]) -> Vec<(Row, Dissected)> {
@@ -367,22 +385,9 @@ fn geneve_gso_messages_arrive_as_one_clean_copy_per_datagram() {
             "packet {i}: {row:?}"
         );
     }
-    assert!(
-        !r.exit.stderr.contains("UDP GSO refused"),
-        "the kernel refused the GSO messages:\n{}",
-        r.exit.stderr
-    );
     // Several copies per packet before the kernel cut them: GSO was used.
-    let egress = r.egress_packets.expect("counted");
-    assert!(
-        egress < packets.len() as u64,
-        "{egress} packets left for {} copies: no GSO messages",
-        packets.len()
-    );
-    eprintln!("{} copies left the node in {egress} packets", packets.len());
-    assert_eq!(output_field(&r.exit, "sent"), packets.len() as u64);
+    assert_sent_as_gso_messages(&r, packets.len());
     assert_eq!(output_field(&r.exit, "mtu_truncated"), 0);
-    assert_eq!(output_field(&r.exit, "lost_send_error"), 0);
 }
 
 /// The URI as a user types it (no `gso=`): VXLAN sends UDP GSO messages,
@@ -402,20 +407,7 @@ fn vxlan_sends_gso_messages_by_default() {
         .assert_clean(Severity::Warning);
     let packets = dissect(&r, &["vxlan.vni"]);
     assert_same_frames(&r.pod_veth, &inner_frames(&packets));
-    assert!(
-        !r.exit.stderr.contains("UDP GSO refused"),
-        "the kernel refused the GSO messages:\n{}",
-        r.exit.stderr
-    );
-    let egress = r.egress_packets.expect("counted");
-    assert!(
-        egress < packets.len() as u64,
-        "{egress} packets left for {} copies: no GSO messages by default",
-        packets.len()
-    );
-    eprintln!("{} copies left the node in {egress} packets", packets.len());
-    assert_eq!(output_field(&r.exit, "sent"), packets.len() as u64);
-    assert_eq!(output_field(&r.exit, "lost_send_error"), 0);
+    assert_sent_as_gso_messages(&r, packets.len());
 }
 
 /// `gso=false`: one packet leaves the node per copy.
