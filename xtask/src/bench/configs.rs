@@ -66,24 +66,21 @@ impl Config {
         Self::BaselineVxlan,
         Self::BaselinePcapng,
     ];
-    /// Every configuration, in the report's order.
-    pub const EVERY: [Self; 15] = [
-        Self::NoHook,
-        Self::HookNothing,
-        Self::Vxlan,
-        Self::Pcapng,
-        Self::TcpdumpWhole,
-        Self::KernelMirror,
-        Self::VxlanTuned,
-        Self::PcapngTuned,
-        Self::Tcpdump128,
-        Self::BudgetOpen,
-        Self::BudgetTight,
-        Self::Sidecar,
-        Self::BaselineNothing,
-        Self::BaselineVxlan,
-        Self::BaselinePcapng,
-    ];
+    /// Every configuration, in the report's order: ours, then the
+    /// baseline's (the two lists above, joined, not listed a third time).
+    pub const EVERY: [Self; Self::ALL.len() + Self::BASELINE.len()] = {
+        let mut every = [Self::NoHook; Self::ALL.len() + Self::BASELINE.len()];
+        let mut i = 0;
+        while i < every.len() {
+            every[i] = if i < Self::ALL.len() {
+                Self::ALL[i]
+            } else {
+                Self::BASELINE[i - Self::ALL.len()]
+            };
+            i += 1;
+        }
+        every
+    };
 
     /// What the configuration sets up: a baseline one, the same as ours.
     pub fn role(self) -> Self {
