@@ -192,6 +192,10 @@ struct GroCmsg {
 
 /// The buffers of one `recvmmsg` call, reused for every call. The headers
 /// point into the other vectors, which never grow after [`Slots::new`].
+/// Called through libc rather than nix: nix's `MultiHeaders` keeps the
+/// control length the kernel wrote back into each header, so from the
+/// second call on a datagram's `UDP_GRO` segment size had no room and was
+/// lost (coalesced datagrams then read as one).
 struct Slots {
     data: Vec<u8>,
     iov: Vec<libc::iovec>,
