@@ -10,7 +10,7 @@
 
 /// Version of everything in this crate. The agent refuses records or pins of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Map names, as they appear in the eBPF object (and, later, under the pin root).
 pub const MAP_CONFIG: &str = "MIRROR_CONFIG";
@@ -300,21 +300,30 @@ impl Default for AddrSpan {
 /// One dimension (packets or bytes) of a policy's [`Budget`]: a token
 /// bucket kept as a theoretical arrival time (GCRA): `tat_ns` is when the
 /// bucket would be full again had nothing more arrived. A packet of cost
-/// `c` passes when `max(tat, now) + c * 10^9 / rate <= now + depth_ns`,
-/// which is a bucket of `burst = depth_ns * rate / 10^9` tokens refilled at
-/// `rate` per second, in one word the hook can move with an atomic add.
+/// `c` passes when `c <= burst` and `max(tat, now) + ceil(c * ns_per_unit
+/// / 2^BUDGET_UNIT_SHIFT) <= now + depth_ns`, which is a bucket of `burst`
+/// tokens refilled at `rate` per second, in one word the hook can move
+/// with an atomic add.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
-    /// Units (packets or bytes) per second; 0: this dimension has no limit.
-    pub rate: u64,
+    /// Nanoseconds per unit (packet or byte), times `2^BUDGET_UNIT_SHIFT`,
+    /// rounded up: `ceil(10^9 * 2^BUDGET_UNIT_SHIFT / rate)`, so the hook
+    /// multiplies instead of dividing; 0: this dimension has no limit.
+    /// The agent bounds `burst * ns_per_unit` below 2^64.
+    pub ns_per_unit: u64,
+    /// Units the bucket holds; a packet costing more never passes.
+    pub burst: u64,
     /// Nanoseconds the bucket takes to fill from empty: `burst * 10^9 / rate`.
     pub depth_ns: u64,
     /// `CLOCK_BOOTTIME` nanoseconds; 0 (the agent's write) is a full bucket.
     /// Written by the hook only.
     pub tat_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Bucket>() == 24);
+/// The fixed point of [`Bucket::ns_per_unit`]: 2^-20 ns, so that a rate
+/// of 10^12 bytes/s is still exact to 0.1%.
+pub const BUDGET_UNIT_SHIFT: u32 = 20;
+const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 
 /// A policy's budget, in [`MAP_BUDGETS`] at the policy id: checked after
 /// the prefilter and sampling, before a copy takes ring space. Shared by
@@ -328,7 +337,7 @@ pub struct Budget {
     pub packets: Bucket,
     pub bytes: Bucket,
 }
-const _: () = assert!(core::mem::size_of::<Budget>() == 56);
+const _: () = assert!(core::mem::size_of::<Budget>() == 72);
 
 /// An inclusive port range.
 #[repr(C)]

@@ -10,30 +10,42 @@
 //! same read before the charge lands. That overshoot does not accumulate
 //! (every later check sees every charge): at any moment at most one packet
 //! per other CPU is beyond the limit. A bucket that is full (nothing charged
-//! for a whole burst's time) is moved up to `now` by a plain store, which
-//! can overwrite one concurrent charge per other CPU: at most that many
-//! packets more each time the bucket fills. Under a sustained flood the
-//! bucket never fills and only the first bound applies.
+//! for a whole burst's time) is moved up to `now` plus the charge by a plain
+//! store, which can overwrite one concurrent charge per other CPU: at most
+//! that many packets more each time the bucket fills. Under a sustained
+//! flood the bucket never fills and only the first bound applies.
+//!
+//! The cost of a packet is a multiplication by the agent's precomputed
+//! nanoseconds per unit, not a division, and a budget that never runs out
+//! (its bucket full at every packet) costs a clock read, which the record's
+//! timestamp then reuses, and one store per limited dimension.
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::map, maps::Array};
-use mirror_common::{Bucket, Budget, MAX_POLICIES};
+use mirror_common::{BUDGET_UNIT_SHIFT, Bucket, Budget, MAX_POLICIES};
 
 #[map(name = "MIRROR_BUDGETS")]
 static BUDGETS: Array<Budget> = Array::with_max_entries(MAX_POLICIES, 0);
 
-const NS_PER_SEC: u64 = 1_000_000_000;
+/// What a budget says of a packet.
+pub enum Verdict {
+    /// Over the budget: not copied.
+    Over,
+    /// Copied; the clock as read for the check, or 0 if the policy has no
+    /// budget and so none was read.
+    Passed { now: u64 },
+}
 
 /// Whether policy `policy_id`'s budget lets a packet of `len` bytes be
 /// copied; if so, it is charged for it.
 #[inline(always)]
-pub fn allows(policy_id: u32, len: u32) -> bool {
+pub fn check(policy_id: u32, len: u32) -> Verdict {
     let Some(budget) = BUDGETS.get_ptr_mut(policy_id) else {
-        return true;
+        return Verdict::Passed { now: 0 };
     };
     // SAFETY: a map value, valid for the whole program run; the agent
     // rewrites it whole, and a torn read only misjudges one packet.
     if unsafe { core::ptr::read_volatile(&(*budget).limited) } == 0 {
-        return true;
+        return Verdict::Passed { now: 0 };
     }
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -45,14 +57,14 @@ pub fn allows(policy_id: u32, len: u32) -> bool {
         )
     };
     let Some(p) = room(packets, 1, now) else {
-        return false;
+        return Verdict::Over;
     };
     let Some(b) = room(bytes, u64::from(len), now) else {
-        return false;
+        return Verdict::Over;
     };
     p.charge(now);
     b.charge(now);
-    true
+    Verdict::Passed { now }
 }
 
 /// A charge the bucket has room for.
@@ -70,13 +82,15 @@ impl Charge {
             return;
         }
         if self.was < now {
-            // A full bucket: its time moves up to now (see the module note).
-            // SAFETY: `tat` points into a map value (see `allows`), 8-aligned
+            // A full bucket: its time moves up to now, charged in the same
+            // store (see the module note).
+            // SAFETY: `tat` points into a map value (see `check`), 8-aligned
             // (`Bucket` is `#[repr(C)]` of u64s at 8-byte offsets in `Budget`).
             // An aligned 8-byte store is single-copy atomic in BPF.
-            unsafe { core::ptr::write_volatile(self.tat, now) };
+            unsafe { core::ptr::write_volatile(self.tat, now + self.ns) };
+        } else {
+            add(self.tat, self.ns);
         }
-        add(self.tat, self.ns);
     }
 }
 
@@ -104,23 +118,29 @@ fn add(at: *mut u64, value: u64) {
 /// dimension has room for anything, at no charge.
 #[inline(always)]
 fn room(bucket: *mut Bucket, cost: u64, now: u64) -> Option<Charge> {
-    // SAFETY: as in `allows`.
-    let (rate, depth, tat) = unsafe {
+    // SAFETY: as in `check`.
+    let (per_unit, burst, depth, tat) = unsafe {
         (
-            core::ptr::read_volatile(&(*bucket).rate),
+            core::ptr::read_volatile(&(*bucket).ns_per_unit),
+            core::ptr::read_volatile(&(*bucket).burst),
             core::ptr::read_volatile(&(*bucket).depth_ns),
             core::ptr::addr_of_mut!((*bucket).tat_ns),
         )
     };
-    if rate == 0 {
+    if per_unit == 0 {
         return Some(Charge {
             tat,
             was: now,
             ns: 0,
         });
     }
+    // More than the whole burst never fits; refusing it here also keeps
+    // the product below within 64 bits (see `Bucket::ns_per_unit`).
+    if cost > burst {
+        return None;
+    }
     // Rounded up: rounding never lets more through than the rate.
-    let ns = (cost * NS_PER_SEC + rate - 1) / rate;
+    let ns = (cost * per_unit + (1 << BUDGET_UNIT_SHIFT) - 1) >> BUDGET_UNIT_SHIFT;
     // SAFETY: as in `Charge::charge`; an aligned 8-byte load is
     // single-copy atomic in BPF (LLVM's generic CPU selects no atomic load).
     let was = unsafe { core::ptr::read_volatile(tat) };

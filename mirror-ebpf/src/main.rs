@@ -159,10 +159,10 @@ fn mirror(ctx: &TcContext, direction: u32) {
 
     // After sampling and the prefilter, so neither spends the budget; before
     // the reservation, so what is over it takes no ring space.
-    if !budget::allows(config.policy_id, len) {
+    let budget::Verdict::Passed { now } = budget::check(config.policy_id, len) else {
         counters.rate_limited += 1;
         return;
-    }
+    };
 
     let cap = u64::from(if len < config.snaplen {
         len
@@ -178,6 +178,7 @@ fn mirror(ctx: &TcContext, direction: u32) {
         ring: config.ring,
         len,
         cap,
+        now,
     };
     // The smallest class that holds `cap` bytes, one branch per class: a
     // reservation's size is in its type (`Record<N>`, a constant for the
@@ -213,6 +214,8 @@ struct Out<'a> {
     ring: u32,
     len: u32,
     cap: u64,
+    /// The clock as the budget read it, or 0 if it was not read.
+    now: u64,
 }
 
 impl Out<'_> {
@@ -260,7 +263,12 @@ impl Out<'_> {
         // SAFETY: the reservation is large enough for the header.
         unsafe {
             core::ptr::addr_of_mut!((*record).header).write(RecordHeader {
-                timestamp_ns: bpf_ktime_get_boot_ns(),
+                // One clock read per packet: the budget's if it took one.
+                timestamp_ns: if self.now != 0 {
+                    self.now
+                } else {
+                    bpf_ktime_get_boot_ns()
+                },
                 netns_cookie: self.key.netns_cookie,
                 ifindex: self.key.ifindex,
                 direction: self.direction,

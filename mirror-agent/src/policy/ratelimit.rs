@@ -6,7 +6,7 @@
 
 use std::num::NonZeroU64;
 
-use mirror_common::{Bucket, Budget};
+use mirror_common::{BUDGET_UNIT_SHIFT, Bucket, Budget};
 
 use super::{error::Problem, spec::RateLimitSpec};
 
@@ -30,12 +30,19 @@ pub struct Limit {
 
 impl Limit {
     fn bucket(self) -> Bucket {
-        let rate = self.per_second.get();
-        let depth = u128::from(self.burst.get()) * 1_000_000_000 / u128::from(rate);
+        const NS_PER_SEC: u128 = 1_000_000_000;
+        let rate = u128::from(self.per_second.get());
+        let burst = self.burst.get();
+        let ns_per_unit = ((NS_PER_SEC << BUDGET_UNIT_SHIFT) + rate - 1) / rate;
+        let ns_per_unit = u64::try_from(ns_per_unit).unwrap_or(u64::MAX);
         Bucket {
-            rate,
+            ns_per_unit,
+            // The hook multiplies a cost of at most `burst` by `ns_per_unit`:
+            // MAX_BURST_SECONDS keeps that within 64 bits (about 2^62 at
+            // most); should it not, the burst gives way, not the arithmetic.
+            burst: burst.min(u64::MAX / ns_per_unit),
             // Bounded by MAX_BURST_SECONDS when parsed; saturate regardless.
-            depth_ns: u64::try_from(depth).unwrap_or(u64::MAX / 4),
+            depth_ns: u64::try_from(u128::from(burst) * NS_PER_SEC / rate).unwrap_or(u64::MAX / 4),
             tat_ns: 0,
         }
     }
@@ -282,7 +289,10 @@ mod tests {
         .budget();
         assert_eq!(b.limited, 1);
         // 250 packets at 1 ms each.
-        assert_eq!((b.packets.rate, b.packets.depth_ns), (1000, 250_000_000));
+        assert_eq!(
+            (b.packets.ns_per_unit, b.packets.burst, b.packets.depth_ns),
+            (1_000_000 << BUDGET_UNIT_SHIFT, 250, 250_000_000)
+        );
         assert_eq!(b.bytes, Bucket::default());
         assert_eq!(RateLimit::default().budget(), Budget::default());
     }

@@ -38,10 +38,11 @@ pub enum Config {
     /// `mirror-agent sidecar` in the server's namespace (the pod's), on the
     /// pod's own interface, into pcapng: beside [`Config::Pcapng`].
     Sidecar,
-    /// Configurations 2 to 4 with `--baseline`'s agent.
+    /// Configurations 2 to 4 and 7 with `--baseline`'s agent.
     BaselineNothing,
     BaselineVxlan,
     BaselinePcapng,
+    BaselineBudgetOpen,
 }
 
 impl Config {
@@ -61,10 +62,11 @@ impl Config {
         Self::Sidecar,
     ];
     /// What `--baseline` adds: the hook's rows run by the earlier build.
-    pub const BASELINE: [Self; 3] = [
+    pub const BASELINE: [Self; 4] = [
         Self::BaselineNothing,
         Self::BaselineVxlan,
         Self::BaselinePcapng,
+        Self::BaselineBudgetOpen,
     ];
     /// Every configuration, in the report's order: ours, then the
     /// baseline's (the two lists above, joined, not listed a third time).
@@ -88,6 +90,7 @@ impl Config {
             Self::BaselineNothing => Self::HookNothing,
             Self::BaselineVxlan => Self::Vxlan,
             Self::BaselinePcapng => Self::Pcapng,
+            Self::BaselineBudgetOpen => Self::BudgetOpen,
             c => c,
         }
     }
@@ -114,6 +117,9 @@ impl Config {
             Self::BaselineNothing => "2b baseline agent: hook, rules match nothing",
             Self::BaselineVxlan => "3b baseline agent -> VXLAN (defaults)",
             Self::BaselinePcapng => "4b baseline agent -> pcapng (defaults)",
+            Self::BaselineBudgetOpen => {
+                "7b baseline agent: budget allows all -> pcapng (snaplen 128)"
+            }
         }
     }
 
@@ -135,6 +141,7 @@ impl Config {
             Self::BaselineNothing => "base-nothing",
             Self::BaselineVxlan => "base-vxlan",
             Self::BaselinePcapng => "base-pcapng",
+            Self::BaselineBudgetOpen => "base-budget-open",
         }
     }
 

@@ -211,7 +211,10 @@ impl<'a> Session<'a> {
                 s.capture = Some(file);
             }
             // `role` maps these to the configurations above.
-            Config::BaselineNothing | Config::BaselineVxlan | Config::BaselinePcapng => {
+            Config::BaselineNothing
+            | Config::BaselineVxlan
+            | Config::BaselinePcapng
+            | Config::BaselineBudgetOpen => {
                 anyhow::bail!("{config:?} has no set-up of its own")
             }
         }

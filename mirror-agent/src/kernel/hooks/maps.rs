@@ -154,9 +154,11 @@ impl Hooks {
             let dims = |x: &Budget| {
                 (
                     x.limited,
-                    x.packets.rate,
+                    x.packets.ns_per_unit,
+                    x.packets.burst,
                     x.packets.depth_ns,
-                    x.bytes.rate,
+                    x.bytes.ns_per_unit,
+                    x.bytes.burst,
                     x.bytes.depth_ns,
                 )
             };

@@ -305,7 +305,7 @@ fn a_tenant_policy_is_planned_under_its_collectors_ceiling() {
         (1_000_000, 3_000_000)
     );
     let budget = limit.budget();
-    assert_eq!((budget.limited, budget.packets.rate), (1, 500));
+    assert_eq!((budget.limited, budget.packets.burst), (1, 500));
     let capping = outcome_of(&d, "shop/web")
         .accepted
         .clone()
