@@ -33,7 +33,7 @@ impl Limit {
         const NS_PER_SEC: u128 = 1_000_000_000;
         let rate = u128::from(self.per_second.get());
         let burst = self.burst.get();
-        let ns_per_unit = ((NS_PER_SEC << BUDGET_UNIT_SHIFT) + rate - 1) / rate;
+        let ns_per_unit = (NS_PER_SEC << BUDGET_UNIT_SHIFT).div_ceil(rate);
         let ns_per_unit = u64::try_from(ns_per_unit).unwrap_or(u64::MAX);
         Bucket {
             ns_per_unit,
