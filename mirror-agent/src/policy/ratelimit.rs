@@ -296,4 +296,35 @@ mod tests {
         assert_eq!(b.bytes, Bucket::default());
         assert_eq!(RateLimit::default().budget(), Budget::default());
     }
+
+    /// The hook's cost of `units`, as mirror-ebpf/src/budget.rs computes it.
+    fn hook_ns(b: &Bucket, units: u64) -> Option<u64> {
+        let product = units.checked_mul(b.ns_per_unit)?;
+        Some(product.div_ceil(1 << BUDGET_UNIT_SHIFT))
+    }
+
+    #[test]
+    fn the_hooks_multiplication_never_passes_more_than_the_rate_nor_overflows() {
+        for (rate, most) in [
+            (1, MAX_PACKETS_PER_SECOND),
+            (7, MAX_PACKETS_PER_SECOND),
+            (1000, MAX_PACKETS_PER_SECOND),
+            (MAX_PACKETS_PER_SECOND, MAX_PACKETS_PER_SECOND),
+            (1_250_000_000, MAX_BYTES_PER_SECOND),
+            (MAX_BYTES_PER_SECOND, MAX_BYTES_PER_SECOND),
+        ] {
+            assert!(rate <= most);
+            let burst = rate * MAX_BURST_SECONDS;
+            let b = limit(rate, burst).expect("a limit").bucket();
+            assert_eq!(b.burst, burst, "rate {rate}: the burst is kept");
+            // The largest cost the hook multiplies stays within 64 bits.
+            let whole = hook_ns(&b, burst).expect("no overflow");
+            // Never cheaper than exact (never more than the rate), and
+            // dearer by less than 0.1%.
+            let exact = u128::from(burst) * 1_000_000_000 / u128::from(rate);
+            assert!(u128::from(whole) >= exact, "rate {rate}");
+            assert!(u128::from(whole) <= exact + exact / 1000 + 1, "rate {rate}");
+            assert_eq!(u128::from(b.depth_ns), exact, "rate {rate}");
+        }
+    }
 }
