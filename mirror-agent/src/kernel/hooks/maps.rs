@@ -79,6 +79,27 @@ impl Hooks {
         Ok(())
     }
 
+    /// Clears what an agent of another namespace, sharing these pins, left
+    /// in the array for its own interfaces (`ids`: every pinned config):
+    /// here they would stand for ours of the same index.
+    pub(super) fn clear_foreign_here(&mut self, ids: &[IfaceId]) -> Result<(), HookError> {
+        let ours: HashSet<u32> = ids
+            .iter()
+            .filter(|id| id.netns == self.own)
+            .map(|id| id.index.0)
+            .collect();
+        for id in ids {
+            if id.netns != self.own && !ours.contains(&id.index.0) {
+                let slot = IfaceId {
+                    netns: self.own,
+                    index: id.index,
+                };
+                self.set_config_here(slot, &IfaceConfig::NONE)?;
+            }
+        }
+        Ok(())
+    }
+
     fn set_config_here(&mut self, id: IfaceId, config: &IfaceConfig) -> Result<(), HookError> {
         if id.netns != self.own || id.index.0 >= CONFIG_HERE_SLOTS {
             return Ok(());
