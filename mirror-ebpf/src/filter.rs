@@ -82,6 +82,45 @@ fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
     (rc == 0).then(|| unsafe { buf.0.assume_init() })
 }
 
+/// Reads `W` 32-bit words at `offset`, as they lie in memory (network
+/// order); `None` if the packet is shorter. For headers whose fields are
+/// taken apart arithmetically: from a byte array LLVM splits every word
+/// into bytes, kept on the stack, and joins them again.
+#[inline(always)]
+fn load_words<const W: usize>(ctx: &TcContext, offset: u32) -> Option<[u32; W]> {
+    let at = ctx.data() + offset as usize;
+    if at + 4 * W <= ctx.data_end() {
+        let mut words = [0u32; W];
+        let mut i = 0;
+        while i < W {
+            // SAFETY: [at, at + 4W) lies within the packet's linear data, as
+            // checked above (for the verifier too). Volatile, so that LLVM
+            // neither merges nor splits the loads.
+            words[i] = unsafe { core::ptr::read_volatile((at + 4 * i) as *const u32) };
+            i += 1;
+        }
+        return Some(words);
+    }
+    let mut buf = MaybeUninit::<[u32; W]>::uninit();
+    // SAFETY: `buf` has 4W bytes, and W is a non-zero constant.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset,
+            buf.as_mut_ptr().cast(),
+            4 * W as u32,
+        )
+    };
+    // SAFETY: the helper wrote all 4W bytes when it returned 0.
+    (rc == 0).then(|| unsafe { buf.assume_init() })
+}
+
+/// Byte `i` (0 first in memory) of a word read by [`load_words`].
+#[inline(always)]
+fn byte(word: u32, i: usize) -> u8 {
+    word.to_ne_bytes()[i]
+}
+
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
@@ -124,11 +163,11 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
     let need_dst = pf.accept & !pf.dst_any != 0;
     let (candidates, l4) = match ethertype {
         0x0800 => {
-            let Some(h) = load::<20>(ctx, l3) else {
+            let Some(h) = load_words::<5>(ctx, l3) else {
                 return true;
             };
-            let later_fragment = be16([h[6], h[7]]) & 0x1fff != 0;
-            let ihl = u32::from(h[0] & 0x0f) * 4;
+            let later_fragment = be16([byte(h[1], 2), byte(h[1], 3)]) & 0x1fff != 0;
+            let ihl = u32::from(byte(h[0], 0) & 0x0f) * 4;
             let lookup = |map: &LpmTrie<Lpm4, u64>, a: [u8; 4]| {
                 map.get(Key::new(
                     64,
@@ -143,7 +182,7 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
             // An address outside every entry's span matches none: no
             // lookup (a trie walk is most of what a packet that matches
             // nothing costs).
-            let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
+            let (src, dst) = (h[3].to_ne_bytes(), h[4].to_ne_bytes());
             let src = if need_src && pf.src4.holds(u32::from_be_bytes(src)) {
                 lookup(&SRC4, src)
             } else {
@@ -161,7 +200,7 @@ pub fn passes(ctx: &TcContext, policy_id: u32) -> bool {
             (
                 c & (dst | pf.dst_any),
                 L4 {
-                    proto: h[9],
+                    proto: byte(h[2], 1),
                     offset: (!later_fragment).then_some(l3 + ihl),
                 },
             )

@@ -8,6 +8,7 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod budget;
+mod config;
 mod filter;
 mod ns;
 
@@ -15,25 +16,16 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::TcContext,
 };
 use mirror_common::{
-    Counters, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceConfig, IfaceKey, MAX_INTERFACES,
-    RINGS, RecordHeader, SIZE_CLASSES,
+    Counters, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, IfaceKey, MAX_INTERFACES, RINGS,
+    RecordHeader, SIZE_CLASSES,
 };
-
-#[map(name = "MIRROR_CONFIG")]
-static CONFIG: HashMap<IfaceKey, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
 
 #[map(name = "MIRROR_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
-
-/// The agent's own network namespace (its cookie), set at load time
-/// (`mirror_common::GLOBAL_NETNS_COOKIE`): that of the interfaces these
-/// programs are attached to directly.
-#[unsafe(no_mangle)]
-static NETNS_COOKIE: u64 = 0;
 
 /// The rings, one per tenant slot (`IfaceConfig::ring`), so that one
 /// tenant's copies cannot take the space another's need. Their size here is
@@ -86,24 +78,6 @@ pub fn mirror_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// The namespace of the packet's device: noted by an entry program that
-/// tail-called us (`entry.rs`), else our own.
-#[inline(always)]
-fn netns_cookie() -> u64 {
-    if let Some(scratch) = ns::NS_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU value; the entry program set it on this CPU just
-        // before its tail call, with nothing in between.
-        unsafe {
-            if (*scratch).set != 0 {
-                (*scratch).set = 0;
-                return (*scratch).netns_cookie;
-            }
-        }
-    }
-    // SAFETY: reading a global; volatile so it is not folded to its initial value.
-    unsafe { core::ptr::read_volatile(&NETNS_COOKIE) }
-}
-
 /// One ring-buffer record of a given capture class: header, then `N` bytes.
 #[repr(C)]
 struct Record<const N: usize> {
@@ -115,15 +89,13 @@ struct Record<const N: usize> {
 fn mirror(ctx: &TcContext, direction: u32) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let netns_cookie = netns_cookie();
+    let Some((config, netns_cookie)) = config::lookup(ifindex) else {
+        return;
+    };
     let key = IfaceKey {
         netns_cookie,
         ifindex,
         _pad: 0,
-    };
-    // SAFETY: the value is only read; the agent replaces entries whole.
-    let Some(config) = (unsafe { CONFIG.get(&key) }) else {
-        return;
     };
     if config.directions & direction == 0 {
         return;

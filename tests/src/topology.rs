@@ -54,6 +54,16 @@ pub struct PodPair {
 impl PodPair {
     /// IPv4 only (IPv6 disabled, so no background traffic at all), or dual stack.
     pub fn new(ipv6: bool) -> Result<Self> {
+        Self::build(ipv6, None)
+    }
+
+    /// IPv4 only, the host end numbered `index` in the node's namespace
+    /// (as interfaces are after that many were made there).
+    pub fn with_host_index(index: u32) -> Result<Self> {
+        Self::build(false, Some(index))
+    }
+
+    fn build(ipv6: bool, host_index: Option<u32>) -> Result<Self> {
         let node = Netns::new("mtn")?;
         let pod = Netns::new("mtp")?;
         if !ipv6 {
@@ -62,7 +72,28 @@ impl PodPair {
         }
         let host_if = unique_name("mth");
         let pod_if = unique_name("mtq");
-        veth(&node, &host_if, &pod, &pod_if)?;
+        match host_index {
+            None => veth(&node, &host_if, &pod, &pod_if)?,
+            Some(index) => {
+                let index = index.to_string();
+                node.ip(&[
+                    "link",
+                    "add",
+                    &host_if,
+                    "index",
+                    &index,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &pod_if,
+                    "netns",
+                    pod.name(),
+                ])?;
+                node.ip(&["link", "set", &host_if, "up"])?;
+                pod.ip(&["link", "set", &pod_if, "up"])?;
+            }
+        }
         let (node_v4, pod_v4) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
         node.ip(&["addr", "add", "198.18.0.1/24", "dev", &host_if])?;
         pod.ip(&["addr", "add", "198.18.0.2/24", "dev", &pod_if])?;

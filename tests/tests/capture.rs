@@ -104,6 +104,28 @@ fn icmp_and_arp_netlink() {
     icmp_and_arp("netlink");
 }
 
+/// An interface numbered beyond the hook's config array
+/// (`mirror_common::CONFIG_HERE_SLOTS`, which the hook finds its own
+/// namespace's interfaces in) is found in the hash instead: mirrored all the same.
+#[test]
+fn ifindex_beyond_the_config_array() {
+    let index = mirror_common::CONFIG_HERE_SLOTS + 1000;
+    let pair = PodPair::with_host_index(index).expect("topology");
+    let actual = pair
+        .node
+        .ip(&["-o", "link", "show", &pair.host_if])
+        .expect("ip link show");
+    assert!(
+        actual.starts_with(&format!("{index}: ")),
+        "the host veth did not get index {index}: {actual}"
+    );
+    let c = compare(&pair, &[], |p| {
+        p.flush_neighbours()?;
+        traffic::ping(&p.pod, IpAddr::V4(p.node_v4), 5)
+    });
+    assert!(count(&c.oracle, |f| ethertype(f) == 0x0800 && f.data[23] == 1) >= 10);
+}
+
 /// UDP from empty to 30000 bytes: above 1472 the kernel sends IP fragments.
 fn udp_sizes(mode: &str) {
     let pair = PodPair::new(false).expect("topology");

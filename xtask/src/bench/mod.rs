@@ -203,6 +203,9 @@ pub struct Sample {
     pub hook_run: Option<(u64, u64)>,
     /// ns per run of the ingress program alone (ProgRun only).
     pub prog_run_ns: Option<f64>,
+    /// ns per run of a program that returns at once, by the same test run:
+    /// the harness's share of `prog_run_ns` (ProgRun only).
+    pub prog_floor_ns: Option<f64>,
 }
 
 impl Sample {
@@ -472,7 +475,7 @@ impl Runner<'_> {
         let pid = session.copier_pid();
         let cpu0 = pid.map(measure::process_cpu_ns).transpose()?;
         let soft0 = measure::softirq_ns()?;
-        let (mut tcp_gbps, mut udp, mut prog_run_ns) = (None, None, None);
+        let (mut tcp_gbps, mut udp, mut prog_run) = (None, None, None);
         match measure {
             Measure::Tcp(n) => tcp_gbps = Some(measure::tcp(net, n, plan.seconds, stop)?),
             Measure::UdpMax => {
@@ -496,7 +499,7 @@ impl Runner<'_> {
             Measure::ProgRun => {
                 let (ns, iface) = net.hook_site(config.role() == Config::Sidecar);
                 let frame = progrun::udp_frame(net);
-                prog_run_ns = Some(progrun::ns_per_run(ns, iface, frame)?);
+                prog_run = Some(progrun::ns_per_run(ns, iface, frame)?);
             }
             Measure::Sweep(rate) => {
                 udp = Some(measure::udp(
@@ -537,7 +540,8 @@ impl Runner<'_> {
             softirq_ns: soft1 - soft0,
             memory_kib,
             hook_run,
-            prog_run_ns,
+            prog_run_ns: prog_run.map(|p| p.program_ns),
+            prog_floor_ns: prog_run.map(|p| p.floor_ns),
         };
         println!("bench:   {}", report::one_line(&s));
         Ok(s)

@@ -64,6 +64,9 @@ pub fn one_line(s: &Sample) -> String {
     if let Some(ns) = s.prog_run_ns {
         let _ = write!(out, "program alone {ns:.1} ns/run");
     }
+    if let Some(ns) = s.prog_floor_ns {
+        let _ = write!(out, " (test-run floor {ns:.1})");
+    }
     if let Some((ns, cnt)) = s.hook_run
         && cnt > 0
     {
@@ -243,6 +246,8 @@ fn targets(s: &Summary) -> String {
     let mut t = String::from("Issue #19, defaults first:\n\n");
     let nothing = s.ratio(Config::HookNothing, |r| r.udp_pps);
     let prog_ns = s.row(Config::HookNothing).prog_ns;
+    let floor_ns = s.row(Config::HookNothing).prog_floor_ns;
+    let less_floor = prog_ns.zip(floor_ns).map(|(p, f)| p - f);
     let _ = writeln!(
         t,
         "- Hook matching nothing, UDP rate ≥ 0.98×: {} ({}).",
@@ -251,9 +256,11 @@ fn targets(s: &Summary) -> String {
     );
     let _ = writeln!(
         t,
-        "- Hook matching nothing, ≤ 50 ns per packet for the program alone: {} ({} ns by test run; {} ns under the BPF statistics).",
+        "- Hook matching nothing, ≤ 50 ns per packet for the program alone: {} ({} ns by test run, the harness's own {} ns included ({} ns without); {} ns under the BPF statistics).",
         verdict(prog_ns.map(|x| x <= 50.0)),
         f(prog_ns, 1),
+        f(floor_ns, 1),
+        f(less_floor, 1),
         f(s.row(Config::HookNothing).hook_ns, 1)
     );
     let vxlan = s.row(Config::Vxlan);
@@ -404,7 +411,10 @@ const METHOD: &str = "
   such as the ring buffer's wakeup of the agent (an irq_work) after a submit.
   The program alone: `BPF_PROG_TEST_RUN` on the attached mirror_ingress, 10^6
   repeats of the bench's 64-byte UDP frame as if received on the hooked
-  interface, statistics off; the kernel's mean ns per run.
+  interface, statistics off; the kernel's mean ns per run. That includes
+  the test run's own loop (it resets the skb each time): the same test run
+  of a program that only returns (`r0 = -1; exit`) measures it, the floor.
+  The target is judged on the figure with the floor included.
 - CPU: the copier's (agent or tcpdump) user + system time from
   /proc/PID/stat over the full-rate run and its drain, ÷ copies delivered; and
   the softirq time of all CPUs from /proc/stat over the traffic ÷ frames
@@ -416,7 +426,7 @@ const METHOD: &str = "
 pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
     let mut t = String::from(
         "rep,config,measure,tcp_gbps,seconds,offered_pps,delivered_pps,hook_frames,captured,completeness,\
-         copier_cpu_ns,softirq_ns,rss_kib,hwm_kib,hook_run_ns,hook_run_cnt,prog_run_ns,hook_bytes,captured_bytes,byte_completeness,agent_seen,agent_mirrored,\
+         copier_cpu_ns,softirq_ns,rss_kib,hwm_kib,hook_run_ns,hook_run_cnt,prog_run_ns,prog_floor_ns,hook_bytes,captured_bytes,byte_completeness,agent_seen,agent_mirrored,\
          agent_filtered,agent_lost,agent_lost_ring_full,agent_lost_output,output_lost_queue_full,output_lost_send_error,tcpdump_dropped_by_kernel,collector_link_frames\n",
     );
     let opt = |v: Option<String>| v.unwrap_or_default();
@@ -425,7 +435,7 @@ pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
         let o = |k: &str| opt(s.outcome.output.get(k).map(u64::to_string));
         let _ = writeln!(
             t,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             s.rep + 1,
             s.config.key(),
             s.measure,
@@ -443,6 +453,7 @@ pub fn write_csv(samples: &[Sample], path: &Path) -> Result<()> {
             opt(s.hook_run.map(|h| h.0.to_string())),
             opt(s.hook_run.map(|h| h.1.to_string())),
             opt(s.prog_run_ns.map(|x| format!("{x:.1}"))),
+            opt(s.prog_floor_ns.map(|x| format!("{x:.1}"))),
             s.outcome.hook_bytes,
             opt(s.outcome.captured_bytes.map(|c| c.to_string())),
             opt(s.byte_completeness().map(|x| format!("{x:.5}"))),

@@ -38,6 +38,8 @@ pub struct Row {
     pub hook_ns: Option<f64>,
     /// The ingress program's ns per run alone (`BPF_PROG_TEST_RUN`).
     pub prog_ns: Option<f64>,
+    /// The test run's floor (a program that returns at once), median.
+    pub prog_floor_ns: Option<f64>,
     /// Agent or tcpdump CPU per copy delivered, ns.
     pub copier_ns_per_copy: Option<f64>,
     /// Softirq time of all CPUs per frame offered, ns.
@@ -152,6 +154,12 @@ impl Summary {
                     of(|m| *m == Measure::ProgRun)
                         .iter()
                         .filter_map(|s| s.prog_run_ns)
+                        .collect(),
+                ),
+                prog_floor_ns: median(
+                    of(|m| *m == Measure::ProgRun)
+                        .iter()
+                        .filter_map(|s| s.prog_floor_ns)
                         .collect(),
                 ),
                 hook_ns: median(

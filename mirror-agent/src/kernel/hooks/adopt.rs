@@ -5,13 +5,13 @@
 use std::collections::HashSet;
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::MapData,
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     },
 };
-use mirror_common::{IfaceConfig, IfaceKey, MAP_CONFIG, MAP_RECORDS, MAP_RECORDS_SHARED};
+use mirror_common::{MAP_RECORDS, MAP_RECORDS_SHARED};
 use tracing::{debug, info, warn};
 
 use super::{Adopted, Attachment, HookError, Hooks, Interface, Mode};
@@ -137,12 +137,8 @@ impl Hooks {
             .filter(|i| !configured.contains(i))
             .copied()
             .collect();
-        let mut config: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
-        for id in &stale {
-            // Gone already if another agent removed it.
-            let _ = config.remove(&id.key());
-        }
         for id in stale {
+            self.remove_config(id)?;
             self.slots.remove(&id);
         }
         if let Some(pins) = &self.pins {

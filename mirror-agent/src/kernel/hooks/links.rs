@@ -1,16 +1,11 @@
 //! Attaching the hooks (tcx first, netlink `cls_bpf` as the fallback)
 //! and detaching them.
 
-use aya::{
-    maps::HashMap,
-    programs::{
-        LinkOrder, TcAttachType,
-        tc::{self, NlOptions, TcAttachOptions, TcError, TcHandle},
-    },
+use aya::programs::{
+    LinkOrder, TcAttachType,
+    tc::{self, NlOptions, TcAttachOptions, TcError, TcHandle},
 };
-use mirror_common::{
-    DIR_EGRESS, DIR_INGRESS, IfaceConfig, IfaceKey, MAP_CONFIG, PROG_EGRESS, PROG_INGRESS,
-};
+use mirror_common::{DIR_EGRESS, DIR_INGRESS, PROG_EGRESS, PROG_INGRESS};
 use tracing::{debug, warn};
 
 use super::{Attachment, HookError, Hooks, Interface, Mode, load::classifier};
@@ -185,9 +180,7 @@ impl Hooks {
                 warn!(%error, path = %path.display(), "unpinning failed");
             }
         }
-        let mut config: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
-        // Already gone if its interface was deleted.
-        let _ = config.remove(&iface.key());
+        self.remove_config(iface)?;
         self.slots.remove(&iface);
         if let Some(pins) = &self.pins {
             pins.remove_label(iface)?;

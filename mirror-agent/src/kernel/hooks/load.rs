@@ -63,7 +63,9 @@ impl Hooks {
             .map(|e| e.map(|(key, c)| (IfaceId::from_key(key), Slot(c.counter_slot))))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| map_err(MAP_CONFIG, source))?;
+        let ids: Vec<IfaceId> = pinned.iter().map(|(id, _)| *id).collect();
         hooks.slots.extend(pinned);
+        hooks.clear_foreign_here(&ids)?;
         Ok(hooks)
     }
 

@@ -11,15 +11,16 @@ use aya::{
     },
 };
 use mirror_common::{
-    Budget, Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_BUDGETS, MAP_CONFIG, MAP_COUNTERS,
-    MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES,
-    MAX_INTERFACES, MAX_KERNEL_RULES, MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
+    Budget, CONFIG_HERE_SLOTS, Counters, IfaceConfig, IfaceKey, Lpm4, Lpm6, MAP_BUDGETS,
+    MAP_CONFIG, MAP_CONFIG_HERE, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4,
+    MAP_LPM_SRC6, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAX_INTERFACES, MAX_KERNEL_RULES,
+    MAX_LPM_ENTRIES, MAX_POLICIES, PolicyFilter,
 };
 
 use super::{HookError, Hooks, Interface, Slot, map_err};
 use crate::{
     kernel::{inspect::HookLabel, prefilter::PrefilterMaps, ring::Ring},
-    model::record::PolicyId,
+    model::record::{IfaceId, PolicyId},
 };
 
 impl Hooks {
@@ -54,10 +55,58 @@ impl Hooks {
             }
         };
         config.counter_slot = slot.0;
-        let mut map: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
-        map.insert(iface.id().key(), config, 0)
-            .map_err(|source| map_err(MAP_CONFIG, source))?;
+        self.set_config(iface.id(), config)?;
         Ok(slot)
+    }
+
+    /// Writes an interface's config in the hash, and for one of our own
+    /// namespace with a small enough index in the array too, where the hook
+    /// finds it (see `mirror_common::MAP_CONFIG_HERE`).
+    fn set_config(&mut self, id: IfaceId, config: IfaceConfig) -> Result<(), HookError> {
+        let mut map: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
+        map.insert(id.key(), config, 0)
+            .map_err(|source| map_err(MAP_CONFIG, source))?;
+        self.set_config_here(id, &config)
+    }
+
+    /// Removes an interface's config from both maps: the array's first,
+    /// as that is where the hook looks. Gone already is fine (another
+    /// agent removed it, or the interface was deleted).
+    pub(super) fn remove_config(&mut self, id: IfaceId) -> Result<(), HookError> {
+        self.set_config_here(id, &IfaceConfig::NONE)?;
+        let mut map: HashMap<_, IfaceKey, IfaceConfig> = self.map(MAP_CONFIG)?;
+        let _ = map.remove(&id.key());
+        Ok(())
+    }
+
+    /// Clears what an agent of another namespace, sharing these pins, left
+    /// in the array for its own interfaces (`ids`: every pinned config):
+    /// here they would stand for ours of the same index.
+    pub(super) fn clear_foreign_here(&mut self, ids: &[IfaceId]) -> Result<(), HookError> {
+        let ours: HashSet<u32> = ids
+            .iter()
+            .filter(|id| id.netns == self.own)
+            .map(|id| id.index.0)
+            .collect();
+        for id in ids {
+            if id.netns != self.own && !ours.contains(&id.index.0) {
+                let slot = IfaceId {
+                    netns: self.own,
+                    index: id.index,
+                };
+                self.set_config_here(slot, &IfaceConfig::NONE)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_config_here(&mut self, id: IfaceId, config: &IfaceConfig) -> Result<(), HookError> {
+        if id.netns != self.own || id.index.0 >= CONFIG_HERE_SLOTS {
+            return Ok(());
+        }
+        let mut here: Array<_, IfaceConfig> = self.map(MAP_CONFIG_HERE)?;
+        here.set(id.index.0, config, 0)
+            .map_err(|source| map_err(MAP_CONFIG_HERE, source))
     }
 
     fn zero_counters(&mut self, slot: u32) -> Result<(), HookError> {

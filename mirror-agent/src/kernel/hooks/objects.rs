@@ -25,11 +25,12 @@ mod tests {
     use aya::maps::lpm_trie::Key;
     use aya_obj::{Object, ParseError, generated::bpf_map_type as Kind};
     use mirror_common::{
-        Budget, Counters, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey, KernelRule, Lpm4, Lpm6,
-        MAIN_EGRESS, MAIN_INGRESS, MAP_BUDGETS, MAP_CONFIG, MAP_COUNTERS, MAP_LPM_DST4,
-        MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6, MAP_MAINS, MAP_NS_SCRATCH, MAP_NS_SELF,
-        MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS, MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES,
-        NsScratch, PROG_EGRESS, PROG_INGRESS, PROG_NS_EGRESS, PROG_NS_INGRESS, PolicyFilter,
+        Budget, CONFIG_HERE_SLOTS, Counters, GLOBAL_NETNS_COOKIE, IfaceConfig, IfaceKey,
+        KernelRule, Lpm4, Lpm6, MAIN_EGRESS, MAIN_INGRESS, MAP_BUDGETS, MAP_CONFIG,
+        MAP_CONFIG_HERE, MAP_COUNTERS, MAP_LPM_DST4, MAP_LPM_DST6, MAP_LPM_SRC4, MAP_LPM_SRC6,
+        MAP_MAINS, MAP_NS_SCRATCH, MAP_NS_SELF, MAP_POLICIES, MAP_RECORDS, MAP_RULES, MAPS,
+        MAX_INTERFACES, MAX_KERNEL_RULES, MAX_POLICIES, NsScratch, PROG_EGRESS, PROG_INGRESS,
+        PROG_NS_EGRESS, PROG_NS_INGRESS, PolicyFilter,
     };
 
     use super::{EBPF_OBJECT, ENTRY_OBJECT, ENTRY_PINS};
@@ -86,6 +87,13 @@ mod tests {
                 size_of::<IfaceKey>(),
                 size_of::<IfaceConfig>(),
                 MAX_INTERFACES,
+            ),
+            (
+                MAP_CONFIG_HERE,
+                Kind::BPF_MAP_TYPE_ARRAY,
+                4,
+                size_of::<IfaceConfig>(),
+                CONFIG_HERE_SLOTS,
             ),
             (
                 MAP_COUNTERS,
