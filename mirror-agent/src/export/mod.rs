@@ -383,8 +383,12 @@ impl Exporter {
     }
 }
 
+/// Bytes below which a piece is copied even when it could be lent: a
+/// `writev` slice costs the kernel more than copying a small frame here.
+const LEND_MIN: usize = 256;
+
 /// Puts a packet's bytes in the batch: lent from `source` if they lie in
-/// its memory, else copied; `patch` (a finished checksum) in the batch's
+/// its memory (and are not small), else copied; `patch` (a finished checksum) in the batch's
 /// own bytes either way.
 fn lend_or_copy(
     batch: &mut queue::Batch,
@@ -393,8 +397,8 @@ fn lend_or_copy(
     patch: Option<wire::Patch>,
 ) {
     let lend = |batch: &mut queue::Batch, data: &[u8]| match source {
-        Some(s) => batch.lending.lend(s, data, batch.buf.len()),
-        None => false,
+        Some(s) if data.len() >= LEND_MIN => batch.lending.lend(s, data, batch.buf.len()),
+        _ => false,
     };
     let copy = |batch: &mut queue::Batch, data: &[u8]| {
         if !lend(batch, data) {
