@@ -3,7 +3,10 @@
 //! only once every output they went to has sent them (or the hold limits say to stop waiting; see
 //! [`crate::datapath::hold`]). An agent killed at any moment thus leaves what
 //! it had not sent in the ring, and the next agent sends it: a copy may be
-//! sent twice across a crash, but none is lost to it.
+//! sent twice across a crash, but none is lost to it. File outputs write
+//! records from the ring itself ([`crate::export::loan`]): space goes back
+//! only as far as each ring's ledger allows, after it has copied what a
+//! forced release would take from a batch not yet written.
 
 use std::{io, sync::Arc, time::Duration, time::Instant};
 
