@@ -68,7 +68,9 @@ impl Pump {
                 // shutdown, a new ring). The kernel changes a record only
                 // once its space is released, and this pump releases only
                 // what the ledger's `reclaim` allows ([`Releaser::release`],
-                // [`Releaser::forget`]).
+                // [`Releaser::forget`]); no other process releases it
+                // meanwhile (one agent per pin directory holds its lock; an
+                // agent without pins has rings of its own).
                 let memory = unsafe { Memory::new(records.keep, records.base, records.len) };
                 Releaser::new(Limits {
                     age: HOLD_AGE,
