@@ -5,17 +5,21 @@
 //! Both ends count whole batches (handed over, finished), so the drain knows
 //! when what it read has been sent and its ring space can be released.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
-    mpsc::{self, Receiver, Sender, SyncSender, TrySendError},
+use std::{
+    io::{self, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, Receiver, Sender, SyncSender, TrySendError},
+    },
 };
 
 use tokio::sync::Notify;
 
 use super::{
     Stats,
-    loan::{Lending, Loan},
+    loan::{self, Lending, Loan},
+    pcapng::BlockFile,
 };
 use crate::metrics::cpu;
 
@@ -57,6 +61,19 @@ impl Batch {
     /// Bytes of its stream: its own and those lent.
     pub fn len(&self) -> usize {
         self.buf.len() + self.lending.bytes()
+    }
+
+    /// Writes `head`, then the batch, its lent packets straight from where
+    /// they were lent ([`loan::gather`]), holding the loan for each
+    /// `writev` only.
+    pub fn write_to(&self, out: &mut BlockFile, head: &[u8]) -> io::Result<()> {
+        let total = head.len() + self.len();
+        out.write_gathered(total, |mut file, from| {
+            let held = self.loan.as_ref().map(|l| l.hold());
+            let mut slices = Vec::new();
+            loan::gather(head, &self.buf, held.as_ref(), from, &mut slices);
+            file.write_vectored(&slices)
+        })
     }
 
     fn clear(&mut self) {

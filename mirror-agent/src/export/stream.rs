@@ -18,9 +18,9 @@ use socket2::{Domain, Socket, Type};
 use tracing::{info, warn};
 
 use super::{
-    Context, SocketMark, Stats, loan,
+    Context, SocketMark, Stats,
     own::{Connection, Owner},
-    queue::{Batch, Inbox},
+    queue::Inbox,
 };
 use crate::export::{
     output::{Endpoint, Output},
@@ -345,7 +345,7 @@ fn write_file(
     }
     while let Some(batch) = inbox.recv() {
         head.extend_from_slice(&batch.idbs);
-        match write_batch(&mut out, &head, &batch) {
+        match batch.write_to(&mut out, &head) {
             Ok(()) => {
                 stats.add_sent(batch.packets.len(), batch.len());
                 head.clear();
@@ -360,19 +360,6 @@ fn write_file(
     if out.is_empty() && out.is_regular() && std::fs::remove_file(path).is_ok() {
         warn!(output = %name, "removed the file: not even its header could be written");
     }
-}
-
-/// Writes `head` then the batch, its lent packets straight from where
-/// they were lent ([`loan::gather`]), holding the loan for each `writev`
-/// only.
-fn write_batch(out: &mut pcapng::BlockFile, head: &[u8], batch: &Batch) -> io::Result<()> {
-    let total = head.len() + batch.len();
-    out.write_gathered(total, |mut file, from| {
-        let held = batch.loan.as_ref().map(|l| l.hold());
-        let mut slices = Vec::new();
-        loan::gather(head, &batch.buf, held.as_ref(), from, &mut slices);
-        file.write_vectored(&slices)
-    })
 }
 
 fn write_all_batches(
