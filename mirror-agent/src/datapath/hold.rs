@@ -6,7 +6,10 @@
 //! A stuck output must not stall the ring for the others, so a mark is also
 //! released, sent or not, once it is older than [`Limits::age`] or the held
 //! bytes pass [`Limits::bytes`]: past that, records live only in the output's
-//! own (byte-bounded, counted) queue, as they would without holding.
+//! own (byte-bounded, counted) queue, as they would without holding (a
+//! file output's batches, which refer to the ring's bytes, get their own
+//! copy of them first: the pump releases through the ring's ledger, see
+//! [`crate::export::loan`]).
 
 use std::{
     collections::VecDeque,

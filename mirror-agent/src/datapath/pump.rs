@@ -3,9 +3,12 @@
 //! only once every output they went to has sent them (or the hold limits say to stop waiting; see
 //! [`crate::datapath::hold`]). An agent killed at any moment thus leaves what
 //! it had not sent in the ring, and the next agent sends it: a copy may be
-//! sent twice across a crash, but none is lost to it.
+//! sent twice across a crash, but none is lost to it. File outputs write
+//! records from the ring itself ([`crate::export::loan`]): space goes back
+//! only as far as each ring's ledger allows, after it has copied what a
+//! forced release would take from a batch not yet written.
 
-use std::{io, time::Duration, time::Instant};
+use std::{io, sync::Arc, time::Duration, time::Instant};
 
 use crate::{
     datapath::{
@@ -13,6 +16,7 @@ use crate::{
         fanout::Fanout,
         hold::{Holds, Limits},
     },
+    export::loan::{Ledger, Memory, Source},
     kernel::ring::{Ring, largest},
 };
 
@@ -57,10 +61,22 @@ impl Pump {
         let releasers = rings
             .iter()
             .map(|ring| {
+                let records = ring.records();
+                // SAFETY: the ring's records stay mapped as long as `keep`
+                // (the Arc of its mapping, which each batch that lends from
+                // it holds, whatever becomes of the ring: a plan change,
+                // shutdown, a new ring). The kernel changes a record only
+                // once its space is released, and this pump releases only
+                // what the ledger's `reclaim` allows ([`Releaser::release`],
+                // [`Releaser::forget`]); no other process releases it
+                // meanwhile (one agent per pin directory holds its lock; an
+                // agent without pins has rings of its own).
+                let memory = unsafe { Memory::new(records.keep, records.base, records.len) };
                 Releaser::new(Limits {
                     age: HOLD_AGE,
                     bytes: ring.size() / HOLD_SHARE,
                 })
+                .lending(memory)
             })
             .collect();
         Ok(Self {
@@ -95,6 +111,7 @@ impl Pump {
             let from = ring.position();
             let releaser = &mut releasers[i];
             releaser.begin(fanout);
+            fanout.lend_from(releaser.source(from));
             let n = ring.read_some(ROUND_RECORDS, |r| fanout.record(r));
             // Discarded records move the position too, with nothing read.
             if ring.position() != from {
@@ -167,6 +184,13 @@ struct Releaser {
     before: Vec<u64>,
     handed: Vec<u64>,
     done: Vec<u64>,
+    /// The ring's records, which file outputs write from...
+    memory: Option<Arc<Memory>>,
+    /// ...and what they have been lent: space is released only as far as
+    /// [`Ledger::reclaim`] allows.
+    ledger: Arc<Ledger>,
+    /// A release that had to wait for a write in progress; retried.
+    owed: Option<u64>,
 }
 
 impl Releaser {
@@ -177,7 +201,25 @@ impl Releaser {
             before: Vec::new(),
             handed: Vec::new(),
             done: Vec::new(),
+            memory: None,
+            ledger: Arc::default(),
+            owed: None,
         }
+    }
+
+    /// Records read from `memory` may be lent to outputs.
+    fn lending(mut self, memory: Memory) -> Self {
+        self.memory = Some(Arc::new(memory));
+        self
+    }
+
+    /// Where the records of a turn that starts at `position` lie.
+    fn source(&self, position: u64) -> Option<Source> {
+        Some(Source {
+            memory: self.memory.clone()?,
+            position,
+            ledger: self.ledger.clone(),
+        })
     }
 
     /// A turn of this ring starts: notes what each output had been handed.
@@ -209,291 +251,33 @@ impl Releaser {
     fn release(&mut self, space: &impl Space, fanout: &Fanout) -> bool {
         self.done.clear();
         self.done.extend(fanout.exporters().map(|e| e.progress().1));
-        match self
+        let due = self
             .holds
             .release(Instant::now(), space.held(), self.limits, &self.done)
-        {
+            .max(self.owed);
+        match due {
             Some(position) => {
-                space.release(position);
+                self.give_back(space, position);
                 true
             }
             None => false,
         }
     }
 
+    /// Releases up to `position`, once what outputs were lent of it is
+    /// theirs (a forced release copies it for them); as far as a write in
+    /// progress allows, and the rest later.
+    fn give_back(&mut self, space: &impl Space, position: u64) {
+        let upto = self.ledger.reclaim(position);
+        self.owed = (upto < position).then_some(position);
+        space.release(upto);
+    }
+
     fn forget(&mut self, space: &impl Space) {
         self.holds = Holds::default();
-        space.release(space.position());
+        self.give_back(space, space.position());
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{
-        cell::Cell,
-        collections::HashMap,
-        fs::{File, OpenOptions},
-        io::Read,
-        os::unix::fs::OpenOptionsExt,
-        path::Path,
-        sync::Arc,
-        time::Duration,
-    };
-
-    use mirror_common::DIR_INGRESS;
-    use nix::{
-        fcntl::{FcntlArg, fcntl},
-        libc,
-        sys::stat::Mode,
-    };
-    use tokio::sync::Notify;
-
-    use super::*;
-    use crate::{
-        datapath::{
-            fanout::{PolicyStats, Running},
-            testing::{eventually, frame, iface, pcapng_output, record},
-        },
-        model::record::{IfaceId, WallClock},
-    };
-
-    /// The ring's space as the test moves it: what the drain has read up
-    /// to, and what has been given back.
-    #[derive(Default)]
-    struct Fake {
-        read: Cell<u64>,
-        released: Cell<u64>,
-    }
-
-    impl Space for Fake {
-        fn position(&self) -> u64 {
-            self.read.get()
-        }
-
-        fn held(&self) -> u64 {
-            self.read.get() - self.released.get()
-        }
-
-        fn release(&self, position: u64) {
-            self.released.set(position);
-        }
-    }
-
-    /// Holding bounded neither by time nor by bytes (within a test).
-    const PATIENT: Limits = Limits {
-        age: Duration::from_secs(3600),
-        bytes: u64::MAX,
-    };
-
-    /// A pcapng output into a pipe the test reads, or does not: its sender
-    /// finishes a batch only once the pipe has taken all of it, and the
-    /// pipe is made as small as it can be.
-    struct Stuck {
-        pipe: File,
-        capacity: usize,
-    }
-
-    impl Stuck {
-        fn open(path: &Path) -> Self {
-            nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR).expect("mkfifo");
-            // Opened for reading first, without waiting for a writer, so
-            // that the output's own open does not wait either.
-            let pipe = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-                .expect("the pipe's read end");
-            fcntl(&pipe, FcntlArg::F_SETPIPE_SZ(4096)).expect("shrinking the pipe");
-            let capacity = fcntl(&pipe, FcntlArg::F_GETPIPE_SZ).expect("the pipe's size");
-            Self {
-                pipe,
-                capacity: capacity as usize,
-            }
-        }
-
-        /// Reads what the sender writes until `done`.
-        fn read_until(&mut self, mut done: impl FnMut() -> bool) {
-            let mut buf = vec![0; 1 << 16];
-            eventually("the stuck output has sent", || {
-                while let Ok(n) = self.pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                done()
-            });
-        }
-    }
-
-    /// A fanout with one policy on interface `a`, sending to a pcapng file
-    /// and to the stuck output at `pipe`.
-    fn fanout(dir: &Path, a: IfaceId) -> (Fanout, Stuck) {
-        let progress = Arc::new(Notify::new());
-        let listed = [(a, "veth-a".to_owned())];
-        let stuck = Stuck::open(&dir.join("pipe"));
-        let outputs = vec![
-            pcapng_output(&dir.join("file.pcapng"), &listed, &progress),
-            pcapng_output(&dir.join("pipe"), &listed, &progress),
-        ];
-        let policy = Running::new("web".into(), None, outputs, PolicyStats::default());
-        let routes = HashMap::from([(a, ("veth-a".to_owned(), 0))]);
-        let clock = WallClock::now().expect("the clocks");
-        (Fanout::new(vec![policy], routes, clock), stuck)
-    }
-
-    /// The outputs of [`fanout`], in order.
-    const FILE: usize = 0;
-    const PIPE: usize = 1;
-
-    /// Batches output `i` has finished.
-    fn finished(fanout: &Fanout, i: usize) -> u64 {
-        fanout.exporters().nth(i).expect("two outputs").progress().1
-    }
-
-    /// Hands the fanout records from `a` that take more than `bytes` in a
-    /// pcapng stream, as a drain round that read up to `position` would.
-    fn drain_round(
-        r: &mut Releaser,
-        space: &Fake,
-        fanout: &mut Fanout,
-        a: IfaceId,
-        bytes: usize,
-        position: u64,
-    ) {
-        let f = frame(true, 1400);
-        for _ in 0..=bytes / f.len() {
-            fanout.record(&record(a, 1, DIR_INGRESS, &f));
-        }
-        space.read.set(position);
-        r.handed_over(space, fanout);
-    }
-
-    #[test]
-    fn ring_space_is_released_only_once_every_output_has_sent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = iface(7);
-        let (mut fanout, mut stuck) = fanout(dir.path(), a);
-        let (space, mut r) = (Fake::default(), Releaser::new(PATIENT));
-
-        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 1000);
-        eventually("the file output has sent", || finished(&fanout, FILE) == 1);
-        assert_eq!(finished(&fanout, PIPE), 0, "the pipe cannot hold the batch");
-        assert!(!r.release(&space, &fanout));
-        assert_eq!(space.released.get(), 0);
-
-        stuck.read_until(|| finished(&fanout, PIPE) == 1);
-        assert!(r.release(&space, &fanout));
-        assert_eq!(space.released.get(), 1000);
-
-        // A second round is held on its own: the first stays released.
-        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 2500);
-        assert!(!r.release(&space, &fanout));
-        assert_eq!(space.released.get(), 1000);
-        stuck.read_until(|| finished(&fanout, PIPE) == 2);
-        eventually("the file output has sent", || finished(&fanout, FILE) == 2);
-        assert!(r.release(&space, &fanout));
-        assert_eq!(space.released.get(), 2500);
-        drop(stuck);
-    }
-
-    #[test]
-    fn a_round_with_nothing_for_the_outputs_is_released_at_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = iface(7);
-        let (mut fanout, stuck) = fanout(dir.path(), a);
-        let (space, mut r) = (Fake::default(), Releaser::new(PATIENT));
-        // Records of an interface no policy asked for: nothing handed over.
-        drain_round(&mut r, &space, &mut fanout, iface(9), 3000, 700);
-        assert_eq!(space.released.get(), 700);
-        assert!(fanout.exporters().all(|e| e.progress() == (0, 0)));
-        drop(stuck);
-    }
-
-    #[test]
-    fn a_stuck_output_holds_no_more_than_the_byte_limit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = iface(7);
-        let (mut fanout, mut stuck) = fanout(dir.path(), a);
-        let space = Fake::default();
-        let limits = Limits {
-            age: Duration::from_secs(3600),
-            bytes: 1500,
-        };
-        let mut r = Releaser::new(limits);
-        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 1000);
-        assert_eq!(finished(&fanout, PIPE), 0);
-        assert_eq!(space.released.get(), 0, "1000 bytes held: within the limit");
-        drain_round(&mut r, &space, &mut fanout, a, 10, 2000);
-        assert_eq!(finished(&fanout, PIPE), 0);
-        assert_eq!(space.released.get(), 2000, "2000 bytes held: past it");
-        stuck.read_until(|| finished(&fanout, PIPE) == 2);
-    }
-
-    /// Two tenants: policy "quiet" on `b` into a file, policy "loud" on
-    /// `a` into the stuck pipe, each tenant's records from its own ring.
-    #[test]
-    fn another_tenants_stuck_output_does_not_hold_this_ring() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (a, b) = (iface(7), iface(8));
-        let progress = Arc::new(Notify::new());
-        let mut stuck = Stuck::open(&dir.path().join("pipe"));
-        let loud = Running::new(
-            "loud".into(),
-            None,
-            vec![pcapng_output(
-                &dir.path().join("pipe"),
-                &[(a, "veth-a".to_owned())],
-                &progress,
-            )],
-            PolicyStats::default(),
-        );
-        let quiet = Running::new(
-            "quiet".into(),
-            None,
-            vec![pcapng_output(
-                &dir.path().join("b.pcapng"),
-                &[(b, "veth-b".to_owned())],
-                &progress,
-            )],
-            PolicyStats::default(),
-        );
-        let routes = HashMap::from([(a, ("veth-a".to_owned(), 0)), (b, ("veth-b".to_owned(), 1))]);
-        let clock = WallClock::now().expect("the clocks");
-        let mut fanout = Fanout::new(vec![loud, quiet], routes, clock);
-        let (ring_a, ring_b) = (Fake::default(), Fake::default());
-        let (mut ra, mut rb) = (Releaser::new(PATIENT), Releaser::new(PATIENT));
-
-        ra.begin(&fanout);
-        drain_round(&mut ra, &ring_a, &mut fanout, a, 2 * stuck.capacity, 1000);
-        assert_eq!(finished(&fanout, 0), 0, "the pipe cannot hold A's batch");
-        rb.begin(&fanout);
-        drain_round(&mut rb, &ring_b, &mut fanout, b, 3000, 500);
-        // B's ring waits for B's output only.
-        eventually("B's ring is released", || {
-            rb.release(&ring_b, &fanout);
-            ring_b.released.get() == 500
-        });
-        assert_eq!(
-            ring_a.released.get(),
-            0,
-            "A's ring waits for A's stuck output"
-        );
-        stuck.read_until(|| finished(&fanout, 0) == 1);
-        assert!(ra.release(&ring_a, &fanout));
-        assert_eq!(ring_a.released.get(), 1000);
-    }
-
-    #[test]
-    fn forgetting_releases_all_that_was_read() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = iface(7);
-        let (mut fanout, stuck) = fanout(dir.path(), a);
-        let (space, mut r) = (Fake::default(), Releaser::new(PATIENT));
-        drain_round(&mut r, &space, &mut fanout, a, 2 * stuck.capacity, 1000);
-        assert_eq!(space.released.get(), 0);
-        space.read.set(1200);
-        r.forget(&space);
-        assert_eq!(space.released.get(), 1200);
-        drop(stuck);
-    }
-}
+mod tests;

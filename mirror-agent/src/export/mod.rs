@@ -4,11 +4,13 @@
 //!
 //! The drain thread calls [`Exporter::push`] for every record, which encodes
 //! the packet into the exporter's current batch (tunnel header or pcapng
-//! block, then the bytes, copied once out of the ring buffer), and
-//! [`Exporter::flush`] after each drained batch, which hands the batch over.
+//! block, then the bytes, copied once out of the ring buffer; a file lends
+//! them from the ring instead, see [`loan`]), and [`Exporter::flush`] after
+//! each drained batch, which hands the batch over.
 
 pub mod encap;
 mod lane;
+pub mod loan;
 pub mod output;
 pub mod own;
 pub mod pcapng;
@@ -159,6 +161,8 @@ pub struct Exporter {
     thread: Option<JoinHandle<()>>,
     /// See [`MAX_BATCH_BYTES`].
     max_batch: usize,
+    /// A file: its sender writes packets from the ring ([`loan`]).
+    lends: bool,
 }
 
 impl Exporter {
@@ -208,6 +212,10 @@ impl Exporter {
             stats,
             thread: Some(thread),
             max_batch: (ctx.queue_bytes / 4).clamp(1, MAX_BATCH_BYTES),
+            // Not standard output: it is not ours to make non-blocking (see
+            // [`pcapng::BlockFile`]), and a blocked write there would hold
+            // the ring.
+            lends: matches!(output.base(), Output::PcapngFile(_)),
         })
     }
 
@@ -265,42 +273,54 @@ impl Exporter {
 
     /// Encodes one mirrored packet into the current batch: one copy, or
     /// one per wire segment of a super-packet, checksums finished (as the
-    /// output's [`wire::Wire`] says).
-    pub fn push(&mut self, record: &Record<'_>, unix_ns: u64, interface: &str) {
+    /// output's [`wire::Wire`] says). A file lends what it can from
+    /// `source` (the memory the record lies in) instead of copying it.
+    pub fn push(
+        &mut self,
+        record: &Record<'_>,
+        unix_ns: u64,
+        interface: &str,
+        source: Option<&loan::Source>,
+    ) {
+        let source = source.filter(|_| self.lends);
+        if self.outbox.current.lending.other_than(source) {
+            self.flush();
+        }
         let batch = &mut self.outbox.current;
         let start = batch.buf.len();
-        // The interface's block id, looked up once per record, not per segment.
-        let pcapng_id = match &self.encoder {
-            // Records only come from interfaces we configured.
-            Encoder::Pcapng(p) => match p.ids.get(&record.iface) {
-                Some(&id) => Some(id),
-                None => return,
-            },
-            Encoder::Tunnel(_) => None,
-        };
-        let encoder = &mut self.encoder;
         let stats = &self.stats;
-        let shaped = self.shaper.shape(
-            record.data,
-            record.orig_len,
-            record.gso_size,
-            |data, orig_len| match encoder {
-                Encoder::Pcapng(_) => {
-                    let Some(id) = pcapng_id else { return };
-                    crate::export::pcapng::packet_block(
-                        &mut batch.buf,
-                        id,
-                        unix_ns,
-                        orig_len,
-                        Some(record.direction),
-                        data,
-                    );
-                }
-                Encoder::Tunnel(encode) => {
+        let shaped = match &mut self.encoder {
+            Encoder::Pcapng(p) => {
+                // Records only come from interfaces we configured.
+                let Some(&id) = p.ids.get(&record.iface) else {
+                    return;
+                };
+                self.shaper.shape_patched(
+                    record.data,
+                    record.orig_len,
+                    record.gso_size,
+                    |data, orig_len, patch| {
+                        let head = pcapng::PacketHead {
+                            interface: id,
+                            unix_ns,
+                            orig_len,
+                            direction: Some(record.direction),
+                        };
+                        head.write(&mut batch.buf, data.len());
+                        lend_or_copy(batch, source, data, patch);
+                        head.write_tail(&mut batch.buf, data.len());
+                    },
+                )
+            }
+            Encoder::Tunnel(encode) => self.shaper.shape(
+                record.data,
+                record.orig_len,
+                record.gso_size,
+                |data, orig_len| {
                     encode.push(batch, record, data, orig_len, unix_ns, interface, stats)
-                }
-            },
-        );
+                },
+            ),
+        };
         // A stream's copies of one record are one span (its segments' blocks
         // back to back): sent or lost together, counted as the record.
         if let Encoder::Pcapng(_) = self.encoder
@@ -319,7 +339,7 @@ impl Exporter {
         if shaped.finished > 0 {
             Stats::add(&stats.checksums_finished, shaped.finished);
         }
-        if self.outbox.current.buf.len() >= self.max_batch {
+        if self.outbox.current.len() >= self.max_batch {
             self.flush();
         }
     }
@@ -359,6 +379,38 @@ impl Exporter {
                 self.stats.add_send_errors(unsent);
                 warn!(output = %self.name, unsent, "gave up waiting for the output to finish sending");
             }
+        }
+    }
+}
+
+/// Bytes below which a piece is copied even when it could be lent: a
+/// `writev` slice costs the kernel more than copying a small frame here.
+const LEND_MIN: usize = 256;
+
+/// Puts a packet's bytes in the batch: lent from `source` if they lie in
+/// its memory (and are not small), else copied; `patch` (a finished checksum) in the batch's
+/// own bytes either way.
+fn lend_or_copy(
+    batch: &mut queue::Batch,
+    source: Option<&loan::Source>,
+    data: &[u8],
+    patch: Option<wire::Patch>,
+) {
+    let lend = |batch: &mut queue::Batch, data: &[u8]| match source {
+        Some(s) if data.len() >= LEND_MIN => batch.lending.lend(s, data, batch.buf.len()),
+        _ => false,
+    };
+    let copy = |batch: &mut queue::Batch, data: &[u8]| {
+        if !lend(batch, data) {
+            batch.buf.extend_from_slice(data);
+        }
+    };
+    match patch {
+        None => copy(batch, data),
+        Some(p) => {
+            copy(batch, &data[..p.at]);
+            batch.buf.extend_from_slice(&p.bytes);
+            copy(batch, &data[p.at + 2..]);
         }
     }
 }

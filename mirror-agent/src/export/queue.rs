@@ -5,15 +5,22 @@
 //! Both ends count whole batches (handed over, finished), so the drain knows
 //! when what it read has been sent and its ring space can be released.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
-    mpsc::{self, Receiver, Sender, SyncSender, TrySendError},
+use std::{
+    io::{self, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, Receiver, Sender, SyncSender, TrySendError},
+    },
 };
 
 use tokio::sync::Notify;
 
-use super::Stats;
+use super::{
+    Stats,
+    loan::{self, Lending, Loan},
+    pcapng::BlockFile,
+};
 use crate::metrics::cpu;
 
 /// Encoded packets: one buffer, and where each packet lies in it.
@@ -24,6 +31,11 @@ pub struct Batch {
     /// pcapng interface blocks to write before `buf` (interfaces added to a
     /// running stream), and after the section header on every reconnect.
     pub idbs: Vec<u8>,
+    /// Bytes the stream takes from lent memory (a file output writes
+    /// packets straight from the ring), as the drain fills the batch...
+    pub lending: Lending,
+    /// ...and as the sender gets it.
+    pub loan: Option<Arc<Loan>>,
     /// The bytes counted against the queue's bound for it, from hand-over
     /// until the sender is done with it.
     counted: usize,
@@ -46,10 +58,32 @@ impl Batch {
         &self.buf[span.start..span.start + span.len]
     }
 
+    /// Bytes of its stream: its own and those lent.
+    pub fn len(&self) -> usize {
+        self.buf.len() + self.lending.bytes()
+    }
+
+    /// Writes `head`, then the batch, its lent packets straight from where
+    /// they were lent ([`loan::gather`]), holding the loan for each
+    /// `writev` only.
+    pub fn write_to(&self, out: &mut BlockFile, head: &[u8]) -> io::Result<()> {
+        let total = head.len() + self.len();
+        out.write_gathered(total, |mut file, from| {
+            let held = self.loan.as_ref().map(|l| l.hold());
+            let mut slices = Vec::new();
+            loan::gather(head, &self.buf, held.as_ref(), from, &mut slices);
+            file.write_vectored(&slices)
+        })
+    }
+
     fn clear(&mut self) {
         self.buf.clear();
         self.packets.clear();
         self.idbs.clear();
+        self.lending.clear();
+        if let Some(loan) = self.loan.take() {
+            loan.finished();
+        }
     }
 }
 
@@ -138,9 +172,11 @@ impl Outbox {
         if self.current.packets.capacity() > spans {
             self.current.packets.shrink_to(spans);
         }
-        // The bound is on memory: what the buffers take, not only what they use.
+        // The bound is on memory: what the buffers take, not only what they
+        // use, and lent bytes as the copy a forced release would make.
         let len = self.current.buf.capacity()
-            + self.current.packets.capacity() * std::mem::size_of::<Span>();
+            + self.current.packets.capacity() * std::mem::size_of::<Span>()
+            + self.current.lending.bytes();
         let packets = self.current.packets.len();
         let over = self.queued.load(Ordering::Relaxed) + len > self.limit;
         let Some(tx) = self.tx.as_ref().filter(|_| !over) else {
@@ -150,6 +186,7 @@ impl Outbox {
         };
         let next = self.back.try_recv().unwrap_or_default();
         self.current.counted = len;
+        self.current.loan = self.current.lending.into_loan();
         let batch = std::mem::replace(&mut self.current, next);
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.queued_packets.fetch_add(packets, Ordering::Relaxed);

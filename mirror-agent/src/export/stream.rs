@@ -345,9 +345,9 @@ fn write_file(
     }
     while let Some(batch) = inbox.recv() {
         head.extend_from_slice(&batch.idbs);
-        match out.write(&[&head, &batch.buf]) {
+        match batch.write_to(&mut out, &head) {
             Ok(()) => {
-                stats.add_sent(batch.packets.len(), batch.buf.len());
+                stats.add_sent(batch.packets.len(), batch.len());
                 head.clear();
                 if let Some(lost) = failing.take() {
                     info!(output = %name, lost, "writing works again");

@@ -14,7 +14,10 @@ use std::{
     num::NonZeroUsize,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::MapData;
@@ -38,7 +41,10 @@ pub enum RingError {
 pub struct Ring {
     map: MapData,
     consumer: NonNull<c_void>,
-    producer: NonNull<c_void>,
+    /// Shared, so that what refers to records (an output writing them
+    /// from here, see [`Ring::records`]) keeps them mapped after the ring
+    /// itself is gone.
+    producer: Arc<Mapping>,
     page: NonZeroUsize,
     data_len: usize,
     mask: u64,
@@ -47,9 +53,40 @@ pub struct Ring {
     read: u64,
 }
 
-// SAFETY: the mappings belong to this value alone and live until Drop; the
-// shared words in them are only accessed atomically.
+// SAFETY: the consumer page belongs to this value alone and lives until
+// Drop, the producer mapping as long as its Arc; the shared words in them
+// are only accessed atomically.
 unsafe impl Send for Ring {}
+
+/// The producer page and the data pages (mapped twice), read-only,
+/// unmapped when the last holder lets go.
+pub struct Mapping {
+    ptr: NonNull<c_void>,
+    len: usize,
+}
+
+// SAFETY: a read-only shared mapping that stays mapped until Drop; the
+// kernel writes in it only where no record is unreleased, and the shared
+// words are read atomically.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: through `&Mapping` nothing is written.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `Ring::new` with this length; no holder is left.
+        let _ = unsafe { munmap(self.ptr, self.len) };
+    }
+}
+
+/// Where the records lie: `len` bytes from `base`, mapped as long as
+/// `keep` is held. A record's bytes do not change until the ring's space
+/// is released past it ([`Ring::release`]).
+pub struct Records {
+    pub keep: Arc<Mapping>,
+    pub base: NonNull<u8>,
+    pub len: usize,
+}
 
 impl Ring {
     pub fn new(map: MapData) -> Result<Self, RingError> {
@@ -100,7 +137,10 @@ impl Ring {
         let mut ring = Self {
             map,
             consumer,
-            producer,
+            producer: Arc::new(Mapping {
+                ptr: producer,
+                len: producer_len.get(),
+            }),
             page,
             data_len,
             mask: u64::from(size) - 1,
@@ -119,7 +159,22 @@ impl Ring {
 
     fn producer_pos(&self) -> &AtomicU64 {
         // SAFETY: as consumer_pos, for the producer page.
-        unsafe { &*self.producer.cast::<AtomicU64>().as_ptr() }
+        unsafe { &*self.producer.ptr.cast::<AtomicU64>().as_ptr() }
+    }
+
+    /// The memory every record read from this ring lies in: the data
+    /// pages, both mappings of them.
+    pub fn records(&self) -> Records {
+        Records {
+            keep: self.producer.clone(),
+            base: self.data(),
+            len: 2 * self.data_len,
+        }
+    }
+
+    fn data(&self) -> NonNull<u8> {
+        // SAFETY: the data pages follow the producer page in the mapping.
+        unsafe { self.producer.ptr.cast::<u8>().add(self.page.get()) }
     }
 
     /// Hands every complete record after the read position to `f`, in order,
@@ -133,11 +188,7 @@ impl Ring {
     /// rings takes a share of each in turn.
     pub fn read_some(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
         let producer = self.producer_pos().load(Ordering::Acquire);
-        let data = self
-            .producer
-            .as_ptr()
-            .cast::<u8>()
-            .wrapping_add(self.page.get());
+        let data = self.data().as_ptr();
         let mut n = 0;
         while self.read < producer && n < limit {
             let offset = (self.read & self.mask) as usize;
@@ -228,11 +279,9 @@ impl AsFd for Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // SAFETY: mapped in `new` with these lengths; never used after.
-        unsafe {
-            let _ = munmap(self.consumer, self.page.get());
-            let _ = munmap(self.producer, self.page.get() + 2 * self.data_len);
-        }
+        // SAFETY: mapped in `new` with this length; never used after. The
+        // producer mapping goes with its last holder.
+        let _ = unsafe { munmap(self.consumer, self.page.get()) };
     }
 }
 

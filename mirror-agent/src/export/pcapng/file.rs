@@ -4,10 +4,22 @@
 //! successful write ended, so whatever happens it stays valid pcapng, and
 //! the caller knows exactly which of its blocks are on disk (all of a
 //! successful write, none of a failed one).
+//!
+//! A file that is not a regular one (a FIFO, a device) is written without
+//! blocking, and waited on between writes: a caller that holds something
+//! for the length of a write (ring memory it writes from, see
+//! [`crate::export::loan`]) holds it for one system call, never for as
+//! long as a reader takes.
 
 use std::{
     fs::File,
-    io::{self, Seek, SeekFrom, Write},
+    io::{self, IoSlice, Seek, SeekFrom, Write},
+    os::fd::AsFd,
+};
+
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
 };
 
 pub struct BlockFile {
@@ -22,6 +34,10 @@ impl BlockFile {
     /// Takes an open file; what it holds already counts as whole blocks.
     pub fn new(file: File) -> io::Result<Self> {
         let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL)?);
+            fcntl(&file, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        }
         Ok(Self {
             good: meta.len(),
             regular: meta.file_type().is_file(),
@@ -33,10 +49,51 @@ impl BlockFile {
     /// file is cut back to its length before this call (shrinking a file
     /// needs no space) and the write position follows it.
     pub fn write(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        let written = parts.iter().try_for_each(|p| self.file.write_all(p));
+        let total = parts.iter().map(|p| p.len()).sum();
+        self.write_gathered(total, |mut file, mut skip| {
+            let mut slices = Vec::with_capacity(parts.len());
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                } else {
+                    slices.push(IoSlice::new(&p[skip..]));
+                    skip = 0;
+                }
+            }
+            file.write_vectored(&slices)
+        })
+    }
+
+    /// Writes `total` bytes, all or nothing as [`BlockFile::write`], by
+    /// calls of `once(file, from)`, each of which writes some of them from
+    /// byte `from` on with one system call and returns how many it wrote
+    /// (a `writev` of what it gathers). A file that would block is waited
+    /// on between calls.
+    pub fn write_gathered(
+        &mut self,
+        total: usize,
+        mut once: impl FnMut(&File, usize) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut done = 0;
+        let written = loop {
+            if done >= total {
+                break Ok(());
+            }
+            match once(&self.file, done) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = writable(&self.file) {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
         match written {
             Ok(()) => {
-                self.good += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+                self.good += total as u64;
                 Ok(())
             }
             Err(error) => {
@@ -63,6 +120,18 @@ impl BlockFile {
     /// A regular file (not a FIFO or a device such as `/dev/null`).
     pub fn is_regular(&self) -> bool {
         self.regular
+    }
+}
+
+/// Waits until `file` takes more (a FIFO's reader has read).
+fn writable(file: &File) -> io::Result<()> {
+    let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLOUT)];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub mod read;
 pub mod write;
 
 pub use self::file::BlockFile;
-pub use self::write::{interface_block, packet_block, section_header};
+pub use self::write::{PacketHead, interface_block, packet_block, section_header};
 
 use crate::model::direction::Direction;
 

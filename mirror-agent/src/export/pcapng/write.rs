@@ -72,34 +72,66 @@ pub fn packet_block(
     direction: Option<Direction>,
     data: &[u8],
 ) {
-    let pad = pad4(data.len());
-    // epb_flags, then opt_endofopt.
-    let options = if direction.is_some() {
-        option_len(4) + 4
-    } else {
-        0
-    };
-    // Callers pass at most MAX_SNAPLEN bytes, so this fits in u32.
-    let total = (28 + data.len() + pad + options + 4) as u32;
-    let words = [
-        EPB,
-        total,
-        interface.0,
-        (unix_ns >> 32) as u32,
-        unix_ns as u32,
-        data.len() as u32,
+    let head = PacketHead {
+        interface,
+        unix_ns,
         orig_len,
-    ];
-    for w in words {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
+        direction,
+    };
+    head.write(out, data.len());
     out.extend_from_slice(data);
-    out.extend_from_slice(&[0u8; 3][..pad]);
-    if let Some(direction) = direction {
-        push_option(out, EPB_FLAGS, &flags_of(direction).to_le_bytes());
-        push_option(out, OPT_END, &[]);
+    head.write_tail(out, data.len());
+}
+
+/// An enhanced packet block, but its bytes: written as what comes before
+/// them and what comes after, for a writer that has them elsewhere (lent
+/// from the ring, see [`crate::export::loan`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PacketHead {
+    pub interface: InterfaceId,
+    pub unix_ns: u64,
+    pub orig_len: u32,
+    pub direction: Option<Direction>,
+}
+
+impl PacketHead {
+    /// The block's length, with `len` bytes of packet.
+    fn total(&self, len: usize) -> u32 {
+        // epb_flags, then opt_endofopt.
+        let options = if self.direction.is_some() {
+            option_len(4) + 4
+        } else {
+            0
+        };
+        // Callers pass at most MAX_SNAPLEN bytes, so this fits in u32.
+        (28 + len + pad4(len) + options + 4) as u32
     }
-    out.extend_from_slice(&total.to_le_bytes());
+
+    /// Appends the block up to its `len` bytes of packet.
+    pub fn write(&self, out: &mut Vec<u8>, len: usize) {
+        let words = [
+            EPB,
+            self.total(len),
+            self.interface.0,
+            (self.unix_ns >> 32) as u32,
+            self.unix_ns as u32,
+            len as u32,
+            self.orig_len,
+        ];
+        for w in words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Appends the rest of the block, after its `len` bytes of packet.
+    pub fn write_tail(&self, out: &mut Vec<u8>, len: usize) {
+        out.extend_from_slice(&[0u8; 3][..pad4(len)]);
+        if let Some(direction) = self.direction {
+            push_option(out, EPB_FLAGS, &flags_of(direction).to_le_bytes());
+            push_option(out, OPT_END, &[]);
+        }
+        out.extend_from_slice(&self.total(len).to_le_bytes());
+    }
 }
 
 #[cfg(test)]

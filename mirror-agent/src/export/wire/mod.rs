@@ -144,12 +144,25 @@ fn write_checksum(frame: &mut [u8], layout: &Layout, at: usize) {
 /// Writes the checksum of `s`, the sum of the pseudo-header and the
 /// transport bytes with the checksum field counted as zero.
 fn put_checksum(frame: &mut [u8], layout: &Layout, at: usize, s: u64) {
+    frame[at..at + 2].copy_from_slice(&checksum_bytes(layout, s));
+}
+
+/// The checksum field's bytes for `s` (see [`put_checksum`]).
+fn checksum_bytes(layout: &Layout, s: u64) -> [u8; 2] {
     let value = if layout.protocol == UDP {
         sum::ones_complement_with_no_zero(s)
     } else {
         sum::ones_complement(s)
     };
-    frame[at..at + 2].copy_from_slice(&value.to_ne_bytes());
+    value.to_ne_bytes()
+}
+
+/// Two bytes a copy has in place of the captured ones at `at`: a finished
+/// checksum, for a writer that takes the rest from where it was captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patch {
+    pub at: usize,
+    pub bytes: [u8; 2],
 }
 
 /// Where a partial transport checksum is to be finished, if the frame has
@@ -203,6 +216,8 @@ pub struct Shaper {
     wire: Wire,
     snaplen: usize,
     scratch: Vec<u8>,
+    /// A copy with its [`Patch`] in, for [`Shaper::shape`].
+    patched: Vec<u8>,
 }
 
 impl Shaper {
@@ -211,6 +226,7 @@ impl Shaper {
             wire,
             snaplen: snaplen as usize,
             scratch: Vec::new(),
+            patched: Vec::new(),
         }
     }
 
@@ -223,6 +239,31 @@ impl Shaper {
         gso_size: Option<NonZeroU16>,
         mut each: impl FnMut(&[u8], u32),
     ) -> Shaped {
+        let mut patched = std::mem::take(&mut self.patched);
+        let shaped = self.shape_patched(data, orig_len, gso_size, |d, o, patch| match patch {
+            None => each(d, o),
+            Some(p) => {
+                patched.clear();
+                patched.extend_from_slice(d);
+                patched[p.at..p.at + 2].copy_from_slice(&p.bytes);
+                each(&patched, o);
+            }
+        });
+        self.patched = patched;
+        shaped
+    }
+
+    /// As [`Shaper::shape`], but a copy that differs from the captured
+    /// frame only by a finished checksum is handed over as the captured
+    /// bytes and the [`Patch`] to put in them: a writer can then take the
+    /// rest from where the frame was captured, uncopied.
+    pub fn shape_patched(
+        &mut self,
+        data: &[u8],
+        orig_len: u32,
+        gso_size: Option<NonZeroU16>,
+        mut each: impl FnMut(&[u8], u32, Option<Patch>),
+    ) -> Shaped {
         if self.wire.segment
             && let Some(mss) = gso_size
         {
@@ -233,7 +274,7 @@ impl Shaper {
                 self.snaplen,
                 self.wire.finish_checksums,
                 &mut self.scratch,
-                &mut each,
+                &mut |d: &[u8], o| each(d, o, None),
             );
             if let Some(made) = made {
                 return made;
@@ -245,16 +286,14 @@ impl Shaper {
             None
         };
         let Some((layout, at, s)) = todo else {
-            each(data, orig_len);
+            each(data, orig_len, None);
             return Shaped {
                 copies: 1,
                 ..Shaped::default()
             };
         };
-        self.scratch.clear();
-        self.scratch.extend_from_slice(data);
-        put_checksum(&mut self.scratch, &layout, at, s);
-        each(&self.scratch, orig_len);
+        let bytes = checksum_bytes(&layout, s);
+        each(data, orig_len, Some(Patch { at, bytes }));
         Shaped {
             copies: 1,
             segments: 0,
