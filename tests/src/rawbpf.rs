@@ -11,7 +11,7 @@
 
 use std::{
     mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use anyhow::{Context, Result, bail};
@@ -208,6 +208,11 @@ impl TcProgram {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let id = prog_id(&fd)?;
         Ok(Self { fd, id, name })
+    }
+
+    /// The program's descriptor, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// The kernel's id of the program.

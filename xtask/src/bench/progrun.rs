@@ -8,16 +8,18 @@
 //! aya 0.14 runs a test only on a program it loaded itself (`TestRun` on
 //! `SchedClassifier`), not on one found by id as the agent's are here, so
 //! the `bpf_attr` of this one command is written out below, as the
-//! kernel's uapi `linux/bpf.h` lays it out; and it loads programs only
-//! from an object file, so the floor's two instructions are loaded the
-//! same way.
+//! kernel's uapi `linux/bpf.h` lays it out. The floor is the test bed's
+//! two-instruction pass program (`testbed::rawbpf::TcProgram::pass`).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TcAttachType};
 use nix::{errno::Errno, libc, net::if_::if_nametoindex};
-use testbed::netns::{Netns, join};
+use testbed::{
+    netns::{Netns, join},
+    rawbpf::TcProgram,
+};
 
 use super::topology::{BenchNet, CLIENT_V4, SERVER_V4, UDP_SINK_PORT};
 
@@ -26,11 +28,6 @@ pub const REPEAT: u32 = 1_000_000;
 
 /// `BPF_PROG_TEST_RUN` (alias `BPF_PROG_RUN`) in `enum bpf_cmd`.
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
-/// `BPF_PROG_LOAD` in `enum bpf_cmd`.
-const BPF_PROG_LOAD: libc::c_long = 5;
-/// `BPF_PROG_TYPE_SCHED_CLS` in `enum bpf_prog_type`: the hook's type.
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-
 /// What one test run measured, in ns per run.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgRun {
@@ -39,34 +36,6 @@ pub struct ProgRun {
     /// A program that returns at once: the harness's own cost.
     pub floor_ns: f64,
 }
-
-/// The `prog_load` member of `union bpf_attr` up to `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
-
-/// The floor program: `r0 = TC_ACT_UNSPEC (-1); exit`, as `struct
-/// bpf_insn`s (code, dst/src registers, offset, immediate).
-const FLOOR_INSNS: [u64; 2] = [
-    // BPF_ALU64 | BPF_MOV | BPF_K (0xb7), r0, imm -1.
-    0xb7 | (0xffff_ffff << 32),
-    // BPF_JMP | BPF_EXIT.
-    0x95,
-];
 
 /// The `test` member of `union bpf_attr` (linux/bpf.h), padded to 8 bytes;
 /// the kernel requires whatever follows its last field to be zero.
@@ -119,8 +88,8 @@ pub fn ns_per_run(ns: &Netns, iface: &str, frame: Vec<u8>) -> Result<ProgRun> {
             if_nametoindex(iface.as_str()).with_context(|| format!("ifindex of {iface}"))?;
         let program_ns = test_run(fd.as_fd().as_raw_fd(), ifindex, &frame)
             .with_context(|| format!("BPF_PROG_TEST_RUN on {iface}'s mirror program"))?;
-        let floor = load_floor()?;
-        let floor_ns = test_run(floor.as_raw_fd(), ifindex, &frame)
+        let floor = TcProgram::pass().context("loading the floor program")?;
+        let floor_ns = test_run(floor.fd().as_raw_fd(), ifindex, &frame)
             .context("BPF_PROG_TEST_RUN on the floor program")?;
         Ok(ProgRun {
             program_ns,
@@ -163,35 +132,6 @@ fn test_run(fd: i32, ifindex: u32, frame: &[u8]) -> Result<f64> {
         attr.retval as i32
     );
     Ok(f64::from(attr.duration))
-}
-
-/// Loads the floor program; closed when the descriptor is dropped.
-fn load_floor() -> Result<OwnedFd> {
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..11].copy_from_slice(b"bench_floor");
-    let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: FLOOR_INSNS.len() as u32,
-        insns: FLOOR_INSNS.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size given; the
-    // instructions and license it points to are statics.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    ensure!(fd >= 0, "loading the floor program: {}", Errno::last());
-    let fd = i32::try_from(fd).context("floor program fd")?;
-    // SAFETY: the kernel just gave us this descriptor, owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The bench's 64-byte UDP frame, client -> server (as trafgen sends it,
