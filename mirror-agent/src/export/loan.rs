@@ -23,6 +23,8 @@ use std::{
     },
 };
 
+use super::pcapng::Gather;
+
 /// Memory records are lent from.
 pub struct Memory {
     /// Keeps the memory mapped.
@@ -198,35 +200,24 @@ pub struct Held<'a> {
     lent: MutexGuard<'a, Lent>,
 }
 
-/// Slices one write takes at most (the kernel's `IOV_MAX`).
-pub const MAX_SLICES: usize = 1024;
-
 /// Gathers the stream of `head`, then `buf` with `held`'s pieces in it,
-/// from byte `skip` on, into `out` (at most [`MAX_SLICES`]).
+/// from byte `skip` on, into `out` (at most [`MAX_SLICES`](super::pcapng::MAX_SLICES)).
 pub fn gather<'a>(
     head: &'a [u8],
     buf: &'a [u8],
     held: Option<&'a Held<'a>>,
-    mut skip: usize,
+    skip: usize,
     out: &mut Vec<IoSlice<'a>>,
 ) {
-    let mut push = |s: &'a [u8]| -> bool {
-        if skip >= s.len() {
-            skip -= s.len();
-            return true;
-        }
-        out.push(IoSlice::new(&s[skip..]));
-        skip = 0;
-        out.len() < MAX_SLICES
-    };
-    if !push(head) {
+    let mut gather = Gather::new(skip, out);
+    if !gather.push(head) {
         return;
     }
     let mut done = 0;
     if let Some(held) = held {
         let mut copied = 0;
         for p in &held.lent.pieces {
-            if !push(&buf[done..p.at]) {
+            if !gather.push(&buf[done..p.at]) {
                 return;
             }
             done = p.at;
@@ -239,12 +230,12 @@ pub fn gather<'a>(
                 None => unsafe { held.memory.bytes(p.from, p.len) },
             };
             copied += p.len;
-            if !push(bytes) {
+            if !gather.push(bytes) {
                 return;
             }
         }
     }
-    push(&buf[done..]);
+    gather.push(&buf[done..]);
 }
 
 /// The loans of one lender's memory, in the order they were made, so that

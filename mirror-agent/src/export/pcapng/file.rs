@@ -50,16 +50,10 @@ impl BlockFile {
     /// needs no space) and the write position follows it.
     pub fn write(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         let total = parts.iter().map(|p| p.len()).sum();
-        self.write_gathered(total, |mut file, mut skip| {
+        self.write_gathered(total, |mut file, from| {
             let mut slices = Vec::with_capacity(parts.len());
-            for p in parts {
-                if skip >= p.len() {
-                    skip -= p.len();
-                } else {
-                    slices.push(IoSlice::new(&p[skip..]));
-                    skip = 0;
-                }
-            }
+            let mut gather = Gather::new(from, &mut slices);
+            parts.iter().all(|p| gather.push(p));
             file.write_vectored(&slices)
         })
     }
@@ -120,6 +114,34 @@ impl BlockFile {
     /// A regular file (not a FIFO or a device such as `/dev/null`).
     pub fn is_regular(&self) -> bool {
         self.regular
+    }
+}
+
+/// Slices one `writev` takes at most (the kernel's `IOV_MAX`).
+pub const MAX_SLICES: usize = 1024;
+
+/// The slices of a stream of pieces from byte `skip` on, for one `writev`
+/// of what a partial write left ([`BlockFile::write_gathered`]).
+pub struct Gather<'a, 'o> {
+    skip: usize,
+    out: &'o mut Vec<IoSlice<'a>>,
+}
+
+impl<'a, 'o> Gather<'a, 'o> {
+    pub fn new(skip: usize, out: &'o mut Vec<IoSlice<'a>>) -> Self {
+        Self { skip, out }
+    }
+
+    /// Adds the next piece (what of it lies past `skip`); false once the
+    /// write holds [`MAX_SLICES`] and takes no more.
+    pub fn push(&mut self, piece: &'a [u8]) -> bool {
+        if self.skip >= piece.len() {
+            self.skip -= piece.len();
+            return true;
+        }
+        self.out.push(IoSlice::new(&piece[self.skip..]));
+        self.skip = 0;
+        self.out.len() < MAX_SLICES
     }
 }
 

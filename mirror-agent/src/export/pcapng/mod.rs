@@ -21,7 +21,7 @@ pub mod file;
 pub mod read;
 pub mod write;
 
-pub use self::file::BlockFile;
+pub use self::file::{BlockFile, Gather, MAX_SLICES};
 pub use self::write::{PacketHead, interface_block, packet_block, section_header};
 
 use crate::model::direction::Direction;
