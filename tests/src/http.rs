@@ -72,3 +72,26 @@ pub fn sample(body: &str, name: &str, with: &[&str]) -> Result<u64> {
         .map(|v| v as u64)
         .with_context(|| format!("no sample {name} with {with:?} in\n{body}"))
 }
+
+/// The agent's (mirrored, sent, lost for `reason`) from its /metrics at
+/// `addr` in `ns`, once every copy the hook made is either sent or lost
+/// for that reason, and there are at least `least`.
+pub fn wait_accounted(ns: &Netns, addr: &str, reason: &str, least: u64) -> Result<(u64, u64, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reason = format!("reason=\"{reason}\"");
+    loop {
+        let body = get(ns, addr, "/metrics")?.body;
+        let mirrored = sample(&body, "mirror_mirrored_packets_total", &[])?;
+        let sent = sample(&body, "mirror_output_sent_packets_total", &[])?;
+        let lost = sample(&body, "mirror_dropped_packets_total", &[&reason])?;
+        if mirrored >= least && sent + lost == mirrored {
+            return Ok((mirrored, sent, lost));
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{sent} sent + {lost} lost ({reason}) of {mirrored} mirrored \
+             (at least {least} expected):\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

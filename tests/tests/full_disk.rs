@@ -30,7 +30,7 @@ use testbed::{
     agent::Agent,
     capture,
     collector::Collector,
-    http::{get, sample},
+    http::{get, sample, wait_accounted},
     netns::{Netns, join},
     tcpdump::Tcpdump,
     tmpfs::Tmpfs,
@@ -263,30 +263,6 @@ fn numbers(frames: &[capture::Frame]) -> Vec<u32> {
         .collect()
 }
 
-/// The agent's (mirrored, sent, lost to send errors) once every copy the
-/// hook made is either sent or lost, and there are at least `least`.
-fn agent_accounted(ns: &Netns, least: u64) -> Result<(u64, u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let body = get(ns, METRICS, "/metrics")?.body;
-        let mirrored = sample(&body, "mirror_mirrored_packets_total", &[])?;
-        let sent = sample(&body, "mirror_output_sent_packets_total", &[])?;
-        let lost = sample(
-            &body,
-            "mirror_dropped_packets_total",
-            &["reason=\"send_error\""],
-        )?;
-        if mirrored >= least && sent + lost == mirrored {
-            return Ok((mirrored, sent, lost));
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{sent} sent + {lost} lost of {mirrored} mirrored (at least {least} expected):\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `attach --output pcapng:PATH` on a full tmpfs: copies on disk + copies
 /// counted lost (metrics and the summary) = copies the hook made = frames
 /// tcpdump saw on the veth; the file stays valid pcapng throughout
@@ -331,7 +307,8 @@ fn attach_on_a_full_disk_counts_every_lost_copy_and_keeps_its_file_valid() {
 
     // About 2 MB of copies into about 768 KiB of room.
     send_numbered(&pair, 0..FIRST).expect("send");
-    let (_, written, lost) = agent_accounted(&pair.node, u64::from(FIRST)).expect("accounted");
+    let (_, written, lost) =
+        wait_accounted(&pair.node, METRICS, "send_error", u64::from(FIRST)).expect("accounted");
     assert!(written > 0, "nothing was written before the disk filled");
     assert!(lost > 0, "the disk never filled: {written} written");
     // Valid while the agent runs, with the disk full.
@@ -346,7 +323,8 @@ fn attach_on_a_full_disk_counts_every_lost_copy_and_keeps_its_file_valid() {
         last = next..next + ROUND;
         send_numbered(&pair, last.clone()).expect("send");
         next += ROUND;
-        let (_, w, l) = agent_accounted(&pair.node, u64::from(next)).expect("accounted");
+        let (_, w, l) =
+            wait_accounted(&pair.node, METRICS, "send_error", u64::from(next)).expect("accounted");
         if l == prev_lost && w >= prev_written + u64::from(ROUND) {
             resumed = true;
             break;
@@ -354,7 +332,8 @@ fn attach_on_a_full_disk_counts_every_lost_copy_and_keeps_its_file_valid() {
         (prev_written, prev_lost) = (w, l);
     }
     assert!(resumed, "writing never resumed after space came back");
-    let (mirrored, sent, lost) = agent_accounted(&pair.node, u64::from(next)).expect("accounted");
+    let (mirrored, sent, lost) =
+        wait_accounted(&pair.node, METRICS, "send_error", u64::from(next)).expect("accounted");
 
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);

@@ -9,25 +9,16 @@
 //! and every copy not in it must be counted.
 
 use std::{
-    fs::OpenOptions,
-    io::Read,
-    net::SocketAddr,
-    os::unix::fs::OpenOptionsExt,
-    time::{Duration, Instant},
+    fs::OpenOptions, io::Read, net::SocketAddr, os::unix::fs::OpenOptionsExt, time::Duration,
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use nix::{
     fcntl::{FcntlArg, OFlag, fcntl},
     sys::stat::Mode,
 };
 use testbed::{
-    agent::Agent,
-    capture,
-    http::{get, sample},
-    netns::{Netns, join},
-    tcpdump::Tcpdump,
-    topology::PodPair,
+    agent::Agent, capture, http::wait_accounted, netns::join, tcpdump::Tcpdump, topology::PodPair,
     tshark,
 };
 
@@ -81,31 +72,6 @@ fn without_checksum(data: &[u8]) -> Vec<u8> {
     let mut d = data.to_vec();
     d[40..42].fill(0);
     d
-}
-
-/// (mirrored, sent, lost to a full queue) once every copy the hook made
-/// is accounted for, and it made at least `least`.
-fn accounted(ns: &Netns, least: u64) -> Result<(u64, u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let body = get(ns, METRICS, "/metrics")?.body;
-        let mirrored = sample(&body, "mirror_mirrored_packets_total", &[])?;
-        let sent = sample(&body, "mirror_output_sent_packets_total", &[])?;
-        let full = sample(
-            &body,
-            "mirror_dropped_packets_total",
-            &["reason=\"queue_full\""],
-        )?;
-        if mirrored >= least && sent + full == mirrored {
-            return Ok((mirrored, sent, full));
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{sent} sent + {full} lost to a full queue of {mirrored} mirrored \
-             (at least {least} expected):\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -162,7 +128,8 @@ fn a_stuck_file_writes_what_the_link_carried_or_counts_it_lost() {
         reader.read_to_end(&mut all)?;
         Ok(all)
     });
-    let (mirrored, sent, full) = accounted(&pair.node, u64::from(DATAGRAMS)).expect("accounted");
+    let (mirrored, sent, full) =
+        wait_accounted(&pair.node, METRICS, "queue_full", u64::from(DATAGRAMS)).expect("accounted");
     let exit = agent.stop().expect("agent stops");
     assert!(exit.status.success(), "{}", exit.stderr);
     let bytes = drained.join().expect("reader").expect("read the FIFO");
